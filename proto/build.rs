@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/signer.proto",
                 "proto/core.proto",
                 "proto/errors.proto",
+                "proto/admin.proto",
             ],
             &["proto"],
         )?;

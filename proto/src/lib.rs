@@ -20,6 +20,12 @@ pub mod core {
     tonic::include_proto!("certgate.core.v1");
 }
 
+/// Generated code for `proto/admin.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod admin {
+    tonic::include_proto!("certgate.admin.v1");
+}
+
 /// Generated code for `proto/errors.proto`.
 #[allow(missing_docs, clippy::all)]
 pub mod errors {
