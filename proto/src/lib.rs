@@ -8,29 +8,42 @@
 pub mod error;
 pub mod transport;
 
-/// Generated code for `proto/signer.proto`.
+/// Generated code, nested by protobuf package so cross-file references (`admin` uses `signer`
+/// types) resolve.
 #[allow(missing_docs, clippy::all)]
-pub mod signer {
-    tonic::include_proto!("certgate.signer.v1");
+mod generated {
+    pub mod certgate {
+        pub mod signer {
+            pub mod v1 {
+                tonic::include_proto!("certgate.signer.v1");
+            }
+        }
+        pub mod core {
+            pub mod v1 {
+                tonic::include_proto!("certgate.core.v1");
+            }
+        }
+        pub mod admin {
+            pub mod v1 {
+                tonic::include_proto!("certgate.admin.v1");
+            }
+        }
+        pub mod errors {
+            pub mod v1 {
+                tonic::include_proto!("certgate.errors.v1");
+            }
+        }
+    }
 }
 
-/// Generated code for `proto/core.proto`.
-#[allow(missing_docs, clippy::all)]
-pub mod core {
-    tonic::include_proto!("certgate.core.v1");
-}
-
-/// Generated code for `proto/admin.proto`.
-#[allow(missing_docs, clippy::all)]
-pub mod admin {
-    tonic::include_proto!("certgate.admin.v1");
-}
-
-/// Generated code for `proto/errors.proto`.
-#[allow(missing_docs, clippy::all)]
-pub mod errors {
-    tonic::include_proto!("certgate.errors.v1");
-}
+/// `proto/signer.proto`: the signer service.
+pub use generated::certgate::signer::v1 as signer;
+/// `proto/core.proto`: the core service edges call.
+pub use generated::certgate::core::v1 as core;
+/// `proto/admin.proto`: the core's administration service.
+pub use generated::certgate::admin::v1 as admin;
+/// `proto/errors.proto`: the error detail crossing every hop.
+pub use generated::certgate::errors::v1 as errors;
 
 pub use error::{ErrorDetail, ErrorKind, RpcError};
 pub use transport::{AllowList, Caller};
