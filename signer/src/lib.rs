@@ -6,3 +6,4 @@
 
 pub mod algo;
 pub mod keystore;
+pub mod policy;
