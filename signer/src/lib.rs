@@ -5,5 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod algo;
+pub mod audit;
+pub mod config;
 pub mod keystore;
 pub mod policy;
