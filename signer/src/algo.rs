@@ -239,7 +239,12 @@ mod tests {
 
     #[test]
     fn every_key_type_signs_with_its_algorithms_and_refuses_others() {
-        for kt in [KeyType::EcP256, KeyType::EcP384, KeyType::Ed25519Key, KeyType::Rsa2048] {
+        for kt in [
+            KeyType::EcP256,
+            KeyType::EcP384,
+            KeyType::Ed25519Key,
+            KeyType::Rsa2048,
+        ] {
             let (key, pkcs8) = SoftwareKey::generate(kt).expect("generate");
             let again = SoftwareKey::from_pkcs8(kt, &pkcs8).expect("reparse");
             assert_eq!(

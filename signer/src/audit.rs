@@ -71,7 +71,12 @@ fn kind_name(kind: ErrorKind) -> &'static str {
 pub fn encode(seq: u64, prev: &[u8; 32], time: &str, ev: &AuditEvent<'_>) -> Vec<u8> {
     let (decision, kind, rule, reason) = match ev.outcome {
         Ok(()) => ("granted", "", "", ""),
-        Err(e) => ("denied", kind_name(e.kind), e.rule.as_str(), e.message.as_str()),
+        Err(e) => (
+            "denied",
+            kind_name(e.kind),
+            e.rule.as_str(),
+            e.message.as_str(),
+        ),
     };
     let record = Record {
         v: VERSION,
@@ -104,10 +109,17 @@ pub fn verify(contents: &[u8]) -> Result<u64, String> {
         }
         let r: Record = serde_json::from_slice(line).map_err(|e| format!("line {}: {e}", i + 1))?;
         if r.seq != expected_seq {
-            return Err(format!("line {}: seq {} where {expected_seq} was expected", i + 1, r.seq));
+            return Err(format!(
+                "line {}: seq {} where {expected_seq} was expected",
+                i + 1,
+                r.seq
+            ));
         }
         if r.prev != hex::encode(prev) {
-            return Err(format!("line {}: prev does not match the previous record", i + 1));
+            return Err(format!(
+                "line {}: prev does not match the previous record",
+                i + 1
+            ));
         }
         prev = sha256(line);
         expected_seq += 1;
@@ -129,7 +141,9 @@ pub struct AuditLog {
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog").field("path", &self.path).finish()
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -261,13 +275,27 @@ mod tests {
             prev = sha256(&line);
             lines.push(line);
         }
-        let join = |ls: &[Vec<u8>]| ls.iter().flat_map(|l| [l.clone(), b"\n".to_vec()].concat()).collect::<Vec<u8>>();
+        let join = |ls: &[Vec<u8>]| {
+            ls.iter()
+                .flat_map(|l| [l.clone(), b"\n".to_vec()].concat())
+                .collect::<Vec<u8>>()
+        };
         assert_eq!(verify(&join(&lines)), Ok(3));
         let mut edited = lines.clone();
-        edited[1] = String::from_utf8(edited[1].clone()).expect("utf8").replace("k1", "k2").into_bytes();
+        edited[1] = String::from_utf8(edited[1].clone())
+            .expect("utf8")
+            .replace("k1", "k2")
+            .into_bytes();
         assert!(verify(&join(&edited)).is_err());
         assert!(verify(&join(&[lines[0].clone(), lines[2].clone()])).is_err());
-        assert!(verify(&join(&[lines[0].clone(), lines[2].clone(), lines[1].clone()])).is_err());
+        assert!(
+            verify(&join(&[
+                lines[0].clone(),
+                lines[2].clone(),
+                lines[1].clone()
+            ]))
+            .is_err()
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! errors, so a typo never silently turns a protection off.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use certgate_proto::AllowList;
@@ -163,10 +163,8 @@ impl Config {
             abs(&mut t.key);
             abs(&mut t.client_ca);
         }
-        if let Some(p) = c.pkcs11.as_mut() {
-            if let Some(f) = p.pin_file.as_mut() {
-                abs(f);
-            }
+        if let Some(f) = c.pkcs11.as_mut().and_then(|p| p.pin_file.as_mut()) {
+            abs(f);
         }
         c.validate()?;
         Ok(c)
@@ -177,10 +175,14 @@ impl Config {
         self.allow_list()?;
         self.admin_allow_list()?;
         match (&self.kek_file, &self.kek_env) {
-            (Some(_), Some(_)) => return invalid("set exactly one of kek_file and kek_env, not both"),
+            (Some(_), Some(_)) => {
+                return invalid("set exactly one of kek_file and kek_env, not both");
+            }
             (None, None) => return invalid("set kek_file or kek_env"),
             (None, Some(_)) if self.mode == Mode::Production => {
-                return invalid("kek_env is a dev convenience (environment variables are inherited and readable in /proc); use kek_file in production");
+                return invalid(
+                    "kek_env is a dev convenience (environment variables are inherited and readable in /proc); use kek_file in production",
+                );
             }
             _ => {}
         }
@@ -272,7 +274,6 @@ impl Config {
         if mode & 0o077 != 0 {
             tracing::warn!(path = %path.display(), "secret file is readable by group or others");
         }
-        let _ = meta.uid();
         Ok(())
     }
 }
@@ -323,13 +324,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let kek = Kek::generate().expect("kek");
         std::fs::write(dir.path().join("kek"), kek.to_base64().as_bytes()).expect("write");
-        std::fs::set_permissions(dir.path().join("kek"), std::fs::Permissions::from_mode(0o640))
-            .expect("chmod");
+        std::fs::set_permissions(
+            dir.path().join("kek"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .expect("chmod");
         let prod = MINIMAL.replace("mode = \"dev\"", "mode = \"production\"");
         let c = Config::parse(&prod, dir.path()).expect("parses");
         assert!(c.kek().is_err());
-        std::fs::set_permissions(dir.path().join("kek"), std::fs::Permissions::from_mode(0o600))
-            .expect("chmod");
+        std::fs::set_permissions(
+            dir.path().join("kek"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
         assert!(c.kek().is_ok());
     }
 }

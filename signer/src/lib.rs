@@ -7,5 +7,8 @@
 pub mod algo;
 pub mod audit;
 pub mod config;
+pub mod hardening;
 pub mod keystore;
 pub mod policy;
+pub mod server;
+pub mod service;

@@ -170,14 +170,21 @@ fn check_certificate(meta: &KeyMeta, tbs: &TbsCertificate) -> Result<(), Refusal
     let nb = tbs.validity.not_before.to_unix_duration().as_secs();
     let na = tbs.validity.not_after.to_unix_duration().as_secs();
     if na < nb {
-        return Err(refuse(role, "validity_inverted", "notAfter is before notBefore"));
+        return Err(refuse(
+            role,
+            "validity_inverted",
+            "notAfter is before notBefore",
+        ));
     }
     let max = max_validity(meta);
     if na - nb > max {
         return Err(refuse(
             role,
             "validity_too_long",
-            format!("validity of {} s exceeds the key's maximum of {max} s", na - nb),
+            format!(
+                "validity of {} s exceeds the key's maximum of {max} s",
+                na - nb
+            ),
         ));
     }
     if tbs.version != x509_cert::Version::V3 {
@@ -191,7 +198,13 @@ fn check_certificate(meta: &KeyMeta, tbs: &TbsCertificate) -> Result<(), Refusal
     let mut key_cert_sign = false;
     let mut ocsp_signing = false;
     for ext in tbs.extensions.iter().flatten() {
-        let bad = |what: &str| refuse(role, "bad_extension", format!("undecodable {what} extension"));
+        let bad = |what: &str| {
+            refuse(
+                role,
+                "bad_extension",
+                format!("undecodable {what} extension"),
+            )
+        };
         match ext.extn_id {
             const_oid::db::rfc5280::ID_CE_BASIC_CONSTRAINTS => {
                 basic = Some(
@@ -200,7 +213,8 @@ fn check_certificate(meta: &KeyMeta, tbs: &TbsCertificate) -> Result<(), Refusal
                 );
             }
             const_oid::db::rfc5280::ID_CE_KEY_USAGE => {
-                let ku = KeyUsage::from_der(ext.extn_value.as_bytes()).map_err(|_| bad("keyUsage"))?;
+                let ku =
+                    KeyUsage::from_der(ext.extn_value.as_bytes()).map_err(|_| bad("keyUsage"))?;
                 key_cert_sign = ku.key_cert_sign();
             }
             const_oid::db::rfc5280::ID_CE_EXT_KEY_USAGE => {
@@ -351,7 +365,11 @@ pub fn alg_id_matches(alg: Algorithm, id: &AlgorithmIdentifierOwned) -> bool {
     }
 }
 
-fn check_alg_id(role: KeyRole, alg: Algorithm, id: &AlgorithmIdentifierOwned) -> Result<(), Refusal> {
+fn check_alg_id(
+    role: KeyRole,
+    alg: Algorithm,
+    id: &AlgorithmIdentifierOwned,
+) -> Result<(), Refusal> {
     if alg_id_matches(alg, id) {
         Ok(())
     } else {
@@ -389,7 +407,8 @@ mod tests {
     }
 
     fn tbs(ca: Option<Option<u8>>, days: i64, key_cert_sign: bool, ocsp_eku: bool) -> Vec<u8> {
-        let mut params = rcgen::CertificateParams::new(vec!["x.example".to_owned()]).expect("params");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["x.example".to_owned()]).expect("params");
         params.is_ca = match ca {
             None => rcgen::IsCa::NoCa,
             Some(None) => rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained),
@@ -457,7 +476,10 @@ mod tests {
     #[test]
     fn issuing_key_signs_end_entity_certificates_crls_and_ocsp() {
         let m = meta(KeyRole::Issuing, Policy::default());
-        assert_eq!(check(&m, P256, &tbs(None, 90, false, false)), Ok(Signed::Certificate));
+        assert_eq!(
+            check(&m, P256, &tbs(None, 90, false, false)),
+            Ok(Signed::Certificate)
+        );
         assert_eq!(check(&m, P256, &tbs_cert_list()), Ok(Signed::CertList));
         assert_eq!(check(&m, P256, &response_data()), Ok(Signed::OcspResponse));
     }
@@ -465,77 +487,148 @@ mod tests {
     #[test]
     fn issuing_key_refuses_ca_certificate() {
         let m = meta(KeyRole::Issuing, Policy::default());
-        assert_eq!(rule(check(&m, P256, &tbs(Some(None), 90, false, false))), "policy.issuing.ca_certificate");
-        assert_eq!(rule(check(&m, P256, &tbs(None, 90, true, false))), "policy.issuing.key_cert_sign");
+        assert_eq!(
+            rule(check(&m, P256, &tbs(Some(None), 90, false, false))),
+            "policy.issuing.ca_certificate"
+        );
+        assert_eq!(
+            rule(check(&m, P256, &tbs(None, 90, true, false))),
+            "policy.issuing.key_cert_sign"
+        );
     }
 
     #[test]
     fn issuing_key_refuses_overlong_validity() {
-        let m = meta(KeyRole::Issuing, Policy { max_validity_seconds: 90 * 86_400, max_path_len: None });
+        let m = meta(
+            KeyRole::Issuing,
+            Policy {
+                max_validity_seconds: 90 * 86_400,
+                max_path_len: None,
+            },
+        );
         assert!(check(&m, P256, &tbs(None, 90, false, false)).is_ok());
-        assert_eq!(rule(check(&m, P256, &tbs(None, 91, false, false))), "policy.issuing.validity_too_long");
+        assert_eq!(
+            rule(check(&m, P256, &tbs(None, 91, false, false))),
+            "policy.issuing.validity_too_long"
+        );
         let default = meta(KeyRole::Issuing, Policy::default());
-        assert_eq!(rule(check(&default, P256, &tbs(None, 399, false, false))), "policy.issuing.validity_too_long");
+        assert_eq!(
+            rule(check(&default, P256, &tbs(None, 399, false, false))),
+            "policy.issuing.validity_too_long"
+        );
     }
 
     #[test]
     fn algorithm_identifier_inside_tbs_must_match_request() {
         let m = meta(KeyRole::Issuing, Policy::default());
         assert_eq!(
-            rule(check(&m, Algorithm::EcdsaP384Sha384, &tbs(None, 90, false, false))),
+            rule(check(
+                &m,
+                Algorithm::EcdsaP384Sha384,
+                &tbs(None, 90, false, false)
+            )),
             "policy.issuing.algorithm_mismatch"
         );
         let crl = meta(KeyRole::Crl, Policy::default());
-        assert_eq!(rule(check(&crl, Algorithm::Ed25519, &tbs_cert_list())), "policy.crl.algorithm_mismatch");
+        assert_eq!(
+            rule(check(&crl, Algorithm::Ed25519, &tbs_cert_list())),
+            "policy.crl.algorithm_mismatch"
+        );
     }
 
     #[test]
     fn ocsp_key_signs_only_response_data() {
         let m = meta(KeyRole::Ocsp, Policy::default());
         assert!(check(&m, P256, &response_data()).is_ok());
-        assert_eq!(rule(check(&m, P256, &tbs(None, 90, false, false))), "policy.ocsp.not_response_data");
-        assert_eq!(rule(check(&m, P256, &tbs_cert_list())), "policy.ocsp.not_response_data");
-        assert_eq!(rule(check(&m, P256, b"garbage")), "policy.ocsp.not_response_data");
+        assert_eq!(
+            rule(check(&m, P256, &tbs(None, 90, false, false))),
+            "policy.ocsp.not_response_data"
+        );
+        assert_eq!(
+            rule(check(&m, P256, &tbs_cert_list())),
+            "policy.ocsp.not_response_data"
+        );
+        assert_eq!(
+            rule(check(&m, P256, b"garbage")),
+            "policy.ocsp.not_response_data"
+        );
     }
 
     #[test]
     fn crl_key_signs_only_tbs_cert_list() {
         let m = meta(KeyRole::Crl, Policy::default());
         assert!(check(&m, P256, &tbs_cert_list()).is_ok());
-        assert_eq!(rule(check(&m, P256, &response_data())), "policy.crl.not_tbs_cert_list");
-        assert_eq!(rule(check(&m, P256, &tbs(None, 90, false, false))), "policy.crl.not_tbs_cert_list");
+        assert_eq!(
+            rule(check(&m, P256, &response_data())),
+            "policy.crl.not_tbs_cert_list"
+        );
+        assert_eq!(
+            rule(check(&m, P256, &tbs(None, 90, false, false))),
+            "policy.crl.not_tbs_cert_list"
+        );
     }
 
     #[test]
     fn audit_key_signs_only_prefixed_records() {
         let m = meta(KeyRole::Audit, Policy::default());
         assert!(check(&m, P256, b"CERTGATE-AUDIT-V1\0{\"seq\":1}").is_ok());
-        assert_eq!(rule(check(&m, P256, b"CERTGATE-AUDIT-V1 no nul")), "policy.audit.prefix_missing");
-        assert_eq!(rule(check(&m, P256, &response_data())), "policy.audit.prefix_missing");
+        assert_eq!(
+            rule(check(&m, P256, b"CERTGATE-AUDIT-V1 no nul")),
+            "policy.audit.prefix_missing"
+        );
+        assert_eq!(
+            rule(check(&m, P256, &response_data())),
+            "policy.audit.prefix_missing"
+        );
     }
 
     #[test]
     fn ra_key_never_signs_pki_objects() {
         let m = meta(KeyRole::Ra, Policy::default());
-        assert_eq!(check(&m, P256, b"cmp protected part"), Ok(Signed::Protection));
-        for msg in [tbs(None, 90, false, false), tbs_cert_list(), response_data()] {
+        assert_eq!(
+            check(&m, P256, b"cmp protected part"),
+            Ok(Signed::Protection)
+        );
+        for msg in [
+            tbs(None, 90, false, false),
+            tbs_cert_list(),
+            response_data(),
+        ] {
             assert_eq!(rule(check(&m, P256, &msg)), "policy.ra.pki_object");
         }
     }
 
     #[test]
     fn ca_keys_sign_ca_certificates_within_path_len() {
-        let root = meta(KeyRole::Root, Policy { max_validity_seconds: 0, max_path_len: Some(1) });
+        let root = meta(
+            KeyRole::Root,
+            Policy {
+                max_validity_seconds: 0,
+                max_path_len: Some(1),
+            },
+        );
         assert!(check(&root, P256, &tbs(Some(Some(0)), 3650, true, false)).is_ok());
         assert!(check(&root, P256, &tbs(Some(Some(1)), 3650, true, false)).is_ok());
-        assert_eq!(rule(check(&root, P256, &tbs(Some(Some(2)), 3650, true, false))), "policy.root.path_len_exceeded");
-        assert_eq!(rule(check(&root, P256, &tbs(Some(None), 3650, true, false))), "policy.root.path_len_missing");
-        assert_eq!(rule(check(&root, P256, &tbs(None, 90, false, false))), "policy.root.end_entity_certificate");
+        assert_eq!(
+            rule(check(&root, P256, &tbs(Some(Some(2)), 3650, true, false))),
+            "policy.root.path_len_exceeded"
+        );
+        assert_eq!(
+            rule(check(&root, P256, &tbs(Some(None), 3650, true, false))),
+            "policy.root.path_len_missing"
+        );
+        assert_eq!(
+            rule(check(&root, P256, &tbs(None, 90, false, false))),
+            "policy.root.end_entity_certificate"
+        );
         // delegated OCSP responder certificate
         assert!(check(&root, P256, &tbs(None, 90, false, true)).is_ok());
         let unlimited = meta(KeyRole::Intermediate, Policy::default());
         assert!(check(&unlimited, P256, &tbs(Some(None), 3650, true, false)).is_ok());
-        assert_eq!(rule(check(&unlimited, P256, &tbs(Some(None), 3660, true, false))), "policy.intermediate.validity_too_long");
+        assert_eq!(
+            rule(check(&unlimited, P256, &tbs(Some(None), 3660, true, false))),
+            "policy.intermediate.validity_too_long"
+        );
     }
 
     #[test]

@@ -52,7 +52,9 @@ pub struct SealedStore {
 
 impl std::fmt::Debug for SealedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealedStore").field("dir", &self.dir).finish()
+        f.debug_struct("SealedStore")
+            .field("dir", &self.dir)
+            .finish()
     }
 }
 
@@ -82,14 +84,23 @@ fn seal(key: &[u8], plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, StoreError>
     let mut nonce = [0u8; NONCE_LEN];
     aws_lc_rs::rand::fill(&mut nonce).map_err(|_| crate::algo::CryptoError::Generate)?;
     let mut buf = plaintext.to_vec();
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
-        .map_err(|_| crate::algo::CryptoError::Sign)?;
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut buf,
+    )
+    .map_err(|_| crate::algo::CryptoError::Sign)?;
     let mut out = nonce.to_vec();
     out.extend_from_slice(&buf);
     Ok(out)
 }
 
-fn open(key: &[u8], sealed: &[u8], aad: &[u8], file: &str) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+fn open(
+    key: &[u8],
+    sealed: &[u8],
+    aad: &[u8],
+    file: &str,
+) -> Result<Zeroizing<Vec<u8>>, StoreError> {
     let unauthentic = || StoreError::Unauthentic {
         file: file.to_owned(),
     };
@@ -282,7 +293,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let kek = Kek::generate().expect("kek");
         let store = SealedStore::open(dir.path(), kek_copy(&kek)).expect("open");
-        let key = store.generate(&new_key("k1"), 1_700_000_000).expect("generate");
+        let key = store
+            .generate(&new_key("k1"), 1_700_000_000)
+            .expect("generate");
         let sig1 = key.sign(Algorithm::EcdsaP256Sha256, b"m").expect("sign");
         assert!(!sig1.is_empty());
         let spki = key.meta().public_key_der.clone();
@@ -293,7 +306,9 @@ mod tests {
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].meta().public_key_der, spki);
         assert_eq!(loaded[0].meta().tenant, "acme");
-        let sig = loaded[0].sign(Algorithm::EcdsaP256Sha256, b"m").expect("sign");
+        let sig = loaded[0]
+            .sign(Algorithm::EcdsaP256Sha256, b"m")
+            .expect("sign");
         let pk = aws_lc_rs::signature::UnparsedPublicKey::new(
             &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
             spki_point(&spki),
@@ -313,7 +328,8 @@ mod tests {
         let store = SealedStore::open(dir.path(), Kek::generate().expect("kek")).expect("open");
         store.generate(&new_key("k1"), 1).expect("generate");
         drop(store);
-        let err = SealedStore::open(dir.path(), Kek::generate().expect("kek")).expect_err("wrong KEK");
+        let err =
+            SealedStore::open(dir.path(), Kek::generate().expect("kek")).expect_err("wrong KEK");
         assert!(matches!(err, StoreError::Unauthentic { .. }), "{err}");
     }
 
@@ -344,7 +360,10 @@ mod tests {
             SealedStore::open(dir.path(), kek_copy(&kek)).expect("unedited opens");
             edit(dir.path(), "k1", field, value);
             let err = SealedStore::open(dir.path(), kek).expect_err("edited file must be refused");
-            assert!(matches!(err, StoreError::Unauthentic { .. }), "{field}: {err}");
+            assert!(
+                matches!(err, StoreError::Unauthentic { .. }),
+                "{field}: {err}"
+            );
         }
     }
 
@@ -355,7 +374,11 @@ mod tests {
         let store = SealedStore::open(dir.path(), kek_copy(&kek)).expect("open");
         store.generate(&new_key("k1"), 1).expect("generate");
         drop(store);
-        fs::rename(dir.path().join("k1.key.json"), dir.path().join("k2.key.json")).expect("mv");
+        fs::rename(
+            dir.path().join("k1.key.json"),
+            dir.path().join("k2.key.json"),
+        )
+        .expect("mv");
         edit(dir.path(), "k2", "key_id", serde_json::json!("k2"));
         assert!(SealedStore::open(dir.path(), kek).is_err());
     }
