@@ -9,7 +9,9 @@ use common::*;
 
 async fn round_trip(key_type: KeyType) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let running = certgate_signer::server::start(&own_config(dir.path())).await.expect("start");
+    let running = certgate_signer::server::start(&own_config(dir.path()))
+        .await
+        .expect("start");
     let mut c = client(&running.socket);
     // an RA key signs opaque protocol messages, so any bytes will do
     let id = format!("ra-{}", key_type.as_str_name().to_lowercase());
@@ -69,7 +71,9 @@ async fn ed25519_verifies_with_openssl() {
 #[tokio::test]
 async fn batch_signatures_verify_with_openssl_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let running = certgate_signer::server::start(&own_config(dir.path())).await.expect("start");
+    let running = certgate_signer::server::start(&own_config(dir.path()))
+        .await
+        .expect("start");
     let mut c = client(&running.socket);
     let info = generate(&mut c, "ocsp-1", KeyRole::Ocsp, KeyType::EcP256).await;
     // more than the inline threshold, so the batch is spread over the blocking pool
@@ -86,12 +90,28 @@ async fn batch_signatures_verify_with_openssl_in_order() {
         .signatures;
     assert_eq!(sigs.len(), messages.len());
     for i in [0usize, 1, 49, 50, 99] {
-        openssl_verify(&info.public_key_der, Algorithm::EcdsaP256Sha256, &messages[i], &sigs[i])
-            .unwrap_or_else(|e| panic!("batch item {i}: {e}"));
+        openssl_verify(
+            &info.public_key_der,
+            Algorithm::EcdsaP256Sha256,
+            &messages[i],
+            &sigs[i],
+        )
+        .unwrap_or_else(|e| panic!("batch item {i}: {e}"));
     }
-    assert!(openssl_verify(&info.public_key_der, Algorithm::EcdsaP256Sha256, &messages[0], &sigs[1]).is_err());
+    assert!(
+        openssl_verify(
+            &info.public_key_der,
+            Algorithm::EcdsaP256Sha256,
+            &messages[0],
+            &sigs[1]
+        )
+        .is_err()
+    );
     let records = audit_records(&dir.path().join("audit.jsonl"));
-    let batch = records.iter().find(|r| r["op"] == "SignBatch").expect("batch audited");
+    let batch = records
+        .iter()
+        .find(|r| r["op"] == "SignBatch")
+        .expect("batch audited");
     assert_eq!(batch["count"], 100);
     assert_eq!(batch["decision"], "granted");
     running.shutdown().await.expect("shutdown");

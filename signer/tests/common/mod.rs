@@ -63,7 +63,12 @@ pub fn generate_request(id: &str, role: KeyRole, key_type: KeyType) -> GenerateK
     }
 }
 
-pub async fn generate(c: &mut SignerClient<Channel>, id: &str, role: KeyRole, kt: KeyType) -> KeyInfo {
+pub async fn generate(
+    c: &mut SignerClient<Channel>,
+    id: &str,
+    role: KeyRole,
+    kt: KeyType,
+) -> KeyInfo {
     c.generate_key(generate_request(id, role, kt))
         .await
         .expect("generate key")
@@ -101,14 +106,18 @@ pub fn rule_of(status: &tonic::Status) -> String {
 /// A TBSCertificate (signed by a throwaway ECDSA P-256 key, so its AlgorithmIdentifier is
 /// ecdsa-with-SHA256). `ca`: None = end entity, Some(path_len).
 pub fn tbs_certificate(ca: Option<Option<u8>>, days: i64) -> Vec<u8> {
-    let mut params = rcgen::CertificateParams::new(vec!["leaf.example".to_owned()]).expect("params");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["leaf.example".to_owned()]).expect("params");
     params.is_ca = match ca {
         None => rcgen::IsCa::NoCa,
         Some(None) => rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained),
         Some(Some(n)) => rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(n)),
     };
     if ca.is_some() {
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
     }
     params.not_before = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("t");
     params.not_after = params.not_before + time::Duration::days(days);
@@ -149,8 +158,10 @@ pub fn response_data(serial: u32) -> Vec<u8> {
             oid: const_oid::db::rfc5912::ID_SHA_1,
             parameters: None,
         },
-        issuer_name_hash: der::asn1::OctetString::new(sha1::Sha1::digest(name.to_der().expect("der")).to_vec())
-            .expect("octets"),
+        issuer_name_hash: der::asn1::OctetString::new(
+            sha1::Sha1::digest(name.to_der().expect("der")).to_vec(),
+        )
+        .expect("octets"),
         issuer_key_hash: der::asn1::OctetString::new(vec![7u8; 20]).expect("octets"),
         serial_number: x509_cert::serial_number::SerialNumber::from(serial),
     };
@@ -202,7 +213,12 @@ pub fn openssl_verify(spki: &[u8], alg: Algorithm, msg: &[u8], sig: &[u8]) -> Re
     let (pubkey, m, sg) = (s(p("pub.pem")), s(p("msg.bin")), s(p("sig.bin")));
     let mut args: Vec<String> = Vec::new();
     let digest = |d: &str| vec!["dgst".to_owned(), format!("-{d}")];
-    let pss = ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest"];
+    let pss = [
+        "-sigopt",
+        "rsa_padding_mode:pss",
+        "-sigopt",
+        "rsa_pss_saltlen:digest",
+    ];
     match alg {
         Algorithm::EcdsaP256Sha256 | Algorithm::RsaPkcs1Sha256 => args.extend(digest("sha256")),
         Algorithm::EcdsaP384Sha384 | Algorithm::RsaPkcs1Sha384 => args.extend(digest("sha384")),
@@ -221,23 +237,35 @@ pub fn openssl_verify(spki: &[u8], alg: Algorithm, msg: &[u8], sig: &[u8]) -> Re
         }
         Algorithm::Ed25519 => {
             args.extend(
-                ["pkeyutl", "-verify", "-pubin", "-inkey", &pubkey, "-rawin", "-in", &m, "-sigfile", &sg]
-                    .iter()
-                    .map(|s| s.to_string()),
+                [
+                    "pkeyutl", "-verify", "-pubin", "-inkey", &pubkey, "-rawin", "-in", &m,
+                    "-sigfile", &sg,
+                ]
+                .iter()
+                .map(|s| s.to_string()),
             );
         }
         Algorithm::Unspecified => return Err("unspecified algorithm".into()),
     }
     if alg != Algorithm::Ed25519 {
-        args.extend(["-verify", &pubkey, "-signature", &sg, &m].iter().map(|s| s.to_string()));
+        args.extend(
+            ["-verify", &pubkey, "-signature", &sg, &m]
+                .iter()
+                .map(|s| s.to_string()),
+        );
     }
-    let out = Command::new("openssl").args(&args).output().map_err(|e| format!("openssl: {e}"))?;
+    let out = Command::new("openssl")
+        .args(&args)
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    if out.status.success() && (text.contains("Verified Successfully") || text.contains("Verified OK")) {
+    if out.status.success()
+        && (text.contains("Verified Successfully") || text.contains("Verified OK"))
+    {
         Ok(())
     } else {
         Err(format!("openssl {args:?}: {text}"))
@@ -256,7 +284,10 @@ impl SignerProcess {
     /// Starts the binary with `config_path` and `envs`, waits until its socket accepts.
     pub fn start(config_path: &Path, socket: &Path, envs: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_certgate-signer"));
-        cmd.arg("--config").arg(config_path).stdin(Stdio::null()).stdout(Stdio::null());
+        cmd.arg("--config")
+            .arg(config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -269,10 +300,17 @@ impl SignerProcess {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("certgate-signer exited early: {status}");
             }
-            assert!(Instant::now() < deadline, "certgate-signer did not open {}", socket.display());
+            assert!(
+                Instant::now() < deadline,
+                "certgate-signer did not open {}",
+                socket.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child, socket: socket.to_owned() }
+        Self {
+            child,
+            socket: socket.to_owned(),
+        }
     }
 
     pub fn stop(mut self) {
