@@ -1,0 +1,110 @@
+//! The sealed key store through the real `certgate-signer` binary: keys survive a restart; the
+//! signer refuses to start with a wrong KEK, or when a key file's tenant or role was edited.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use certgate_proto::signer::{Algorithm, KeyRole, KeyType, PublicKeyRequest};
+use common::*;
+
+fn start_fails(config: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_certgate-signer"))
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run certgate-signer");
+    assert!(!out.status.success(), "the signer must refuse to start");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+async fn make_key(dir: &std::path::Path) -> Vec<u8> {
+    let config = write_config(dir, "");
+    let signer = SignerProcess::start(&config, &dir.join("signer.sock"), &[]);
+    let mut c = client(&signer.socket);
+    let info = generate(&mut c, "issuing-1", KeyRole::Issuing, KeyType::EcP256).await;
+    signer.stop();
+    info.public_key_der
+}
+
+#[tokio::test]
+async fn sealed_keys_survive_a_signer_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spki = make_key(dir.path()).await;
+    let config = write_config(dir.path(), "");
+    let signer = SignerProcess::start(&config, &dir.path().join("signer.sock"), &[]);
+    let mut c = client(&signer.socket);
+    let info = c
+        .public_key(PublicKeyRequest {
+            key_id: "issuing-1".into(),
+        })
+        .await
+        .expect("key is back")
+        .into_inner();
+    assert_eq!(info.public_key_der, spki);
+    assert_eq!(info.tenant, "acme");
+    assert_eq!(info.role, KeyRole::Issuing as i32);
+    let tbs = tbs_certificate(None, 30);
+    let sig = c
+        .sign(sign_request("issuing-1", Algorithm::EcdsaP256Sha256, &tbs))
+        .await
+        .expect("signs after restart")
+        .into_inner()
+        .signature;
+    openssl_verify(&spki, Algorithm::EcdsaP256Sha256, &tbs, &sig).expect("verifies");
+    // the audit chain continued across the restart
+    let records = audit_records(&dir.path().join("audit.jsonl"));
+    assert_eq!(records.len(), 3);
+    signer.stop();
+}
+
+#[tokio::test]
+async fn signer_refuses_to_start_with_a_wrong_kek() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_key(dir.path()).await;
+    let other = certgate_signer::keystore::Kek::generate().expect("kek");
+    std::fs::write(dir.path().join("kek"), other.to_base64().as_bytes()).expect("write");
+    let stderr = start_fails(&write_config(dir.path(), ""));
+    assert!(stderr.contains("authentication failed"), "{stderr}");
+}
+
+#[tokio::test]
+async fn signer_refuses_a_key_file_whose_tenant_or_role_was_edited() {
+    for (field, value) in [("tenant", "evil-tenant"), ("role", "ROOT")] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        make_key(dir.path()).await;
+        let path = dir.path().join("keys/issuing-1.key.json");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        v[field] = serde_json::json!(value);
+        std::fs::write(&path, serde_json::to_vec_pretty(&v).expect("json")).expect("write");
+        let stderr = start_fails(&write_config(dir.path(), ""));
+        assert!(
+            stderr.contains("authentication failed"),
+            "{field}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn init_kek_writes_a_private_32_byte_key_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sub/kek");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_certgate-signer"))
+            .arg("init-kek")
+            .arg(&path)
+            .output()
+            .expect("run")
+    };
+    assert!(run().status.success());
+    let meta = std::fs::metadata(&path).expect("kek written");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let kek = certgate_signer::keystore::Kek::parse(&std::fs::read(&path).expect("read"));
+    assert!(kek.is_ok());
+    let before = std::fs::read(&path).expect("read");
+    assert!(!run().status.success(), "must not overwrite");
+    assert_eq!(std::fs::read(&path).expect("read"), before);
+}
