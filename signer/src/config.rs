@@ -83,6 +83,10 @@ pub struct Config {
     pub mode: Mode,
     /// The Unix socket to serve on.
     pub socket: PathBuf,
+    /// Permissions of the socket file, octal string (default `"0600"`: owner only). Use
+    /// `"0660"` with a shared group when the core runs as another user; the allow-list still
+    /// decides who may call.
+    pub socket_mode: Option<String>,
     /// Who may call Sign, SignBatch, PublicKey, ListKeys: `uid:N` / `spiffe://…`. Empty = nobody.
     #[serde(default)]
     pub allow: Vec<String>,
@@ -174,6 +178,7 @@ impl Config {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         self.allow_list()?;
         self.admin_allow_list()?;
+        self.socket_mode()?;
         match (&self.kek_file, &self.kek_env) {
             (Some(_), Some(_)) => {
                 return invalid("set exactly one of kek_file and kek_env, not both");
@@ -203,6 +208,21 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The socket file's permission bits.
+    pub fn socket_mode(&self) -> Result<u32, ConfigError> {
+        let Some(text) = &self.socket_mode else {
+            return Ok(0o600);
+        };
+        let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+            .map_err(|_| ConfigError::Invalid(format!("socket_mode {text:?} is not octal")))?;
+        if mode & !0o770 != 0 {
+            return Err(ConfigError::Invalid(
+                "socket_mode may grant owner and group access only (at most 0770)".into(),
+            ));
+        }
+        Ok(mode)
     }
 
     /// The caller allow-list.
@@ -299,6 +319,19 @@ mod tests {
         assert_eq!(c.kek_file.as_deref(), Some(Path::new("/etc/certgate/kek")));
         assert_eq!(c.limits, Limits::default());
         assert!(c.tls.is_none() && c.pkcs11.is_none());
+        assert_eq!(c.socket_mode().expect("mode"), 0o600);
+    }
+
+    #[test]
+    fn socket_mode_never_opens_the_socket_to_others() {
+        let with =
+            |m: &str| Config::parse(&format!("socket_mode = \"{m}\"\n{MINIMAL}"), Path::new("/"));
+        assert_eq!(
+            with("0660").expect("group").socket_mode().expect("mode"),
+            0o660
+        );
+        assert!(with("0666").is_err());
+        assert!(with("rw").is_err());
     }
 
     #[test]

@@ -115,6 +115,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
     let listener = bind_unix(&config.socket)
         .with_context(|| format!("unix socket {}", config.socket.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            &config.socket,
+            std::fs::Permissions::from_mode(config.socket_mode()?),
+        )?;
+    }
     let svc = grpc();
     let signal = shutdown_signal(rx.clone());
     tasks.push(tokio::spawn(async move {
