@@ -9,14 +9,33 @@ use certgate_proto::signer::{Algorithm, KeyRole, KeyType, PublicKeyRequest};
 use common::*;
 
 fn start_fails(config: &std::path::Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_certgate-signer"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_certgate-signer"))
         .arg("--config")
         .arg(config)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run certgate-signer");
-    assert!(!out.status.success(), "the signer must refuse to start");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(!status.success(), "the signer must refuse to start");
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the signer started (and kept serving) when it must refuse to start");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut stderr = String::new();
+    use std::io::Read;
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    stderr
 }
 
 async fn make_key(dir: &std::path::Path) -> Vec<u8> {

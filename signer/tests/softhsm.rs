@@ -198,12 +198,29 @@ async fn softhsm_key_is_generated_on_the_token_signs_and_verifies_with_openssl()
         serde_json::from_slice(&std::fs::read(&sidecar).expect("read")).expect("json");
     v["role"] = serde_json::json!("ROOT");
     std::fs::write(&sidecar, serde_json::to_vec(&v).expect("json")).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_certgate-signer"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_certgate-signer"))
         .env("SOFTHSM2_CONF", &conf)
         .arg("--config")
         .arg(&config)
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("authentication failed"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the signer started with an edited sidecar");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read");
+    assert!(stderr.contains("authentication failed"), "{stderr}");
 }
