@@ -240,6 +240,14 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, TransportError> {
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
+            // A socket someone still accepts on is not stale: replacing it would silently cut
+            // the running server off (two signers started on one path).
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(TransportError::Io(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use by a running server", path.display()),
+                )));
+            }
             std::fs::remove_file(path)?;
         } else {
             return Err(TransportError::Io(io::Error::new(
@@ -501,8 +509,8 @@ mod tests {
 
     #[test]
     fn spiffe_id_is_read_from_the_uri_san() {
-        let mut params = rcgen::CertificateParams::new(vec!["core.local".to_owned()])
-            .expect("params");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["core.local".to_owned()]).expect("params");
         params.subject_alt_names.push(rcgen::SanType::URI(
             "spiffe://certgate.test/core".try_into().expect("uri"),
         ));
@@ -512,6 +520,20 @@ mod tests {
             spiffe_id_of(cert.der()).as_deref(),
             Some("spiffe://certgate.test/core")
         );
+    }
+
+    #[tokio::test]
+    async fn bind_unix_replaces_a_stale_socket_but_not_a_live_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.sock");
+        let live = bind_unix(&path).expect("first bind");
+        assert!(
+            bind_unix(&path).is_err(),
+            "a live socket must not be replaced"
+        );
+        drop(live);
+        // the file is left behind by the closed listener: stale, so it is replaced
+        bind_unix(&path).expect("stale socket replaced");
     }
 
     #[test]
