@@ -29,6 +29,11 @@ enum Command {
         /// Where to write the KEK.
         file: PathBuf,
     },
+    /// Check an audit log's hash chain and sequence; exits non-zero on an edit, gap or reorder.
+    VerifyAudit {
+        /// The audit log (JSON lines).
+        file: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +47,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::InitKek { file } => init_kek(&file),
+        Command::VerifyAudit { file } => {
+            let bytes = std::fs::read(&file).with_context(|| file.display().to_string())?;
+            let n = certgate_signer::audit::verify(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!("{}: {n} records, chain intact", file.display());
+            Ok(())
+        }
         Command::Serve => {
             let path = cli.config.context("--config FILE is required to serve")?;
             serve(path)

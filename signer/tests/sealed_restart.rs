@@ -73,9 +73,29 @@ async fn sealed_keys_survive_a_signer_restart() {
         .signature;
     openssl_verify(&spki, Algorithm::EcdsaP256Sha256, &tbs, &sig).expect("verifies");
     // the audit chain continued across the restart
-    let records = audit_records(&dir.path().join("audit.jsonl"));
+    let audit = dir.path().join("audit.jsonl");
+    let records = audit_records(&audit);
     assert_eq!(records.len(), 3);
     signer.stop();
+    let verify = |path: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_certgate-signer"))
+            .arg("verify-audit")
+            .arg(path)
+            .output()
+            .expect("run")
+            .status
+            .success()
+    };
+    assert!(verify(&audit), "verify-audit accepts the intact log");
+    let text = std::fs::read_to_string(&audit).expect("read");
+    let lines: Vec<&str> = text.lines().collect();
+    let dropped = format!("{}\n{}\n", lines[0], lines[2]);
+    let edited = text.replacen("\"granted\"", "\"denied\"", 1);
+    for (name, body) in [("dropped", dropped), ("edited", edited)] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).expect("write");
+        assert!(!verify(&p), "verify-audit must reject the {name} log");
+    }
 }
 
 #[tokio::test]
