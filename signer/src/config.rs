@@ -144,8 +144,15 @@ impl Config {
         let text = read(path)?;
         let text = std::str::from_utf8(&text)
             .map_err(|_| ConfigError::Parse("the file is not UTF-8".into()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(text, base)
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let base = std::path::absolute(base).map_err(|source| ConfigError::Read {
+            path: base.display().to_string(),
+            source,
+        })?;
+        Self::parse(text, &base)
     }
 
     /// Parses TOML, resolving relative paths against `base`, and validates it.
@@ -278,7 +285,8 @@ impl Config {
         Ok(Some(pin))
     }
 
-    fn check_private(&self, path: &Path) -> Result<(), ConfigError> {
+    /// Refuses (production) or warns about (dev) a secret file readable by group or others.
+    pub fn check_private(&self, path: &Path) -> Result<(), ConfigError> {
         let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,

@@ -134,6 +134,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let mut tls_addr = None;
     if let Some(tls) = &config.tls {
         let read = |p: &PathBuf| std::fs::read(p).with_context(|| p.display().to_string());
+        config.check_private(&tls.key)?;
         let key_pem = zeroize::Zeroizing::new(read(&tls.key)?);
         let server_config = server_tls_config(&read(&tls.cert)?, &key_pem, &read(&tls.client_ca)?)
             .context("TLS configuration")?;
