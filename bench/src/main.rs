@@ -271,7 +271,7 @@ fn signer(args: SignerArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (single, batched) = rt.block_on(async {
+    let (single, batched, rpc_only) = rt.block_on(async {
         let mut admin = SignerClient::new(certgate_proto::transport::unix_channel(socket.clone()));
         admin
             .generate_key(GenerateKeyRequest {
@@ -324,6 +324,23 @@ fn signer(args: SignerArgs) -> anyhow::Result<()> {
                 (c1 - c0) * 1e6 / (single * d.as_secs_f64())
             );
         }
+        println!("measuring PublicKey (the same path without signing) …");
+        let pk_clients: Arc<Vec<_>> = Arc::new(
+            (0..args.clients)
+                .map(|i| channels[i % channels.len()].clone())
+                .collect(),
+        );
+        let rpc_only = measure(args.clients, d, 1, move |w| {
+            let mut c = pk_clients[w].clone();
+            async move {
+                c.public_key(certgate_proto::signer::PublicKeyRequest {
+                    key_id: "bench-ocsp".into(),
+                })
+                .await
+                .is_ok()
+            }
+        })
+        .await;
         println!(
             "measuring SignBatch ({} messages) with {} clients …",
             args.batch, args.batch_clients
@@ -351,7 +368,7 @@ fn signer(args: SignerArgs) -> anyhow::Result<()> {
             async move { c.sign_batch(req).await.is_ok() }
         })
         .await;
-        anyhow::Ok((single, batched))
+        anyhow::Ok((single, batched, rpc_only))
     })?;
 
     let audit = std::fs::read(dir.path().join("audit.jsonl")).unwrap_or_default();
@@ -375,6 +392,13 @@ fn signer(args: SignerArgs) -> anyhow::Result<()> {
             args.clients, args.connections
         ),
         single,
+    );
+    row(
+        &format!(
+            "PublicKey over Unix socket (no signature), {} clients",
+            args.clients
+        ),
+        rpc_only,
     );
     row(
         &format!(
