@@ -84,8 +84,11 @@ fn init_kek(file: &PathBuf) -> anyhow::Result<()> {
 fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let config = certgate_signer::config::Config::load(&config_path)?;
     certgate_signer::hardening::harden();
+    // mlockall(MCL_FUTURE) locks every thread stack in full: keep the blocking pool (RSA, PKCS#11,
+    // batches, key generation) small.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(32)
         .build()?;
     runtime.block_on(async move {
         let running = certgate_signer::server::start(&config).await?;
