@@ -210,7 +210,14 @@ async fn tls_client_without_certificate_is_refused_and_audited() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["caller"], "anonymous");
     assert_eq!(records[0]["decision"], "denied");
+    let addr = running.tls_addr.expect("addr");
     running.shutdown().await.expect("shutdown");
+    // the listener is closed with the server, not left accepting the next connection
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the TLS listener must close on shutdown"
+    );
 }
 
 #[tokio::test]
