@@ -387,6 +387,21 @@ impl SignerService {
     }
 }
 
+/// Runs an RPC's work (including its audit record) on its own task, so that a client that gives up
+/// (deadline, disconnect) makes tonic drop only the waiting handler, never the half-done call:
+/// every RPC that reached the service gets exactly one audit record (I-7).
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<Response<T>, Status>> + Send + 'static,
+) -> Result<Response<T>, Status> {
+    tokio::spawn(work).await.unwrap_or_else(|_| {
+        tracing::error!("RPC task failed");
+        Err(
+            RpcError::unavailable("the signer failed; try again later", Duration::from_secs(1))
+                .into(),
+        )
+    })
+}
+
 #[tonic::async_trait]
 impl Signer for SignerService {
     async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
@@ -396,8 +411,19 @@ impl Signer for SignerService {
         ctx.algorithm = algorithm_name(r.algorithm);
         ctx.count = 1;
         ctx.digest = Some(sha256(&r.message));
-        let result = self.do_sign(&caller, r).await;
-        self.finish(&caller, &ctx, result)
+        // A software ECDSA/Ed25519 signature never yields, so the call cannot be abandoned between
+        // the check and the audit record; anything that waits (RSA, PKCS#11) runs detached.
+        let fast = self.inner.keys.get(&r.key_id).is_some_and(|k| k.is_fast());
+        let this = self.clone();
+        let work = async move {
+            let result = this.do_sign(&caller, r).await;
+            this.finish(&caller, &ctx, result)
+        };
+        if fast {
+            work.await
+        } else {
+            detached(work).await
+        }
     }
 
     async fn sign_batch(
@@ -414,8 +440,12 @@ impl Signer for SignerService {
             all.extend_from_slice(&sha256(m));
         }
         ctx.digest = Some(sha256(&all));
-        let result = self.do_sign_batch(&caller, r).await;
-        self.finish(&caller, &ctx, result)
+        let this = self.clone();
+        detached(async move {
+            let result = this.do_sign_batch(&caller, r).await;
+            this.finish(&caller, &ctx, result)
+        })
+        .await
     }
 
     async fn public_key(
@@ -467,10 +497,14 @@ impl Signer for SignerService {
         let caller = caller_of(&request);
         let r = request.into_inner();
         let mut ctx = Ctx::new("GenerateKey", &r.key_id);
-        let result = self.do_generate(&caller, r).await;
-        if let Ok(info) = &result {
-            ctx.digest = Some(sha256(&info.public_key_der));
-        }
-        self.finish(&caller, &ctx, result)
+        let this = self.clone();
+        detached(async move {
+            let result = this.do_generate(&caller, r).await;
+            if let Ok(info) = &result {
+                ctx.digest = Some(sha256(&info.public_key_der));
+            }
+            this.finish(&caller, &ctx, result)
+        })
+        .await
     }
 }

@@ -192,3 +192,36 @@ async fn generate_key_validates_its_request() {
     assert_eq!(e.code(), Code::AlreadyExists);
     running.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn a_call_abandoned_mid_signature_is_still_audited_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = certgate_signer::server::start(&own_config(dir.path()))
+        .await
+        .expect("start");
+    let mut c = client(&running.socket);
+    generate(&mut c, "ra-rsa", KeyRole::Ra, KeyType::Rsa4096).await;
+    // RSA-4096 signing takes milliseconds on the blocking pool; a 1 ms deadline makes tonic drop
+    // the handler while it waits for the signature
+    let mut abandoned = 0;
+    for _ in 0..20 {
+        let mut req = tonic::Request::new(sign_request(
+            "ra-rsa",
+            Algorithm::RsaPssSha512,
+            b"abandon me",
+        ));
+        req.set_timeout(std::time::Duration::from_millis(1));
+        if c.sign(req).await.is_err() {
+            abandoned += 1;
+        }
+    }
+    assert!(
+        abandoned > 0,
+        "at least one call must have been abandoned for this test to mean anything"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let records = audit_records(&dir.path().join("audit.jsonl"));
+    let signs = records.iter().filter(|r| r["op"] == "Sign").count();
+    assert_eq!(signs, 20, "every Sign call is audited, abandoned or not");
+    running.shutdown().await.expect("shutdown");
+}
