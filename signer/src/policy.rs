@@ -632,6 +632,50 @@ mod tests {
     }
 
     #[test]
+    fn mutated_der_never_panics_and_never_lets_an_issuing_key_sign_a_ca() {
+        // a cheap in-tree stand-in for a fuzz target: every single-byte mutation of real inputs
+        let inputs = [
+            tbs(Some(None), 30, true, false),
+            tbs(None, 30, false, false),
+            tbs_cert_list(),
+            response_data(),
+        ];
+        let roles = [
+            KeyRole::Root,
+            KeyRole::Intermediate,
+            KeyRole::Issuing,
+            KeyRole::Ocsp,
+            KeyRole::Crl,
+            KeyRole::Audit,
+            KeyRole::Ra,
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for input in &inputs {
+            for i in 0..input.len() {
+                for _ in 0..4 {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let mut m = input.clone();
+                    m[i] = (state & 0xff) as u8;
+                    for role in roles {
+                        let r = check(&meta(role, Policy::default()), P256, &m);
+                        if role == KeyRole::Issuing && r == Ok(Signed::Certificate) {
+                            let t = TbsCertificate::from_der(&m).expect("it parsed");
+                            let ca = t.extensions.iter().flatten().any(|e| {
+                                e.extn_id == const_oid::db::rfc5280::ID_CE_BASIC_CONSTRAINTS
+                                    && BasicConstraints::from_der(e.extn_value.as_bytes())
+                                        .is_ok_and(|b| b.ca)
+                            });
+                            assert!(!ca, "an issuing key accepted a CA certificate");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn pss_identifier_must_name_hash_mgf_and_salt() {
         // sha256 PSS AlgorithmIdentifier as OpenSSL writes it (hash, MGF1-SHA256, salt 32)
         let der = hex::decode(
