@@ -36,14 +36,14 @@ mod generated {
     }
 }
 
-/// `proto/signer.proto`: the signer service.
-pub use generated::certgate::signer::v1 as signer;
-/// `proto/core.proto`: the core service edges call.
-pub use generated::certgate::core::v1 as core;
 /// `proto/admin.proto`: the core's administration service.
 pub use generated::certgate::admin::v1 as admin;
+/// `proto/core.proto`: the core service edges call.
+pub use generated::certgate::core::v1 as core;
 /// `proto/errors.proto`: the error detail crossing every hop.
 pub use generated::certgate::errors::v1 as errors;
+/// `proto/signer.proto`: the signer service.
+pub use generated::certgate::signer::v1 as signer;
 
 pub use error::{ErrorDetail, ErrorKind, RpcError};
 pub use transport::{AllowList, Caller};
