@@ -1,0 +1,342 @@
+//! The core's configuration file (TOML; schema in docs/core.md).
+//!
+//! Unknown keys are errors; relative paths resolve against the file's directory, so a generated
+//! data directory can be moved as a whole.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use certgate_proto::AllowList;
+use der::Decode;
+use serde::Deserialize;
+use spki::SubjectPublicKeyInfoOwned;
+
+/// Dev or production (I-5: dev conveniences refuse to start in production).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Local development.
+    Dev,
+    /// Production.
+    Production,
+}
+
+/// The raw file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    mode: Mode,
+    socket: PathBuf,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    admin_allow: Vec<String>,
+    store: PathBuf,
+    signer: RawSigner,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
+    custodians: Vec<RawCustodian>,
+    #[serde(default = "one")]
+    quorum: u32,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    limits: Limits,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigner {
+    socket: Option<PathBuf>,
+    #[serde(default)]
+    tls: Option<RawSignerTls>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignerTls {
+    addr: SocketAddr,
+    server_name: String,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    listen: SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCustodian {
+    name: String,
+    public_key: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default)]
+    key_id: Option<String>,
+    #[serde(default)]
+    signer_log: Option<PathBuf>,
+    #[serde(default)]
+    sign_interval_ms: Option<u64>,
+}
+
+/// Bounds (I-8).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Issue calls in flight at once; beyond: RATE_LIMITED.
+    pub max_in_flight_issue: usize,
+    /// Concurrent requests per connection.
+    pub max_concurrent_per_connection: usize,
+    /// tonic's max decoded message size.
+    pub max_message_bytes: usize,
+    /// Deadline for each signer call, ms.
+    pub signer_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_in_flight_issue: 1024,
+            max_concurrent_per_connection: 256,
+            max_message_bytes: 256 * 1024,
+            signer_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Where the signer is.
+#[derive(Clone, Debug)]
+pub enum SignerEndpoint {
+    /// A Unix socket.
+    Unix(PathBuf),
+    /// TCP + mTLS.
+    Tls {
+        /// Address.
+        addr: SocketAddr,
+        /// Server name to verify.
+        server_name: String,
+        /// CA bundle for the signer's certificate.
+        ca: PathBuf,
+        /// Our client certificate.
+        cert: PathBuf,
+        /// Our client key.
+        key: PathBuf,
+    },
+}
+
+/// The TCP + mTLS listener.
+#[derive(Clone, Debug)]
+pub struct TlsListener {
+    /// Address.
+    pub listen: SocketAddr,
+    /// Server certificate chain PEM.
+    pub cert: PathBuf,
+    /// Server key PEM.
+    pub key: PathBuf,
+    /// Client CA bundle PEM.
+    pub client_ca: PathBuf,
+}
+
+/// A ceremony custodian.
+#[derive(Clone, Debug)]
+pub struct Custodian {
+    /// Name.
+    pub name: String,
+    /// Raw 32-byte Ed25519 public key.
+    pub ed25519: Vec<u8>,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Mode.
+    pub mode: Mode,
+    /// Unix socket for Core + Admin.
+    pub socket: PathBuf,
+    /// Who may call Core.
+    pub allow: AllowList,
+    /// Who may call Admin.
+    pub admin_allow: AllowList,
+    /// SQLite file.
+    pub store: PathBuf,
+    /// Signer endpoint.
+    pub signer: SignerEndpoint,
+    /// Optional TLS listener.
+    pub tls: Option<TlsListener>,
+    /// Custodians.
+    pub custodians: Vec<Custodian>,
+    /// Approvals needed.
+    pub quorum: u32,
+    /// The signer key id of the audit key.
+    pub audit_key_id: String,
+    /// The signer's audit log to ingest.
+    pub signer_audit_log: Option<PathBuf>,
+    /// How often unsigned audit records are signed, ms.
+    pub audit_sign_interval_ms: u64,
+    /// Bounds.
+    pub limits: Limits,
+}
+
+/// A configuration error, shown to the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Reads an Ed25519 public key from an SPKI PEM (or a file holding one).
+fn ed25519_key(base: &Path, value: &str) -> Result<Vec<u8>, String> {
+    let pem_text = if value.contains("-----BEGIN") {
+        value.to_owned()
+    } else {
+        std::fs::read_to_string(resolve(base, Path::new(value)))
+            .map_err(|e| format!("reading {value}: {e}"))?
+    };
+    let (label, der) =
+        der::pem::decode_vec(pem_text.trim().as_bytes()).map_err(|e| format!("PEM: {e}"))?;
+    if label != "PUBLIC KEY" {
+        return Err(format!("expected a PUBLIC KEY PEM block, found {label}"));
+    }
+    let spki = SubjectPublicKeyInfoOwned::from_der(&der).map_err(|e| format!("SPKI: {e}"))?;
+    if spki.algorithm.oid != const_oid::db::rfc8410::ID_ED_25519 {
+        return Err("not an Ed25519 key".into());
+    }
+    spki.subject_public_key
+        .as_bytes()
+        .filter(|b| b.len() == 32)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| "bad Ed25519 key".into())
+}
+
+impl Config {
+    /// Loads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("reading {}: {e}", path.display())))?;
+        let base = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_owned))
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::parse(&text, &base)
+    }
+
+    /// Parses configuration text; relative paths resolve against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError(format!("config: {}", e.message())))?;
+        let allow = AllowList::parse(&raw.allow).map_err(|e| ConfigError(format!("allow: {e}")))?;
+        let admin_allow = AllowList::parse(&raw.admin_allow)
+            .map_err(|e| ConfigError(format!("admin_allow: {e}")))?;
+        let signer = match (raw.signer.socket, raw.signer.tls) {
+            (Some(p), None) => SignerEndpoint::Unix(resolve(base, &p)),
+            (None, Some(t)) => SignerEndpoint::Tls {
+                addr: t.addr,
+                server_name: t.server_name,
+                ca: resolve(base, &t.ca),
+                cert: resolve(base, &t.cert),
+                key: resolve(base, &t.key),
+            },
+            _ => {
+                return Err(ConfigError(
+                    "[signer] needs exactly one of socket and [signer.tls]".into(),
+                ));
+            }
+        };
+        let mut custodians = Vec::new();
+        for c in raw.custodians {
+            if c.name.is_empty() || custodians.iter().any(|x: &Custodian| x.name == c.name) {
+                return Err(ConfigError(format!(
+                    "custodian name {:?} empty or repeated",
+                    c.name
+                )));
+            }
+            let key = ed25519_key(base, &c.public_key)
+                .map_err(|e| ConfigError(format!("custodian {}: {e}", c.name)))?;
+            custodians.push(Custodian {
+                name: c.name,
+                ed25519: key,
+            });
+        }
+        if raw.quorum == 0 || raw.quorum as usize > custodians.len().max(1) {
+            return Err(ConfigError(format!(
+                "quorum {} must be between 1 and the number of custodians ({})",
+                raw.quorum,
+                custodians.len()
+            )));
+        }
+        Ok(Self {
+            mode: raw.mode,
+            socket: resolve(base, &raw.socket),
+            allow,
+            admin_allow,
+            store: resolve(base, &raw.store),
+            signer,
+            tls: raw.tls.map(|t| TlsListener {
+                listen: t.listen,
+                cert: resolve(base, &t.cert),
+                key: resolve(base, &t.key),
+                client_ca: resolve(base, &t.client_ca),
+            }),
+            custodians,
+            quorum: raw.quorum,
+            audit_key_id: raw.audit.key_id.unwrap_or_else(|| "core-audit".into()),
+            signer_audit_log: raw.audit.signer_log.map(|p| resolve(base, &p)),
+            audit_sign_interval_ms: raw.audit.sign_interval_ms.unwrap_or(1000),
+            limits: raw.limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+mode = "dev"
+socket = "core.sock"
+allow = ["uid:1000"]
+admin_allow = ["uid:1000"]
+store = "core.db"
+[signer]
+socket = "../signer/signer.sock"
+"#;
+
+    #[test]
+    fn minimal_config_parses_with_relative_paths() {
+        let c = Config::parse(MIN, Path::new("/data/core")).expect("parses");
+        assert_eq!(c.socket, PathBuf::from("/data/core/core.sock"));
+        assert!(
+            matches!(c.signer, SignerEndpoint::Unix(ref p) if p == Path::new("/data/core/../signer/signer.sock"))
+        );
+        assert_eq!(c.audit_key_id, "core-audit");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_quorum_are_refused() {
+        assert!(Config::parse(&format!("{MIN}\nbogus = 1"), Path::new("/")).is_err());
+        let text = MIN.replace("store = \"core.db\"", "store = \"core.db\"\nquorum = 2");
+        assert!(Config::parse(&text, Path::new("/")).is_err());
+    }
+}

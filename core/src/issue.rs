@@ -1,0 +1,455 @@
+//! The single issuance path (I-2): prepare → record intent → sign → store (docs/issuance-cycle.md).
+//!
+//! 1. **Prepare**: verify the CSR, resolve the tenant's profile (latest version) and enforce it
+//!    (I-9), pick a random serial, build the exact TBSCertificate.
+//! 2. **Record intent**: store (tenant, idempotency key) → request hash, serial, TBS DER in one
+//!    transaction (UNIQUE on the pair).
+//! 3. **Sign**: ask the signer for a signature over those exact bytes; verify it under the CA key.
+//! 4. **Store**: assemble the certificate and store it under the same key; the stored record *is*
+//!    the certificate, every later call with the key returns it byte for byte.
+//!
+//! A retry (same key, same request) finds the completed record, or an intent without a
+//! certificate (a crash between 3 and 4) and re-signs the same TBS — same serial, same names,
+//! same validity. Concurrent duplicates in one process wait on a per-key lock and then find the
+//! record; across processes the UNIQUE constraints decide.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::digest;
+use certgate_proto::Caller;
+use certgate_proto::core::{IssueRequest, IssueResponse, identifier, issue_request};
+use certgate_proto::signer::KeyType;
+use der::{Decode, Encode};
+use prost::Message;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::audit::AuditEntry;
+use crate::csr::{self, Requested};
+use crate::error::{CoreError, Result};
+use crate::profile::{Profile, San};
+use crate::signer_client::Signer;
+use crate::store::{CaRec, CertRec, IntentOutcome, IntentRec, Store};
+use crate::x509::{self, IssuerInfo, LeafSpec};
+
+/// The fault hook for the kill-and-retry test (dev mode only, docs/core.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// No fault.
+    None,
+    /// `std::process::abort()` right after the signer answered, before storing.
+    CrashAfterSign,
+}
+
+impl Fault {
+    /// Reads `CERTGATE_FAULT`.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("CERTGATE_FAULT") {
+            Err(_) => Ok(Fault::None),
+            Ok(v) if v.is_empty() => Ok(Fault::None),
+            Ok(v) if v == "crash_after_sign" => Ok(Fault::CrashAfterSign),
+            Ok(v) => Err(format!("unknown CERTGATE_FAULT {v:?}")),
+        }
+    }
+}
+
+/// The longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+/// The issuance service.
+pub struct Issuer {
+    store: Arc<dyn Store>,
+    signer: Signer,
+    in_flight: Semaphore,
+    keys: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    fault: Fault,
+}
+
+/// SHA-256 over the canonical request: everything that decides the certificate, without the
+/// tenant and key (the record's address) and the audit-only fields (protocol, client identity).
+pub fn request_hash(req: &IssueRequest) -> Vec<u8> {
+    let mut canonical = req.clone();
+    canonical.tenant.clear();
+    canonical.idempotency_key.clear();
+    canonical.protocol.clear();
+    canonical.client_identity.clear();
+    let mut buf = b"certgate-issue-request-v1\0".to_vec();
+    buf.extend_from_slice(&canonical.encode_to_vec());
+    digest::digest(&digest::SHA256, &buf).as_ref().to_vec()
+}
+
+/// The chain of a CA from itself up to and including its root.
+pub fn chain_of(store: &dyn Store, ca_id: &str) -> Result<Vec<CaRec>> {
+    let mut out = Vec::new();
+    let mut next = ca_id.to_owned();
+    while !next.is_empty() {
+        if out.len() > 8 {
+            return Err(CoreError::Store("CA chain too long or cyclic".into()));
+        }
+        let ca = store
+            .get_ca(&next)?
+            .ok_or_else(|| CoreError::Store(format!("CA {next} missing from the chain")))?;
+        next = ca.parent_ca_id.clone();
+        out.push(ca);
+    }
+    Ok(out)
+}
+
+/// The key type of a stored CA.
+pub fn key_type_of(ca: &CaRec) -> Result<KeyType> {
+    KeyType::try_from(ca.key_type).map_err(|_| CoreError::Store("bad CA key type".into()))
+}
+
+/// The SubjectPublicKeyInfo DER of a stored CA certificate.
+pub fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>> {
+    let cert = x509_cert::Certificate::from_der(cert_der)?;
+    Ok(cert.tbs_certificate.subject_public_key_info.to_der()?)
+}
+
+fn dedup(sans: Vec<San>) -> Vec<San> {
+    let mut out: Vec<San> = Vec::new();
+    for s in sans {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+fn identifiers(ids: &[certgate_proto::core::Identifier]) -> Result<Vec<San>> {
+    ids.iter()
+        .map(|id| match identifier::Type::try_from(id.r#type) {
+            Ok(identifier::Type::Dns) => San::dns(&id.value),
+            Ok(identifier::Type::Ip) => id.value.parse().map(San::Ip).map_err(|_| {
+                CoreError::malformed("request.ip", format!("{:?} is not an IP address", id.value))
+            }),
+            _ => Err(CoreError::policy(
+                "profile.san_types",
+                "only DNS and IP identifiers are issued",
+            )),
+        })
+        .collect()
+}
+
+impl Issuer {
+    /// A new issuer.
+    pub fn new(store: Arc<dyn Store>, signer: Signer, max_in_flight: usize, fault: Fault) -> Self {
+        Self {
+            store,
+            signer,
+            in_flight: Semaphore::new(max_in_flight),
+            keys: Mutex::new(HashMap::new()),
+            fault,
+        }
+    }
+
+    fn key_lock(&self, tenant: &str, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = match self.keys.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        // Drop locks nobody holds so the map stays bounded by what is in flight (I-8).
+        if map.len() > 4096 {
+            map.retain(|_, v| Arc::strong_count(v) > 1);
+        }
+        map.entry((tenant.to_owned(), key.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// Issues one certificate (Core.Issue).
+    pub async fn issue(&self, req: IssueRequest, caller: &Caller) -> Result<IssueResponse> {
+        if req.idempotency_key.is_empty() || req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(CoreError::malformed(
+                "request.idempotency_key",
+                format!("an idempotency key of 1 to {MAX_IDEMPOTENCY_KEY} bytes is required"),
+            ));
+        }
+        if let Some(issue_request::Request::CsrDer(csr)) = &req.request
+            && csr.len() > csr::MAX_CSR_BYTES
+        {
+            return Err(CoreError::malformed(
+                "csr.too_large",
+                format!("CSR larger than {} bytes", csr::MAX_CSR_BYTES),
+            ));
+        }
+        let tenant = self
+            .store
+            .get_tenant(&req.tenant)?
+            .ok_or_else(|| CoreError::not_found("tenant.unknown", "no such tenant"))?;
+        let _permit = self
+            .in_flight
+            .try_acquire()
+            .map_err(|_| CoreError::Overloaded)?;
+        let hash = request_hash(&req);
+        let lock = self.key_lock(&req.tenant, &req.idempotency_key);
+        let _guard = lock.lock().await;
+
+        if let Some(intent) = self.store.get_intent(&req.tenant, &req.idempotency_key)? {
+            return self.resume(intent, &hash, caller, &req).await;
+        }
+
+        let prepared = match self.prepare(&req, &tenant, caller) {
+            Ok(p) => p,
+            Err(e) => {
+                if let CoreError::Policy { rule, message }
+                | CoreError::Malformed { rule, message } = &e
+                {
+                    self.store.append_audit(&AuditEntry::new(
+                        "issue.refused",
+                        &req.tenant,
+                        caller,
+                        json!({"idempotency_key": req.idempotency_key, "rule": rule, "reason": message,
+                               "protocol": req.protocol, "client": req.client_identity}),
+                    ))?;
+                }
+                return Err(e);
+            }
+        };
+        let (intent, issuer) = prepared;
+        let audit = AuditEntry::new(
+            "issue.intent",
+            &req.tenant,
+            caller,
+            json!({"idempotency_key": intent.idem_key, "serial": intent.serial_hex,
+                   "issuer": intent.issuer_id, "profile": intent.profile,
+                   "profile_version": intent.profile_version,
+                   "protocol": req.protocol, "client": req.client_identity}),
+        );
+        match self.store.insert_intent(&intent, &audit)? {
+            IntentOutcome::Inserted => self.sign_and_store(intent, issuer, caller).await,
+            IntentOutcome::Exists(existing) => self.resume(existing, &hash, caller, &req).await,
+        }
+    }
+
+    async fn resume(
+        &self,
+        intent: IntentRec,
+        hash: &[u8],
+        caller: &Caller,
+        req: &IssueRequest,
+    ) -> Result<IssueResponse> {
+        if intent.request_hash != hash {
+            self.store.append_audit(&AuditEntry::new(
+                "issue.refused",
+                &req.tenant,
+                caller,
+                json!({"idempotency_key": req.idempotency_key, "rule": "idempotency.key_reused"}),
+            ))?;
+            return Err(CoreError::exists(
+                "idempotency.key_reused",
+                "this idempotency key was already used for a different request",
+            ));
+        }
+        if let Some(cert) = self.store.cert_by_key(&intent.tenant, &intent.idem_key)? {
+            return self.respond(&cert);
+        }
+        let ca = self
+            .store
+            .get_ca(&intent.issuer_id)?
+            .ok_or_else(|| CoreError::Store("intent names an unknown issuer".into()))?;
+        self.sign_and_store(intent, ca, caller).await
+    }
+
+    fn prepare(
+        &self,
+        req: &IssueRequest,
+        tenant: &crate::store::TenantRec,
+        _caller: &Caller,
+    ) -> Result<(IntentRec, CaRec)> {
+        let requested: Requested = match &req.request {
+            Some(issue_request::Request::CsrDer(der)) => csr::parse_csr(der)?,
+            Some(issue_request::Request::KeyRequest(k)) => {
+                csr::parse_key_request(&k.public_key_der, &k.subject_der, identifiers(&k.sans)?)?
+            }
+            None => {
+                return Err(CoreError::malformed(
+                    "request.missing",
+                    "the request carries neither a CSR nor a key request",
+                ));
+            }
+        };
+        let profile_name = if req.profile.is_empty() {
+            tenant.default_profile.clone()
+        } else {
+            req.profile.clone()
+        };
+        let profile_rec = self
+            .store
+            .latest_profile(&req.tenant, &profile_name)?
+            .ok_or_else(|| {
+                CoreError::not_found("profile.unknown", format!("no profile {profile_name:?}"))
+            })?;
+        let profile = Profile::from_json(&profile_rec.body_json)?;
+        profile.check_key(requested.key.alg, requested.key.rsa_bits)?;
+
+        let mut sans = dedup(requested.sans.clone());
+        if !req.validated_identifiers.is_empty() {
+            let validated = dedup(identifiers(&req.validated_identifiers)?);
+            if let Some(extra) = sans.iter().find(|s| !validated.contains(s)) {
+                return Err(CoreError::policy(
+                    "request.unvalidated_name",
+                    format!("the request names {extra:?}, which was not validated"),
+                ));
+            }
+            sans = validated;
+        }
+        if sans.is_empty() {
+            // A CN-only request (SCEP/EST devices): a CN that is a DNS name becomes the SAN, so
+            // the profile's name rules apply to it; anything else is refused.
+            match requested.common_name.as_deref().map(|cn| San::dns(cn)) {
+                Some(Ok(san)) => sans.push(san),
+                _ => {
+                    return Err(CoreError::malformed(
+                        "request.names",
+                        "the request names no DNS or IP identifier",
+                    ));
+                }
+            }
+        }
+        profile.check_sans(&sans)?;
+        let validity = profile.validity(req.validity_seconds)?;
+        let ekus = profile.ekus_for(&requested.ekus)?;
+        let common_name = requested
+            .common_name
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .filter(|cn| {
+                sans.iter().any(|s| match s {
+                    San::Dns(d) => d == cn,
+                    San::Ip(ip) => ip.to_string() == *cn,
+                })
+            })
+            .or_else(|| {
+                sans.iter().find_map(|s| match s {
+                    San::Dns(d) if d.len() <= 64 => Some(d.clone()),
+                    _ => None,
+                })
+            });
+
+        let issuer_id = if req.issuer_id.is_empty() {
+            tenant.active_issuer_id.clone()
+        } else {
+            req.issuer_id.clone()
+        };
+        if issuer_id.is_empty() {
+            return Err(CoreError::policy(
+                "tenant.no_issuer",
+                "the tenant has no active issuing CA",
+            ));
+        }
+        let ca = self
+            .store
+            .get_ca(&issuer_id)?
+            .filter(|ca| ca.tenant == req.tenant && ca.kind == "issuing")
+            .ok_or_else(|| CoreError::not_found("issuer.unknown", "no such issuing CA"))?;
+        if ca.state != "active" {
+            return Err(CoreError::policy(
+                "issuer.not_active",
+                "the issuing CA is retiring and issues nothing new",
+            ));
+        }
+        let issuer = IssuerInfo::from_cert(&ca.ca_id, &ca.cert_der, key_type_of(&ca)?)?;
+        let serial = x509::random_serial()?;
+        let now = crate::now_unix();
+        let (_, ca_not_after) = x509::validity_of(&ca.cert_der)?;
+        if now.saturating_add(validity as i64) > ca_not_after {
+            return Err(CoreError::policy(
+                "issuer.expires_first",
+                "the requested validity outlives the issuing CA",
+            ));
+        }
+        let tbs = x509::build_leaf_tbs(&LeafSpec {
+            issuer: &issuer,
+            serial: &serial,
+            spki: &requested.key.spki,
+            key_alg: requested.key.alg,
+            common_name: common_name.as_deref(),
+            sans: &sans,
+            ekus: &ekus,
+            key_usages: &profile.key_usages,
+            now_unix: now,
+            validity_seconds: validity,
+            base_url: tenant.public_base_url.trim_end_matches('/'),
+        })?;
+        Ok((
+            IntentRec {
+                tenant: req.tenant.clone(),
+                idem_key: req.idempotency_key.clone(),
+                request_hash: request_hash(req),
+                serial_hex: x509::serial_hex(&serial),
+                tbs_der: tbs.to_der()?,
+                issuer_id: ca.ca_id.clone(),
+                profile: profile_rec.name,
+                profile_version: profile_rec.version,
+                created_unix: now,
+            },
+            ca,
+        ))
+    }
+
+    async fn sign_and_store(
+        &self,
+        intent: IntentRec,
+        ca: CaRec,
+        caller: &Caller,
+    ) -> Result<IssueResponse> {
+        let key_type = key_type_of(&ca)?;
+        let (alg, _) = x509::signing_algorithm(key_type)?;
+        let signature = self
+            .signer
+            .sign(&ca.signer_key_id, alg, intent.tbs_der.clone())
+            .await?;
+        if self.fault == Fault::CrashAfterSign {
+            tracing::error!("CERTGATE_FAULT=crash_after_sign: aborting after the signature");
+            std::process::abort();
+        }
+        x509::verify_signature(&spki_of(&ca.cert_der)?, alg, &intent.tbs_der, &signature)?;
+        let cert_der = x509::assemble(&intent.tbs_der, &signature)?;
+        let (not_before, not_after) = x509::validity_of(&cert_der)?;
+        let rec = CertRec {
+            tenant: intent.tenant.clone(),
+            serial_hex: intent.serial_hex.clone(),
+            cert_der,
+            issuer_id: intent.issuer_id.clone(),
+            profile: intent.profile.clone(),
+            profile_version: intent.profile_version,
+            not_before_unix: not_before,
+            not_after_unix: not_after,
+            idem_key: intent.idem_key.clone(),
+            revoked: false,
+            revoked_at_unix: 0,
+            revocation_reason: 0,
+        };
+        let audit = AuditEntry::new(
+            "issue.stored",
+            &intent.tenant,
+            caller,
+            json!({"idempotency_key": intent.idem_key, "serial": intent.serial_hex,
+                   "issuer": intent.issuer_id, "profile": intent.profile,
+                   "profile_version": intent.profile_version,
+                   "sha256": hex::encode(digest::digest(&digest::SHA256, &rec.cert_der))}),
+        );
+        let stored = self.store.complete_issue(&rec, &audit)?;
+        self.respond(&stored)
+    }
+
+    fn respond(&self, cert: &CertRec) -> Result<IssueResponse> {
+        let chain = chain_of(self.store.as_ref(), &cert.issuer_id)?;
+        let n = chain.len();
+        Ok(IssueResponse {
+            certificate_der: cert.cert_der.clone(),
+            // issuing CA first, up to (not including) the root
+            chain_der: chain
+                .into_iter()
+                .take(n.saturating_sub(1).max(1))
+                .map(|c| c.cert_der)
+                .collect(),
+            serial_hex: cert.serial_hex.clone(),
+            profile: cert.profile.clone(),
+            profile_version: cert.profile_version,
+            issuer_id: cert.issuer_id.clone(),
+        })
+    }
+}

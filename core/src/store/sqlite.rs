@@ -1,0 +1,926 @@
+//! The embedded store: one SQLite file (rusqlite, bundled), WAL journal, `synchronous=FULL`.
+//!
+//! Why FULL (docs/core.md): in WAL mode NORMAL may lose the last committed transactions on power
+//! loss; losing a recorded intent or a stored certificate after the client got it would break I-3
+//! (a retry would mint a second certificate under a new serial). FULL fsyncs the WAL on every
+//! commit; with WAL that is one sequential flush per transaction.
+//!
+//! One connection behind a mutex: SQLite serialises writers anyway, and every transaction here is
+//! short (no network call is ever made while a transaction is open).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+
+use super::{CaRec, CeremonyRec, CertRec, IntentOutcome, IntentRec, ProfileRec, Store, TenantRec};
+use crate::audit::{AuditEntry, AuditRecord, record_hash};
+use crate::error::{CoreError, Result};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    public_base_url TEXT NOT NULL,
+    default_profile TEXT NOT NULL,
+    active_issuer_id TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS profiles (
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    body_json TEXT NOT NULL,
+    created_unix INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name, version)
+);
+CREATE TABLE IF NOT EXISTS cas (
+    ca_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    parent_ca_id TEXT NOT NULL,
+    cert_der BLOB NOT NULL,
+    signer_key_id TEXT NOT NULL,
+    key_type INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    not_after_unix INTEGER NOT NULL,
+    created_unix INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS intents (
+    tenant TEXT NOT NULL,
+    idem_key TEXT NOT NULL,
+    request_hash BLOB NOT NULL,
+    serial_hex TEXT NOT NULL,
+    tbs_der BLOB NOT NULL,
+    issuer_id TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    profile_version INTEGER NOT NULL,
+    created_unix INTEGER NOT NULL,
+    PRIMARY KEY (tenant, idem_key),
+    UNIQUE (tenant, serial_hex)
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    tenant TEXT NOT NULL,
+    serial_hex TEXT NOT NULL,
+    cert_der BLOB NOT NULL,
+    issuer_id TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    profile_version INTEGER NOT NULL,
+    not_before_unix INTEGER NOT NULL,
+    not_after_unix INTEGER NOT NULL,
+    idem_key TEXT NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    revoked_at_unix INTEGER NOT NULL DEFAULT 0,
+    revocation_reason INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, serial_hex),
+    UNIQUE (tenant, idem_key)
+);
+CREATE TABLE IF NOT EXISTS ceremonies (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL DEFAULT '',
+    action BLOB NOT NULL,
+    digest BLOB NOT NULL,
+    required INTEGER NOT NULL,
+    approved_by TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    result_ca_ids TEXT NOT NULL,
+    created_unix INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,
+    prev BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    details TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    signature BLOB
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn hash32(v: Vec<u8>) -> Result<[u8; 32]> {
+    <[u8; 32]>::try_from(v.as_slice()).map_err(|_| CoreError::Store("hash is not 32 bytes".into()))
+}
+
+fn rfc3339_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn append(tx: &rusqlite::Transaction<'_>, e: &AuditEntry) -> Result<u64> {
+    let last: Option<(i64, Vec<u8>)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (seq, prev) = match last {
+        Some((s, h)) => (s as u64 + 1, hash32(h)?),
+        None => (1, [0u8; 32]),
+    };
+    let time = rfc3339_now();
+    let hash = record_hash(seq, &time, &prev, &e.kind, &e.tenant, &e.actor, &e.details);
+    tx.execute(
+        "INSERT INTO audit (seq, time, prev, kind, tenant, actor, details, hash) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
+        params![seq as i64, time, prev.to_vec(), e.kind, e.tenant, e.actor, e.details, hash.to_vec()],
+    )?;
+    Ok(seq)
+}
+
+fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRec> {
+    Ok(TenantRec {
+        name: r.get(0)?,
+        public_base_url: r.get(1)?,
+        default_profile: r.get(2)?,
+        active_issuer_id: r.get(3)?,
+    })
+}
+
+fn profile_row(r: &Row<'_>) -> rusqlite::Result<ProfileRec> {
+    Ok(ProfileRec {
+        tenant: r.get(0)?,
+        name: r.get(1)?,
+        version: r.get(2)?,
+        body_json: r.get(3)?,
+        created_unix: r.get(4)?,
+    })
+}
+
+const CA_COLS: &str = "ca_id, tenant, kind, parent_ca_id, cert_der, signer_key_id, key_type, state, not_after_unix, created_unix";
+
+fn ca_row(r: &Row<'_>) -> rusqlite::Result<CaRec> {
+    Ok(CaRec {
+        ca_id: r.get(0)?,
+        tenant: r.get(1)?,
+        kind: r.get(2)?,
+        parent_ca_id: r.get(3)?,
+        cert_der: r.get(4)?,
+        signer_key_id: r.get(5)?,
+        key_type: r.get(6)?,
+        state: r.get(7)?,
+        not_after_unix: r.get(8)?,
+        created_unix: r.get(9)?,
+    })
+}
+
+const INTENT_COLS: &str = "tenant, idem_key, request_hash, serial_hex, tbs_der, issuer_id, profile, profile_version, created_unix";
+
+fn intent_row(r: &Row<'_>) -> rusqlite::Result<IntentRec> {
+    Ok(IntentRec {
+        tenant: r.get(0)?,
+        idem_key: r.get(1)?,
+        request_hash: r.get(2)?,
+        serial_hex: r.get(3)?,
+        tbs_der: r.get(4)?,
+        issuer_id: r.get(5)?,
+        profile: r.get(6)?,
+        profile_version: r.get(7)?,
+        created_unix: r.get(8)?,
+    })
+}
+
+const CERT_COLS: &str = "tenant, serial_hex, cert_der, issuer_id, profile, profile_version, not_before_unix, not_after_unix, idem_key, revoked, revoked_at_unix, revocation_reason";
+
+fn cert_row(r: &Row<'_>) -> rusqlite::Result<CertRec> {
+    Ok(CertRec {
+        tenant: r.get(0)?,
+        serial_hex: r.get(1)?,
+        cert_der: r.get(2)?,
+        issuer_id: r.get(3)?,
+        profile: r.get(4)?,
+        profile_version: r.get(5)?,
+        not_before_unix: r.get(6)?,
+        not_after_unix: r.get(7)?,
+        idem_key: r.get(8)?,
+        revoked: r.get::<_, i64>(9)? != 0,
+        revoked_at_unix: r.get(10)?,
+        revocation_reason: r.get(11)?,
+    })
+}
+
+fn ceremony_row(r: &Row<'_>) -> rusqlite::Result<(CeremonyRec, String, String)> {
+    Ok((
+        CeremonyRec {
+            id: r.get(0)?,
+            action: r.get(1)?,
+            digest: r.get(2)?,
+            required: r.get(3)?,
+            approved_by: Vec::new(),
+            state: r.get(5)?,
+            result_ca_ids: Vec::new(),
+            created_unix: r.get(7)?,
+        },
+        r.get(4)?,
+        r.get(6)?,
+    ))
+}
+
+fn finish_ceremony(
+    (mut c, approved, results): (CeremonyRec, String, String),
+) -> Result<CeremonyRec> {
+    c.approved_by = serde_json::from_str(&approved).map_err(|e| CoreError::Store(e.to_string()))?;
+    c.result_ca_ids =
+        serde_json::from_str(&results).map_err(|e| CoreError::Store(e.to_string()))?;
+    Ok(c)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store file.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| CoreError::Store(e.to_string()))?;
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Opens an existing store read-only (offline audit verification).
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// An in-memory store (tests).
+    pub fn in_memory() -> Result<Self> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut guard = self
+            .conn
+            .lock()
+            .map_err(|_| CoreError::Store("store mutex poisoned".into()))?;
+        f(&mut guard)
+    }
+
+    fn tx<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// Test hook: runs raw SQL (tamper tests).
+    #[doc(hidden)]
+    pub fn execute_raw(&self, sql: &str) -> Result<()> {
+        self.with(|c| Ok(c.execute_batch(sql)?))
+    }
+}
+
+impl Store for SqliteStore {
+    fn put_tenant(&self, t: &TenantRec, audit: &AuditEntry) -> Result<bool> {
+        self.tx(|tx| {
+            let existed: bool = tx
+                .query_row("SELECT 1 FROM tenants WHERE name = ?1", [&t.name], |_| Ok(()))
+                .optional()?
+                .is_some();
+            tx.execute(
+                "INSERT INTO tenants (name, public_base_url, default_profile, active_issuer_id) VALUES (?1,?2,?3,?4)
+                 ON CONFLICT(name) DO UPDATE SET public_base_url = excluded.public_base_url,
+                   default_profile = excluded.default_profile,
+                   active_issuer_id = CASE WHEN excluded.active_issuer_id = '' THEN tenants.active_issuer_id ELSE excluded.active_issuer_id END",
+                params![t.name, t.public_base_url, t.default_profile, t.active_issuer_id],
+            )?;
+            append(tx, audit)?;
+            Ok(!existed)
+        })
+    }
+
+    fn get_tenant(&self, name: &str) -> Result<Option<TenantRec>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT name, public_base_url, default_profile, active_issuer_id FROM tenants WHERE name = ?1",
+                [name],
+                tenant_row,
+            )
+            .optional()?)
+        })
+    }
+
+    fn list_tenants(&self) -> Result<Vec<TenantRec>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT name, public_base_url, default_profile, active_issuer_id FROM tenants ORDER BY name",
+            )?;
+            let rows = st.query_map([], tenant_row)?.collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn put_profile(
+        &self,
+        tenant: &str,
+        name: &str,
+        body_json: &str,
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<ProfileRec> {
+        self.tx(|tx| {
+            let version: u32 = tx.query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM profiles WHERE tenant = ?1 AND name = ?2",
+                params![tenant, name],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO profiles (tenant, name, version, body_json, created_unix) VALUES (?1,?2,?3,?4,?5)",
+                params![tenant, name, version, body_json, now],
+            )?;
+            let mut audit = audit.clone();
+            if let Ok(serde_json::Value::Object(mut m)) =
+                serde_json::from_str::<serde_json::Value>(&audit.details)
+            {
+                m.insert("version".into(), version.into());
+                audit.details = serde_json::Value::Object(m).to_string();
+            }
+            append(tx, &audit)?;
+            Ok(ProfileRec {
+                tenant: tenant.to_owned(),
+                name: name.to_owned(),
+                version,
+                body_json: body_json.to_owned(),
+                created_unix: now,
+            })
+        })
+    }
+
+    fn latest_profile(&self, tenant: &str, name: &str) -> Result<Option<ProfileRec>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT tenant, name, version, body_json, created_unix FROM profiles
+                 WHERE tenant = ?1 AND name = ?2 ORDER BY version DESC LIMIT 1",
+                params![tenant, name],
+                profile_row,
+            )
+            .optional()?)
+        })
+    }
+
+    fn profile_versions(&self, tenant: &str, name: &str) -> Result<Vec<ProfileRec>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT tenant, name, version, body_json, created_unix FROM profiles
+                 WHERE tenant = ?1 AND name = ?2 ORDER BY version",
+            )?;
+            let rows = st
+                .query_map(params![tenant, name], profile_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn latest_profiles(&self, tenant: &str) -> Result<Vec<ProfileRec>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT p.tenant, p.name, p.version, p.body_json, p.created_unix FROM profiles p
+                 WHERE p.tenant = ?1 AND p.version = (SELECT MAX(version) FROM profiles q
+                   WHERE q.tenant = p.tenant AND q.name = p.name) ORDER BY p.name",
+            )?;
+            let rows = st
+                .query_map([tenant], profile_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn put_ca(&self, ca: &CaRec, activate: bool, audit: &AuditEntry) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                &format!("INSERT INTO cas ({CA_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+                params![
+                    ca.ca_id,
+                    ca.tenant,
+                    ca.kind,
+                    ca.parent_ca_id,
+                    ca.cert_der,
+                    ca.signer_key_id,
+                    ca.key_type,
+                    ca.state,
+                    ca.not_after_unix,
+                    ca.created_unix
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    CoreError::exists("ca.exists", format!("CA {:?} already exists", ca.ca_id))
+                }
+                other => other.into(),
+            })?;
+            if activate {
+                let n = tx.execute(
+                    "UPDATE tenants SET active_issuer_id = ?1 WHERE name = ?2",
+                    params![ca.ca_id, ca.tenant],
+                )?;
+                if n != 1 {
+                    return Err(CoreError::not_found("tenant.unknown", "no such tenant"));
+                }
+            }
+            append(tx, audit)?;
+            Ok(())
+        })
+    }
+
+    fn get_ca(&self, ca_id: &str) -> Result<Option<CaRec>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {CA_COLS} FROM cas WHERE ca_id = ?1"),
+                [ca_id],
+                ca_row,
+            )
+            .optional()?)
+        })
+    }
+
+    fn list_cas(&self, tenant: Option<&str>) -> Result<Vec<CaRec>> {
+        self.with(|c| {
+            let rows = match tenant {
+                Some(t) => {
+                    let mut st = c.prepare(&format!(
+                        "SELECT {CA_COLS} FROM cas WHERE tenant = ?1 ORDER BY created_unix, ca_id"
+                    ))?;
+                    st.query_map([t], ca_row)?
+                        .collect::<rusqlite::Result<_>>()?
+                }
+                None => {
+                    let mut st = c.prepare(&format!(
+                        "SELECT {CA_COLS} FROM cas ORDER BY created_unix, ca_id"
+                    ))?;
+                    st.query_map([], ca_row)?.collect::<rusqlite::Result<_>>()?
+                }
+            };
+            Ok(rows)
+        })
+    }
+
+    fn set_ca_state(&self, ca_id: &str, state: &str, audit: &AuditEntry) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE cas SET state = ?1 WHERE ca_id = ?2",
+                params![state, ca_id],
+            )?;
+            append(tx, audit)?;
+            Ok(())
+        })
+    }
+
+    fn get_intent(&self, tenant: &str, idem_key: &str) -> Result<Option<IntentRec>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {INTENT_COLS} FROM intents WHERE tenant = ?1 AND idem_key = ?2"),
+                params![tenant, idem_key],
+                intent_row,
+            )
+            .optional()?)
+        })
+    }
+
+    fn insert_intent(&self, i: &IntentRec, audit: &AuditEntry) -> Result<IntentOutcome> {
+        self.tx(|tx| {
+            if let Some(existing) = tx
+                .query_row(
+                    &format!(
+                        "SELECT {INTENT_COLS} FROM intents WHERE tenant = ?1 AND idem_key = ?2"
+                    ),
+                    params![i.tenant, i.idem_key],
+                    intent_row,
+                )
+                .optional()?
+            {
+                return Ok(IntentOutcome::Exists(existing));
+            }
+            tx.execute(
+                &format!("INSERT INTO intents ({INTENT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+                params![
+                    i.tenant,
+                    i.idem_key,
+                    i.request_hash,
+                    i.serial_hex,
+                    i.tbs_der,
+                    i.issuer_id,
+                    i.profile,
+                    i.profile_version,
+                    i.created_unix
+                ],
+            )?;
+            append(tx, audit)?;
+            Ok(IntentOutcome::Inserted)
+        })
+    }
+
+    fn complete_issue(&self, cert: &CertRec, audit: &AuditEntry) -> Result<CertRec> {
+        self.tx(|tx| {
+            if let Some(existing) = tx
+                .query_row(
+                    &format!("SELECT {CERT_COLS} FROM certificates WHERE tenant = ?1 AND idem_key = ?2"),
+                    params![cert.tenant, cert.idem_key],
+                    cert_row,
+                )
+                .optional()?
+            {
+                return Ok(existing);
+            }
+            tx.execute(
+                &format!("INSERT INTO certificates ({CERT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,0,0,0)"),
+                params![
+                    cert.tenant,
+                    cert.serial_hex,
+                    cert.cert_der,
+                    cert.issuer_id,
+                    cert.profile,
+                    cert.profile_version,
+                    cert.not_before_unix,
+                    cert.not_after_unix,
+                    cert.idem_key
+                ],
+            )?;
+            append(tx, audit)?;
+            Ok(cert.clone())
+        })
+    }
+
+    fn cert_by_key(&self, tenant: &str, idem_key: &str) -> Result<Option<CertRec>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {CERT_COLS} FROM certificates WHERE tenant = ?1 AND idem_key = ?2"
+                ),
+                params![tenant, idem_key],
+                cert_row,
+            )
+            .optional()?)
+        })
+    }
+
+    fn get_cert(&self, tenant: &str, serial_hex: &str) -> Result<Option<CertRec>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {CERT_COLS} FROM certificates WHERE tenant = ?1 AND serial_hex = ?2"
+                ),
+                params![tenant, serial_hex],
+                cert_row,
+            )
+            .optional()?)
+        })
+    }
+
+    fn revoke(
+        &self,
+        tenant: &str,
+        serial_hex: &str,
+        reason: u32,
+        now: i64,
+        audit: &AuditEntry,
+    ) -> Result<Option<(CertRec, bool)>> {
+        self.tx(|tx| {
+            let Some(cert) = tx
+                .query_row(
+                    &format!(
+                        "SELECT {CERT_COLS} FROM certificates WHERE tenant = ?1 AND serial_hex = ?2"
+                    ),
+                    params![tenant, serial_hex],
+                    cert_row,
+                )
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            if cert.revoked {
+                return Ok(Some((cert, true)));
+            }
+            tx.execute(
+                "UPDATE certificates SET revoked = 1, revoked_at_unix = ?1, revocation_reason = ?2
+                 WHERE tenant = ?3 AND serial_hex = ?4",
+                params![now, reason, tenant, serial_hex],
+            )?;
+            append(tx, audit)?;
+            Ok(Some((
+                CertRec {
+                    revoked: true,
+                    revoked_at_unix: now,
+                    revocation_reason: reason,
+                    ..cert
+                },
+                false,
+            )))
+        })
+    }
+
+    fn insert_ceremony(&self, c: &CeremonyRec, audit: &AuditEntry) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO ceremonies (id, action, digest, required, approved_by, state, result_ca_ids, created_unix)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
+                params![
+                    c.id,
+                    c.action,
+                    c.digest,
+                    c.required,
+                    serde_json::to_string(&c.approved_by).unwrap_or_default(),
+                    c.state,
+                    serde_json::to_string(&c.result_ca_ids).unwrap_or_default(),
+                    c.created_unix
+                ],
+            )?;
+            append(tx, audit)?;
+            Ok(())
+        })
+    }
+
+    fn update_ceremony(&self, c: &CeremonyRec, audit: &AuditEntry) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE ceremonies SET approved_by = ?1, state = ?2, result_ca_ids = ?3 WHERE id = ?4",
+                params![
+                    serde_json::to_string(&c.approved_by).unwrap_or_default(),
+                    c.state,
+                    serde_json::to_string(&c.result_ca_ids).unwrap_or_default(),
+                    c.id
+                ],
+            )?;
+            append(tx, audit)?;
+            Ok(())
+        })
+    }
+
+    fn get_ceremony(&self, id: &str) -> Result<Option<CeremonyRec>> {
+        let row = self.with(|c| {
+            Ok(c.query_row(
+                "SELECT id, action, digest, required, approved_by, state, result_ca_ids, created_unix
+                 FROM ceremonies WHERE id = ?1",
+                [id],
+                ceremony_row,
+            )
+            .optional()?)
+        })?;
+        row.map(finish_ceremony).transpose()
+    }
+
+    fn list_ceremonies(&self) -> Result<Vec<CeremonyRec>> {
+        let rows: Vec<_> = self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, action, digest, required, approved_by, state, result_ca_ids, created_unix
+                 FROM ceremonies ORDER BY created_unix, id",
+            )?;
+            let rows = st.query_map([], ceremony_row)?.collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })?;
+        rows.into_iter().map(finish_ceremony).collect()
+    }
+
+    fn append_audit(&self, audit: &AuditEntry) -> Result<u64> {
+        self.tx(|tx| append(tx, audit))
+    }
+
+    fn audit_records(&self) -> Result<Vec<AuditRecord>> {
+        let rows: Vec<(i64, String, Vec<u8>, String, String, String, String, Vec<u8>, Option<Vec<u8>>)> =
+            self.with(|c| {
+                let mut st = c.prepare(
+                    "SELECT seq, time, prev, kind, tenant, actor, details, hash, signature FROM audit ORDER BY rowid",
+                )?;
+                let rows = st
+                    .query_map([], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                            r.get(7)?,
+                            r.get(8)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok(rows)
+            })?;
+        rows.into_iter()
+            .map(
+                |(seq, time, prev, kind, tenant, actor, details, hash, signature)| {
+                    Ok(AuditRecord {
+                        seq: seq as u64,
+                        time,
+                        prev: hash32(prev)?,
+                        kind,
+                        tenant,
+                        actor,
+                        details,
+                        hash: hash32(hash)?,
+                        signature,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    fn unsigned_audit(&self, limit: usize) -> Result<Vec<(u64, [u8; 32])>> {
+        let rows: Vec<(i64, Vec<u8>)> = self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT seq, hash FROM audit WHERE signature IS NULL ORDER BY seq LIMIT ?1",
+            )?;
+            let rows = st
+                .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })?;
+        rows.into_iter()
+            .map(|(s, h)| Ok((s as u64, hash32(h)?)))
+            .collect()
+    }
+
+    fn set_audit_signatures(&self, sigs: &[(u64, Vec<u8>)]) -> Result<()> {
+        self.tx(|tx| {
+            for (seq, sig) in sigs {
+                tx.execute(
+                    "UPDATE audit SET signature = ?1 WHERE seq = ?2",
+                    params![sig, *seq as i64],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn meta_get(&self, key: &str) -> Result<Option<String>> {
+        self.with(|c| {
+            Ok(
+                c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+    }
+
+    fn meta_set(&self, key: &str, value: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::verify_chain;
+
+    fn audit() -> AuditEntry {
+        AuditEntry::new("test", "t", "uid:1", serde_json::json!({}))
+    }
+
+    fn cert(tenant: &str, serial: &str, key: &str) -> CertRec {
+        CertRec {
+            tenant: tenant.into(),
+            serial_hex: serial.into(),
+            cert_der: vec![1, 2, 3],
+            issuer_id: "i".into(),
+            profile: "p".into(),
+            profile_version: 1,
+            not_before_unix: 0,
+            not_after_unix: 10,
+            idem_key: key.into(),
+            revoked: false,
+            revoked_at_unix: 0,
+            revocation_reason: 0,
+        }
+    }
+
+    #[test]
+    fn i4_tenant_a_cannot_read_or_revoke_tenant_b_certificates() {
+        let s = SqliteStore::in_memory().expect("store");
+        s.complete_issue(&cert("b", "0a", "k"), &audit())
+            .expect("store b");
+        assert_eq!(s.get_cert("a", "0a").expect("get"), None);
+        assert_eq!(s.cert_by_key("a", "k").expect("get"), None);
+        assert_eq!(s.revoke("a", "0a", 1, 5, &audit()).expect("revoke"), None);
+        let b = s.get_cert("b", "0a").expect("get").expect("b sees it");
+        assert!(
+            !b.revoked,
+            "tenant a's revoke must not touch b's certificate"
+        );
+        let (r, already) = s
+            .revoke("b", "0a", 1, 5, &audit())
+            .expect("revoke")
+            .expect("found");
+        assert!(r.revoked && !already);
+        let (_, already) = s
+            .revoke("b", "0a", 1, 6, &audit())
+            .expect("revoke")
+            .expect("found");
+        assert!(already);
+    }
+
+    #[test]
+    fn same_idempotency_key_in_two_tenants_is_two_records() {
+        let s = SqliteStore::in_memory().expect("store");
+        s.complete_issue(&cert("a", "01", "k"), &audit())
+            .expect("a");
+        s.complete_issue(&cert("b", "02", "k"), &audit())
+            .expect("b");
+        assert_eq!(
+            s.cert_by_key("a", "k").expect("a").expect("a").serial_hex,
+            "01"
+        );
+        assert_eq!(
+            s.cert_by_key("b", "k").expect("b").expect("b").serial_hex,
+            "02"
+        );
+    }
+
+    #[test]
+    fn complete_issue_returns_the_stored_certificate_on_a_second_store() {
+        let s = SqliteStore::in_memory().expect("store");
+        let first = s
+            .complete_issue(&cert("a", "01", "k"), &audit())
+            .expect("a");
+        let mut other = cert("a", "01", "k");
+        other.cert_der = vec![9, 9];
+        let second = s.complete_issue(&other, &audit()).expect("again");
+        assert_eq!(first, second, "the stored record is the certificate");
+    }
+
+    #[test]
+    fn profiles_are_versioned_per_tenant() {
+        let s = SqliteStore::in_memory().expect("store");
+        assert_eq!(
+            s.put_profile("a", "p", "{}", 1, &audit())
+                .expect("v1")
+                .version,
+            1
+        );
+        assert_eq!(
+            s.put_profile("a", "p", "{}", 2, &audit())
+                .expect("v2")
+                .version,
+            2
+        );
+        assert_eq!(
+            s.put_profile("b", "p", "{}", 2, &audit())
+                .expect("b v1")
+                .version,
+            1
+        );
+        assert_eq!(
+            s.latest_profile("a", "p")
+                .expect("latest")
+                .expect("some")
+                .version,
+            2
+        );
+        assert_eq!(s.profile_versions("a", "p").expect("versions").len(), 2);
+        assert_eq!(s.latest_profiles("b").expect("latest").len(), 1);
+    }
+
+    #[test]
+    fn stored_audit_chain_detects_edit_delete_and_reorder() {
+        for tamper in [
+            "UPDATE audit SET details = '{\"x\":1}' WHERE seq = 2",
+            "DELETE FROM audit WHERE seq = 2",
+            "UPDATE audit SET seq = 100 WHERE seq = 2; UPDATE audit SET seq = 2 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 100",
+        ] {
+            let s = SqliteStore::in_memory().expect("store");
+            for _ in 0..4 {
+                s.append_audit(&audit()).expect("append");
+            }
+            assert_eq!(
+                verify_chain(&s.audit_records().expect("records"), None).error,
+                None
+            );
+            s.execute_raw(tamper).expect("tamper");
+            let v = verify_chain(&s.audit_records().expect("records"), None);
+            assert!(v.error.is_some(), "not detected: {tamper}");
+        }
+    }
+}
