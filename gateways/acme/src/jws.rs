@@ -1,0 +1,329 @@
+//! JWS in the flattened JSON serialization as RFC 8555 §6.2 profiles it (RFC 7515 §7.2.2).
+//!
+//! The flow the edge glue follows for every POST:
+//! 1. [`parse_request`]: content type, JSON shape, protected-header rules, `url` equality;
+//! 2. the key: [`Jws::verify_embedded`] when the header carries `jwk` (newAccount, revokeCert by
+//!    certificate key), or [`Jws::verify_with`] with the account key the core returned for `kid`;
+//! 3. the nonce: [`crate::nonce::NonceVerifier::redeem`] on [`ProtectedHeader::nonce`], after the
+//!    signature so unauthenticated bytes cannot burn nonces;
+//! 4. the payload: [`Verified::json`] or [`Verified::expect_post_as_get`].
+//!
+//! No JOSE crate is used: none enforces exactly these rules (no `none`, no MACs outside EAB, no
+//! unprotected header, exact `jwk`/`kid` exclusivity), and the verification itself is four
+//! aws-lc-rs calls.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::b64;
+use crate::error::Error;
+use crate::jwk::Jwk;
+use crate::problem::check_content_type;
+
+/// Algorithms accepted for account-key signatures, listed in `badSignatureAlgorithm` problems.
+pub const SUPPORTED_ALGORITHMS: [&str; 4] = ["ES256", "ES384", "RS256", "EdDSA"];
+
+/// A signature algorithm the server verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// ECDSA P-256 with SHA-256, signature r‖s (RFC 7518 §3.4).
+    Es256,
+    /// ECDSA P-384 with SHA-384, signature r‖s.
+    Es384,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, modulus ≥ 2048 bits.
+    Rs256,
+    /// Ed25519 (RFC 8037).
+    EdDsa,
+}
+
+impl Algorithm {
+    /// Parses an `alg` value; `none`, MACs and anything unknown are `badSignatureAlgorithm`.
+    pub fn parse(alg: &str) -> Result<Algorithm, Error> {
+        match alg {
+            "ES256" => Ok(Algorithm::Es256),
+            "ES384" => Ok(Algorithm::Es384),
+            "RS256" => Ok(Algorithm::Rs256),
+            "EdDSA" => Ok(Algorithm::EdDsa),
+            other => Err(Error::UnsupportedAlgorithm(
+                other.chars().take(32).collect(),
+            )),
+        }
+    }
+
+    /// The `alg` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Es256 => "ES256",
+            Algorithm::Es384 => "ES384",
+            Algorithm::Rs256 => "RS256",
+            Algorithm::EdDsa => "EdDSA",
+        }
+    }
+}
+
+/// How the request names its key (RFC 8555 §6.2: exactly one of `jwk` and `kid`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    /// The key itself (newAccount, revokeCert signed by the certificate key, keyChange inner).
+    Jwk(Jwk),
+    /// The account URL (every other request).
+    Kid(String),
+}
+
+/// The validated protected header of an account-key JWS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtectedHeader {
+    /// The signature algorithm.
+    pub alg: Algorithm,
+    /// The signing key or the account URL.
+    pub key: KeyRef,
+    /// The anti-replay nonce; required on outer requests, absent on the keyChange inner JWS.
+    pub nonce: Option<String>,
+    /// The URL the client meant to send this to.
+    pub url: String,
+}
+
+/// The top-level JSON object. Unknown members, including an unprotected `header`, are refused
+/// (RFC 8555 §6.2: no unprotected header, no multiple signatures, no detached payload).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Flattened {
+    protected: String,
+    payload: String,
+    signature: String,
+}
+
+/// A flattened JWS whose encoding is valid but whose header is not yet interpreted.
+#[derive(Debug, Clone)]
+pub(crate) struct RawJws {
+    pub(crate) header: Map<String, Value>,
+    pub(crate) signing_input: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) signature: Vec<u8>,
+}
+
+impl RawJws {
+    pub(crate) fn from_slice(body: &[u8]) -> Result<RawJws, Error> {
+        let f: Flattened =
+            serde_json::from_slice(body).map_err(|e| Error::MalformedJws(e.to_string()))?;
+        Self::from_flattened(f)
+    }
+
+    pub(crate) fn from_value(v: &Value) -> Result<RawJws, Error> {
+        let f = Flattened::deserialize(v).map_err(|e| Error::MalformedJws(e.to_string()))?;
+        Self::from_flattened(f)
+    }
+
+    fn from_flattened(f: Flattened) -> Result<RawJws, Error> {
+        let header_bytes = b64::decode(&f.protected, "protected")?;
+        let payload = b64::decode(&f.payload, "payload")?;
+        let signature = b64::decode(&f.signature, "signature")?;
+        let header: Map<String, Value> =
+            serde_json::from_slice(&header_bytes).map_err(|e| Error::json(&e))?;
+        let mut signing_input = Vec::with_capacity(f.protected.len() + 1 + f.payload.len());
+        signing_input.extend_from_slice(f.protected.as_bytes());
+        signing_input.push(b'.');
+        signing_input.extend_from_slice(f.payload.as_bytes());
+        if header.contains_key("crit") {
+            return Err(Error::CriticalHeader);
+        }
+        Ok(RawJws {
+            header,
+            signing_input,
+            payload,
+            signature,
+        })
+    }
+
+    pub(crate) fn str_header(&self, name: &'static str) -> Result<Option<&str>, Error> {
+        match self.header.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(Error::MalformedJws(format!(
+                "header {name} is not a string"
+            ))),
+        }
+    }
+
+    /// Interprets the header under the account-key rules (everything but EAB).
+    pub(crate) fn account_header(&self) -> Result<ProtectedHeader, Error> {
+        let alg = self
+            .str_header("alg")?
+            .ok_or_else(|| Error::MalformedJws("alg header missing".into()))?;
+        let alg = Algorithm::parse(alg)?;
+        let key = match (self.header.get("jwk"), self.str_header("kid")?) {
+            (Some(_), Some(_)) => {
+                return Err(Error::WrongKeyReference("JWS has both jwk and kid headers"));
+            }
+            (None, None) => return Err(Error::WrongKeyReference("JWS has neither jwk nor kid")),
+            (Some(jwk), None) => {
+                let jwk = Jwk::from_value(jwk)?;
+                if jwk.algorithm() != alg {
+                    return Err(Error::BadPublicKey(format!(
+                        "key does not fit alg {}",
+                        alg.name()
+                    )));
+                }
+                KeyRef::Jwk(jwk)
+            }
+            (None, Some(kid)) => KeyRef::Kid(kid.to_owned()),
+        };
+        let nonce = self.str_header("nonce")?.map(str::to_owned);
+        let url = self
+            .str_header("url")?
+            .ok_or_else(|| Error::MalformedJws("url header missing".into()))?
+            .to_owned();
+        Ok(ProtectedHeader {
+            alg,
+            key,
+            nonce,
+            url,
+        })
+    }
+}
+
+/// A parsed, header-checked, not yet verified request JWS.
+#[derive(Debug, Clone)]
+pub struct Jws {
+    raw: RawJws,
+    header: ProtectedHeader,
+}
+
+/// Parses an ACME POST body: checks `Content-Type`, the flattened JWS encoding, the protected
+/// header rules (alg, no `crit`, exactly one of `jwk`/`kid`, `nonce` and `url` present) and that
+/// `url` equals `request_url` (RFC 8555 §6.4). The signature is checked by the `verify_*` methods.
+pub fn parse_request(
+    content_type: Option<&str>,
+    body: &[u8],
+    request_url: &str,
+) -> Result<Jws, Error> {
+    check_content_type(content_type)?;
+    let raw = RawJws::from_slice(body)?;
+    let header = raw.account_header()?;
+    if header.nonce.is_none() {
+        return Err(Error::BadNonce("JWS has no nonce header"));
+    }
+    if header.url != request_url {
+        return Err(Error::UrlMismatch);
+    }
+    Ok(Jws { raw, header })
+}
+
+impl Jws {
+    /// The validated protected header.
+    pub fn header(&self) -> &ProtectedHeader {
+        &self.header
+    }
+
+    /// The `kid` (account URL), if the request names its key that way.
+    pub fn kid(&self) -> Option<&str> {
+        match &self.header.key {
+            KeyRef::Kid(k) => Some(k),
+            KeyRef::Jwk(_) => None,
+        }
+    }
+
+    /// Refuses a `kid` where RFC 8555 requires `jwk` (newAccount, §7.3).
+    pub fn require_jwk(&self) -> Result<(), Error> {
+        match self.header.key {
+            KeyRef::Jwk(_) => Ok(()),
+            KeyRef::Kid(_) => Err(Error::WrongKeyReference(
+                "this request must carry jwk, not kid",
+            )),
+        }
+    }
+
+    /// Refuses a `jwk` where RFC 8555 requires `kid` (everything but newAccount and revokeCert).
+    pub fn require_kid(&self) -> Result<(), Error> {
+        match self.header.key {
+            KeyRef::Kid(_) => Ok(()),
+            KeyRef::Jwk(_) => Err(Error::WrongKeyReference(
+                "this request must carry kid, not jwk",
+            )),
+        }
+    }
+
+    /// Verifies with the key in the `jwk` header.
+    pub fn verify_embedded(self) -> Result<Verified, Error> {
+        let KeyRef::Jwk(key) = self.header.key.clone() else {
+            return Err(Error::WrongKeyReference(
+                "this request must carry jwk, not kid",
+            ));
+        };
+        self.finish(key)
+    }
+
+    /// Verifies with the account key the core holds for `kid`.
+    pub fn verify_with(self, account_key: &Jwk) -> Result<Verified, Error> {
+        if !matches!(self.header.key, KeyRef::Kid(_)) {
+            return Err(Error::WrongKeyReference(
+                "this request must carry kid, not jwk",
+            ));
+        }
+        self.finish(account_key.clone())
+    }
+
+    fn finish(self, key: Jwk) -> Result<Verified, Error> {
+        key.verify(
+            self.header.alg,
+            &self.raw.signing_input,
+            &self.raw.signature,
+        )?;
+        let payload = if self.raw.payload.is_empty() {
+            Payload::PostAsGet
+        } else {
+            Payload::Json(self.raw.payload)
+        };
+        Ok(Verified {
+            header: self.header,
+            key,
+            payload,
+        })
+    }
+}
+
+/// What a verified JWS carried (RFC 8555 §6.3: an empty payload is POST-as-GET, `{}` is not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// The payload was the empty string.
+    PostAsGet,
+    /// The payload bytes (not yet parsed).
+    Json(Vec<u8>),
+}
+
+/// A request whose signature has been verified.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The protected header.
+    pub header: ProtectedHeader,
+    /// The key that verified the signature.
+    pub key: Jwk,
+    /// The payload.
+    pub payload: Payload,
+}
+
+impl Verified {
+    /// Parses the payload as `T`; POST-as-GET is refused.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        match &self.payload {
+            Payload::PostAsGet => Err(Error::WrongPayloadKind("this request needs a JSON payload")),
+            Payload::Json(b) => serde_json::from_slice(b).map_err(|e| Error::json(&e)),
+        }
+    }
+
+    /// Requires POST-as-GET (resource fetches, RFC 8555 §6.3); `{}` is refused.
+    pub fn expect_post_as_get(&self) -> Result<(), Error> {
+        match self.payload {
+            Payload::PostAsGet => Ok(()),
+            Payload::Json(_) => Err(Error::WrongPayloadKind(
+                "POST-as-GET requires an empty payload",
+            )),
+        }
+    }
+
+    /// The nonce (always present after [`parse_request`]).
+    pub fn nonce(&self) -> &str {
+        self.header.nonce.as_deref().unwrap_or("")
+    }
+}
