@@ -1,2 +1,491 @@
-//! placeholder
-fn main() {}
+//! `certgate`: the command line of the certgate fleet.
+//!
+//! `init` prepares a data directory, `up` runs the signer, core and edge as separate processes
+//! (found next to this executable), and the other subcommands administer a running core over its
+//! Unix socket. This binary links none of the signer's key code (I-1, checked from cargo
+//! metadata): CA keys are only ever created inside `certgate-signer`.
+
+mod bootstrap;
+mod client;
+mod commands;
+mod datadir;
+mod error;
+mod keys;
+mod pem;
+mod procs;
+mod up;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::bootstrap::Ports;
+use crate::client::Clients;
+use crate::commands::StartWhat;
+use crate::datadir::DataDir;
+use crate::error::Result;
+
+#[derive(Parser)]
+#[command(
+    name = "certgate",
+    version,
+    about = "certgate: a PKI protocol gateway fleet"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct DirArg {
+    /// The data directory.
+    #[arg(
+        long,
+        default_value = ".certgate",
+        env = "CERTGATE_DATA_DIR",
+        global = true
+    )]
+    data_dir: PathBuf,
+}
+
+#[derive(Args, Clone, Copy)]
+struct PortArgs {
+    /// Edge HTTPS listener (ACME, EST).
+    #[arg(long)]
+    https: Option<SocketAddr>,
+    /// Edge plain HTTP listener (OCSP, CRL, SCEP, CMP, AIA).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Admin listener (health, metrics).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+}
+
+impl PortArgs {
+    fn given(&self) -> bool {
+        self.https.is_some() || self.http.is_some() || self.admin.is_some()
+    }
+    fn ports(&self) -> Ports {
+        Ports {
+            https: self
+                .https
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
+            http: self
+                .http
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            admin: self
+                .admin
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prepare a data directory (KEK, configs, dev CA hierarchy, edge certificate, dev
+    /// credentials). Safe to run again.
+    Init {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        ports: PortArgs,
+    },
+    /// Run the fleet (signer, core, edge) until Ctrl-C; initialises the data dir first if needed.
+    Up {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        ports: PortArgs,
+    },
+    /// CA hierarchy: list, init, rotate, ceremonies.
+    Ca {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Ceremony custodian keys.
+    Custodian {
+        #[command(subcommand)]
+        command: CustodianCommand,
+    },
+    /// Certificate profiles.
+    Profile {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(subcommand)]
+        command: ProfileCommand,
+    },
+    /// Certificates.
+    Cert {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+    /// Revoke a certificate by serial.
+    Revoke {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Serial number, hex.
+        #[arg(long)]
+        serial: String,
+        /// RFC 5280 CRLReason code (0 unspecified, 1 keyCompromise, 4 superseded, 5
+        /// cessationOfOperation…).
+        #[arg(long, default_value_t = 0)]
+        reason: u32,
+        /// Tenant.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// The audit chain.
+    Audit {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// List CAs.
+    List {
+        /// Only this tenant's issuing CAs (and shared ones); empty = all.
+        #[arg(long, default_value = "")]
+        tenant: String,
+    },
+    /// Create what is missing of root → intermediate → issuing CA for a tenant, approving the
+    /// ceremonies with one custodian key (dev: quorum 1).
+    Init {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Custodian name (as in the core config).
+        #[arg(long, default_value = "dev")]
+        custodian: String,
+        /// Custodian key; default DIR/custodians/dev.pem.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Start a rotation ceremony for a root or intermediate.
+    Rotate {
+        /// The CA to replace.
+        #[arg(long)]
+        ca_id: String,
+        /// The new CA's id.
+        #[arg(long)]
+        new_id: String,
+        #[arg(long, default_value = "p256")]
+        key_type: String,
+        #[arg(long, default_value_t = 1825)]
+        validity_days: u64,
+    },
+    /// m-of-n ceremonies for roots and intermediates.
+    Ceremony {
+        #[command(subcommand)]
+        command: CeremonyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CeremonyCommand {
+    /// Start a ceremony creating a root (no --parent) or an intermediate (--parent).
+    Start {
+        /// New CA id.
+        #[arg(long)]
+        ca_id: String,
+        /// Parent CA id (makes it an intermediate).
+        #[arg(long)]
+        parent: Option<String>,
+        /// Subject common name.
+        #[arg(long)]
+        common_name: String,
+        #[arg(long, default_value = "p256")]
+        key_type: String,
+        #[arg(long, default_value_t = 3650)]
+        validity_days: u64,
+        /// pathLenConstraint (intermediates).
+        #[arg(long)]
+        path_len: Option<u32>,
+    },
+    /// Approve: sign the ceremony digest with a custodian key.
+    Approve {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        custodian: String,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Execute once the quorum is reached.
+    Execute {
+        #[arg(long)]
+        id: String,
+    },
+    /// List ceremonies.
+    List,
+}
+
+#[derive(Subcommand)]
+enum CustodianCommand {
+    /// Generate an Ed25519 custodian key: FILE (private, 0600) and FILE.pub.pem (public, for the
+    /// core config's [[custodians]]).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProfileCommand {
+    /// Create a profile, or a new version of it, from a TOML or JSON file.
+    Create {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+        /// toml or json (default: from the file extension).
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Latest version of every profile of a tenant.
+    List {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Every version of one profile.
+    Versions {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Issue a certificate for a CSR through Core.Issue; writes the leaf PEM.
+    Issue {
+        /// CSR, PEM or DER.
+        #[arg(long)]
+        csr: PathBuf,
+        /// Where to write the certificate (PEM).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Profile; empty = the tenant's default.
+        #[arg(long, default_value = "")]
+        profile: String,
+        /// Idempotency key; default SHA-256(tenant, profile, CSR), so a rerun returns the same
+        /// certificate.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Validity in days; 0 = the profile's default.
+        #[arg(long, default_value_t = 0)]
+        validity_days: u64,
+        /// Append the chain (issuing CA, intermediates) after the leaf.
+        #[arg(long)]
+        with_chain: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash-linked, signed audit chain.
+    Verify,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("certgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("certgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Init { dir, ports } => {
+            let dd = DataDir::open(&dir.data_dir)?;
+            bootstrap::init(&dd, ports.ports(), false).await?;
+            Ok(())
+        }
+        Command::Up { dir, ports } => {
+            let dd = DataDir::open(&dir.data_dir)?;
+            up::up(&dd, ports.ports(), ports.given()).await
+        }
+        Command::Custodian {
+            command: CustodianCommand::Keygen { out },
+        } => {
+            let mut public = out.clone().into_os_string();
+            public.push(".pub.pem");
+            let public = PathBuf::from(public);
+            keys::custodian_keygen(&out, &public)?;
+            println!(
+                "wrote {} (keep it secret) and {}\nadd to the core config:\n[[custodians]]\nname = \"NAME\"\npublic_key = \"{}\"",
+                out.display(),
+                public.display(),
+                public.display()
+            );
+            Ok(())
+        }
+        Command::Ca { dir, command } => {
+            let dd = DataDir::existing(&dir.data_dir)?;
+            let clients = Clients::for_dir(&dd);
+            match command {
+                CaCommand::List { tenant } => commands::ca_list(&clients, &tenant).await,
+                CaCommand::Init {
+                    tenant,
+                    custodian,
+                    key,
+                } => {
+                    let key = key.unwrap_or_else(|| dd.dev_custodian_key());
+                    commands::ca_init(&clients, &tenant, &key, &custodian).await
+                }
+                CaCommand::Rotate {
+                    ca_id,
+                    new_id,
+                    key_type,
+                    validity_days,
+                } => {
+                    commands::ceremony_start(
+                        &clients,
+                        StartWhat::Rotate {
+                            old: ca_id,
+                            new: new_id,
+                            key_type: commands::key_type(&key_type)?,
+                            validity_days,
+                        },
+                    )
+                    .await
+                }
+                CaCommand::Ceremony { command } => match command {
+                    CeremonyCommand::Start {
+                        ca_id,
+                        parent,
+                        common_name,
+                        key_type,
+                        validity_days,
+                        path_len,
+                    } => {
+                        let key_type = commands::key_type(&key_type)?;
+                        let what = match parent {
+                            None => StartWhat::Root {
+                                ca_id,
+                                common_name,
+                                key_type,
+                                validity_days,
+                            },
+                            Some(parent) => StartWhat::Intermediate {
+                                ca_id,
+                                parent,
+                                common_name,
+                                key_type,
+                                validity_days,
+                                path_len,
+                            },
+                        };
+                        commands::ceremony_start(&clients, what).await
+                    }
+                    CeremonyCommand::Approve { id, custodian, key } => {
+                        commands::ceremony_approve(&clients, &id, &custodian, &key).await
+                    }
+                    CeremonyCommand::Execute { id } => {
+                        commands::ceremony_execute(&clients, &id).await
+                    }
+                    CeremonyCommand::List => commands::ceremony_list(&clients).await,
+                },
+            }
+        }
+        Command::Profile { dir, command } => {
+            let dd = DataDir::existing(&dir.data_dir)?;
+            let clients = Clients::for_dir(&dd);
+            match command {
+                ProfileCommand::Create {
+                    tenant,
+                    name,
+                    file,
+                    format,
+                } => {
+                    commands::profile_create(&clients, &tenant, &name, &file, format.as_deref())
+                        .await
+                }
+                ProfileCommand::List { tenant } => commands::profile_list(&clients, &tenant).await,
+                ProfileCommand::Versions { tenant, name } => {
+                    commands::profile_versions(&clients, &tenant, &name).await
+                }
+            }
+        }
+        Command::Cert { dir, command } => {
+            let dd = DataDir::existing(&dir.data_dir)?;
+            let clients = Clients::for_dir(&dd);
+            match command {
+                CertCommand::Issue {
+                    csr,
+                    out,
+                    tenant,
+                    profile,
+                    idempotency_key,
+                    validity_days,
+                    with_chain,
+                } => {
+                    commands::cert_issue(
+                        &clients,
+                        commands::IssueArgs {
+                            csr,
+                            out,
+                            tenant,
+                            profile,
+                            idempotency_key,
+                            validity_days,
+                            with_chain,
+                        },
+                    )
+                    .await
+                }
+            }
+        }
+        Command::Revoke {
+            dir,
+            serial,
+            reason,
+            tenant,
+        } => {
+            let dd = DataDir::existing(&dir.data_dir)?;
+            commands::revoke(&Clients::for_dir(&dd), &tenant, &serial, reason).await
+        }
+        Command::Audit {
+            dir,
+            command: AuditCommand::Verify,
+        } => {
+            let dd = DataDir::existing(&dir.data_dir)?;
+            commands::audit_verify(&dd, &Clients::for_dir(&dd)).await
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! The edge's configuration file (TOML, schema in docs/operations.md).
+//!
+//! The edge holds no durable state: everything here is where to listen, where the core is, and
+//! the bounds (I-8). Relative paths resolve against the configuration file's directory so a data
+//! dir can be moved as a whole.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown keys are errors).
+    #[error("invalid edge config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid edge config: {0}")]
+    Invalid(String),
+}
+
+/// Deployment mode; production refuses dev conveniences (I-5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Local development (`certgate up`).
+    #[default]
+    Dev,
+    /// Production.
+    Production,
+}
+
+/// Listener addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// HTTPS (ACME, EST). Default 127.0.0.1:8443.
+    #[serde(default = "default_https")]
+    pub https: SocketAddr,
+    /// Plain HTTP (OCSP, CRL, SCEP, CMP, AIA). Default 127.0.0.1:8080.
+    #[serde(default = "default_http")]
+    pub http: SocketAddr,
+    /// Admin: /healthz, /readyz, /metrics. Default 127.0.0.1:9090.
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            https: default_https(),
+            http: default_http(),
+            admin: default_admin(),
+        }
+    }
+}
+
+fn default_https() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+/// The HTTPS listener's certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Certificate chain, PEM, leaf first.
+    pub cert: PathBuf,
+    /// Private key, PEM (PKCS#8).
+    pub key: PathBuf,
+}
+
+/// Bounds (I-8).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Open connections per listener; beyond this, new connections wait in the kernel backlog.
+    pub max_connections: usize,
+    /// Requests in service at once per listener; beyond this, 503 + Retry-After.
+    pub max_in_flight: usize,
+    /// Whole-request deadline, milliseconds.
+    pub request_timeout_ms: u64,
+    /// Deadline of each core RPC, milliseconds.
+    pub core_deadline_ms: u64,
+    /// Time to read a request's headers, milliseconds.
+    pub header_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            max_connections: 4096,
+            max_in_flight: 1024,
+            request_timeout_ms: 30_000,
+            core_deadline_ms: 10_000,
+            header_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Edge-local caches (moka; bounded by entry count and time).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    /// How long a CA certificate fetched from the core is served from cache.
+    pub ca_ttl_seconds: u64,
+    /// Most CA certificates cached.
+    pub ca_max_entries: u64,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self {
+            ca_ttl_seconds: 300,
+            ca_max_entries: 4096,
+        }
+    }
+}
+
+/// The whole edge configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// `dev` or `production`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// The core's Unix socket.
+    pub core_socket: PathBuf,
+    /// Listener addresses.
+    #[serde(default)]
+    pub listen: Listen,
+    /// The HTTPS listener's certificate and key.
+    pub tls: Tls,
+    /// Bounds.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Caches.
+    #[serde(default)]
+    pub cache: Cache,
+}
+
+impl EdgeConfig {
+    /// Reads and validates `path`; relative paths inside resolve against its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::parse(&text, &base).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text, resolving relative paths against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: EdgeConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source: Box::new(source),
+        })?;
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut cfg.core_socket);
+        abs(&mut cfg.tls.cert);
+        abs(&mut cfg.tls.key);
+        let l = &cfg.limits;
+        if l.max_body_bytes == 0 || l.max_connections == 0 || l.max_in_flight == 0 {
+            return Err(ConfigError::Invalid(
+                "limits must be positive (an empty bound admits nothing)".into(),
+            ));
+        }
+        if l.request_timeout_ms == 0 || l.core_deadline_ms == 0 || l.header_timeout_ms == 0 {
+            return Err(ConfigError::Invalid("timeouts must be positive".into()));
+        }
+        Ok(cfg)
+    }
+
+    /// Core RPC deadline.
+    pub fn core_deadline(&self) -> Duration {
+        Duration::from_millis(self.limits.core_deadline_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_default_ports_and_absolute_paths() {
+        let cfg = EdgeConfig::parse(
+            "core_socket = \"../run/core.sock\"\n[tls]\ncert = \"tls.pem\"\nkey = \"tls.key\"\n",
+            Path::new("/data/edge"),
+        )
+        .expect("parses");
+        assert_eq!(cfg.listen.https.port(), 8443);
+        assert_eq!(cfg.listen.http.port(), 8080);
+        assert_eq!(cfg.listen.admin.port(), 9090);
+        assert_eq!(cfg.core_socket, Path::new("/data/edge/../run/core.sock"));
+        assert_eq!(cfg.tls.key, Path::new("/data/edge/tls.key"));
+        assert_eq!(cfg.mode, Mode::Dev);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = EdgeConfig::parse(
+            "core_socket = \"c\"\nsurprise = 1\n[tls]\ncert = \"a\"\nkey = \"b\"\n",
+            Path::new("/"),
+        );
+        assert!(matches!(err, Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn zero_bounds_are_refused() {
+        let err = EdgeConfig::parse(
+            "core_socket = \"c\"\n[tls]\ncert = \"a\"\nkey = \"b\"\n[limits]\nmax_body_bytes = 0\n",
+            Path::new("/"),
+        );
+        assert!(matches!(err, Err(ConfigError::Invalid(_))));
+    }
+}

@@ -1,0 +1,87 @@
+//! The edge's client for the core (`certgate.core.v1.Core`) over the core's Unix socket.
+//!
+//! Every call carries a deadline (I-8) both as a `grpc-timeout` the core can see and as a local
+//! timer, so a wedged core never holds an edge request longer than configured. A core that is
+//! down surfaces as `Unavailable` (I-5: never a fallback).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use certgate_proto::RpcError;
+use certgate_proto::core::core_client::CoreClient as GrpcCore;
+use certgate_proto::core::{
+    GetCaChainRequest, GetCaChainResponse, IssueRequest, IssueResponse, RevokeRequest,
+    RevokeResponse,
+};
+use certgate_proto::transport::unix_channel;
+use tonic::transport::Channel;
+
+/// A cheap-to-clone handle on the core.
+#[derive(Clone)]
+pub struct CoreClient {
+    inner: GrpcCore<Channel>,
+    deadline: Duration,
+}
+
+impl CoreClient {
+    /// A lazily connecting client to the core's socket at `path`.
+    pub fn unix(path: impl Into<PathBuf>, deadline: Duration) -> Self {
+        Self::from_channel(unix_channel(path), deadline)
+    }
+
+    /// A client over any channel (tests use an in-memory one).
+    pub fn from_channel(channel: Channel, deadline: Duration) -> Self {
+        Self {
+            inner: GrpcCore::new(channel),
+            deadline,
+        }
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(self.deadline);
+        req
+    }
+
+    async fn bounded<F, T>(&self, fut: F) -> Result<T, RpcError>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match tokio::time::timeout(self.deadline, fut).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(RpcError::from_status(&status)),
+            Err(_) => Err(RpcError::unavailable(
+                "the core did not answer in time",
+                Duration::from_secs(1),
+            )),
+        }
+    }
+
+    /// `Core.Issue` — the one issuance path (I-2).
+    pub async fn issue(&self, req: IssueRequest) -> Result<IssueResponse, RpcError> {
+        let mut c = self.inner.clone();
+        let r = self.request(req);
+        self.bounded(c.issue(r)).await
+    }
+
+    /// `Core.Revoke`.
+    pub async fn revoke(&self, req: RevokeRequest) -> Result<RevokeResponse, RpcError> {
+        let mut c = self.inner.clone();
+        let r = self.request(req);
+        self.bounded(c.revoke(r)).await
+    }
+
+    /// `Core.GetCaChain` for a tenant (and optionally one issuer).
+    pub async fn ca_chain(
+        &self,
+        tenant: &str,
+        issuer_id: &str,
+    ) -> Result<GetCaChainResponse, RpcError> {
+        let mut c = self.inner.clone();
+        let r = self.request(GetCaChainRequest {
+            tenant: tenant.to_owned(),
+            issuer_id: issuer_id.to_owned(),
+        });
+        self.bounded(c.get_ca_chain(r)).await
+    }
+}

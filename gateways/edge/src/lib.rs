@@ -1,0 +1,124 @@
+//! certgate-edge: the stateless front of the fleet.
+//!
+//! It terminates client protocols on an HTTPS and a plain HTTP listener, routes each request by
+//! tenant and path to a protocol handler ([`router`]), and reaches the core — never the signer —
+//! over gRPC ([`core_client`]). It holds no durable state: CA certificates (and later OCSP
+//! responses and CRLs) are cached edge-locally and can always be fetched again. An admin listener
+//! serves health and Prometheus metrics.
+
+pub mod admin;
+pub mod ca;
+pub mod config;
+pub mod core_client;
+pub mod error;
+pub mod metrics;
+pub mod router;
+pub mod server;
+pub mod tenant;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tracing::info;
+
+use crate::config::EdgeConfig;
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Metrics recorder.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+}
+
+/// Binds every listener and serves until `shutdown` flips to true.
+pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), StartError> {
+    let cert = std::fs::read(&cfg.tls.cert)
+        .map_err(|e| StartError::Tls(format!("{}: {e}", cfg.tls.cert.display())))?;
+    let key = std::fs::read(&cfg.tls.key)
+        .map_err(|e| StartError::Tls(format!("{}: {e}", cfg.tls.key.display())))?;
+    let tls = TlsAcceptor::from(Arc::new(
+        server::tls_config(&cert, &key).map_err(StartError::Tls)?,
+    ));
+    let handle = metrics::install()?;
+
+    let core = core_client::CoreClient::unix(&cfg.core_socket, cfg.core_deadline());
+    let ctx = router::EdgeContext {
+        core: core.clone(),
+        ca: ca::CaCerts::new(
+            cfg.cache.ca_max_entries,
+            Duration::from_secs(cfg.cache.ca_ttl_seconds),
+        ),
+    };
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let https = bind(cfg.listen.https).await?;
+    let http = bind(cfg.listen.http).await?;
+    let admin = bind(cfg.listen.admin).await?;
+
+    let pipeline = |_: ()| {
+        Arc::new(server::Pipeline {
+            router: router::Router::standard(),
+            ctx: ctx.clone(),
+            limits: cfg.limits.clone(),
+            in_flight: Semaphore::new(cfg.limits.max_in_flight),
+        })
+    };
+    let tasks = vec![
+        tokio::spawn(server::serve_listener(
+            https,
+            router::Listener::Https,
+            Some(tls),
+            pipeline(()),
+            shutdown.clone(),
+        )),
+        tokio::spawn(server::serve_listener(
+            http,
+            router::Listener::Http,
+            None,
+            pipeline(()),
+            shutdown.clone(),
+        )),
+        tokio::spawn(admin::serve_admin(
+            admin,
+            Arc::new(admin::Admin {
+                metrics: handle,
+                core,
+            }),
+            shutdown.clone(),
+        )),
+    ];
+    info!(
+        https = %cfg.listen.https,
+        http = %cfg.listen.http,
+        admin = %cfg.listen.admin,
+        core = %cfg.core_socket.display(),
+        "certgate-edge ready"
+    );
+    let _ = shutdown.changed().await;
+    for t in tasks {
+        t.abort();
+    }
+    info!("certgate-edge stopped");
+    Ok(())
+}

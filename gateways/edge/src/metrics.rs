@@ -1,0 +1,53 @@
+//! Prometheus metrics (served on the admin listener's `/metrics`).
+//!
+//! Requests are counted and timed with labels `protocol`, `tenant`, `outcome`. Label values come
+//! from fixed sets or from syntactically checked tenant names, so cardinality stays bounded (I-8).
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests served, by protocol, tenant and outcome.
+pub const REQUESTS_TOTAL: &str = "certgate_edge_requests_total";
+/// Request latency in seconds, by protocol, tenant and outcome.
+pub const REQUEST_SECONDS: &str = "certgate_edge_request_duration_seconds";
+/// Connections currently open, by listener.
+pub const CONNECTIONS_OPEN: &str = "certgate_edge_connections_open";
+
+/// Why the recorder could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot install the metrics recorder: {0}")]
+pub struct MetricsError(String);
+
+/// Installs the global recorder and returns the handle `/metrics` renders from.
+pub fn install() -> Result<PrometheusHandle, MetricsError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(REQUEST_SECONDS.to_owned()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        )
+        .map_err(|e| MetricsError(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| MetricsError(e.to_string()))?;
+    metrics::describe_counter!(REQUESTS_TOTAL, "Requests served by the edge");
+    metrics::describe_histogram!(
+        REQUEST_SECONDS,
+        metrics::Unit::Seconds,
+        "Edge request latency"
+    );
+    metrics::describe_gauge!(CONNECTIONS_OPEN, "Open client connections");
+    Ok(handle)
+}
+
+/// Records one finished request.
+pub fn record(protocol: &'static str, tenant: &str, outcome: &'static str, elapsed: Duration) {
+    let labels = [
+        ("protocol", protocol.to_owned()),
+        ("tenant", tenant.to_owned()),
+        ("outcome", outcome.to_owned()),
+    ];
+    metrics::counter!(REQUESTS_TOTAL, &labels).increment(1);
+    metrics::histogram!(REQUEST_SECONDS, &labels).record(elapsed.as_secs_f64());
+}

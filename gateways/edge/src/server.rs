@@ -1,0 +1,212 @@
+//! Listeners: HTTPS (rustls, aws-lc-rs provider, ALPN h2 + http/1.1) and plain HTTP, both served
+//! by hyper-util's auto builder (HTTP/1.1 and HTTP/2), and the shared request pipeline.
+//!
+//! Bounds (I-8): a semaphore caps open connections per listener (acquired before `accept`, so
+//! excess connections wait in the kernel backlog rather than in memory); TLS handshakes and
+//! header reads have timeouts; bodies are read through `http_body_util::Limited`; a second
+//! semaphore caps requests in service and sheds the rest with 503 + Retry-After; every request
+//! has a deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Request;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use crate::config::Limits;
+use crate::error::{EdgeError, EdgeResponse};
+use crate::metrics;
+use crate::router::{EdgeContext, EdgeRequest, Listener, Router};
+use crate::tenant::split_tenant;
+
+/// Time a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything the request pipeline needs, shared by all connections of one listener.
+pub struct Pipeline {
+    /// Routes.
+    pub router: Router,
+    /// Handler context.
+    pub ctx: EdgeContext,
+    /// Bounds.
+    pub limits: Limits,
+    /// Requests in service.
+    pub in_flight: Semaphore,
+}
+
+impl Pipeline {
+    /// Serves one request end to end; never fails (errors become problem+json here, the single
+    /// rescue point).
+    pub async fn serve(
+        &self,
+        listener: Listener,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> EdgeResponse {
+        let start = Instant::now();
+        let path = req.uri().path().to_owned();
+        let Some((tenant, rest)) = split_tenant(&path) else {
+            let e = EdgeError::Malformed("invalid tenant name".into());
+            metrics::record("edge", "invalid", e.outcome(), start.elapsed());
+            return e.into_response();
+        };
+        let tenant = tenant.to_owned();
+        let Some((handler, sub)) = self.router.route(listener, rest) else {
+            metrics::record(
+                "none",
+                &tenant,
+                EdgeError::NotFound.outcome(),
+                start.elapsed(),
+            );
+            return EdgeError::NotFound.into_response();
+        };
+        let protocol = handler.protocol();
+        let sub = sub.to_owned();
+
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            metrics::record(protocol, &tenant, "shed", start.elapsed());
+            return EdgeError::Overloaded.into_response();
+        };
+        let deadline = Duration::from_millis(self.limits.request_timeout_ms);
+        let result = tokio::time::timeout(deadline, async {
+            let (parts, body) = req.into_parts();
+            let body = Limited::new(body, self.limits.max_body_bytes)
+                .collect()
+                .await
+                .map_err(|_| EdgeError::BodyTooLarge)?
+                .to_bytes();
+            let edge_req = EdgeRequest {
+                tenant: tenant.clone(),
+                method: parts.method,
+                path: sub,
+                query: parts.uri.query().map(str::to_owned),
+                headers: parts.headers,
+                body,
+                listener,
+                peer,
+            };
+            handler.handle(&self.ctx, edge_req).await
+        })
+        .await
+        .unwrap_or(Err(EdgeError::Timeout));
+        match result {
+            Ok(resp) => {
+                let outcome = if resp.status().is_success() {
+                    "ok"
+                } else if resp.status().is_client_error() {
+                    "client_error"
+                } else {
+                    "error"
+                };
+                metrics::record(protocol, &tenant, outcome, start.elapsed());
+                resp
+            }
+            Err(e) => {
+                debug!(protocol, tenant = %tenant, error = %e, "request refused");
+                metrics::record(protocol, &tenant, e.outcome(), start.elapsed());
+                e.into_response()
+            }
+        }
+    }
+}
+
+/// The HTTPS server configuration: aws-lc-rs provider, TLS 1.2/1.3, ALPN h2 and http/1.1.
+pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerConfig, String> {
+    let certs = certgate_proto::transport::certs_from_pem(cert_pem).map_err(|e| e.to_string())?;
+    let key = certgate_proto::transport::key_from_pem(key_pem).map_err(|e| e.to_string())?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_timeout_ms))
+        .max_buf_size(64 * 1024);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
+        .max_header_list_size(64 * 1024);
+    b
+}
+
+/// Accepts connections on `listener` until `shutdown` flips, serving each through `pipeline`.
+/// With `tls`, connections are TLS-terminated first.
+pub async fn serve_listener(
+    tcp: TcpListener,
+    which: Listener,
+    tls: Option<TlsAcceptor>,
+    pipeline: Arc<Pipeline>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let conns = Arc::new(Semaphore::new(pipeline.limits.max_connections));
+    let label = match which {
+        Listener::Https => "https",
+        Listener::Http => "http",
+    };
+    loop {
+        let permit = tokio::select! {
+            p = conns.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = tcp.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(listener = label, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let pipeline = pipeline.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            ::metrics::gauge!(metrics::CONNECTIONS_OPEN, "listener" => label).increment(1.0);
+            let b = builder(&pipeline.limits);
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let pipeline = pipeline.clone();
+                async move { Ok::<_, std::convert::Infallible>(pipeline.serve(which, peer, req).await) }
+            });
+            let result = match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => b
+                            .serve_connection(TokioIo::new(s), svc)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+                        Err(_) => Err("TLS handshake timed out".into()),
+                    }
+                }
+                None => b
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = result {
+                debug!(listener = label, %peer, error = %e, "connection ended with an error");
+            }
+            ::metrics::gauge!(metrics::CONNECTIONS_OPEN, "listener" => label).decrement(1.0);
+        });
+    }
+}
