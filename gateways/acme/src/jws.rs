@@ -327,3 +327,266 @@ impl Verified {
         self.header.nonce.as_deref().unwrap_or("")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkeys::TestKey;
+    use serde_json::json;
+
+    const URL: &str = "https://127.0.0.1:8443/acme/new-acct";
+    const CT: Option<&str> = Some("application/jose+json");
+
+    fn body(v: &Value) -> Vec<u8> {
+        serde_json::to_vec(v).unwrap()
+    }
+
+    fn signed(key: &TestKey, kid: Option<&str>, payload: &[u8]) -> Vec<u8> {
+        body(&key.sign_jws(&key.header(kid, Some("n0nce"), URL), payload))
+    }
+
+    /// A JWS with an arbitrary protected header, signed by `key`.
+    fn with_header(key: &TestKey, header: Value) -> Vec<u8> {
+        body(&key.sign_jws(&header, b"{}"))
+    }
+
+    /// RFC 7515 Appendix A.3: the ES256 example verifies with its JWK (public part).
+    #[test]
+    fn rfc7515_a3_es256_example_verifies() {
+        let jwk = Jwk::from_value(&json!({"kty":"EC","crv":"P-256",
+            "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}))
+        .unwrap();
+        let input = b"eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ";
+        let mut sig = b64::decode(
+            "DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q",
+            "sig",
+        )
+        .unwrap();
+        jwk.verify(Algorithm::Es256, input, &sig).unwrap();
+        sig[5] ^= 1;
+        assert_eq!(
+            jwk.verify(Algorithm::Es256, input, &sig),
+            Err(Error::BadSignature)
+        );
+    }
+
+    /// RFC 7515 A.3's JWK with its private `d` is refused as an account key.
+    #[test]
+    fn rfc7515_a3_private_jwk_is_refused() {
+        let v = json!({"kty":"EC","crv":"P-256",
+            "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+            "d":"jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI"});
+        assert!(matches!(Jwk::from_value(&v), Err(Error::BadPublicKey(_))));
+    }
+
+    /// RFC 8555 §7.3: newAccount is a JWS with jwk, nonce and url, verified by the embedded key,
+    /// for every accepted algorithm.
+    #[test]
+    fn accepts_new_account_signed_with_each_algorithm() {
+        for key in TestKey::all() {
+            let payload =
+                br#"{"termsOfServiceAgreed":true,"contact":["mailto:cert-admin@example.org"]}"#;
+            let jws = parse_request(CT, &signed(&key, None, payload), URL).unwrap();
+            jws.require_jwk().unwrap();
+            assert_eq!(jws.header().alg.name(), key.alg());
+            assert_eq!(jws.header().nonce.as_deref(), Some("n0nce"));
+            let v = jws.verify_embedded().unwrap();
+            let na: crate::payload::NewAccount = v.json().unwrap();
+            assert!(na.terms_of_service_agreed);
+            assert_eq!(v.key, Jwk::from_value(&key.jwk()).unwrap());
+        }
+    }
+
+    #[test]
+    fn kid_requests_verify_with_the_account_key_only() {
+        let key = TestKey::es256();
+        let other = TestKey::es256();
+        let body = signed(&key, Some("https://h/acme/acct/1"), b"");
+        let account_key = Jwk::from_value(&key.jwk()).unwrap();
+        let jws = parse_request(CT, &body, URL).unwrap();
+        assert_eq!(jws.kid(), Some("https://h/acme/acct/1"));
+        assert!(jws.require_jwk().is_err());
+        let v = jws.clone().verify_with(&account_key).unwrap();
+        assert_eq!(v.payload, Payload::PostAsGet);
+        let wrong = Jwk::from_value(&other.jwk()).unwrap();
+        assert_eq!(jws.verify_with(&wrong).unwrap_err(), Error::BadSignature);
+    }
+
+    #[test]
+    fn post_as_get_is_distinct_from_empty_object() {
+        let key = TestKey::eddsa();
+        let account_key = Jwk::from_value(&key.jwk()).unwrap();
+        let get = parse_request(CT, &signed(&key, Some("k"), b""), URL)
+            .unwrap()
+            .verify_with(&account_key)
+            .unwrap();
+        get.expect_post_as_get().unwrap();
+        assert!(matches!(
+            get.json::<Value>(),
+            Err(Error::WrongPayloadKind(_))
+        ));
+        let obj = parse_request(CT, &signed(&key, Some("k"), b"{}"), URL)
+            .unwrap()
+            .verify_with(&account_key)
+            .unwrap();
+        assert!(matches!(
+            obj.expect_post_as_get(),
+            Err(Error::WrongPayloadKind(_))
+        ));
+        assert_eq!(obj.json::<Value>().unwrap(), json!({}));
+    }
+
+    #[test]
+    fn rejects_tampered_payload() {
+        let key = TestKey::rs256();
+        let mut v = key.sign_jws(&key.header(None, Some("n"), URL), br#"{"contact":[]}"#);
+        v["payload"] = json!(b64::encode(br#"{"contact":["mailto:evil@example.org"]}"#));
+        let jws = parse_request(CT, &body(&v), URL).unwrap();
+        assert_eq!(jws.verify_embedded().unwrap_err(), Error::BadSignature);
+    }
+
+    #[test]
+    fn rejects_wrong_url() {
+        let key = TestKey::es384();
+        let b = signed(&key, None, b"{}");
+        assert_eq!(
+            parse_request(CT, &b, "https://127.0.0.1:8443/acme/new-order").unwrap_err(),
+            Error::UrlMismatch
+        );
+    }
+
+    #[test]
+    fn rejects_wrong_content_type() {
+        let key = TestKey::es256();
+        let b = signed(&key, None, b"{}");
+        let e = parse_request(Some("application/json"), &b, URL).unwrap_err();
+        assert_eq!(e.wire().1, 415);
+    }
+
+    #[test]
+    fn rejects_alg_none_and_macs_and_unknown_algs() {
+        let key = TestKey::es256();
+        for alg in ["none", "HS256", "HS512", "PS256", "ES512", "es256", ""] {
+            let mut h = key.header(None, Some("n"), URL);
+            h["alg"] = json!(alg);
+            let e = parse_request(CT, &with_header(&key, h), URL).unwrap_err();
+            assert!(matches!(e, Error::UnsupportedAlgorithm(_)), "{alg}: {e:?}");
+        }
+        // A `none` JWS has an empty signature and no key at all.
+        let none = json!({"protected": b64::encode(br#"{"alg":"none","nonce":"n","url":"u"}"#),
+            "payload": b64::encode(b"{}"), "signature": ""});
+        assert!(parse_request(CT, &body(&none), "u").is_err());
+    }
+
+    #[test]
+    fn rejects_alg_that_does_not_fit_the_key() {
+        let key = TestKey::es256();
+        let mut h = key.header(None, Some("n"), URL);
+        h["alg"] = json!("ES384");
+        assert!(matches!(
+            parse_request(CT, &with_header(&key, h), URL),
+            Err(Error::BadPublicKey(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_crit_header() {
+        let key = TestKey::es256();
+        let mut h = key.header(None, Some("n"), URL);
+        h["crit"] = json!(["exp"]);
+        h["exp"] = json!(1);
+        assert_eq!(
+            parse_request(CT, &with_header(&key, h), URL).unwrap_err(),
+            Error::CriticalHeader
+        );
+    }
+
+    #[test]
+    fn rejects_both_jwk_and_kid_and_neither() {
+        let key = TestKey::es256();
+        let mut h = key.header(None, Some("n"), URL);
+        h["kid"] = json!("https://h/acme/acct/1");
+        assert!(matches!(
+            parse_request(CT, &with_header(&key, h), URL),
+            Err(Error::WrongKeyReference(_))
+        ));
+        let h = json!({"alg":"ES256","nonce":"n","url":URL});
+        assert!(matches!(
+            parse_request(CT, &with_header(&key, h), URL),
+            Err(Error::WrongKeyReference(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_missing_nonce_and_url() {
+        let key = TestKey::es256();
+        let h = key.header(None, None, URL);
+        assert!(matches!(
+            parse_request(CT, &with_header(&key, h), URL),
+            Err(Error::BadNonce(_))
+        ));
+        let mut h = key.header(None, Some("n"), URL);
+        h.as_object_mut().unwrap().remove("url");
+        assert!(matches!(
+            parse_request(CT, &with_header(&key, h), URL),
+            Err(Error::MalformedJws(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_rsa_1024_key() {
+        let key = TestKey::rs256();
+        let mut h = key.header(None, Some("n"), URL);
+        let mut n = vec![0xd5u8; 128];
+        n[127] |= 1;
+        h["jwk"]["n"] = json!(b64::encode(&n));
+        let e = parse_request(CT, &with_header(&key, h), URL).unwrap_err();
+        assert!(
+            matches!(e, Error::BadPublicKey(ref m) if m.contains("1024")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_base64_and_bad_shapes() {
+        let key = TestKey::es256();
+        let good = key.sign_jws(&key.header(None, Some("n"), URL), b"{}");
+        for (field, bad) in [
+            ("protected", "eyJ+"),
+            ("payload", "e30="),
+            ("signature", "a b"),
+        ] {
+            let mut v = good.clone();
+            v[field] = json!(bad);
+            assert!(
+                matches!(parse_request(CT, &body(&v), URL), Err(Error::BadBase64(_))),
+                "{field}"
+            );
+        }
+        let mut v = good.clone();
+        v["header"] = json!({"kid": "x"});
+        assert!(matches!(
+            parse_request(CT, &body(&v), URL),
+            Err(Error::MalformedJws(_))
+        ));
+        for b in [
+            &b"not json"[..],
+            b"[]",
+            b"{}",
+            b"{\"protected\":1,\"payload\":\"\",\"signature\":\"\"}",
+        ] {
+            assert!(parse_request(CT, b, URL).is_err());
+        }
+        // A compact serialization is not accepted.
+        assert!(parse_request(CT, b"eyJhbGciOiJFUzI1NiJ9.e30.AAAA", URL).is_err());
+        // The protected header must be a JSON object.
+        let mut v = good;
+        v["protected"] = json!(b64::encode(b"[1,2]"));
+        assert!(matches!(
+            parse_request(CT, &body(&v), URL),
+            Err(Error::InvalidJson(_))
+        ));
+    }
+}

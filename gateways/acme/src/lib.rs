@@ -28,4 +28,7 @@ pub mod problem;
 pub mod state;
 
 pub use b64::encode as base64url;
+
+#[cfg(test)]
+mod testkeys;
 pub use error::{Error, ValidationFailure};

@@ -732,3 +732,168 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod signed_tests {
+    use super::*;
+    use crate::jws::parse_request;
+    use crate::testkeys::TestKey;
+    use serde_json::json;
+
+    const CT: Option<&str> = Some("application/jose+json");
+    const NEW_ACCT: &str = "https://h/acme/new-acct";
+    const KEY_CHANGE: &str = "https://h/acme/key-change";
+    const ACCT: &str = "https://h/acme/acct/1";
+
+    fn eab(mac_key: &[u8], kid: &str, url: &str, account: &TestKey, alg: &str) -> Value {
+        let protected = b64::encode(
+            json!({"alg":alg,"kid":kid,"url":url})
+                .to_string()
+                .as_bytes(),
+        );
+        let payload = b64::encode(account.jwk().to_string().as_bytes());
+        let key = hmac::Key::new(hmac::HMAC_SHA256, mac_key);
+        let tag = hmac::sign(&key, format!("{protected}.{payload}").as_bytes());
+        json!({"protected":protected,"payload":payload,"signature":b64::encode(tag.as_ref())})
+    }
+
+    /// RFC 8555 §7.3.4: the EAB JWS is an HMAC over the account key under the EAB key id.
+    #[test]
+    fn external_account_binding_verifies() {
+        let account = TestKey::es256();
+        let mac = Zeroizing::new(vec![0x42u8; 32]);
+        let v = eab(&mac, "kid-1", NEW_ACCT, &account, "HS256");
+        let b = ExternalAccountBinding::parse(&v, NEW_ACCT).unwrap();
+        assert_eq!(b.key_id(), "kid-1");
+        let jwk = Jwk::from_value(&account.jwk()).unwrap();
+        b.verify(&mac, &jwk).unwrap();
+        // Wrong MAC key.
+        assert!(matches!(
+            b.verify(&Zeroizing::new(vec![0x43u8; 32]), &jwk),
+            Err(Error::Unauthorized(_))
+        ));
+        // Bound to another account key.
+        let other = Jwk::from_value(&TestKey::es256().jwk()).unwrap();
+        assert!(matches!(
+            b.verify(&mac, &other),
+            Err(Error::Unauthorized(_))
+        ));
+    }
+
+    #[test]
+    fn external_account_binding_rules() {
+        let account = TestKey::eddsa();
+        let mac = [1u8; 32];
+        assert!(
+            ExternalAccountBinding::parse(
+                &eab(&mac, "k", "https://other", &account, "HS256"),
+                NEW_ACCT
+            )
+            .is_err()
+        );
+        assert!(matches!(
+            ExternalAccountBinding::parse(&eab(&mac, "k", NEW_ACCT, &account, "none"), NEW_ACCT),
+            Err(Error::UnsupportedAlgorithm(_))
+        ));
+        assert!(matches!(
+            ExternalAccountBinding::parse(&eab(&mac, "k", NEW_ACCT, &account, "ES256"), NEW_ACCT),
+            Err(Error::UnsupportedAlgorithm(_))
+        ));
+        let protected = b64::encode(
+            json!({"alg":"HS256","kid":"k","url":NEW_ACCT,"nonce":"n"})
+                .to_string()
+                .as_bytes(),
+        );
+        let v = json!({"protected":protected,"payload":"e30","signature":"AAAA"});
+        assert!(matches!(
+            ExternalAccountBinding::parse(&v, NEW_ACCT),
+            Err(Error::Malformed(_))
+        ));
+    }
+
+    fn key_change_request(
+        old: &TestKey,
+        new: &TestKey,
+        inner_header: Value,
+        account: &str,
+    ) -> Vec<u8> {
+        let payload = json!({"account": account, "oldKey": old.jwk()});
+        let inner = new.sign_jws(&inner_header, payload.to_string().as_bytes());
+        let outer = old.sign_jws(
+            &old.header(Some(ACCT), Some("n"), KEY_CHANGE),
+            inner.to_string().as_bytes(),
+        );
+        serde_json::to_vec(&outer).unwrap()
+    }
+
+    fn outer_verified(old: &TestKey, body: &[u8]) -> Verified {
+        let old_jwk = Jwk::from_value(&old.jwk()).unwrap();
+        parse_request(CT, body, KEY_CHANGE)
+            .unwrap()
+            .verify_with(&old_jwk)
+            .unwrap()
+    }
+
+    /// RFC 8555 §7.3.5: inner JWS signed by the new key with jwk, same url, payload {account, oldKey}.
+    #[test]
+    fn key_change_returns_the_new_key() {
+        let old = TestKey::es256();
+        let new = TestKey::rs256();
+        let body = key_change_request(&old, &new, new.header(None, None, KEY_CHANGE), ACCT);
+        let got = check_key_change(&outer_verified(&old, &body), ACCT).unwrap();
+        assert_eq!(got, Jwk::from_value(&new.jwk()).unwrap());
+    }
+
+    #[test]
+    fn key_change_inner_rules() {
+        let old = TestKey::es256();
+        let new = TestKey::eddsa();
+        // Inner carries a nonce.
+        let b = key_change_request(&old, &new, new.header(None, Some("n"), KEY_CHANGE), ACCT);
+        assert!(check_key_change(&outer_verified(&old, &b), ACCT).is_err());
+        // Inner url differs.
+        let b = key_change_request(&old, &new, new.header(None, None, NEW_ACCT), ACCT);
+        assert!(check_key_change(&outer_verified(&old, &b), ACCT).is_err());
+        // Inner uses kid.
+        let b = key_change_request(&old, &new, new.header(Some(ACCT), None, KEY_CHANGE), ACCT);
+        assert!(matches!(
+            check_key_change(&outer_verified(&old, &b), ACCT),
+            Err(Error::WrongKeyReference(_))
+        ));
+        // Names another account.
+        let b = key_change_request(
+            &old,
+            &new,
+            new.header(None, None, KEY_CHANGE),
+            "https://h/acme/acct/2",
+        );
+        assert!(matches!(
+            check_key_change(&outer_verified(&old, &b), ACCT),
+            Err(Error::Unauthorized(_))
+        ));
+        // Inner signed by a key other than its jwk.
+        let mut h = new.header(None, None, KEY_CHANGE);
+        h["jwk"] = TestKey::eddsa().jwk();
+        let b = key_change_request(&old, &new, h, ACCT);
+        assert_eq!(
+            check_key_change(&outer_verified(&old, &b), ACCT),
+            Err(Error::BadSignature)
+        );
+        // oldKey is not the account key.
+        let stranger = TestKey::es256();
+        let payload = json!({"account": ACCT, "oldKey": stranger.jwk()});
+        let inner = new.sign_jws(
+            &new.header(None, None, KEY_CHANGE),
+            payload.to_string().as_bytes(),
+        );
+        let outer = old.sign_jws(
+            &old.header(Some(ACCT), Some("n"), KEY_CHANGE),
+            inner.to_string().as_bytes(),
+        );
+        let b = serde_json::to_vec(&outer).unwrap();
+        assert!(matches!(
+            check_key_change(&outer_verified(&old, &b), ACCT),
+            Err(Error::Unauthorized(_))
+        ));
+    }
+}
