@@ -205,6 +205,7 @@ fn verify_audit_signature(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};

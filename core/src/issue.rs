@@ -54,6 +54,9 @@ impl Fault {
     }
 }
 
+/// Per-(tenant, idempotency key) locks: the in-process single flight.
+type KeyLocks = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
+
 /// The longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 
@@ -62,7 +65,7 @@ pub struct Issuer {
     store: Arc<dyn Store>,
     signer: Signer,
     in_flight: Semaphore,
-    keys: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    keys: Mutex<KeyLocks>,
     fault: Fault,
 }
 
@@ -298,7 +301,7 @@ impl Issuer {
         if sans.is_empty() {
             // A CN-only request (SCEP/EST devices): a CN that is a DNS name becomes the SAN, so
             // the profile's name rules apply to it; anything else is refused.
-            match requested.common_name.as_deref().map(|cn| San::dns(cn)) {
+            match requested.common_name.as_deref().map(San::dns) {
                 Some(Ok(san)) => sans.push(san),
                 _ => {
                     return Err(CoreError::malformed(

@@ -418,6 +418,7 @@ fn cidr_contains(net: IpAddr, prefix: u8, ip: IpAddr) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, missing_docs)]
 //! The core against an in-process FAKE signer (aws-lc-rs keys) over a real Unix-socket gRPC hop.
 //! The fake is a dev-dependency-only stand-in; the core's normal dependencies never include the
 //! signer crate (I-1).

@@ -101,6 +101,19 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 "#;
 
+/// An audit row as read, before its hashes are checked for length.
+type RawAuditRow = (
+    i64,
+    String,
+    Vec<u8>,
+    String,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    Option<Vec<u8>>,
+);
+
 /// The SQLite store.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -703,7 +716,7 @@ impl Store for SqliteStore {
     }
 
     fn audit_records(&self) -> Result<Vec<AuditRecord>> {
-        let rows: Vec<(i64, String, Vec<u8>, String, String, String, String, Vec<u8>, Option<Vec<u8>>)> =
+        let rows: Vec<RawAuditRow> =
             self.with(|c| {
                 let mut st = c.prepare(
                     "SELECT seq, time, prev, kind, tenant, actor, details, hash, signature FROM audit ORDER BY rowid",
@@ -792,6 +805,7 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::audit::verify_chain;
