@@ -154,6 +154,42 @@ mod tests {
     }
 
     #[test]
+    fn identifier_of_an_issued_certificate_uses_aki_and_serial() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SerialNumber};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let ski = {
+            let c = Certificate::from_der(ca_cert.der()).unwrap();
+            let e = c
+                .tbs_certificate
+                .extensions
+                .unwrap()
+                .into_iter()
+                .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_SUBJECT_KEY_IDENTIFIER)
+                .unwrap();
+            x509_cert::ext::pkix::SubjectKeyIdentifier::from_der(e.extn_value.as_bytes())
+                .unwrap()
+                .0
+                .as_bytes()
+                .to_vec()
+        };
+        let issuer = Issuer::new(ca, ca_key);
+        let ee_key = KeyPair::generate().unwrap();
+        let mut ee = CertificateParams::new(vec!["a.example".to_string()]).unwrap();
+        ee.use_authority_key_identifier_extension = true;
+        ee.serial_number = Some(SerialNumber::from(vec![0x87, 0x65, 0x43, 0x21]));
+        let cert = ee.signed_by(&ee_key, &issuer).unwrap();
+        let id = CertId::from_certificate(cert.der()).unwrap();
+        assert_eq!(id.key_identifier, ski);
+        assert_eq!(id.serial, [0x00, 0x87, 0x65, 0x43, 0x21]);
+        assert_eq!(CertId::parse(&id.to_string()).unwrap(), id);
+        // A certificate without AKI has no ARI identifier.
+        assert!(CertId::from_certificate(ca_cert.der()).is_err());
+    }
+
+    #[test]
     fn rejects_malformed_identifiers() {
         for bad in [
             "",

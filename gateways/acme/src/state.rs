@@ -614,3 +614,331 @@ pub fn check_csr(der: &[u8], identifiers: &[Identifier]) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+    use time::Duration;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    fn tokens(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("token{i}")).collect()
+    }
+
+    fn csr(
+        dns: &[&str],
+        ips: &[&str],
+        cn: Option<&str>,
+        alg: &'static rcgen::SignatureAlgorithm,
+    ) -> Vec<u8> {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let mut p =
+            CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        for ip in ips {
+            p.subject_alt_names
+                .push(SanType::IpAddress(ip.parse().unwrap()));
+        }
+        p.distinguished_name = DistinguishedName::new();
+        if let Some(cn) = cn {
+            p.distinguished_name.push(DnType::CommonName, cn);
+        }
+        p.serialize_request(&key).unwrap().der().to_vec()
+    }
+
+    fn p256() -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+
+    fn ready_order(ids: Vec<Identifier>) -> Order {
+        Order::new(ids, now() + Duration::hours(1))
+            .handle(OrderInput::Authorizations(&[AuthzStatus::Valid]), now())
+            .unwrap()
+    }
+
+    #[test]
+    fn wildcards_get_only_dns01_and_ips_never_dns01() {
+        assert_eq!(
+            challenge_types_for(&Identifier::dns("*.example.org")),
+            &[ChallengeType::Dns01]
+        );
+        let ip = challenge_types_for(&Identifier::ip("192.0.2.1"));
+        assert!(!ip.contains(&ChallengeType::Dns01));
+        assert_eq!(
+            challenge_types_for(&Identifier::dns("example.org")).len(),
+            3
+        );
+    }
+
+    /// RFC 8555 §7.1.6: the challenge lifecycle, and validation results out of order are refused.
+    #[test]
+    fn challenge_goes_pending_processing_valid() {
+        let c = Challenge::new(ChallengeType::Http01, "t");
+        assert!(matches!(
+            c.clone().handle(ChallengeInput::Validated, now()),
+            Err(Error::InvalidTransition {
+                object: "challenge",
+                state: "pending",
+                ..
+            })
+        ));
+        let c = c.handle(ChallengeInput::Respond, now()).unwrap();
+        assert_eq!(c.status, ChallengeStatus::Processing);
+        let c = c.handle(ChallengeInput::Respond, now()).unwrap();
+        assert_eq!(
+            c.status,
+            ChallengeStatus::Processing,
+            "a repeated response is idempotent"
+        );
+        let c = c.handle(ChallengeInput::Validated, now()).unwrap();
+        assert_eq!(
+            (c.status, c.validated),
+            (ChallengeStatus::Valid, Some(now()))
+        );
+        assert!(c.handle(ChallengeInput::Validated, now()).is_err());
+    }
+
+    #[test]
+    fn failed_challenge_records_the_problem_type() {
+        let c = Challenge::new(ChallengeType::Dns01, "t")
+            .handle(ChallengeInput::Respond, now())
+            .unwrap()
+            .handle(
+                ChallengeInput::Failed {
+                    kind: ValidationFailure::Dns,
+                    detail: "NXDOMAIN".into(),
+                },
+                now(),
+            )
+            .unwrap();
+        assert_eq!(c.status, ChallengeStatus::Invalid);
+        assert_eq!(
+            c.error.unwrap().problem_type,
+            crate::problem::ProblemType::Dns
+        );
+        let c = Challenge::new(ChallengeType::Dns01, "t");
+        let c = c.handle(ChallengeInput::Respond, now()).unwrap();
+        let c = c
+            .handle(
+                ChallengeInput::Failed {
+                    kind: ValidationFailure::IncorrectResponse,
+                    detail: "x".into(),
+                },
+                now(),
+            )
+            .unwrap();
+        assert!(
+            c.handle(ChallengeInput::Respond, now()).is_err(),
+            "no retry of an invalid challenge"
+        );
+    }
+
+    #[test]
+    fn authorization_follows_its_challenge() {
+        let a = Authorization::new(
+            Identifier::dns("example.org"),
+            now() + Duration::hours(1),
+            &tokens(3),
+        )
+        .unwrap();
+        let a = a
+            .handle(AuthzInput::Challenge(0, ChallengeInput::Respond), now())
+            .unwrap();
+        assert_eq!(a.status, AuthzStatus::Pending);
+        let a = a
+            .handle(AuthzInput::Challenge(0, ChallengeInput::Validated), now())
+            .unwrap();
+        assert_eq!(a.status, AuthzStatus::Valid);
+        let a = a
+            .handle(AuthzInput::Challenge(0, ChallengeInput::Respond), now())
+            .unwrap();
+        assert_eq!(a.status, AuthzStatus::Valid);
+        assert!(
+            a.clone()
+                .handle(AuthzInput::Challenge(1, ChallengeInput::Respond), now())
+                .is_err()
+        );
+        let a = a.handle(AuthzInput::Deactivate, now()).unwrap();
+        assert_eq!(a.status, AuthzStatus::Deactivated);
+        assert!(a.handle(AuthzInput::Deactivate, now()).is_err());
+    }
+
+    #[test]
+    fn authorization_fails_with_its_challenge_and_expires() {
+        let a = Authorization::new(
+            Identifier::dns("example.org"),
+            now() + Duration::hours(1),
+            &tokens(3),
+        )
+        .unwrap();
+        let failed = a
+            .clone()
+            .handle(AuthzInput::Challenge(2, ChallengeInput::Respond), now())
+            .unwrap()
+            .handle(
+                AuthzInput::Challenge(
+                    2,
+                    ChallengeInput::Failed {
+                        kind: ValidationFailure::Tls,
+                        detail: "x".into(),
+                    },
+                ),
+                now(),
+            )
+            .unwrap();
+        assert_eq!(failed.status, AuthzStatus::Invalid);
+        let later = now() + Duration::hours(2);
+        let expired = a.clone().handle(AuthzInput::Tick, later).unwrap();
+        assert_eq!(expired.status, AuthzStatus::Expired);
+        assert!(matches!(
+            a.clone()
+                .handle(AuthzInput::Challenge(0, ChallengeInput::Respond), later),
+            Err(Error::InvalidTransition {
+                state: "expired",
+                ..
+            })
+        ));
+        assert!(
+            a.clone()
+                .handle(AuthzInput::Challenge(9, ChallengeInput::Respond), now())
+                .is_err()
+        );
+        assert!(Authorization::new(Identifier::dns("*.example.org"), now(), &tokens(3)).is_err());
+    }
+
+    /// RFC 8555 §7.1.6: order status from its authorizations.
+    #[test]
+    fn order_status_is_computed_from_authorizations() {
+        use AuthzStatus as A;
+        use OrderStatus as O;
+        for (authzs, want) in [
+            (vec![A::Pending, A::Valid], O::Pending),
+            (vec![A::Valid, A::Valid], O::Ready),
+            (vec![A::Valid, A::Invalid], O::Invalid),
+            (vec![A::Pending, A::Deactivated], O::Invalid),
+            (vec![A::Valid, A::Expired], O::Invalid),
+            (vec![A::Valid, A::Revoked], O::Invalid),
+            (vec![], O::Invalid),
+        ] {
+            assert_eq!(
+                order_status_from_authorizations(&authzs),
+                want,
+                "{authzs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn finalize_before_ready_is_order_not_ready() {
+        let o = Order::new(
+            vec![Identifier::dns("a.example")],
+            now() + Duration::hours(1),
+        );
+        let der = csr(&["a.example"], &[], None, p256());
+        let e = o.handle(OrderInput::Finalize(&der), now()).unwrap_err();
+        assert_eq!(e, Error::OrderNotReady("pending"));
+        assert_eq!(e.wire(), (crate::problem::ProblemType::OrderNotReady, 403));
+    }
+
+    #[test]
+    fn order_goes_ready_processing_valid() {
+        let ids = vec![Identifier::dns("a.example"), Identifier::ip("192.0.2.7")];
+        let o = ready_order(ids);
+        assert_eq!(o.status, OrderStatus::Ready);
+        let der = csr(&["a.example"], &["192.0.2.7"], Some("a.example"), p256());
+        let o = o.handle(OrderInput::Finalize(&der), now()).unwrap();
+        assert_eq!(o.status, OrderStatus::Processing);
+        assert_eq!(
+            o.clone()
+                .handle(OrderInput::Finalize(&der), now())
+                .unwrap_err(),
+            Error::OrderNotReady("processing"),
+            "a second finalize cannot issue twice"
+        );
+        let valid = o.clone().handle(OrderInput::Issued, now()).unwrap();
+        assert_eq!(valid.status, OrderStatus::Valid);
+        assert!(valid.handle(OrderInput::Issued, now()).is_err());
+        let failed = o
+            .handle(
+                OrderInput::IssuanceFailed(Error::ServerInternal.to_problem()),
+                now(),
+            )
+            .unwrap();
+        assert_eq!(failed.status, OrderStatus::Invalid);
+    }
+
+    #[test]
+    fn unfinalized_order_expires() {
+        let o = ready_order(vec![Identifier::dns("a.example")]);
+        let der = csr(&["a.example"], &[], None, p256());
+        let e = o
+            .handle(OrderInput::Finalize(&der), now() + Duration::hours(2))
+            .unwrap_err();
+        assert_eq!(e, Error::OrderNotReady("invalid"));
+    }
+
+    #[test]
+    fn csr_with_an_extra_name_is_bad_csr() {
+        let o = ready_order(vec![Identifier::dns("a.example")]);
+        let der = csr(&["a.example", "b.example"], &[], None, p256());
+        let e = o
+            .clone()
+            .handle(OrderInput::Finalize(&der), now())
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::BadCsr(ref m) if m.contains("b.example")),
+            "{e:?}"
+        );
+        // A missing name is refused too, and the order stays ready for a corrected CSR.
+        let o2 = ready_order(vec![
+            Identifier::dns("a.example"),
+            Identifier::dns("b.example"),
+        ]);
+        assert!(matches!(
+            o2.handle(
+                OrderInput::Finalize(&csr(&["a.example"], &[], None, p256())),
+                now()
+            ),
+            Err(Error::BadCsr(_))
+        ));
+        assert_eq!(o.status, OrderStatus::Ready);
+    }
+
+    #[test]
+    fn csr_cn_must_be_an_order_identifier() {
+        let ids = [Identifier::dns("a.example")];
+        assert!(check_csr(&csr(&["a.example"], &[], Some("A.example"), p256()), &ids).is_ok());
+        assert!(matches!(
+            check_csr(&csr(&["a.example"], &[], Some("c.example"), p256()), &ids),
+            Err(Error::BadCsr(_))
+        ));
+    }
+
+    #[test]
+    fn csr_signature_is_verified_for_each_key_type() {
+        let ids = [Identifier::dns("a.example")];
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_ED25519,
+            &rcgen::PKCS_RSA_SHA256,
+        ] {
+            let mut der = csr(&["a.example"], &[], None, alg);
+            check_csr(&der, &ids).unwrap_or_else(|e| panic!("{alg:?}: {e:?}"));
+            // Flip a bit in the signature (the last byte).
+            let last = der.len() - 1;
+            der[last] ^= 1;
+            assert!(
+                matches!(check_csr(&der, &ids), Err(Error::BadCsr(_))),
+                "{alg:?}"
+            );
+        }
+        assert!(matches!(
+            check_csr(b"\x30\x03\x02\x01\x00", &ids),
+            Err(Error::BadCsr(_))
+        ));
+    }
+}
