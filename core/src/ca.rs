@@ -170,6 +170,19 @@ impl Authority {
                 "the parent CA is retiring",
             ));
         }
+        // RFC 5280 §4.2.1.9: below a CA with pathLenConstraint 0 no further CA may follow; a CA
+        // made there would yield chains every verifier rejects.
+        let cert = x509_cert::Certificate::from_der(&parent.cert_der)?;
+        if let Ok(Some((_, bc))) = cert
+            .tbs_certificate
+            .get::<x509_cert::ext::pkix::BasicConstraints>()
+            && bc.path_len_constraint == Some(0)
+        {
+            return Err(CoreError::policy(
+                "ca.parent_path_len",
+                format!("CA {id:?} has pathLenConstraint 0: no CA can be created under it"),
+            ));
+        }
         Ok(parent)
     }
 
