@@ -347,7 +347,7 @@ pub async fn ensure_hierarchy(
                 key_type: KeyType::EcP256 as i32,
                 common_name: "certgate dev intermediate CA".into(),
                 validity_seconds: 5 * YEAR,
-                path_len: Some(0),
+                path_len: Some(1),
             });
             run_ceremony(clients, action, custodian_key, custodian).await?;
             INTERMEDIATE_ID.to_owned()
@@ -477,7 +477,37 @@ pub async fn ensure_edge_cert(dd: &DataDir, clients: &Clients) -> Result<()> {
         return Ok(());
     }
     progress("issuing the edge's TLS certificate (localhost, 127.0.0.1)");
-    let (key_pem, csr) = keys::tls_key_and_csr(&["localhost", "127.0.0.1"])?;
+    let (key_pem, resp) = match issue_tls(clients, &["localhost", "127.0.0.1"]).await {
+        Ok(r) => r,
+        // A core whose name rules refuse single-label names still gets an edge that clients
+        // reach by IP address.
+        Err(CliError::Rpc(e)) if e.rule == "request.dns_name" => {
+            progress(&format!(
+                "the core refused `localhost` ({}); the edge certificate names 127.0.0.1 only",
+                e.message
+            ));
+            issue_tls(clients, &["127.0.0.1"]).await?
+        }
+        Err(e) => return Err(e),
+    };
+    let mut chain = pem::encode("CERTIFICATE", &resp.certificate_der);
+    for c in &resp.chain_der {
+        chain.push_str(&pem::encode("CERTIFICATE", c));
+    }
+    write_file(&dd.edge_key(), key_pem.as_bytes(), 0o600)?;
+    write_file(&dd.edge_cert(), chain.as_bytes(), 0o644)?;
+    Ok(())
+}
+
+/// Issues a TLS server certificate for `names` to a key made here.
+async fn issue_tls(
+    clients: &Clients,
+    names: &[&str],
+) -> Result<(
+    zeroize::Zeroizing<String>,
+    certgate_proto::core::IssueResponse,
+)> {
+    let (key_pem, csr) = keys::tls_key_and_csr(names)?;
     let mut core = clients.core.clone();
     let resp = core
         .issue(IssueRequest {
@@ -494,13 +524,7 @@ pub async fn ensure_edge_cert(dd: &DataDir, clients: &Clients) -> Result<()> {
         })
         .await?
         .into_inner();
-    let mut chain = pem::encode("CERTIFICATE", &resp.certificate_der);
-    for c in &resp.chain_der {
-        chain.push_str(&pem::encode("CERTIFICATE", c));
-    }
-    write_file(&dd.edge_key(), key_pem.as_bytes(), 0o600)?;
-    write_file(&dd.edge_cert(), chain.as_bytes(), 0o644)?;
-    Ok(())
+    Ok((key_pem, resp))
 }
 
 /// `dev-credentials.toml`: random secrets the protocol gateways accept in dev mode.
