@@ -589,4 +589,24 @@ mod tests {
             Err(Error::InvalidJson(_))
         ));
     }
+
+    /// The fuzz seeds in fuzz/corpus/acme_jws are valid requests (so the fuzzer starts deep).
+    #[test]
+    fn fuzz_seeds_are_valid_requests() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/acme_jws");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let body = std::fs::read(&path).unwrap();
+            let jws = parse_request(CT, &body, "https://127.0.0.1:8443/acme/new-acct")
+                .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+            if jws.kid().is_none() {
+                jws.verify_embedded()
+                    .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+            }
+            n += 1;
+        }
+        assert!(n >= 5, "seeds missing in {}", dir.display());
+    }
 }

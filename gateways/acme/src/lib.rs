@@ -20,6 +20,9 @@ pub mod ari;
 mod b64;
 pub mod directory;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jwk;
 pub mod jws;
 pub mod nonce;
