@@ -113,6 +113,12 @@ impl AcmeUrls {
     }
 }
 
+/// The `Link` header value pointing at the directory, which RFC 8555 §7.1 asks for on every
+/// response of the ACME server.
+pub fn index_link(urls: &AcmeUrls) -> String {
+    format!("<{}>;rel=\"index\"", urls.directory())
+}
+
 /// The directory's `meta` object, from tenant configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DirectoryMeta {
@@ -224,6 +230,10 @@ mod tests {
         let urls = AcmeUrls::new("https://h:8443/", Some("blue")).unwrap();
         assert_eq!(urls.directory(), "https://h:8443/t/blue/acme/directory");
         assert_eq!(urls.account("42"), "https://h:8443/t/blue/acme/acct/42");
+        assert_eq!(
+            index_link(&urls),
+            "<https://h:8443/t/blue/acme/directory>;rel=\"index\""
+        );
         assert!(AcmeUrls::new("https://h", Some("../x")).is_err());
         assert!(AcmeUrls::new("https://h", Some("")).is_err());
     }

@@ -399,6 +399,28 @@ mod tests {
         }
     }
 
+    /// RFC 8555 §7.3: the newAccount example's header members and payload, signed with ES256.
+    #[test]
+    fn rfc8555_7_3_new_account_example_shape() {
+        let key = TestKey::es256();
+        let url = "https://example.com/acme/new-account";
+        let header =
+            json!({"alg":"ES256","jwk":key.jwk(),"nonce":"6S8IqOGY7eL2lsGoTZYifg","url":url});
+        let payload = json!({"termsOfServiceAgreed": true,
+            "contact": ["mailto:cert-admin@example.org", "mailto:admin@example.org"]});
+        let b = body(&key.sign_jws(&header, payload.to_string().as_bytes()));
+        let jws = parse_request(CT, &b, url).unwrap();
+        assert_eq!(
+            jws.header().nonce.as_deref(),
+            Some("6S8IqOGY7eL2lsGoTZYifg")
+        );
+        let v = jws.verify_embedded().unwrap();
+        let na: crate::payload::NewAccount = v.json().unwrap();
+        na.validate(true, false).unwrap();
+        assert_eq!(na.contact.len(), 2);
+        assert!(!na.only_return_existing);
+    }
+
     #[test]
     fn kid_requests_verify_with_the_account_key_only() {
         let key = TestKey::es256();

@@ -12,6 +12,7 @@
 //! - [`payload`]: typed request bodies, identifier and contact validation, EAB, keyChange;
 //! - [`directory`]: the directory document and the URL layout per tenant;
 //! - [`state`]: order, authorization and challenge state machines, CSR-vs-order check;
+//! - [`resource`]: the account, order, authorization and challenge JSON objects;
 //! - [`ari`]: RFC 9773 certificate identifiers and suggested renewal windows.
 
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ pub mod jws;
 pub mod nonce;
 pub mod payload;
 pub mod problem;
+pub mod resource;
 pub mod state;
 
 pub use b64::encode as base64url;

@@ -261,6 +261,12 @@ struct WireProblem<'a> {
 impl Problem {
     /// The JSON body, served as [`PROBLEM_CONTENT_TYPE`].
     pub fn to_json(&self) -> Vec<u8> {
+        // Serializing a `Value` cannot fail.
+        serde_json::to_vec(&self.to_value()).unwrap_or_default()
+    }
+
+    /// The problem as a JSON value, to embed in a challenge's or order's `error` member.
+    pub fn to_value(&self) -> serde_json::Value {
         let wire = WireProblem {
             t: self.problem_type.urn(),
             detail: &self.detail,
@@ -277,8 +283,8 @@ impl Problem {
             algorithms: self.algorithms.as_deref(),
         };
         // Serializing plain strings and numbers cannot fail; fall back to a fixed body anyway.
-        serde_json::to_vec(&wire).unwrap_or_else(|_| {
-            br#"{"type":"urn:ietf:params:acme:error:serverInternal","status":500}"#.to_vec()
+        serde_json::to_value(&wire).unwrap_or_else(|_| {
+            serde_json::json!({"type": "urn:ietf:params:acme:error:serverInternal", "status": 500})
         })
     }
 }
