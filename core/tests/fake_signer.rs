@@ -679,6 +679,13 @@ async fn issued_and_ca_certificates_pass_openssl_verify_and_pkilint() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if std::env::var_os("CERTGATE_KEEP_CERTS").is_some() {
+            let keep = std::env::temp_dir().join(format!("certgate-certs-{kt:?}"));
+            std::fs::create_dir_all(&keep).unwrap();
+            for name in ["root.pem", "chain.pem", "leaf.pem"] {
+                std::fs::copy(f.dir.join(name), keep.join(name)).unwrap();
+            }
+        }
         for name in ["root.pem", "chain.pem", "leaf.pem"] {
             let out = std::process::Command::new("lint_pkix_cert")
                 .args(["lint", "-s", "ERROR", "--document-format", "PEM"])

@@ -336,7 +336,9 @@ async fn i3_core_killed_after_signing_returns_the_same_certificate_on_retry() {
     }
     assert!(!crashed.is_running(), "the fault hook must abort the core");
     assert!(
-        crashed.log().contains("crash_after_sign: aborting after the signature"),
+        crashed
+            .log()
+            .contains("crash_after_sign: aborting after the signature"),
         "the core must have died after signing:\n{}",
         crashed.log()
     );
@@ -551,6 +553,24 @@ async fn malformed_and_refused_requests_get_clear_errors_and_openssl_verifies_th
         );
         assert!(out.contains(": OK"), "{out}");
     }
+    // RFC 5280 lints of pkilint on every certificate of the chain; zero findings at ERROR or above
+    std::fs::write(f.dir.join("issuing.pem"), pem(&chain[0])).unwrap();
+    std::fs::write(f.dir.join("intermediate.pem"), pem(&chain[1])).unwrap();
+    for name in [
+        "root.pem",
+        "intermediate.pem",
+        "issuing.pem",
+        "leaf.pem",
+        "rsa.pem",
+    ] {
+        let (_, out, err) = run(Command::new("lint_pkix_cert")
+            .args(["lint", "-s", "ERROR", "--document-format", "PEM"])
+            .arg(f.dir.join(name)));
+        assert!(
+            out.trim().is_empty() && err.trim().is_empty(),
+            "pkilint {name}:\n{out}{err}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -616,6 +636,14 @@ async fn ceremony_quorum_tenant_isolation_and_audit_tamper_detection() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (ok, out) = f.audit_verify();
     assert!(ok, "{out}");
+    // the signer's own JSONL audit log was ingested into the core chain
+    let (ok, count, _) = run(Command::new("sqlite3")
+        .arg(f.dir.join("core.db"))
+        .arg("SELECT COUNT(*) FROM audit WHERE kind = 'signer.audit'"));
+    assert!(
+        ok && count.trim() != "0",
+        "signer log not ingested: {count}"
+    );
     assert!(out.starts_with("OK"), "{out}");
     let backup = f.dir.join("core.db.bak");
     f.sql(&format!("VACUUM INTO '{}'", backup.display()));
