@@ -58,6 +58,9 @@ impl Proc {
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true)
+            // Own process group: a terminal's Ctrl-C reaches only `certgate up`, which then
+            // stops the children in order (edge, core, signer) instead of all racing at once.
+            .process_group(0)
             .spawn()
             .map_err(io(format!("starting {}", exe.display())))?;
         Ok(Self {
