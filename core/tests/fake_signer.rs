@@ -733,3 +733,149 @@ async fn i7_audit_chain_is_signed_and_verifies() {
     assert!(!v.ok);
     assert_eq!(v.first_bad_seq, 3);
 }
+
+#[tokio::test]
+async fn key_requests_and_validated_identifiers_decide_the_names() {
+    let mut f = fleet(1, 1, AllowList::uid(current_uid())).await;
+    f.bootstrap("t1", KeyType::EcP256).await;
+    use certgate_proto::core::{Identifier, KeyRequest, identifier};
+    use der::Decode;
+    let dns = |v: &str| Identifier {
+        r#type: identifier::Type::Dns as i32,
+        value: v.into(),
+    };
+    // a CSR naming a name the edge did not validate is refused
+    let mut req = issue_req("t1", "v1", csr(&["a.example.com", "evil.example.net"]));
+    req.validated_identifiers = vec![dns("a.example.com")];
+    let e = err(f.core.issue(req).await.unwrap_err());
+    assert_eq!(e.rule, "request.unvalidated_name");
+    // validated identifiers replace the CSR's (here: none) names
+    let mut req = issue_req("t1", "v2", csr(&[]));
+    req.validated_identifiers = vec![
+        dns("b.example.com"),
+        Identifier {
+            r#type: identifier::Type::Ip as i32,
+            value: "10.1.2.3".into(),
+        },
+    ];
+    let r = f.core.issue(req).await.unwrap().into_inner();
+    let cert = x509_cert::Certificate::from_der(&r.certificate_der).unwrap();
+    let (_, san) = cert
+        .tbs_certificate
+        .get::<x509_cert::ext::pkix::SubjectAltName>()
+        .unwrap()
+        .unwrap();
+    assert_eq!(san.0.len(), 2);
+    // a KeyRequest (CMP-style): public key + names, no CSR
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let req = IssueRequest {
+        tenant: "t1".into(),
+        request: Some(issue_request::Request::KeyRequest(KeyRequest {
+            public_key_der: rcgen::PublicKeyData::subject_public_key_info(&key),
+            subject_der: vec![],
+            sans: vec![dns("cmp.example.com")],
+        })),
+        idempotency_key: "kr".into(),
+        ..Default::default()
+    };
+    let r = f.core.issue(req).await.unwrap().into_inner();
+    let cert = x509_cert::Certificate::from_der(&r.certificate_der).unwrap();
+    use der::Encode;
+    assert_eq!(
+        cert.tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .unwrap(),
+        rcgen::PublicKeyData::subject_public_key_info(&key)
+    );
+}
+
+#[tokio::test]
+async fn revoke_by_certificate_is_idempotent_and_rotation_retires_the_old_root() {
+    let mut f = fleet(1, 1, AllowList::uid(current_uid())).await;
+    f.bootstrap("t1", KeyType::EcP256).await;
+    let r = f
+        .core
+        .issue(issue_req("t1", "k", csr(&["r.example.com"])))
+        .await
+        .unwrap()
+        .into_inner();
+    let revoke = |der: Vec<u8>| RevokeRequest {
+        tenant: "t1".into(),
+        target: Some(revoke_request::Target::CertificateDer(der)),
+        reason: 4,
+        idempotency_key: "rv".into(),
+        ..Default::default()
+    };
+    let first = f
+        .core
+        .revoke(revoke(r.certificate_der.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = f
+        .core
+        .revoke(revoke(r.certificate_der.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.already_revoked && second.already_revoked);
+    assert_eq!(first.revoked_at_unix, second.revoked_at_unix);
+
+    use certgate_proto::admin::{ListCasRequest, RotateCa};
+    let c = f
+        .admin
+        .start_ceremony(StartCeremonyRequest {
+            action: Some(CeremonyAction {
+                action: Some(ceremony_action::Action::Rotate(RotateCa {
+                    old_ca_id: "root-t1".into(),
+                    new_ca_id: "root-t1-2".into(),
+                    key_type: KeyType::EcP256 as i32,
+                    validity_seconds: 0,
+                })),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (name, key) = &f.custodians[0];
+    f.admin
+        .approve_ceremony(ApproveCeremonyRequest {
+            id: c.id.clone(),
+            custodian: name.clone(),
+            signature: key.sign(&c.digest).as_ref().to_vec(),
+        })
+        .await
+        .unwrap();
+    f.admin
+        .execute_ceremony(ExecuteCeremonyRequest { id: c.id })
+        .await
+        .unwrap();
+    let cas = f
+        .admin
+        .list_cas(ListCasRequest {
+            tenant: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .cas;
+    let state = |id: &str| cas.iter().find(|c| c.ca_id == id).map(|c| c.state.clone());
+    assert_eq!(state("root-t1").as_deref(), Some("retiring"));
+    assert_eq!(state("root-t1-2").as_deref(), Some("active"));
+    // no new issuing CA under a retiring parent
+    let e = err(f
+        .admin
+        .create_issuing_ca(CreateIssuingCaRequest {
+            tenant: "t1".into(),
+            ca_id: "t1-issuing-2".into(),
+            parent_ca_id: "root-t1".into(),
+            key_type: KeyType::EcP256 as i32,
+            common_name: "x".into(),
+            validity_seconds: 0,
+            activate: false,
+        })
+        .await
+        .unwrap_err());
+    assert_eq!(e.rule, "ca.parent_retiring");
+}
