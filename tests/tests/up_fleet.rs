@@ -278,3 +278,49 @@ fn fleet_started_piecewise_issues_and_refuses_garbage_csr() {
     let (ok, out, err) = fleet.cli(&["audit", "verify"]);
     assert!(ok, "audit verify failed:\n{out}\n{err}");
 }
+
+#[test]
+fn up_reports_a_dead_child_stops_the_rest_and_exits_non_zero() {
+    for b in ["certgate-signer", "certgate-core", "certgate-edge"] {
+        bin(b);
+    }
+    let fleet = Fleet::uninitialised();
+    let mut up = start_up(&fleet);
+    let log = wait_for_log(&up, "Press Ctrl-C to stop.", Duration::from_secs(180));
+    let pids: Vec<(String, u32)> = banner_value(&log, "processes")
+        .split_whitespace()
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect();
+    let core = pids
+        .iter()
+        .find(|(n, _)| n == "certgate-core")
+        .map(|(_, p)| *p)
+        .expect("core pid");
+    // We started `up`, and `up` started this core: killing it is killing our own process.
+    let (ok, _, err) = run(Command::new("kill").args(["-KILL", &core.to_string()]));
+    assert!(ok, "kill: {err}");
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = up.try_wait() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "up kept running:\n{}", up.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "up exited 0 after a child died");
+    assert!(
+        up.log().contains("certgate-core exited unexpectedly"),
+        "{}",
+        up.log()
+    );
+    for (name, pid) in pids {
+        assert!(
+            wait_pid_gone(pid, Duration::from_secs(5)),
+            "{name} ({pid}) still running"
+        );
+    }
+}
