@@ -30,14 +30,12 @@ pub fn acme_jws(data: &[u8]) {
             let _ = v.expect_post_as_get();
             let _ = v.json::<NewAccount>();
             let _ = check_key_change(&v, SEED_ACCOUNT);
-            let verifier =
-                NonceVerifier::new(1, &Zeroizing::new(vec![7; 32]), Duration::from_secs(60));
-            let store = MemoryNonceStore::new(4);
-            let _ = verifier.redeem(
-                v.nonce(),
-                UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-                &store,
-            );
+            let key = Zeroizing::new(vec![7; 32]);
+            if let Ok(verifier) = NonceVerifier::new(1, &key, Duration::from_secs(60)) {
+                let store = MemoryNonceStore::new(4);
+                let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+                let _ = verifier.redeem(v.nonce(), now, &store);
+            }
             if let Ok(Value::Object(obj)) = v.json::<Value>()
                 && let Some(eab) = obj.get("externalAccountBinding")
                 && let Ok(b) = ExternalAccountBinding::parse(eab, SEED_URL)

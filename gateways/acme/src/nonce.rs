@@ -28,6 +28,9 @@ const BODY_LEN: usize = 1 + 1 + 8 + 16;
 const MAC_LEN: usize = 16;
 const NONCE_LEN: usize = BODY_LEN + MAC_LEN;
 
+/// Shortest fleet nonce key accepted, in bytes (the HMAC-SHA256 block of security).
+pub const MIN_NONCE_KEY_LEN: usize = 32;
+
 /// Default nonce lifetime: long enough for a slow client between two requests, short enough that
 /// the redemption store stays small.
 pub const DEFAULT_NONCE_TTL: Duration = Duration::from_secs(300);
@@ -152,19 +155,27 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 impl NonceVerifier {
-    /// A verifier minting under `key` (identified by `key_id` inside every nonce).
-    pub fn new(key_id: u8, key: &Zeroizing<Vec<u8>>, ttl: Duration) -> Self {
-        NonceVerifier {
-            current: (key_id, hmac::Key::new(hmac::HMAC_SHA256, key)),
+    /// A verifier minting under `key` (identified by `key_id` inside every nonce). A key shorter
+    /// than [`MIN_NONCE_KEY_LEN`] is refused: a guessable fleet key lets anyone mint nonces (I-5).
+    pub fn new(key_id: u8, key: &Zeroizing<Vec<u8>>, ttl: Duration) -> Result<Self, Error> {
+        Ok(NonceVerifier {
+            current: (key_id, Self::hmac_key(key)?),
             previous: None,
             ttl,
-        }
+        })
     }
 
     /// Also accepts nonces minted under the previous fleet key, for a rotation without badNonce.
-    pub fn with_previous(mut self, key_id: u8, key: &Zeroizing<Vec<u8>>) -> Self {
-        self.previous = Some((key_id, hmac::Key::new(hmac::HMAC_SHA256, key)));
-        self
+    pub fn with_previous(mut self, key_id: u8, key: &Zeroizing<Vec<u8>>) -> Result<Self, Error> {
+        self.previous = Some((key_id, Self::hmac_key(key)?));
+        Ok(self)
+    }
+
+    fn hmac_key(key: &Zeroizing<Vec<u8>>) -> Result<hmac::Key, Error> {
+        if key.len() < MIN_NONCE_KEY_LEN {
+            return Err(Error::ServerInternal);
+        }
+        Ok(hmac::Key::new(hmac::HMAC_SHA256, key))
     }
 
     /// Mints a nonce valid from `now` for the TTL. `random` must come from a CSPRNG; it is an input
@@ -240,13 +251,13 @@ mod tests {
     }
 
     fn verifier() -> NonceVerifier {
-        NonceVerifier::new(1, &key(7), Duration::from_secs(60))
+        NonceVerifier::new(1, &key(7), Duration::from_secs(60)).unwrap()
     }
 
     #[test]
     fn minted_nonce_checks_on_another_edge_with_the_same_key() {
         let n = verifier().mint(t(1000), [9; 16]);
-        let other = NonceVerifier::new(1, &key(7), Duration::from_secs(60));
+        let other = NonceVerifier::new(1, &key(7), Duration::from_secs(60)).unwrap();
         let id = other.check(&n, t(1030)).unwrap();
         assert_eq!(id.expiry, 1060);
         assert_eq!(id.random, [9; 16]);
@@ -268,7 +279,9 @@ mod tests {
         let forged = b64::encode(&bytes);
         assert!(matches!(v.check(&forged, t(1001)), Err(Error::BadNonce(_))));
         // Minted under another key.
-        let other = NonceVerifier::new(1, &key(8), Duration::from_secs(60)).mint(t(1000), [1; 16]);
+        let other = NonceVerifier::new(1, &key(8), Duration::from_secs(60))
+            .unwrap()
+            .mint(t(1000), [1; 16]);
         assert!(matches!(v.check(&other, t(1001)), Err(Error::BadNonce(_))));
         assert!(matches!(
             v.check("garbage!", t(1001)),
@@ -321,12 +334,21 @@ mod tests {
 
     #[test]
     fn previous_key_is_accepted_during_rotation() {
-        let old = NonceVerifier::new(1, &key(7), Duration::from_secs(60));
+        let old = NonceVerifier::new(1, &key(7), Duration::from_secs(60)).unwrap();
         let n = old.mint(t(1000), [4; 16]);
-        let new = NonceVerifier::new(2, &key(8), Duration::from_secs(60)).with_previous(1, &key(7));
+        let new = NonceVerifier::new(2, &key(8), Duration::from_secs(60))
+            .unwrap()
+            .with_previous(1, &key(7))
+            .unwrap();
         assert!(new.check(&n, t(1001)).is_ok());
-        let only_new = NonceVerifier::new(2, &key(8), Duration::from_secs(60));
+        let only_new = NonceVerifier::new(2, &key(8), Duration::from_secs(60)).unwrap();
         assert!(only_new.check(&n, t(1001)).is_err());
+    }
+
+    #[test]
+    fn short_fleet_key_is_refused() {
+        let short = Zeroizing::new(vec![1u8; 16]);
+        assert!(NonceVerifier::new(1, &short, DEFAULT_NONCE_TTL).is_err());
     }
 
     struct DownStore;

@@ -143,7 +143,8 @@ impl From<ValidationFailure> for ProblemType {
 
 impl Error {
     /// THE table: problem type and HTTP status for every error. Statuses follow RFC 8555 where it
-    /// names one (415 for the content type, 403 for `orderNotReady` and `unauthorized`) and
+    /// names one (415 for the content type, 403 for `orderNotReady` and `unauthorized` — not 401, which
+    /// would require a `WWW-Authenticate` challenge ACME does not have) and
     /// Boulder's choices elsewhere, so clients see what they already handle.
     pub fn wire(&self) -> (ProblemType, u16) {
         use ProblemType as P;
@@ -158,7 +159,7 @@ impl Error {
             Error::WrongKeyReference(_) => (P::Malformed, 400),
             Error::BadPublicKey(_) => (P::BadPublicKey, 400),
             Error::BadSignature => (P::Malformed, 400),
-            Error::UrlMismatch => (P::Unauthorized, 401),
+            Error::UrlMismatch => (P::Unauthorized, 403),
             Error::BadNonce(_) => (P::BadNonce, 400),
             Error::NonceStoreFull => (P::BadNonce, 400),
             Error::NonceStoreUnavailable => (P::ServerInternal, 503),
@@ -394,7 +395,7 @@ mod tests {
         url_mismatch_is_unauthorized,
         Error::UrlMismatch,
         "unauthorized",
-        401
+        403
     );
     row!(bad_nonce_is_400, Error::BadNonce("x"), "badNonce", 400);
     row!(

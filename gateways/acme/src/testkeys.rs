@@ -118,7 +118,8 @@ fn write_fuzz_seeds() {
     std::fs::create_dir_all(&dir).unwrap();
     const URL: &str = "https://127.0.0.1:8443/acme/new-acct";
     const ACCT: &str = "https://127.0.0.1:8443/acme/acct/1";
-    let verifier = NonceVerifier::new(1, &Zeroizing::new(vec![7; 32]), Duration::from_secs(3600));
+    let verifier =
+        NonceVerifier::new(1, &Zeroizing::new(vec![7; 32]), Duration::from_secs(3600)).unwrap();
     let nonce = |i: u8| {
         verifier.mint(
             UNIX_EPOCH + Duration::from_secs(1_800_000_000 - 60),
