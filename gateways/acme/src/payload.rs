@@ -245,12 +245,16 @@ pub fn validate_contacts(contacts: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
 /// newAccount payload (RFC 8555 §7.3).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewAccount {
-    /// Contact URLs.
-    #[serde(default)]
+    /// Contact URLs; absent and `null` both mean none (clients differ).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub contact: Vec<String>,
     /// Whether the client agrees to the terms of service.
     #[serde(default)]
@@ -442,6 +446,72 @@ impl WireRevokeCert {
             certificate,
             reason,
         })
+    }
+}
+
+impl RevokeCert {
+    /// For revokeCert signed with `jwk` (RFC 8555 §7.6, the second way): the signing key must be
+    /// the certificate's own public key. The glue still asks the core whether this CA issued it.
+    pub fn check_signed_by_certificate_key(&self, key: &Jwk) -> Result<(), Error> {
+        use der::Decode;
+        let cert = x509_cert::Certificate::from_der(&self.certificate)
+            .map_err(|_| Error::Malformed("certificate does not parse".into()))?;
+        let spki = &cert.tbs_certificate.subject_public_key_info;
+        let bits = spki
+            .subject_public_key
+            .as_bytes()
+            .ok_or_else(|| Error::Malformed("certificate key is not whole bytes".into()))?;
+        if spki_matches(&spki.algorithm, bits, key) {
+            Ok(())
+        } else {
+            Err(Error::Unauthorized(
+                "request is not signed by the certificate's key".into(),
+            ))
+        }
+    }
+}
+
+/// PKCS#1 RSAPublicKey (RFC 8017 §A.1.1), to compare a certificate's RSA key with a JWK.
+///
+/// ```text
+/// RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }
+/// ```
+#[derive(der::Sequence)]
+struct RsaPublicKey<'a> {
+    modulus: der::asn1::UintRef<'a>,
+    public_exponent: der::asn1::UintRef<'a>,
+}
+
+fn spki_matches(alg: &x509_cert::spki::AlgorithmIdentifierOwned, bits: &[u8], key: &Jwk) -> bool {
+    use crate::jwk::Curve;
+    use const_oid::db::{rfc5912, rfc8410};
+    use der::Decode;
+    let p256 = const_oid::ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+    let p384 = const_oid::ObjectIdentifier::new_unwrap("1.3.132.0.34");
+    let curve = alg
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<const_oid::ObjectIdentifier>().ok());
+    match key {
+        Jwk::Ec { crv, x, y } => {
+            let want = match crv {
+                Curve::P256 => p256,
+                Curve::P384 => p384,
+            };
+            alg.oid == rfc5912::ID_EC_PUBLIC_KEY
+                && curve == Some(want)
+                && bits.len() == 1 + x.len() + y.len()
+                && bits[0] == 0x04
+                && bits[1..1 + x.len()] == x[..]
+                && bits[1 + x.len()..] == y[..]
+        }
+        Jwk::Rsa { n, e } => {
+            alg.oid == rfc5912::RSA_ENCRYPTION
+                && RsaPublicKey::from_der(bits).is_ok_and(|k| {
+                    k.modulus.as_bytes() == &n[..] && k.public_exponent.as_bytes() == &e[..]
+                })
+        }
+        Jwk::Ed25519 { x } => alg.oid == rfc8410::ID_ED_25519 && bits == &x[..],
     }
 }
 
@@ -673,6 +743,8 @@ mod tests {
         assert_eq!(na.validate(true, false), Err(Error::TermsNotAgreed));
         let na: NewAccount = serde_json::from_str(r#"{"termsOfServiceAgreed":true}"#).unwrap();
         assert_eq!(na.validate(true, true), Err(Error::ExternalAccountRequired));
+        let na: NewAccount = serde_json::from_str(r#"{"contact":null}"#).unwrap();
+        assert!(na.contact.is_empty());
         let na: NewAccount = serde_json::from_str(r#"{"onlyReturnExisting":true}"#).unwrap();
         assert!(na.validate(true, true).is_ok());
     }
@@ -809,6 +881,57 @@ mod signed_tests {
             ExternalAccountBinding::parse(&v, NEW_ACCT),
             Err(Error::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn revocation_by_certificate_key_needs_that_key() {
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_ED25519,
+            &rcgen::PKCS_RSA_SHA256,
+        ] {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let params = rcgen::CertificateParams::new(vec!["a.example".to_string()]).unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            let req = WireRevokeCert {
+                certificate: b64::encode(cert.der()),
+                reason: Some(1),
+            }
+            .validate()
+            .unwrap();
+            let spki = x509_cert::spki::SubjectPublicKeyInfoOwned::try_from(
+                rcgen::PublicKeyData::subject_public_key_info(&key).as_slice(),
+            )
+            .unwrap();
+            let jwk = jwk_from_spki(&spki);
+            req.check_signed_by_certificate_key(&jwk)
+                .unwrap_or_else(|e| panic!("{alg:?}: {e:?}"));
+            let other = Jwk::from_value(&TestKey::es256().jwk()).unwrap();
+            assert!(matches!(
+                req.check_signed_by_certificate_key(&other),
+                Err(Error::Unauthorized(_))
+            ));
+        }
+    }
+
+    /// The JWK a client would send for this SPKI (test helper, independent of `spki_matches`).
+    fn jwk_from_spki(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Jwk {
+        use der::Decode;
+        let bits = spki.subject_public_key.raw_bytes();
+        let v = match spki.algorithm.oid.to_string().as_str() {
+            "1.2.840.10045.2.1" => {
+                let n = (bits.len() - 1) / 2;
+                let crv = if n == 32 { "P-256" } else { "P-384" };
+                json!({"kty":"EC","crv":crv,"x":b64::encode(&bits[1..1 + n]),"y":b64::encode(&bits[1 + n..])})
+            }
+            "1.3.101.112" => json!({"kty":"OKP","crv":"Ed25519","x":b64::encode(bits)}),
+            _ => {
+                let k = RsaPublicKey::from_der(bits).unwrap();
+                json!({"kty":"RSA","n":b64::encode(k.modulus.as_bytes()),"e":b64::encode(k.public_exponent.as_bytes())})
+            }
+        };
+        Jwk::from_value(&v).unwrap()
     }
 
     fn key_change_request(
