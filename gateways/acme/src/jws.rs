@@ -193,6 +193,10 @@ pub struct Jws {
 /// Parses an ACME POST body: checks `Content-Type`, the flattened JWS encoding, the protected
 /// header rules (alg, no `crit`, exactly one of `jwk`/`kid`, `nonce` and `url` present) and that
 /// `url` equals `request_url` (RFC 8555 §6.4). The signature is checked by the `verify_*` methods.
+///
+/// `request_url` must be built with [`crate::directory::AcmeUrls`] from the tenant's configured
+/// base URL and the routed path, never from the client's `Host` header, so a client cannot make
+/// the comparison succeed against a URL the server does not serve.
 pub fn parse_request(
     content_type: Option<&str>,
     body: &[u8],

@@ -28,6 +28,9 @@ const BODY_LEN: usize = 1 + 1 + 8 + 16;
 const MAC_LEN: usize = 16;
 const NONCE_LEN: usize = BODY_LEN + MAC_LEN;
 
+/// The response header carrying a fresh nonce, on every ACME response (RFC 8555 §6.5.1).
+pub const REPLAY_NONCE_HEADER: &str = "Replay-Nonce";
+
 /// Shortest fleet nonce key accepted, in bytes (the HMAC-SHA256 block of security).
 pub const MIN_NONCE_KEY_LEN: usize = 32;
 
