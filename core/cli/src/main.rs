@@ -108,6 +108,10 @@ enum Command {
     },
     /// Ceremony custodian keys.
     Custodian {
+        /// Accepted for uniformity with the other subcommands; keys are written where `--out`
+        /// says.
+        #[command(flatten)]
+        _dir: DirArg,
         #[command(subcommand)]
         command: CustodianCommand,
     },
@@ -342,6 +346,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Custodian {
             command: CustodianCommand::Keygen { out },
+            ..
         } => {
             let mut public = out.clone().into_os_string();
             public.push(".pub.pem");
