@@ -324,3 +324,29 @@ fn up_reports_a_dead_child_stops_the_rest_and_exits_non_zero() {
         );
     }
 }
+
+#[test]
+fn edge_stays_healthy_but_not_ready_and_answers_503_while_the_core_is_down() {
+    let mut fleet = Fleet::init();
+    fleet.start_all();
+    assert_eq!(http_get(fleet.admin, "/readyz").expect("readyz").0, 200);
+
+    fleet.stop_core();
+    assert_eq!(http_get(fleet.admin, "/healthz").expect("healthz").0, 200);
+    assert_eq!(http_get(fleet.admin, "/readyz").expect("readyz").0, 503);
+    // Never a fallback (I-5): the AIA fetch fails with "try later", not with stale or made-up bytes.
+    let (status, body) = http_get(fleet.http, "/ca/never-cached.der").expect("AIA");
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+
+    // The core comes back: the edge reconnects without a restart.
+    fleet.start_core();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(fleet.admin, "/readyz").map(|r| r.0) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "edge never became ready again\n{}",
+            fleet.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
