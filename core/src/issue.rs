@@ -57,6 +57,18 @@ impl Fault {
 /// Per-(tenant, idempotency key) locks: the in-process single flight.
 type KeyLocks = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
 
+/// Runs store work (SQLite, fsync waits) and CSR verification without stalling the async
+/// workers: on a multi-threaded runtime the worker hands its other tasks away first, so many
+/// issuances can wait on one group commit at once.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// The longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 
@@ -177,9 +189,7 @@ impl Issuer {
                 format!("CSR larger than {} bytes", csr::MAX_CSR_BYTES),
             ));
         }
-        let tenant = self
-            .store
-            .get_tenant(&req.tenant)?
+        let tenant = blocking(|| self.store.get_tenant(&req.tenant))?
             .ok_or_else(|| CoreError::not_found("tenant.unknown", "no such tenant"))?;
         let _permit = self
             .in_flight
@@ -189,11 +199,12 @@ impl Issuer {
         let lock = self.key_lock(&req.tenant, &req.idempotency_key);
         let _guard = lock.lock().await;
 
-        if let Some(intent) = self.store.get_intent(&req.tenant, &req.idempotency_key)? {
+        if let Some(intent) = blocking(|| self.store.get_intent(&req.tenant, &req.idempotency_key))?
+        {
             return self.resume(intent, &hash, caller, &req).await;
         }
 
-        let prepared = match self.prepare(&req, &tenant, caller) {
+        let prepared = match blocking(|| self.prepare(&req, &tenant, caller)) {
             Ok(p) => p,
             Err(e) => {
                 if let CoreError::Policy { rule, message }
@@ -220,7 +231,7 @@ impl Issuer {
                    "profile_version": intent.profile_version,
                    "protocol": req.protocol, "client": req.client_identity}),
         );
-        match self.store.insert_intent(&intent, &audit)? {
+        match blocking(|| self.store.insert_intent(&intent, &audit))? {
             IntentOutcome::Inserted => self.sign_and_store(intent, issuer, caller).await,
             IntentOutcome::Exists(existing) => self.resume(existing, &hash, caller, &req).await,
         }
@@ -245,8 +256,8 @@ impl Issuer {
                 "this idempotency key was already used for a different request",
             ));
         }
-        if let Some(cert) = self.store.cert_by_key(&intent.tenant, &intent.idem_key)? {
-            return self.respond(&cert);
+        if let Some(cert) = blocking(|| self.store.cert_by_key(&intent.tenant, &intent.idem_key))? {
+            return blocking(|| self.respond(&cert));
         }
         let ca = self
             .store
@@ -434,8 +445,10 @@ impl Issuer {
                    "profile_version": intent.profile_version,
                    "sha256": hex::encode(digest::digest(&digest::SHA256, &rec.cert_der))}),
         );
-        let stored = self.store.complete_issue(&rec, &audit)?;
-        self.respond(&stored)
+        blocking(|| {
+            let stored = self.store.complete_issue(&rec, &audit)?;
+            self.respond(&stored)
+        })
     }
 
     fn respond(&self, cert: &CertRec) -> Result<IssueResponse> {

@@ -879,3 +879,35 @@ async fn revoke_by_certificate_is_idempotent_and_rotation_retires_the_old_root()
         .unwrap_err());
     assert_eq!(e.rule, "ca.parent_retiring");
 }
+
+/// Not a test of speed (no timing assertion): prints Issue/s through the full gRPC + store path
+/// with the fake signer. `cargo nextest run -p certgate-core --release --run-ignored only`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn probe_issue_throughput() {
+    let mut f = fleet(1, 1, AllowList::uid(current_uid())).await;
+    f.bootstrap("t1", KeyType::EcP256).await;
+    let csrs: Vec<Vec<u8>> = (0..64)
+        .map(|i| csr(&[&format!("h{i}.example.com")]))
+        .collect();
+    let n = 3000;
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..32 {
+        let mut client = f.core.clone();
+        let csrs = csrs.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(32) {
+                client
+                    .issue(issue_req("t1", &format!("p{i}"), csrs[i % 64].clone()))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("{n} issuances in {secs:.2} s: {:.0}/s", n as f64 / secs);
+}

@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use super::{CaRec, CeremonyRec, CertRec, IntentOutcome, IntentRec, ProfileRec, Store, TenantRec};
 use crate::audit::{AuditEntry, AuditRecord, record_hash};
@@ -114,9 +114,105 @@ type RawAuditRow = (
     Option<Vec<u8>>,
 );
 
-/// The SQLite store.
+/// The SQLite store: one reader connection and one writer thread doing group commit.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    writer: Option<std::sync::mpsc::SyncSender<Box<dyn WriteJob>>>,
+    cleanup: Option<std::path::PathBuf>,
+}
+
+/// One write transaction submitted to the writer thread.
+trait WriteJob: Send {
+    /// Runs inside the batch's transaction (in its own savepoint); true if it succeeded.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Delivers the outcome once the batch committed (or failed to).
+    fn finish(self: Box<Self>, commit_error: Option<String>);
+}
+
+struct TypedJob<T, F> {
+    f: Option<F>,
+    out: Option<Result<T>>,
+    reply: std::sync::mpsc::SyncSender<Result<T>>,
+}
+
+impl<T: Send, F: FnOnce(&Connection) -> Result<T> + Send> WriteJob for TypedJob<T, F> {
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(f) = self.f.take() else {
+            return false;
+        };
+        let out = f(conn);
+        let ok = out.is_ok();
+        self.out = Some(out);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit_error: Option<String>) {
+        let result = match (self.out, commit_error) {
+            (None, e) => Err(CoreError::Store(
+                e.unwrap_or_else(|| "write transaction did not run".into()),
+            )),
+            (Some(Ok(_)), Some(e)) => Err(CoreError::Store(e)),
+            (Some(out), _) => out,
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+/// Most write transactions folded into one commit.
+const MAX_BATCH: usize = 256;
+
+/// The writer thread: takes every queued write, runs each in its own savepoint inside one
+/// transaction, commits once (one WAL fsync for the whole batch: group commit), then answers
+/// each caller. A job that fails is rolled back to its savepoint and does not affect the others.
+fn writer_loop(conn: Connection, rx: std::sync::mpsc::Receiver<Box<dyn WriteJob>>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            for j in jobs {
+                j.finish(Some(e.to_string()));
+            }
+            continue;
+        }
+        for j in jobs.iter_mut() {
+            let ok = conn.execute_batch("SAVEPOINT job").is_ok() && j.run(&conn);
+            let end = if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
+            if let Err(e) = conn.execute_batch(end) {
+                tracing::error!(error = %e, "savepoint");
+            }
+        }
+        let commit_error = match conn.execute_batch("COMMIT") {
+            Ok(()) => None,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Some(e.to_string())
+            }
+        };
+        for j in jobs {
+            j.finish(commit_error.clone());
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Some(path) = &self.cleanup {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = path.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
 }
 
 fn hash32(v: Vec<u8>) -> Result<[u8; 32]> {
@@ -129,7 +225,7 @@ fn rfc3339_now() -> String {
         .unwrap_or_default()
 }
 
-fn append(tx: &rusqlite::Transaction<'_>, e: &AuditEntry) -> Result<u64> {
+fn append(tx: &Connection, e: &AuditEntry) -> Result<u64> {
     let last: Option<(i64, Vec<u8>)> = tx
         .query_row(
             "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
@@ -253,18 +349,26 @@ impl SqliteStore {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| CoreError::Store(e.to_string()))?;
         }
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        let writer = Connection::open(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        writer.pragma_update(None, "synchronous", "FULL")?;
+        writer.busy_timeout(std::time::Duration::from_secs(5))?;
+        writer.execute_batch(SCHEMA)?;
+        let reader = Connection::open(path)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Box<dyn WriteJob>>(4096);
+        std::thread::Builder::new()
+            .name("certgate-store-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(|e| CoreError::Store(format!("writer thread: {e}")))?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            conn: Mutex::new(reader),
+            writer: Some(tx),
+            cleanup: None,
         })
     }
 
-    /// Opens an existing store read-only (offline audit verification).
+    /// Opens an existing store read-only (offline audit verification); writes fail.
     pub fn open_read_only(path: &Path) -> Result<Self> {
         let conn = Connection::open_with_flags(
             path,
@@ -273,16 +377,19 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Self {
             conn: Mutex::new(conn),
+            writer: None,
+            cleanup: None,
         })
     }
 
-    /// An in-memory store (tests).
+    /// A throwaway store in a temporary file, removed on drop (tests).
     pub fn in_memory() -> Result<Self> {
-        let conn = Connection::open_in_memory()?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
+        let mut name = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut name).map_err(|_| CoreError::Internal("CSPRNG".into()))?;
+        let path = std::env::temp_dir().join(format!("certgate-core-{}.db", hex::encode(name)));
+        let mut store = Self::open(&path)?;
+        store.cleanup = Some(path);
+        Ok(store)
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
@@ -293,25 +400,42 @@ impl SqliteStore {
         f(&mut guard)
     }
 
-    fn tx<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
+    /// Runs `f` as one write transaction through the writer thread (group commit) and waits
+    /// until it is durable.
+    fn tx<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let writer = self
+            .writer
+            .as_ref()
+            .ok_or_else(|| CoreError::Store("the store is open read-only".into()))?;
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        writer
+            .send(Box::new(TypedJob {
+                f: Some(f),
+                out: None,
+                reply,
+            }))
+            .map_err(|_| CoreError::Store("store writer stopped".into()))?;
+        answer
+            .recv()
+            .map_err(|_| CoreError::Store("store writer stopped".into()))?
     }
 
     /// Test hook: runs raw SQL (tamper tests).
     #[doc(hidden)]
     pub fn execute_raw(&self, sql: &str) -> Result<()> {
-        self.with(|c| Ok(c.execute_batch(sql)?))
+        let sql = sql.to_owned();
+        self.tx(move |c| Ok(c.execute_batch(&sql)?))
     }
 }
 
 impl Store for SqliteStore {
     fn put_tenant(&self, t: &TenantRec, audit: &AuditEntry) -> Result<bool> {
-        self.tx(|tx| {
+        let t = t.clone();
+        let audit = audit.clone();
+        self.tx(move |tx| {
             let existed: bool = tx
                 .query_row("SELECT 1 FROM tenants WHERE name = ?1", [&t.name], |_| Ok(()))
                 .optional()?
@@ -323,7 +447,7 @@ impl Store for SqliteStore {
                    active_issuer_id = CASE WHEN excluded.active_issuer_id = '' THEN tenants.active_issuer_id ELSE excluded.active_issuer_id END",
                 params![t.name, t.public_base_url, t.default_profile, t.active_issuer_id],
             )?;
-            append(tx, audit)?;
+            append(tx, &audit)?;
             Ok(!existed)
         })
     }
@@ -357,7 +481,13 @@ impl Store for SqliteStore {
         now: i64,
         audit: &AuditEntry,
     ) -> Result<ProfileRec> {
-        self.tx(|tx| {
+        let (tenant, name, body_json, audit) = (
+            tenant.to_owned(),
+            name.to_owned(),
+            body_json.to_owned(),
+            audit.clone(),
+        );
+        self.tx(move |tx| {
             let version: u32 = tx.query_row(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM profiles WHERE tenant = ?1 AND name = ?2",
                 params![tenant, name],
@@ -425,7 +555,9 @@ impl Store for SqliteStore {
     }
 
     fn put_ca(&self, ca: &CaRec, activate: bool, audit: &AuditEntry) -> Result<()> {
-        self.tx(|tx| {
+        let ca = ca.clone();
+        let audit = audit.clone();
+        self.tx(move |tx| {
             tx.execute(
                 &format!("INSERT INTO cas ({CA_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
                 params![
@@ -458,7 +590,7 @@ impl Store for SqliteStore {
                     return Err(CoreError::not_found("tenant.unknown", "no such tenant"));
                 }
             }
-            append(tx, audit)?;
+            append(tx, &audit)?;
             Ok(())
         })
     }
@@ -496,12 +628,13 @@ impl Store for SqliteStore {
     }
 
     fn set_ca_state(&self, ca_id: &str, state: &str, audit: &AuditEntry) -> Result<()> {
-        self.tx(|tx| {
+        let (ca_id, state, audit) = (ca_id.to_owned(), state.to_owned(), audit.clone());
+        self.tx(move |tx| {
             tx.execute(
                 "UPDATE cas SET state = ?1 WHERE ca_id = ?2",
                 params![state, ca_id],
             )?;
-            append(tx, audit)?;
+            append(tx, &audit)?;
             Ok(())
         })
     }
@@ -518,7 +651,9 @@ impl Store for SqliteStore {
     }
 
     fn insert_intent(&self, i: &IntentRec, audit: &AuditEntry) -> Result<IntentOutcome> {
-        self.tx(|tx| {
+        let i = i.clone();
+        let audit = audit.clone();
+        self.tx(move |tx| {
             if let Some(existing) = tx
                 .query_row(
                     &format!(
@@ -545,13 +680,15 @@ impl Store for SqliteStore {
                     i.created_unix
                 ],
             )?;
-            append(tx, audit)?;
+            append(tx, &audit)?;
             Ok(IntentOutcome::Inserted)
         })
     }
 
     fn complete_issue(&self, cert: &CertRec, audit: &AuditEntry) -> Result<CertRec> {
-        self.tx(|tx| {
+        let cert = cert.clone();
+        let audit = audit.clone();
+        self.tx(move |tx| {
             if let Some(existing) = tx
                 .query_row(
                     &format!("SELECT {CERT_COLS} FROM certificates WHERE tenant = ?1 AND idem_key = ?2"),
@@ -576,7 +713,7 @@ impl Store for SqliteStore {
                     cert.idem_key
                 ],
             )?;
-            append(tx, audit)?;
+            append(tx, &audit)?;
             Ok(cert.clone())
         })
     }
@@ -615,7 +752,8 @@ impl Store for SqliteStore {
         now: i64,
         audit: &AuditEntry,
     ) -> Result<Option<(CertRec, bool)>> {
-        self.tx(|tx| {
+        let (tenant, serial_hex, audit) = (tenant.to_owned(), serial_hex.to_owned(), audit.clone());
+        self.tx(move |tx| {
             let Some(cert) = tx
                 .query_row(
                     &format!(
@@ -636,7 +774,7 @@ impl Store for SqliteStore {
                  WHERE tenant = ?3 AND serial_hex = ?4",
                 params![now, reason, tenant, serial_hex],
             )?;
-            append(tx, audit)?;
+            append(tx, &audit)?;
             Ok(Some((
                 CertRec {
                     revoked: true,
@@ -650,7 +788,9 @@ impl Store for SqliteStore {
     }
 
     fn insert_ceremony(&self, c: &CeremonyRec, audit: &AuditEntry) -> Result<()> {
-        self.tx(|tx| {
+        let c = c.clone();
+        let audit = audit.clone();
+        self.tx(move |tx| {
             tx.execute(
                 "INSERT INTO ceremonies (id, action, digest, required, approved_by, state, result_ca_ids, created_unix)
                  VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
@@ -665,13 +805,15 @@ impl Store for SqliteStore {
                     c.created_unix
                 ],
             )?;
-            append(tx, audit)?;
+            append(tx, &audit)?;
             Ok(())
         })
     }
 
     fn update_ceremony(&self, c: &CeremonyRec, audit: &AuditEntry) -> Result<()> {
-        self.tx(|tx| {
+        let c = c.clone();
+        let audit = audit.clone();
+        self.tx(move |tx| {
             tx.execute(
                 "UPDATE ceremonies SET approved_by = ?1, state = ?2, result_ca_ids = ?3 WHERE id = ?4",
                 params![
@@ -681,7 +823,7 @@ impl Store for SqliteStore {
                     c.id
                 ],
             )?;
-            append(tx, audit)?;
+            append(tx, &audit)?;
             Ok(())
         })
     }
@@ -712,7 +854,8 @@ impl Store for SqliteStore {
     }
 
     fn append_audit(&self, audit: &AuditEntry) -> Result<u64> {
-        self.tx(|tx| append(tx, audit))
+        let audit = audit.clone();
+        self.tx(move |tx| append(tx, &audit))
     }
 
     fn audit_records(&self) -> Result<Vec<AuditRecord>> {
@@ -773,11 +916,12 @@ impl Store for SqliteStore {
     }
 
     fn set_audit_signatures(&self, sigs: &[(u64, Vec<u8>)]) -> Result<()> {
-        self.tx(|tx| {
+        let sigs = sigs.to_vec();
+        self.tx(move |tx| {
             for (seq, sig) in sigs {
                 tx.execute(
                     "UPDATE audit SET signature = ?1 WHERE seq = ?2",
-                    params![sig, *seq as i64],
+                    params![sig, seq as i64],
                 )?;
             }
             Ok(())
@@ -794,7 +938,8 @@ impl Store for SqliteStore {
     }
 
     fn meta_set(&self, key: &str, value: &str) -> Result<()> {
-        self.with(|c| {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.tx(move |c| {
             c.execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 params![key, value],
