@@ -83,7 +83,7 @@ pub async fn serve_admin(tcp: TcpListener, admin: Arc<Admin>, mut shutdown: watc
     loop {
         let permit = tokio::select! {
             p = conns.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.changed() => return,
+            _ = crate::server::stopped(&mut shutdown) => return,
         };
         let stream = tokio::select! {
             r = tcp.accept() => match r {
@@ -93,7 +93,7 @@ pub async fn serve_admin(tcp: TcpListener, admin: Arc<Admin>, mut shutdown: watc
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = crate::server::stopped(&mut shutdown) => return,
         };
         let admin = admin.clone();
         tokio::spawn(async move {

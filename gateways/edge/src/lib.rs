@@ -115,10 +115,13 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         core = %cfg.core_socket.display(),
         "certgate-edge ready"
     );
-    let _ = shutdown.changed().await;
-    for t in tasks {
-        t.abort();
-    }
+    let _ = crate::server::stopped(&mut shutdown).await;
+    // Listeners stop accepting and drain their connections; the admin listener stops at once.
+    let _ = tokio::time::timeout(
+        server::DRAIN + Duration::from_secs(1),
+        futures::future::join_all(tasks),
+    )
+    .await;
     info!("certgate-edge stopped");
     Ok(())
 }

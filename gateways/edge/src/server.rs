@@ -29,6 +29,8 @@ use crate::tenant::split_tenant;
 
 /// Time a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open connections get to finish after SIGTERM.
+pub const DRAIN: Duration = Duration::from_secs(5);
 
 /// Everything the request pipeline needs, shared by all connections of one listener.
 pub struct Pipeline {
@@ -146,8 +148,9 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Accepts connections on `listener` until `shutdown` flips, serving each through `pipeline`.
-/// With `tls`, connections are TLS-terminated first.
+/// Accepts connections on `listener` until `shutdown` flips, serving each through `pipeline`,
+/// then drains: open connections finish their requests (up to [`DRAIN`]). With `tls`,
+/// connections are TLS-terminated first.
 pub async fn serve_listener(
     tcp: TcpListener,
     which: Listener,
@@ -163,7 +166,7 @@ pub async fn serve_listener(
     loop {
         let permit = tokio::select! {
             p = conns.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.changed() => return,
+            _ = stopped(&mut shutdown) => break,
         };
         let (stream, peer) = tokio::select! {
             r = tcp.accept() => match r {
@@ -174,11 +177,12 @@ pub async fn serve_listener(
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
         let pipeline = pipeline.clone();
         let tls = tls.clone();
+        let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
             ::metrics::gauge!(metrics::CONNECTIONS_OPEN, "listener" => label).increment(1.0);
@@ -187,21 +191,31 @@ pub async fn serve_listener(
                 let pipeline = pipeline.clone();
                 async move { Ok::<_, std::convert::Infallible>(pipeline.serve(which, peer, req).await) }
             });
-            let result = match tls {
+            let io: Result<Box<dyn Io>, String> = match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => b
-                            .serve_connection(TokioIo::new(s), svc)
-                            .await
-                            .map_err(|e| e.to_string()),
+                        Ok(Ok(s)) => Ok(Box::new(s)),
                         Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
                         Err(_) => Err("TLS handshake timed out".into()),
                     }
                 }
-                None => b
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await
-                    .map_err(|e| e.to_string()),
+                None => Ok(Box::new(stream)),
+            };
+            let result = match io {
+                Ok(io) => {
+                    let conn = b.serve_connection(TokioIo::new(io), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        r = conn.as_mut() => r.map_err(|e| e.to_string()),
+                        _ = stopped(&mut conn_shutdown) => {
+                            // Finish the requests in flight, accept no new ones on this
+                            // connection (HTTP/2 GOAWAY, HTTP/1.1 close after the response).
+                            conn.as_mut().graceful_shutdown();
+                            conn.await.map_err(|e| e.to_string())
+                        }
+                    }
+                }
+                Err(e) => Err(e),
             };
             if let Err(e) = result {
                 debug!(listener = label, %peer, error = %e, "connection ended with an error");
@@ -209,4 +223,17 @@ pub async fn serve_listener(
             ::metrics::gauge!(metrics::CONNECTIONS_OPEN, "listener" => label).decrement(1.0);
         });
     }
+    // Stop accepting (the listener closes here), then give open connections DRAIN to finish.
+    drop(tcp);
+    let all = u32::try_from(pipeline.limits.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(DRAIN, conns.acquire_many(all)).await;
+}
+
+/// Any connection the servers accept (TCP or TLS over TCP).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Resolves once `shutdown` is true (at once if it already is).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }

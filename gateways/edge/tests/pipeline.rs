@@ -119,6 +119,17 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
 }
 
 async fn edge(fake: FakeCore) -> (std::net::SocketAddr, watch::Sender<bool>) {
+    let (addr, tx, _task) = edge_task(fake).await;
+    (addr, tx)
+}
+
+async fn edge_task(
+    fake: FakeCore,
+) -> (
+    std::net::SocketAddr,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
     let core = fake_core_client(fake).await;
     let pipeline = Arc::new(Pipeline {
         router: Router::standard(),
@@ -134,8 +145,8 @@ async fn edge(fake: FakeCore) -> (std::net::SocketAddr, watch::Sender<bool>) {
         .expect("bind");
     let addr = tcp.local_addr().expect("addr");
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(serve_listener(tcp, Listener::Http, None, pipeline, rx));
-    (addr, tx)
+    let task = tokio::spawn(serve_listener(tcp, Listener::Http, None, pipeline, rx));
+    (addr, tx, task)
 }
 
 #[tokio::test]
@@ -188,4 +199,29 @@ async fn tenant_prefix_reaches_the_core_as_that_tenant() {
     assert_eq!(status, 404);
     let (status, _, _) = get(addr, "/t/Bad_Name/ca/issuing-1.der").await;
     assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_and_returns_promptly() {
+    let (addr, stop, task) = edge_task(FakeCore::default()).await;
+    // An idle HTTP/1.1 keep-alive connection after one answered request.
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /ca/issuing-1.der HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).await.expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+    stop.send(true).expect("signal");
+    tokio::time::timeout(Duration::from_secs(3), task)
+        .await
+        .expect("listener drained within 3 s")
+        .expect("listener task");
+    // The idle connection was closed by the server.
+    let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf))
+        .await
+        .expect("closed promptly")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
 }
