@@ -92,6 +92,8 @@ struct RawAudit {
     signer_log: Option<PathBuf>,
     #[serde(default)]
     sign_interval_ms: Option<u64>,
+    #[serde(default)]
+    ingest_interval_ms: Option<u64>,
 }
 
 /// Bounds (I-8).
@@ -188,6 +190,9 @@ pub struct Config {
     pub signer_audit_log: Option<PathBuf>,
     /// How often unsigned audit records are signed, ms.
     pub audit_sign_interval_ms: u64,
+    /// How often the signer's log is ingested, ms (each ingestion is itself a record the signer
+    /// then logs a signature for, so this sets the idle growth of both logs).
+    pub audit_ingest_interval_ms: u64,
     /// Bounds.
     pub limits: Limits,
 }
@@ -304,6 +309,7 @@ impl Config {
             audit_key_id: raw.audit.key_id.unwrap_or_else(|| "core-audit".into()),
             signer_audit_log: raw.audit.signer_log.map(|p| resolve(base, &p)),
             audit_sign_interval_ms: raw.audit.sign_interval_ms.unwrap_or(1000),
+            audit_ingest_interval_ms: raw.audit.ingest_interval_ms.unwrap_or(30_000),
             limits: raw.limits,
         })
     }

@@ -127,6 +127,7 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
         config.audit_key_id.clone(),
         config.signer_audit_log.clone(),
         Duration::from_millis(config.audit_sign_interval_ms),
+        Duration::from_millis(config.audit_ingest_interval_ms),
     ));
 
     let max = config.limits.max_message_bytes;

@@ -131,16 +131,19 @@ pub fn ingest_signer_log(store: &dyn Store, path: &Path) -> Result<usize> {
     Ok(lines)
 }
 
-/// Runs forever: pins the audit key once the signer answers, then every `interval` ingests the
-/// signer log and signs pending audit records. Failures are logged and retried next round.
+/// Runs forever: pins the audit key once the signer answers, then every `interval` signs pending
+/// audit records and every `ingest_interval` ingests the signer log. Failures are logged and
+/// retried next round.
 pub async fn run_audit_loop(
     store: Arc<dyn Store>,
     signer: Signer,
     key_id: String,
     signer_log: Option<PathBuf>,
     interval: Duration,
+    ingest_interval: Duration,
 ) {
     let mut key_ready = false;
+    let mut last_ingest: Option<tokio::time::Instant> = None;
     loop {
         if !key_ready {
             match ensure_audit_key(store.as_ref(), &signer, &key_id).await {
@@ -148,14 +151,70 @@ pub async fn run_audit_loop(
                 Err(e) => tracing::warn!(error = %e, "audit key not ready"),
             }
         }
+        let due = last_ingest.is_none_or(|t| t.elapsed() >= ingest_interval);
         if let Some(path) = &signer_log
-            && let Err(e) = ingest_signer_log(store.as_ref(), path)
+            && due
         {
-            tracing::warn!(error = %e, "signer audit ingestion failed");
+            last_ingest = Some(tokio::time::Instant::now());
+            if let Err(e) = ingest_signer_log(store.as_ref(), path) {
+                tracing::warn!(error = %e, "signer audit ingestion failed");
+            }
         }
         if key_ready && let Err(e) = sign_pending(store.as_ref(), &signer, &key_id).await {
             tracing::warn!(error = %e, "audit signing failed");
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    fn signer_log(n: u64) -> Vec<String> {
+        let mut prev = "0".repeat(64);
+        (1..=n)
+            .map(|seq| {
+                let line = format!(r#"{{"v":1,"seq":{seq},"prev":"{prev}","op":"Sign"}}"#);
+                prev = hex::encode(digest::digest(&digest::SHA256, line.as_bytes()));
+                line
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ingests_new_signer_lines_once_and_detects_a_broken_signer_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let store = SqliteStore::in_memory().unwrap();
+        let lines = signer_log(5);
+        std::fs::write(&path, lines[..3].join("\n") + "\n").unwrap();
+        assert_eq!(ingest_signer_log(&store, &path).unwrap(), 3);
+        assert_eq!(ingest_signer_log(&store, &path).unwrap(), 0, "nothing new");
+        // a torn last line is left for the next round
+        std::fs::write(&path, lines.join("\n") + "\n" + "{\"v\":1").unwrap();
+        assert_eq!(ingest_signer_log(&store, &path).unwrap(), 2);
+        let checkpoints = store
+            .audit_records()
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.kind == "signer.audit")
+            .count();
+        assert_eq!(checkpoints, 2);
+
+        // an edited earlier line is not re-read, but a new line that does not link is detected
+        let mut bad = lines.clone();
+        bad.push(r#"{"v":1,"seq":6,"prev":"00","op":"Sign"}"#.into());
+        std::fs::write(&path, bad.join("\n") + "\n").unwrap();
+        assert!(ingest_signer_log(&store, &path).is_err());
+        assert!(
+            store
+                .audit_records()
+                .unwrap()
+                .iter()
+                .any(|r| r.kind == "signer.audit_broken")
+        );
     }
 }

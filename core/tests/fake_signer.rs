@@ -236,6 +236,7 @@ async fn fleet(quorum: u32, custodian_count: usize, admin_allow: AllowList) -> F
         "core-audit".into(),
         None,
         Duration::from_millis(200),
+        Duration::from_millis(200),
     ));
     let ch = unix_channel(&core_sock);
     Fleet {

@@ -91,7 +91,7 @@ impl Fleet {
             ));
         }
         let core_toml = format!(
-            "mode = \"dev\"\nsocket = \"core.sock\"\nallow = [\"uid:{uid}\"]\nadmin_allow = [\"uid:{uid}\"]\nstore = \"core.db\"\nquorum = {quorum}\n\n[signer]\nsocket = \"signer.sock\"\n\n[audit]\nsigner_log = \"audit.jsonl\"\nsign_interval_ms = 200\n\n{custodian_toml}"
+            "mode = \"dev\"\nsocket = \"core.sock\"\nallow = [\"uid:{uid}\"]\nadmin_allow = [\"uid:{uid}\"]\nstore = \"core.db\"\nquorum = {quorum}\n\n[signer]\nsocket = \"signer.sock\"\n\n[audit]\nsigner_log = \"audit.jsonl\"\nsign_interval_ms = 200\ningest_interval_ms = 200\n\n{custodian_toml}"
         );
         std::fs::write(dir.join("core.toml"), &core_toml).unwrap();
         std::fs::write(
