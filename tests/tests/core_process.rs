@@ -669,3 +669,126 @@ async fn ceremony_quorum_tenant_isolation_and_audit_tamper_detection() {
         assert!(out.contains("BAD record"), "{out}");
     }
 }
+
+/// The optional TCP + mTLS listener: a client certificate whose SPIFFE ID is on `allow` may call
+/// Core; another SPIFFE ID, or no certificate, is refused inside the service (UNAUTHORIZED).
+#[tokio::test(flavor = "multi_thread")]
+async fn i5_tls_listener_admits_only_allowed_spiffe_ids() {
+    let mut f = Fleet::start(1, 1);
+    f.bootstrap(&["default"]).await;
+    let d = f.dir.clone();
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=link CA",
+            "-days",
+            "2",
+        ],
+        &d,
+    );
+    let leaf = |name: &str, ext: &str| {
+        std::fs::write(d.join(format!("{name}.ext")), ext).unwrap();
+        openssl(
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+            &d,
+        );
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+            &d,
+        );
+    };
+    leaf(
+        "server",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    );
+    leaf(
+        "edge",
+        "subjectAltName=URI:spiffe://certgate.test/edge\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    );
+    leaf(
+        "other",
+        "subjectAltName=URI:spiffe://certgate.test/other\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    );
+    let port = certgate_e2e::free_port();
+    let toml = std::fs::read_to_string(d.join("core.toml"))
+        .unwrap()
+        .replace("allow = [\"uid:", "allow = [\"spiffe://certgate.test/edge\", \"uid:")
+        .replace("[signer]", &format!("[tls]\nlisten = \"127.0.0.1:{port}\"\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n\n[signer]"));
+    std::fs::write(d.join("core.toml"), toml).unwrap();
+    f.core.take().unwrap().kill();
+    f.start_core(None);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let ca = std::fs::read(d.join("ca.pem")).unwrap();
+    let client = |name: Option<&str>| {
+        let (cert, key) = match name {
+            Some(n) => (
+                Some(std::fs::read(d.join(format!("{n}.pem"))).unwrap()),
+                Some(std::fs::read(d.join(format!("{n}.key"))).unwrap()),
+            ),
+            None => (None, None),
+        };
+        let config =
+            certgate_proto::transport::client_tls_config(cert.as_deref(), key.as_deref(), &ca)
+                .unwrap();
+        CoreClient::new(certgate_proto::transport::tls_channel(
+            addr,
+            "localhost".try_into().unwrap(),
+            config,
+        ))
+    };
+    let csr = f.p256_csr("tls.example.com");
+    client(Some("edge"))
+        .issue(issue("default", "tls", csr.clone()))
+        .await
+        .unwrap();
+    for who in [Some("other"), None] {
+        let e = RpcError::from_status(
+            &client(who)
+                .issue(issue("default", "tls2", csr.clone()))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(e.kind, ErrorKind::Unauthorized, "{who:?}: {e:?}");
+    }
+}
