@@ -284,9 +284,18 @@ fn up_reports_a_dead_child_stops_the_rest_and_exits_non_zero() {
     for b in ["certgate-signer", "certgate-core", "certgate-edge"] {
         bin(b);
     }
-    let fleet = Fleet::uninitialised();
-    let mut up = start_up(&fleet);
+    // An initialised dir and `up` without port flags: the ports come from the edge config that
+    // `init --https/--http/--admin` wrote.
+    let fleet = Fleet::init();
+    let mut cmd = Command::new(bin("certgate"));
+    cmd.arg("up").arg("--data-dir").arg(fleet.data_dir());
+    let mut up = ChildGuard::spawn("certgate up", cmd, &fleet.scratch().join("up.log"));
     let log = wait_for_log(&up, "Press Ctrl-C to stop.", Duration::from_secs(180));
+    assert!(
+        log.contains(&format!("http://{}/scep", fleet.http)),
+        "{log}"
+    );
+    assert_eq!(http_get(fleet.admin, "/healthz").expect("healthz").0, 200);
     let pids: Vec<(String, u32)> = banner_value(&log, "processes")
         .split_whitespace()
         .filter_map(|kv| {

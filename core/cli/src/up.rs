@@ -15,6 +15,12 @@ const GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the fleet. `ports_given` rewrites the edge config with `ports`.
 pub async fn up(dd: &DataDir, ports: Ports, ports_given: bool) -> Result<()> {
+    // Without port flags, an existing edge config decides (an earlier `init --http …`).
+    let ports = if ports_given {
+        ports
+    } else {
+        edge_ports(dd).unwrap_or(ports)
+    };
     // Signal handlers first, so a Ctrl-C during start-up still stops what has started.
     let mut term = signal(SignalKind::terminate()).map_err(io("installing SIGTERM handler"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io("installing SIGINT handler"))?;
@@ -140,4 +146,17 @@ fn print_banner(dd: &DataDir, ports: Ports, issuer: &str, procs: [&Proc; 3]) {
         .collect();
     println!("  processes        {}", pids.join(" "));
     println!("Press Ctrl-C to stop.");
+}
+
+/// The listener addresses in an existing edge config, if it has all three.
+fn edge_ports(dd: &DataDir) -> Option<Ports> {
+    let text = std::fs::read_to_string(dd.edge_config()).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    let listen = table.get("listen")?.as_table()?;
+    let addr = |k: &str| listen.get(k)?.as_str()?.parse().ok();
+    Some(Ports {
+        https: addr("https")?,
+        http: addr("http")?,
+        admin: addr("admin")?,
+    })
 }
