@@ -43,32 +43,39 @@ impl CoreClient {
         req
     }
 
-    async fn bounded<F, T>(&self, fut: F) -> Result<T, RpcError>
+    async fn bounded<F, T>(&self, method: &'static str, fut: F) -> Result<T, RpcError>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        match tokio::time::timeout(self.deadline, fut).await {
+        let start = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.deadline, fut).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => Err(RpcError::from_status(&status)),
             Err(_) => Err(RpcError::unavailable(
                 "the core did not answer in time",
                 Duration::from_secs(1),
             )),
-        }
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => kind_label(e.kind),
+        };
+        crate::metrics::record_core_call(method, outcome, start.elapsed());
+        result
     }
 
     /// `Core.Issue` — the one issuance path (I-2).
     pub async fn issue(&self, req: IssueRequest) -> Result<IssueResponse, RpcError> {
         let mut c = self.inner.clone();
         let r = self.request(req);
-        self.bounded(c.issue(r)).await
+        self.bounded("issue", c.issue(r)).await
     }
 
     /// `Core.Revoke`.
     pub async fn revoke(&self, req: RevokeRequest) -> Result<RevokeResponse, RpcError> {
         let mut c = self.inner.clone();
         let r = self.request(req);
-        self.bounded(c.revoke(r)).await
+        self.bounded("revoke", c.revoke(r)).await
     }
 
     /// `Core.GetCaChain` for a tenant (and optionally one issuer).
@@ -82,6 +89,21 @@ impl CoreClient {
             tenant: tenant.to_owned(),
             issuer_id: issuer_id.to_owned(),
         });
-        self.bounded(c.get_ca_chain(r)).await
+        self.bounded("get_ca_chain", c.get_ca_chain(r)).await
+    }
+}
+
+/// A fixed label per error kind (bounded metric cardinality).
+fn kind_label(kind: certgate_proto::ErrorKind) -> &'static str {
+    use certgate_proto::ErrorKind as K;
+    match kind {
+        K::Malformed => "malformed",
+        K::Unauthorized => "unauthorized",
+        K::RateLimited => "rate_limited",
+        K::PolicyRefused => "policy_refused",
+        K::AlreadyExists => "already_exists",
+        K::NotFound => "not_found",
+        K::Unavailable => "unavailable",
+        K::Unspecified => "error",
     }
 }

@@ -11,6 +11,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const REQUESTS_TOTAL: &str = "certgate_edge_requests_total";
 /// Request latency in seconds, by protocol, tenant and outcome.
 pub const REQUEST_SECONDS: &str = "certgate_edge_request_duration_seconds";
+/// Core RPC latency in seconds, by method and outcome (an error kind or `ok`).
+pub const CORE_CALL_SECONDS: &str = "certgate_edge_core_call_duration_seconds";
 /// Connections currently open, by listener.
 pub const CONNECTIONS_OPEN: &str = "certgate_edge_connections_open";
 
@@ -29,6 +31,13 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
             ],
         )
         .map_err(|e| MetricsError(e.to_string()))?
+        .set_buckets_for_metric(
+            Matcher::Full(CORE_CALL_SECONDS.to_owned()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+            ],
+        )
+        .map_err(|e| MetricsError(e.to_string()))?
         .install_recorder()
         .map_err(|e| MetricsError(e.to_string()))?;
     metrics::describe_counter!(REQUESTS_TOTAL, "Requests served by the edge");
@@ -38,6 +47,11 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         "Edge request latency"
     );
     metrics::describe_gauge!(CONNECTIONS_OPEN, "Open client connections");
+    metrics::describe_histogram!(
+        CORE_CALL_SECONDS,
+        metrics::Unit::Seconds,
+        "Latency of the edge's calls to the core"
+    );
     Ok(handle)
 }
 
@@ -50,4 +64,10 @@ pub fn record(protocol: &'static str, tenant: &str, outcome: &'static str, elaps
     ];
     metrics::counter!(REQUESTS_TOTAL, &labels).increment(1);
     metrics::histogram!(REQUEST_SECONDS, &labels).record(elapsed.as_secs_f64());
+}
+
+/// Records one core RPC.
+pub fn record_core_call(method: &'static str, outcome: &'static str, elapsed: Duration) {
+    metrics::histogram!(CORE_CALL_SECONDS, "method" => method, "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
 }
