@@ -186,6 +186,15 @@ fn serve_signer(path: &Path, fake: FakeSigner) -> tokio::sync::oneshot::Sender<(
 }
 
 async fn fleet(quorum: u32, custodian_count: usize, admin_allow: AllowList) -> Fleet {
+    fleet_with(quorum, custodian_count, admin_allow, 64).await
+}
+
+async fn fleet_with(
+    quorum: u32,
+    custodian_count: usize,
+    admin_allow: AllowList,
+    max_in_flight: usize,
+) -> Fleet {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
     let fake = FakeSigner::default();
@@ -206,7 +215,12 @@ async fn fleet(quorum: u32, custodian_count: usize, admin_allow: AllowList) -> F
     let signer = SignerClientWrap::new(unix_channel(&signer_sock), Duration::from_secs(5));
     let state = Arc::new(State {
         store: dyn_store.clone(),
-        issuer: Issuer::new(dyn_store.clone(), signer.clone(), 64, Fault::None),
+        issuer: Issuer::new(
+            dyn_store.clone(),
+            signer.clone(),
+            max_in_flight,
+            Fault::None,
+        ),
         authority: Authority::new(
             dyn_store.clone(),
             signer.clone(),
@@ -911,4 +925,20 @@ async fn probe_issue_throughput() {
     }
     let secs = start.elapsed().as_secs_f64();
     println!("{n} issuances in {secs:.2} s: {:.0}/s", n as f64 / secs);
+}
+
+#[tokio::test]
+async fn i8_issue_beyond_the_in_flight_bound_is_shed_with_retry_after() {
+    let mut f = fleet_with(1, 1, AllowList::uid(current_uid()), 0).await;
+    f.bootstrap("t1", KeyType::EcP256).await;
+    let e = err(f
+        .core
+        .issue(issue_req("t1", "k", csr(&["o.example.com"])))
+        .await
+        .unwrap_err());
+    assert_eq!(
+        (e.kind, e.rule.as_str()),
+        (ErrorKind::RateLimited, "core.overloaded")
+    );
+    assert!(e.retry_after.is_some());
 }
