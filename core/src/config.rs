@@ -94,6 +94,8 @@ struct RawAudit {
     sign_interval_ms: Option<u64>,
     #[serde(default)]
     ingest_interval_ms: Option<u64>,
+    #[serde(default)]
+    public_key_sha256: Option<String>,
 }
 
 /// Bounds (I-8).
@@ -190,6 +192,9 @@ pub struct Config {
     pub signer_audit_log: Option<PathBuf>,
     /// How often unsigned audit records are signed, ms.
     pub audit_sign_interval_ms: u64,
+    /// Lower-case hex SHA-256 of the audit key's SubjectPublicKeyInfo DER, if pinned: the key in
+    /// the store must match it, so rewriting the store cannot swap the key.
+    pub audit_key_sha256: Option<String>,
     /// How often the signer's log is ingested, ms (each ingestion is itself a record the signer
     /// then logs a signature for, so this sets the idle growth of both logs).
     pub audit_ingest_interval_ms: u64,
@@ -310,6 +315,7 @@ impl Config {
             signer_audit_log: raw.audit.signer_log.map(|p| resolve(base, &p)),
             audit_sign_interval_ms: raw.audit.sign_interval_ms.unwrap_or(1000),
             audit_ingest_interval_ms: raw.audit.ingest_interval_ms.unwrap_or(30_000),
+            audit_key_sha256: raw.audit.public_key_sha256.map(|h| h.to_ascii_lowercase()),
             limits: raw.limits,
         })
     }

@@ -71,9 +71,14 @@ fn main() -> std::process::ExitCode {
 fn audit_verify(path: PathBuf) -> anyhow::Result<std::process::ExitCode> {
     let config = Config::load(&path)?;
     let store = SqliteStore::open_read_only(&config.store).context("opening the store")?;
-    let v = verify_store(&store)?;
+    let v = verify_store(&store, config.audit_key_sha256.as_deref())?;
     if v.ok {
-        println!("OK {} records", v.records);
+        let key = store
+            .meta_get(certgate_core::tasks::META_AUDIT_KEY)?
+            .and_then(|h| hex::decode(h).ok())
+            .map(|k| hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &k)))
+            .unwrap_or_else(|| "none yet".into());
+        println!("OK {} records (audit key sha256 {key})", v.records);
         Ok(std::process::ExitCode::SUCCESS)
     } else {
         println!("BAD record {}: {}", v.first_bad_seq, v.error);
@@ -120,6 +125,7 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
         ),
         allow: config.allow.clone(),
         admin_allow: config.admin_allow.clone(),
+        audit_key_sha256: config.audit_key_sha256.clone(),
     });
     tokio::spawn(certgate_core::tasks::run_audit_loop(
         store.clone(),

@@ -46,6 +46,8 @@ pub struct State {
     pub allow: AllowList,
     /// Who may call Admin.
     pub admin_allow: AllowList,
+    /// The pinned audit key hash (`[audit] public_key_sha256`), if any.
+    pub audit_key_sha256: Option<String>,
 }
 
 /// The `Core` service.
@@ -546,17 +548,33 @@ impl Admin for AdminService {
     ) -> Result<Response<VerifyAuditResponse>, Status> {
         self.admit(&req, "VerifyAudit")?;
         let store = self.0.store.clone();
-        let v = blocking(move || verify_store(store.as_ref())).await?;
+        let pin = self.0.audit_key_sha256.clone();
+        let v = blocking(move || verify_store(store.as_ref(), pin.as_deref())).await?;
         Ok(Response::new(v))
     }
 }
 
-/// Verifies the store's audit chain against the pinned audit key.
-pub fn verify_store(store: &dyn Store) -> Result<VerifyAuditResponse> {
+/// Verifies the store's audit chain against the audit key recorded in the store, which must
+/// match `pin` (hex SHA-256 of its SPKI) when one is configured.
+pub fn verify_store(store: &dyn Store, pin: Option<&str>) -> Result<VerifyAuditResponse> {
     let key = store
         .meta_get(META_AUDIT_KEY)?
         .map(|h| hex::decode(h).map_err(|_| CoreError::Store("bad pinned audit key".into())))
         .transpose()?;
+    if let Some(pin) = pin {
+        let actual = key
+            .as_deref()
+            .map(|k| hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, k)));
+        if actual.as_deref() != Some(pin) {
+            return Ok(VerifyAuditResponse {
+                ok: false,
+                records: 0,
+                error: "the audit key in the store is not the one pinned in the configuration"
+                    .into(),
+                first_bad_seq: 0,
+            });
+        }
+    }
     let records = store.audit_records()?;
     let v = verify_chain(&records, key.as_deref());
     Ok(match v.error {

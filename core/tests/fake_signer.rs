@@ -235,6 +235,7 @@ async fn fleet_with(
         ),
         allow: AllowList::uid(current_uid()),
         admin_allow,
+        audit_key_sha256: None,
     });
     let core_sock = dir.join("core.sock");
     let listener = bind_unix(&core_sock).unwrap();

@@ -645,6 +645,27 @@ async fn ceremony_quorum_tenant_isolation_and_audit_tamper_detection() {
         "signer log not ingested: {count}"
     );
     assert!(out.starts_with("OK"), "{out}");
+    // pinning the audit key: the right hash verifies, a wrong one fails
+    let sha = out
+        .split("audit key sha256 ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(sha.len(), 64, "{out}");
+    let base = std::fs::read_to_string(f.dir.join("core.toml")).unwrap();
+    for (pin, good) in [(sha.clone(), true), ("0".repeat(64), false)] {
+        let text = base.replace(
+            "[audit]\n",
+            &format!("[audit]\npublic_key_sha256 = \"{pin}\"\n"),
+        );
+        std::fs::write(f.dir.join("pinned.toml"), text).unwrap();
+        let (ok, out, err) = run(Command::new(bin("certgate-core"))
+            .arg("audit-verify")
+            .arg("--config")
+            .arg(f.dir.join("pinned.toml")));
+        assert_eq!(ok, good, "pin {pin}: {out}{err}");
+    }
     let backup = f.dir.join("core.db.bak");
     f.sql(&format!("VACUUM INTO '{}'", backup.display()));
     for tamper in [
