@@ -47,7 +47,7 @@ impl HashAlg {
     }
 
     /// Digest length in octets.
-    pub const fn len(self) -> usize {
+    pub const fn output_len(self) -> usize {
         match self {
             HashAlg::Sha1 => 20,
             HashAlg::Sha256 => 32,
@@ -264,7 +264,7 @@ impl IssuerIndex {
             .ok_or(Error::UnknownIssuer)?;
         let name = cert_id.issuer_name_hash.as_bytes();
         let key = cert_id.issuer_key_hash.as_bytes();
-        if name.len() != alg.len() || key.len() != alg.len() {
+        if name.len() != alg.output_len() || key.len() != alg.output_len() {
             return Err(Error::UnknownIssuer);
         }
         let mut hk = HashKey {

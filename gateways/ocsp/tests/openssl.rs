@@ -2,6 +2,9 @@
 //! crate: CertIDs must match what the issuer index computes from the issuer certificate and the
 //! leaf's serial; caching headers must match the times OpenSSL prints.
 
+// Test helpers unwrap: a failing unwrap is the test failing.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

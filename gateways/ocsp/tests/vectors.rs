@@ -1,6 +1,9 @@
 //! The checked-in OpenSSL requests (tests/vectors/README.md) decode, and their CertIDs resolve
 //! against the issuer index built from the checked-in issuer certificate.
 
+// Test helpers unwrap: a failing unwrap is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use certgate_ocsp::{CacheKey, HashAlg, IssuerIndex, Limits, decode_der};
