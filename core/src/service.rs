@@ -30,7 +30,7 @@ use crate::ca::{Authority, check_id};
 use crate::error::{CoreError, Result};
 use crate::issue::{Issuer, chain_of};
 use crate::profile::{BUILTIN_PROFILE_NAME, Profile};
-use crate::store::{CertRec, ProfileRec, Store, TenantRec};
+use crate::store::{CertRec, ProfileRec, RevokeOp, Store, TenantRec};
 use crate::tasks::META_AUDIT_KEY;
 use crate::x509;
 
@@ -147,7 +147,9 @@ impl Core for CoreService {
             "core.caller_not_allowed",
         )?;
         let r = req.into_inner();
-        if r.idempotency_key.is_empty() {
+        if r.idempotency_key.is_empty()
+            || r.idempotency_key.len() > crate::issue::MAX_IDEMPOTENCY_KEY
+        {
             return Err(CoreError::malformed(
                 "request.idempotency_key",
                 "an idempotency key is required",
@@ -178,8 +180,20 @@ impl Core for CoreService {
                    "protocol": r.protocol, "client": r.client_identity}),
         );
         let tenant = r.tenant.clone();
-        let s2 = serial.clone();
-        let out = blocking(move || store.revoke(&tenant, &s2, r.reason, now, &audit)).await?;
+        let mut hashed = b"certgate-revoke-request-v1\0".to_vec();
+        hashed.extend_from_slice(serial.as_bytes());
+        hashed.push(0);
+        hashed.extend_from_slice(&r.reason.to_be_bytes());
+        let op = RevokeOp {
+            serial_hex: serial.clone(),
+            reason: r.reason,
+            now,
+            idem_key: r.idempotency_key.clone(),
+            request_hash: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &hashed)
+                .as_ref()
+                .to_vec(),
+        };
+        let out = blocking(move || store.revoke(&tenant, &op, &audit)).await?;
         let Some((rec, already)) = out else {
             return Err(CoreError::not_found("certificate.unknown", "no such certificate").into());
         };

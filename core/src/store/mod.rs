@@ -139,6 +139,21 @@ pub struct CeremonyRec {
     pub created_unix: i64,
 }
 
+/// One revocation request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokeOp {
+    /// Serial, wire hex.
+    pub serial_hex: String,
+    /// RFC 5280 CRLReason.
+    pub reason: u32,
+    /// When.
+    pub now: i64,
+    /// The caller's idempotency key.
+    pub idem_key: String,
+    /// SHA-256 over what decides the revocation (serial, reason).
+    pub request_hash: Vec<u8>,
+}
+
 /// The outcome of recording an intent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IntentOutcome {
@@ -193,14 +208,13 @@ pub trait Store: Send + Sync {
     fn cert_by_key(&self, tenant: &str, idem_key: &str) -> Result<Option<CertRec>>;
     /// One certificate of one tenant.
     fn get_cert(&self, tenant: &str, serial_hex: &str) -> Result<Option<CertRec>>;
-    /// Revokes; returns the record and whether it was already revoked. None = no such
-    /// certificate in this tenant.
+    /// Revokes under an idempotency key; returns the record and whether it was already revoked.
+    /// None = no such certificate in this tenant. The key used for a different revocation is
+    /// refused (ALREADY_EXISTS `idempotency.key_reused`).
     fn revoke(
         &self,
         tenant: &str,
-        serial_hex: &str,
-        reason: u32,
-        now: i64,
+        op: &RevokeOp,
         audit: &AuditEntry,
     ) -> Result<Option<(CertRec, bool)>>;
 

@@ -13,7 +13,9 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
-use super::{CaRec, CeremonyRec, CertRec, IntentOutcome, IntentRec, ProfileRec, Store, TenantRec};
+use super::{
+    CaRec, CeremonyRec, CertRec, IntentOutcome, IntentRec, ProfileRec, RevokeOp, Store, TenantRec,
+};
 use crate::audit::{AuditEntry, AuditRecord, record_hash};
 use crate::error::{CoreError, Result};
 
@@ -72,6 +74,15 @@ CREATE TABLE IF NOT EXISTS certificates (
     revocation_reason INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, serial_hex),
     UNIQUE (tenant, idem_key)
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    tenant TEXT NOT NULL,
+    op TEXT NOT NULL,
+    idem_key TEXT NOT NULL,
+    request_hash BLOB NOT NULL,
+    target TEXT NOT NULL,
+    created_unix INTEGER NOT NULL,
+    PRIMARY KEY (tenant, op, idem_key)
 );
 CREATE TABLE IF NOT EXISTS ceremonies (
     id TEXT PRIMARY KEY,
@@ -747,13 +758,25 @@ impl Store for SqliteStore {
     fn revoke(
         &self,
         tenant: &str,
-        serial_hex: &str,
-        reason: u32,
-        now: i64,
+        op: &RevokeOp,
         audit: &AuditEntry,
     ) -> Result<Option<(CertRec, bool)>> {
-        let (tenant, serial_hex, audit) = (tenant.to_owned(), serial_hex.to_owned(), audit.clone());
+        let (tenant, op, audit) = (tenant.to_owned(), op.clone(), audit.clone());
         self.tx(move |tx| {
+            let (serial_hex, reason, now) = (&op.serial_hex, op.reason, op.now);
+            let used: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT request_hash FROM idempotency WHERE tenant = ?1 AND op = 'revoke' AND idem_key = ?2",
+                    params![tenant, op.idem_key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if used.as_ref().is_some_and(|h| *h != op.request_hash) {
+                return Err(CoreError::exists(
+                    "idempotency.key_reused",
+                    "this idempotency key was already used for a different request",
+                ));
+            }
             let Some(cert) = tx
                 .query_row(
                     &format!(
@@ -766,6 +789,13 @@ impl Store for SqliteStore {
             else {
                 return Ok(None);
             };
+            if used.is_none() {
+                tx.execute(
+                    "INSERT INTO idempotency (tenant, op, idem_key, request_hash, target, created_unix)
+                     VALUES (?1, 'revoke', ?2, ?3, ?4, ?5)",
+                    params![tenant, op.idem_key, op.request_hash, serial_hex, now],
+                )?;
+            }
             if cert.revoked {
                 return Ok(Some((cert, true)));
             }
@@ -955,6 +985,16 @@ mod tests {
     use super::*;
     use crate::audit::verify_chain;
 
+    fn op(serial: &str, reason: u32, key: &str) -> RevokeOp {
+        RevokeOp {
+            serial_hex: serial.into(),
+            reason,
+            now: 5,
+            idem_key: key.into(),
+            request_hash: vec![reason as u8],
+        }
+    }
+
     fn audit() -> AuditEntry {
         AuditEntry::new("test", "t", "uid:1", serde_json::json!({}))
     }
@@ -983,19 +1023,32 @@ mod tests {
             .expect("store b");
         assert_eq!(s.get_cert("a", "0a").expect("get"), None);
         assert_eq!(s.cert_by_key("a", "k").expect("get"), None);
-        assert_eq!(s.revoke("a", "0a", 1, 5, &audit()).expect("revoke"), None);
+        assert_eq!(
+            s.revoke("a", &op("0a", 1, "r"), &audit()).expect("revoke"),
+            None
+        );
         let b = s.get_cert("b", "0a").expect("get").expect("b sees it");
         assert!(
             !b.revoked,
             "tenant a's revoke must not touch b's certificate"
         );
         let (r, already) = s
-            .revoke("b", "0a", 1, 5, &audit())
+            .revoke("b", &op("0a", 1, "r"), &audit())
             .expect("revoke")
             .expect("found");
         assert!(r.revoked && !already);
         let (_, already) = s
-            .revoke("b", "0a", 1, 6, &audit())
+            .revoke("b", &op("0a", 1, "r2"), &audit())
+            .expect("revoke")
+            .expect("found");
+        assert!(already);
+        // the same key for another revocation is refused; the same request replays
+        assert!(matches!(
+            s.revoke("b", &op("0a", 5, "r"), &audit()),
+            Err(CoreError::AlreadyExists { .. })
+        ));
+        let (_, already) = s
+            .revoke("b", &op("0a", 1, "r"), &audit())
             .expect("revoke")
             .expect("found");
         assert!(already);
