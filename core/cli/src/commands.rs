@@ -440,3 +440,29 @@ pub async fn audit_verify(dd: &DataDir, clients: &Clients) -> Result<()> {
         Err(CliError::Input("audit verification failed".into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_issue_key_is_stable_and_separates_its_inputs() {
+        let k = default_issue_key("default", "", b"csr");
+        assert_eq!(k, default_issue_key("default", "", b"csr"));
+        assert_ne!(k, default_issue_key("other", "", b"csr"));
+        assert_ne!(k, default_issue_key("default", "tls-server", b"csr"));
+        assert_ne!(k, default_issue_key("default", "", b"csr2"));
+        // Length prefixes: moving a byte between fields changes the key.
+        assert_ne!(
+            default_issue_key("ab", "c", b"x"),
+            default_issue_key("a", "bc", b"x")
+        );
+    }
+
+    #[test]
+    fn key_type_names_parse() {
+        assert_eq!(key_type("p256").ok(), Some(KeyType::EcP256));
+        assert_eq!(key_type("ED25519").ok(), Some(KeyType::Ed25519Key));
+        assert!(key_type("dsa").is_err());
+    }
+}
