@@ -388,7 +388,7 @@ pub async fn revoke(clients: &Clients, tenant: &str, serial: &str, reason: u32) 
             tenant: tenant.into(),
             target: Some(revoke_request::Target::SerialHex(serial.clone())),
             reason,
-            idempotency_key: format!("cli-revoke-{tenant}-{serial}"),
+            idempotency_key: format!("cli-revoke-{tenant}-{serial}-{reason}"),
             protocol: "cli".into(),
             client_identity: format!("uid:{}", certgate_proto::transport::current_uid()),
         })
