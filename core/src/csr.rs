@@ -274,3 +274,55 @@ pub fn common_name(name: &Name) -> Option<String> {
     }
     cn
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn csr(alg: &'static rcgen::SignatureAlgorithm, names: &[&str]) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.serialize_request(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn verifies_and_classifies_p256_p384_and_ed25519_csrs() {
+        for (alg, expect) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, KeyAlgorithm::EcdsaP256),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, KeyAlgorithm::EcdsaP384),
+            (&rcgen::PKCS_ED25519, KeyAlgorithm::Ed25519),
+        ] {
+            let r = parse_csr(&csr(alg, &["a.example.com", "10.0.0.1"])).unwrap();
+            assert_eq!(r.key.alg, expect);
+            assert_eq!(
+                r.sans,
+                vec![
+                    San::Dns("a.example.com".into()),
+                    San::Ip("10.0.0.1".parse().unwrap())
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn every_single_byte_mutation_of_a_csr_is_refused_or_parsed_without_panic() {
+        let good = csr(&rcgen::PKCS_ECDSA_P256_SHA256, &["m.example.com"]);
+        let mut accepted = 0;
+        for i in 0..good.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[i] ^= flip;
+                if parse_csr(&bad).is_ok() {
+                    accepted += 1;
+                }
+            }
+            assert!(parse_csr(&good[..i]).is_err(), "truncated at {i}");
+        }
+        // The signature covers every byte of the request info; only mutations that keep the
+        // structure and the signature valid could pass, and a flipped bit never does.
+        assert_eq!(accepted, 0);
+    }
+}
