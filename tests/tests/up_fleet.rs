@@ -274,6 +274,10 @@ fn fleet_started_piecewise_issues_and_refuses_garbage_csr() {
     let (ok, out, err) = fleet.cli(&["revoke", "--serial", &serial, "--reason", "4"]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("revoked"), "{out}");
+    // Revoking again (same or another reason) reports the existing revocation.
+    let (ok, out, err) = fleet.cli(&["revoke", "--serial", &serial, "--reason", "1"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("already revoked"), "{out}");
 
     let (ok, out, err) = fleet.cli(&["audit", "verify"]);
     assert!(ok, "audit verify failed:\n{out}\n{err}");
