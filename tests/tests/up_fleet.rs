@@ -363,3 +363,22 @@ fn edge_stays_healthy_but_not_ready_and_answers_503_while_the_core_is_down() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn init_after_an_interruption_finishes_without_recreating_what_exists() {
+    let fleet = Fleet::init();
+    let root = std::fs::read(fleet.root_pem()).expect("root.pem");
+    let edge_cert = std::fs::read(fleet.data_dir().join("edge/tls.pem")).expect("edge cert");
+    // As if init had stopped before its last steps.
+    std::fs::remove_file(fleet.data_dir().join(".initialized")).expect("marker");
+    std::fs::remove_file(fleet.data_dir().join("dev-credentials.toml")).expect("creds");
+    let (ok, out, err) = fleet.cli(&["init"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(!out.contains("ceremony"), "CAs were created again:\n{out}");
+    assert_eq!(std::fs::read(fleet.root_pem()).expect("root.pem"), root);
+    assert_eq!(
+        std::fs::read(fleet.data_dir().join("edge/tls.pem")).expect("edge cert"),
+        edge_cert
+    );
+    assert_eq!(fleet.credentials().len(), 5, "{:?}", fleet.credentials());
+}
