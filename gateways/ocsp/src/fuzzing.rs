@@ -6,11 +6,15 @@ use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
+use der::{DecodePem, Encode};
 
 use crate::{
     Cache, CacheKey, CachedResponse, HttpRequestParts, IssuerIndex, Limits, REQUEST_CONTENT_TYPE,
     decide, decode_get, decode_post, parse_crl_path,
 };
+
+/// The issuer certificate of the seed requests (gateways/ocsp/tests/vectors/ca.pem).
+const SEED_ISSUER: &[u8] = include_bytes!("../tests/vectors/ca.pem");
 
 /// Arbitrary bytes as an OCSP request (POST body and GET segment), a CRL path, and as core data.
 pub fn ocsp_request(data: &[u8]) {
@@ -20,7 +24,13 @@ pub fn ocsp_request(data: &[u8]) {
     let _ = decode_get(&text, &limits);
     let _ = parse_crl_path(&text);
     let responses: HashMap<CacheKey, CachedResponse> = HashMap::new();
-    let index = IssuerIndex::new();
+    // The issuer of the seed requests, so seeds reach the CertID lookup and the cache probe.
+    let mut index = IssuerIndex::new();
+    if let Ok(ca) = x509_cert::Certificate::from_pem(SEED_ISSUER)
+        && let Ok(der) = ca.to_der()
+    {
+        let _ = index.insert("default", "vector-ca", &der);
+    }
     let cache = Cache {
         issuers: &index,
         responses: &responses,

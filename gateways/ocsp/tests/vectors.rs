@@ -99,3 +99,31 @@ fn vectors_are_unknown_to_another_tenant() {
         Err(certgate_ocsp::Error::UnknownIssuer)
     );
 }
+
+#[test]
+fn fuzz_seeds_are_the_vectors() {
+    let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/ocsp_request");
+    for name in [
+        "req-sha1.der",
+        "req-sha256.der",
+        "req-nonce.der",
+        "req-two.der",
+        "req-signed.der",
+    ] {
+        assert_eq!(
+            std::fs::read(corpus.join(name)).unwrap(),
+            vector(name),
+            "fuzz/corpus/ocsp_request/{name} differs from tests/vectors/{name}"
+        );
+    }
+    // The GET seeds decode to the same requests as their DER vectors.
+    let get = |f: &str| std::fs::read_to_string(corpus.join(f)).unwrap();
+    assert_eq!(
+        certgate_ocsp::decode_get(get("get-sha1-percent.txt").trim(), &Limits::default()),
+        decode_der(&vector("req-sha1.der"), &Limits::default())
+    );
+    assert_eq!(
+        certgate_ocsp::decode_get(get("get-two-base64url.txt").trim(), &Limits::default()),
+        decode_der(&vector("req-two.der"), &Limits::default())
+    );
+}
