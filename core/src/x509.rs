@@ -488,3 +488,180 @@ pub fn serial_of(cert_der: &[u8]) -> Result<Vec<u8>> {
         .map_err(|_| CoreError::malformed("request.certificate", "certificate does not parse"))?;
     Ok(cert.tbs_certificate.serial_number.as_bytes().to_vec())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::profile::Eku;
+
+    fn spki(alg: &'static rcgen::SignatureAlgorithm) -> SubjectPublicKeyInfoOwned {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        SubjectPublicKeyInfoOwned::from_der(&rcgen::PublicKeyData::subject_public_key_info(&key))
+            .unwrap()
+    }
+
+    fn issuer() -> IssuerInfo {
+        IssuerInfo {
+            ca_id: "iss-1".into(),
+            name: simple_name(Some(CA_ORGANIZATION), Some("issuing")).unwrap(),
+            key_id: vec![7; 20],
+            key_type: KeyType::EcP256,
+        }
+    }
+
+    fn leaf(cn: Option<&str>, key_alg: KeyAlgorithm, serial: &[u8]) -> TbsCertificate {
+        let issuer = issuer();
+        let spki = spki(&rcgen::PKCS_ECDSA_P256_SHA256);
+        build_leaf_tbs(&LeafSpec {
+            issuer: &issuer,
+            serial,
+            spki: &spki,
+            key_alg,
+            common_name: cn,
+            sans: &[San::Dns("a.example.com".into())],
+            ekus: &[Eku::ServerAuth],
+            key_usages: &[Ku::DigitalSignature, Ku::KeyEncipherment],
+            now_unix: 1_800_000_000,
+            validity_seconds: 86_400,
+            base_url: "http://127.0.0.1:8080",
+        })
+        .unwrap()
+    }
+
+    fn ext_of(tbs: &TbsCertificate, oid: ObjectIdentifier) -> Extension {
+        tbs.extensions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.extn_id == oid)
+            .cloned()
+            .unwrap()
+    }
+
+    #[test]
+    fn serials_are_random_positive_and_16_bytes() {
+        let a = random_serial().unwrap();
+        let b = random_serial().unwrap();
+        assert_ne!(a, b);
+        for s in [&a, &b] {
+            assert_eq!(s.len(), 16);
+            assert!(s[0] & 0x80 == 0 && s[0] & 0x40 != 0);
+        }
+        assert_eq!(serial_hex(&[0, 0, 0x0a, 0xbc]), "0abc");
+        assert_eq!(crl_shard(&[1, 2, 0x13]), 3);
+    }
+
+    #[test]
+    fn leaf_tbs_carries_the_profile_and_the_urls() {
+        let serial = random_serial().unwrap();
+        let tbs = leaf(Some("a.example.com"), KeyAlgorithm::EcdsaP256, &serial);
+        assert_eq!(tbs.serial_number.as_bytes(), serial.as_slice());
+        let nb = tbs.validity.not_before.to_unix_duration().as_secs();
+        let na = tbs.validity.not_after.to_unix_duration().as_secs();
+        assert_eq!(nb, 1_800_000_000 - BACKDATE.as_secs());
+        assert_eq!(na, 1_800_000_000 + 86_400);
+        let bc = ext_of(&tbs, rfc5280::ID_CE_BASIC_CONSTRAINTS);
+        assert!(bc.critical);
+        assert!(
+            !BasicConstraints::from_der(bc.extn_value.as_bytes())
+                .unwrap()
+                .ca
+        );
+        let ku = ext_of(&tbs, rfc5280::ID_CE_KEY_USAGE);
+        let ku = KeyUsage::from_der(ku.extn_value.as_bytes()).unwrap();
+        assert!(
+            ku.digital_signature() && !ku.key_encipherment(),
+            "no keyEncipherment for EC"
+        );
+        let aki = ext_of(&tbs, rfc5280::ID_CE_AUTHORITY_KEY_IDENTIFIER);
+        let aki = AuthorityKeyIdentifier::from_der(aki.extn_value.as_bytes()).unwrap();
+        assert_eq!(aki.key_identifier.unwrap().as_bytes(), &[7; 20]);
+        let dp = ext_of(&tbs, rfc5280::ID_CE_CRL_DISTRIBUTION_POINTS);
+        let text = String::from_utf8_lossy(dp.extn_value.as_bytes()).to_string();
+        assert!(
+            text.contains(&format!(
+                "http://127.0.0.1:8080/crl/iss-1/{}.crl",
+                crl_shard(&serial)
+            )),
+            "{text}"
+        );
+        let aia = ext_of(&tbs, rfc5280::ID_PE_AUTHORITY_INFO_ACCESS);
+        let text = String::from_utf8_lossy(aia.extn_value.as_bytes()).to_string();
+        assert!(text.contains("http://127.0.0.1:8080/ocsp"));
+        assert!(text.contains("http://127.0.0.1:8080/ca/iss-1.der"));
+        assert_eq!(tbs.signature.oid, rfc5912::ECDSA_WITH_SHA_256);
+        let san = ext_of(&tbs, rfc5280::ID_CE_SUBJECT_ALT_NAME);
+        assert!(!san.critical, "subject present: SAN not critical");
+    }
+
+    #[test]
+    fn empty_subject_makes_the_san_critical_and_rsa_gets_key_encipherment() {
+        let tbs = leaf(None, KeyAlgorithm::Rsa, &[0x42; 16]);
+        assert!(tbs.subject.0.is_empty());
+        assert!(ext_of(&tbs, rfc5280::ID_CE_SUBJECT_ALT_NAME).critical);
+        let ku = ext_of(&tbs, rfc5280::ID_CE_KEY_USAGE);
+        assert!(
+            KeyUsage::from_der(ku.extn_value.as_bytes())
+                .unwrap()
+                .key_encipherment()
+        );
+    }
+
+    #[test]
+    fn ca_tbs_is_a_ca_with_path_len_and_root_is_self_issued() {
+        let spki = spki(&rcgen::PKCS_ECDSA_P384_SHA384);
+        let root = build_ca_tbs(&CaSpec {
+            issuer: None,
+            common_name: "root",
+            spki: &spki,
+            self_key_type: KeyType::EcP384,
+            path_len: None,
+            serial: &[0x41; 16],
+            now_unix: 1_800_000_000,
+            validity_seconds: 86_400,
+        })
+        .unwrap();
+        assert_eq!(root.issuer, root.subject);
+        assert_eq!(root.signature.oid, rfc5912::ECDSA_WITH_SHA_384);
+        let issuer = issuer();
+        let sub = build_ca_tbs(&CaSpec {
+            issuer: Some(&issuer),
+            common_name: "sub",
+            spki: &spki,
+            self_key_type: KeyType::EcP384,
+            path_len: Some(0),
+            serial: &[0x41; 16],
+            now_unix: 1_800_000_000,
+            validity_seconds: 86_400,
+        })
+        .unwrap();
+        let bc = ext_of(&sub, rfc5280::ID_CE_BASIC_CONSTRAINTS);
+        let bc = BasicConstraints::from_der(bc.extn_value.as_bytes()).unwrap();
+        assert!(bc.ca && bc.path_len_constraint == Some(0));
+        assert_eq!(sub.issuer, issuer.name);
+        assert_eq!(
+            sub.signature.oid,
+            rfc5912::ECDSA_WITH_SHA_256,
+            "parent's algorithm"
+        );
+        let ku = ext_of(&sub, rfc5280::ID_CE_KEY_USAGE);
+        assert!(
+            KeyUsage::from_der(ku.extn_value.as_bytes())
+                .unwrap()
+                .key_cert_sign()
+        );
+    }
+
+    #[test]
+    fn times_switch_to_generalized_time_in_2050() {
+        assert!(matches!(
+            x509_time(2_524_607_999).unwrap(),
+            Time::UtcTime(_)
+        ));
+        assert!(matches!(
+            x509_time(2_524_608_000).unwrap(),
+            Time::GeneralTime(_)
+        ));
+    }
+}
