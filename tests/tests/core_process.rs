@@ -813,3 +813,79 @@ async fn i5_tls_listener_admits_only_allowed_spiffe_ids() {
         assert_eq!(e.kind, ErrorKind::Unauthorized, "{who:?}: {e:?}");
     }
 }
+
+/// Issuing CAs of every key type the signer offers (RSA, P-384, Ed25519) under a P-256
+/// intermediate; each leaf verifies with OpenSSL and passes pkilint.
+#[tokio::test(flavor = "multi_thread")]
+async fn issuing_cas_of_every_key_type_issue_verifiable_certificates() {
+    let f = Fleet::start(1, 1);
+    f.bootstrap(&[]).await;
+    let mut admin = f.admin();
+    for (tenant, kt) in [
+        ("rsa", KeyType::Rsa2048),
+        ("p384", KeyType::EcP384),
+        ("ed", KeyType::Ed25519Key),
+    ] {
+        admin
+            .put_tenant(Tenant {
+                name: tenant.into(),
+                public_base_url: "http://127.0.0.1:8080".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let ca = admin
+            .create_issuing_ca(CreateIssuingCaRequest {
+                tenant: tenant.into(),
+                ca_id: format!("{tenant}-issuing"),
+                parent_ca_id: "int-1".into(),
+                key_type: kt as i32,
+                common_name: format!("issuing {tenant}"),
+                validity_seconds: 0,
+                activate: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let r = f
+            .core()
+            .issue(issue(
+                tenant,
+                "k",
+                f.p256_csr(&format!("{tenant}.example.com")),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        std::fs::write(f.dir.join("root.pem"), pem(&ca.chain_der[2])).unwrap();
+        std::fs::write(
+            f.dir.join("chain.pem"),
+            pem(&ca.chain_der[0]) + &pem(&ca.chain_der[1]),
+        )
+        .unwrap();
+        std::fs::write(f.dir.join("issuing.pem"), pem(&ca.chain_der[0])).unwrap();
+        std::fs::write(f.dir.join("leaf.pem"), pem(&r.certificate_der)).unwrap();
+        let out = openssl(
+            &[
+                "verify",
+                "-x509_strict",
+                "-CAfile",
+                "root.pem",
+                "-untrusted",
+                "chain.pem",
+                "leaf.pem",
+            ],
+            &f.dir,
+        );
+        assert!(out.contains(": OK"), "{tenant}: {out}");
+        for name in ["issuing.pem", "leaf.pem"] {
+            let (_, out, err) = run(Command::new("lint_pkix_cert")
+                .args(["lint", "-s", "ERROR", "--document-format", "PEM"])
+                .arg(f.dir.join(name)));
+            assert!(
+                out.trim().is_empty() && err.trim().is_empty(),
+                "pkilint {tenant} {name}:\n{out}{err}"
+            );
+        }
+    }
+}
