@@ -115,7 +115,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_in_flight_issue: 1024,
+            max_in_flight_issue: 256,
             max_concurrent_per_connection: 256,
             max_message_bytes: 256 * 1024,
             signer_timeout_ms: 10_000,
