@@ -29,6 +29,8 @@ pub struct HttpRequestParts<'a> {
     pub path: &'a str,
     /// The `Content-Type` header, if any.
     pub content_type: Option<&'a str>,
+    /// The `If-None-Match` header, if any (honoured on GET and HEAD only).
+    pub if_none_match: Option<&'a str>,
     /// The body (empty for GET/HEAD).
     pub body: &'a [u8],
 }
@@ -64,8 +66,13 @@ pub struct Cache<'a, S: ?Sized> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// 200 with these bytes, `Content-Type: {content_type}`, `Cache-Control:
-    /// {cache_control(now)}`, `Last-Modified`, `Expires`, `ETag`.
+    /// {cache_control(now)}`, `Last-Modified`, `Expires`, `ETag` (for HEAD: headers and
+    /// `Content-Length` only).
     Serve(CachedResponse),
+    /// 304 Not Modified (RFC 9110 §13.1.2: the GET/HEAD request's `If-None-Match` names this
+    /// response's ETag): no body; `ETag`, `Cache-Control`, `Expires` and `Last-Modified` as for
+    /// [`Decision::Serve`].
+    NotModified(CachedResponse),
     /// An OCSP error response: `Content-Type: application/ocsp-response`, HTTP `http_status`
     /// (200), body `body` (a constant), no caching headers.
     Error {
@@ -129,7 +136,7 @@ pub fn decide<S: ResponseSource + ?Sized>(
         return match req.method {
             "POST" => ocsp(
                 decode_post(req.content_type, req.body, cache.limits),
-                req.tenant,
+                req,
                 now,
                 cache,
             ),
@@ -143,7 +150,7 @@ pub fn decide<S: ResponseSource + ?Sized>(
         if !is_get {
             return Decision::MethodNotAllowed { allow: GET_ALLOW };
         }
-        return ocsp(decode_get(segment, cache.limits), req.tenant, now, cache);
+        return ocsp(decode_get(segment, cache.limits), req, now, cache);
     }
     if let Some(rest) = req.path.strip_prefix("/crl/") {
         let Some((issuer, shard)) = parse_crl_path(rest) else {
@@ -161,6 +168,7 @@ pub fn decide<S: ResponseSource + ?Sized>(
                 issuer,
                 shard,
             },
+            req,
             now,
             cache,
         );
@@ -170,29 +178,47 @@ pub fn decide<S: ResponseSource + ?Sized>(
 
 fn ocsp<S: ResponseSource + ?Sized>(
     decoded: Result<crate::DecodedRequest, Error>,
-    tenant: &str,
+    req: &HttpRequestParts<'_>,
     now: SystemTime,
     cache: &Cache<'_, S>,
 ) -> Decision {
-    let req = match decoded {
+    let decoded = match decoded {
         Ok(r) => r,
         Err(e) => return Decision::from_error(&e),
     };
-    match cache.issuers.key_for(tenant, &req.cert_ids) {
-        Ok(key) => lookup(key, now, cache),
+    match cache.issuers.key_for(req.tenant, &decoded.cert_ids) {
+        Ok(key) => lookup(key, req, now, cache),
         Err(e) => Decision::from_error(&e),
     }
 }
 
 fn lookup<S: ResponseSource + ?Sized>(
     key: CacheKey,
+    req: &HttpRequestParts<'_>,
     now: SystemTime,
     cache: &Cache<'_, S>,
 ) -> Decision {
     match cache.responses.get(&key) {
-        Some(hit) if hit.is_fresh(now) => Decision::Serve(hit),
+        Some(hit) if hit.is_fresh(now) => {
+            let conditional = matches!(req.method, "GET" | "HEAD");
+            match req.if_none_match {
+                Some(inm) if conditional && etag_matches(inm, &hit.etag) => {
+                    Decision::NotModified(hit)
+                }
+                _ => Decision::Serve(hit),
+            }
+        }
         _ => Decision::Miss(key),
     }
+}
+
+/// `If-None-Match` evaluation (RFC 9110 §13.1.2): `*`, or a list of entity tags compared weakly
+/// (a `W/` prefix is ignored) with ours.
+fn etag_matches(if_none_match: &str, etag: &[u8]) -> bool {
+    if_none_match.split(',').any(|t| {
+        let t = t.trim();
+        t == "*" || t.strip_prefix("W/").unwrap_or(t).as_bytes() == etag
+    })
 }
 
 /// Parses `{issuer-id}/{shard}.crl` or `{issuer-id}/full.crl` (the part after `/crl/`).

@@ -42,6 +42,7 @@ pub fn ocsp_request(data: &[u8]) {
         method: "POST",
         path: "/ocsp",
         content_type: Some(REQUEST_CONTENT_TYPE),
+        if_none_match: Some(&text),
         body: data,
     };
     let _ = decide(&post, now, &cache);

@@ -135,6 +135,7 @@ impl World {
                 method,
                 path,
                 content_type: ct,
+                if_none_match: None,
                 body,
             },
             at(now),
@@ -374,4 +375,64 @@ fn wrong_method_is_405_and_unknown_path_404() {
             "{path}"
         );
     }
+}
+
+#[test]
+fn matching_if_none_match_on_get_is_not_modified() {
+    let mut w = World::new();
+    let c = w.add(response(&[(id_a(), THIS_UPDATE, NEXT_UPDATE)]));
+    let etag = std::str::from_utf8(&c.etag).unwrap().to_owned();
+    let path = format!("/ocsp/{}", STANDARD.encode(vector("req-sha1.der")));
+    let cache = Cache {
+        issuers: &w.idx,
+        responses: &w.responses,
+        limits: &w.limits,
+    };
+    let run = |method: &str, inm: Option<&str>| -> Decision {
+        decide(
+            &certgate_ocsp::HttpRequestParts {
+                tenant: "default",
+                method,
+                path: &path,
+                content_type: None,
+                if_none_match: inm,
+                body: &[],
+            },
+            at(THIS_UPDATE + 1),
+            &cache,
+        )
+    };
+    for inm in [
+        etag.clone(),
+        format!("W/{etag}"),
+        format!("\"other\", {etag}"),
+        "*".to_owned(),
+    ] {
+        assert_eq!(
+            run("GET", Some(&inm)),
+            Decision::NotModified(c.clone()),
+            "{inm}"
+        );
+        assert_eq!(
+            run("HEAD", Some(&inm)),
+            Decision::NotModified(c.clone()),
+            "{inm}"
+        );
+    }
+    assert_eq!(run("GET", Some("\"other\"")), Decision::Serve(c.clone()));
+    assert_eq!(run("GET", None), Decision::Serve(c.clone()));
+    // Not for POST (not a cacheable request).
+    let post = decide(
+        &certgate_ocsp::HttpRequestParts {
+            tenant: "default",
+            method: "POST",
+            path: "/ocsp",
+            content_type: Some(REQUEST_CONTENT_TYPE),
+            if_none_match: Some(&etag),
+            body: &vector("req-sha1.der"),
+        },
+        at(THIS_UPDATE + 1),
+        &cache,
+    );
+    assert_eq!(post, Decision::Serve(c));
 }

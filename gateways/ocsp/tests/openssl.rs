@@ -47,6 +47,7 @@ fn post<'a>(tenant: &'a str, body: &'a [u8]) -> HttpRequestParts<'a> {
         method: "POST",
         path: "/ocsp",
         content_type: Some(REQUEST_CONTENT_TYPE),
+        if_none_match: None,
         body,
     }
 }
@@ -294,6 +295,7 @@ fn openssl_response_is_served_byte_for_byte_over_post_and_get() {
                 method,
                 path: &path,
                 content_type: None,
+                if_none_match: None,
                 body: &[],
             };
             assert_eq!(
@@ -407,6 +409,7 @@ fn openssl_crl_gives_the_caching_headers_and_is_served_by_path() {
         method: "GET",
         path,
         content_type: None,
+        if_none_match: None,
         body: &[],
     };
     assert_eq!(
