@@ -120,6 +120,16 @@ impl CachedResponse {
         }
     }
 
+    /// Bytes this entry holds, for a cache bounded by bytes (moka `weigher`, I-8): the DER and
+    /// the rendered header values.
+    pub fn weight(&self) -> u32 {
+        let n = self.der.len()
+            + self.etag.len()
+            + self.last_modified_header.len()
+            + self.expires_header.len();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
     /// Whether the response may still be served at `now` (strictly before nextUpdate).
     pub fn is_fresh(&self, now: SystemTime) -> bool {
         now < self.next_update
@@ -241,6 +251,18 @@ mod tests {
             CacheControl::new(u64::MAX).as_str(),
             "max-age=18446744073709551615, public, no-transform, must-revalidate"
         );
+    }
+
+    #[test]
+    fn weight_counts_the_bytes_held() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let c = CachedResponse::build(
+            Bytes::from_static(&[0; 300]),
+            OCSP_RESPONSE_CONTENT_TYPE,
+            t,
+            t + Duration::from_secs(60),
+        );
+        assert_eq!(c.weight(), 300 + 66 + 29 + 29);
     }
 
     #[test]

@@ -41,6 +41,32 @@
 //! - **Expiry.** A cached response at or past its nextUpdate is never served: it becomes a
 //!   `Miss`. HTTP `max-age` runs to nextUpdate.
 
+//!
+//! # What the edge glue calls
+//!
+//! ```text
+//! on WatchStatus OCSP push (tenant, der):
+//!     let (resp, ids) = CachedResponse::ocsp_with_cert_ids(der)?;
+//!     moka.insert(issuers.key_for(tenant, &ids)?, resp)          // weigher: resp.weight()
+//! on WatchStatus CRL push (tenant, issuer, shard, der):
+//!     let (tenant, issuer) = issuers.issuer(tenant, issuer)?;      // shared Arc<str>s
+//!     moka.insert(CacheKey::Crl { tenant, issuer, shard }, CachedResponse::crl(der)?)
+//! on issuer certificates (tenant, issuer id, DER):  issuers.insert(tenant, id, der)?
+//! per request:  match decide(&HttpRequestParts { .. }, now, &Cache { .. }) {
+//!     Serve(r)        => 200, r.der, r.content_type, r.cache_control(now), r.etag,
+//!                        r.last_modified_header, r.expires_header
+//!     NotModified(r)  => 304, same headers, no body
+//!     Error{body,..}  => 200, application/ocsp-response, body
+//!     Miss(key)       => single-flight core lookup on key → cache → Serve; not found →
+//!                        OcspStatus::Unauthorized (OCSP) / 404 (CRL); core down → TryLater / 503
+//!     NotFound | MethodNotAllowed{allow} | UnsupportedMediaType | PayloadTooLarge | UriTooLong
+//!                     => 404 | 405 + Allow | 415 | 413 | 414
+//! }
+//! ```
+//!
+//! The path handed to [`decide()`] is the raw request path (percent-escapes intact, `//` not
+//! collapsed: a base64 request may contain both) after the tenant prefix, without the query.
+
 #![forbid(unsafe_code)]
 
 pub mod cached;
