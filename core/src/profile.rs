@@ -348,7 +348,7 @@ impl San {
 }
 
 /// Checks a DNS name: ASCII (A-labels), labels `[a-z0-9-]{1,63}` not starting or ending with `-`,
-/// at most 253 bytes, at least two labels; `*` only as the whole leftmost label when `wildcard`.
+/// at most 253 bytes; `*` only as the whole leftmost label when `wildcard`, with a name under it.
 pub fn check_dns_name(name: &str, wildcard: bool) -> Result<()> {
     let bad = |why: &str| {
         Err(CoreError::malformed(
@@ -360,8 +360,11 @@ pub fn check_dns_name(name: &str, wildcard: bool) -> Result<()> {
         return bad("length");
     }
     let labels: Vec<&str> = name.split('.').collect();
-    if labels.len() < 2 {
-        return bad("needs at least two labels");
+    // Single-label names (`localhost`, intranet hosts) are allowed here; whether a profile
+    // issues them is its suffix rule's business ("." admits them, a zone list does not). A
+    // wildcard needs a name under it.
+    if labels.first() == Some(&"*") && labels.len() < 2 {
+        return bad("a wildcard needs a name under it");
     }
     for (i, label) in labels.iter().enumerate() {
         if i == 0 && wildcard && *label == "*" {
@@ -495,6 +498,16 @@ mod tests {
     }
 
     #[test]
+    fn single_label_names_follow_the_suffix_rule() {
+        let localhost = San::dns("localhost").expect("single label is a DNS name");
+        Profile::builtin_tls_server()
+            .check_sans(std::slice::from_ref(&localhost))
+            .expect("\".\" admits localhost");
+        let e = strict().check_sans(&[localhost]).unwrap_err();
+        assert_eq!(rule(e), "profile.allowed_suffixes");
+    }
+
+    #[test]
     fn refuses_wildcards_when_forbidden() {
         let e = strict()
             .check_sans(&[San::dns("*.example.com").expect("dns")])
@@ -543,13 +556,7 @@ mod tests {
     #[test]
     fn rejects_bad_dns_names_and_bad_documents() {
         for name in [
-            "",
-            "localhost",
-            "a..b",
-            "-a.com",
-            "a_b.com",
-            "a.*.com",
-            "é.com",
+            "", "*", "a.com.", "a..b", "-a.com", "a_b.com", "a.*.com", "é.com",
         ] {
             assert!(San::dns(name).is_err(), "{name}");
         }
