@@ -144,7 +144,7 @@ fn up_serves_health_metrics_aia_and_issues_then_stops_every_child_on_sigterm() {
         "{metrics}"
     );
 
-    // The HTTPS listener presents a certificate that chains to root.pem.
+    // The HTTPS listener presents a certificate for `localhost` that chains to root.pem.
     let (ok, out, err) = run(Command::new("openssl").args([
         "s_client",
         "-connect",
@@ -152,6 +152,8 @@ fn up_serves_health_metrics_aia_and_issues_then_stops_every_child_on_sigterm() {
         "-CAfile",
         &fleet.root_pem().to_string_lossy(),
         "-verify_return_error",
+        "-verify_hostname",
+        "localhost",
         "-brief",
     ]));
     assert!(ok, "TLS to the edge failed:\n{out}\n{err}");
