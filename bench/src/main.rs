@@ -5,7 +5,12 @@
 //! raw in-process aws-lc-rs (1 thread and all cores), `Sign` over the Unix socket with several
 //! concurrent clients, and `SignBatch` over the Unix socket; the signer enforces its key policy
 //! and writes its audit record on every call, as in production.
+//!
+//! `certgate-bench issue` measures `Core.Issue` with ECDSA P-256 CSRs through `certgate init` and
+//! separate signer and core processes, next to the signer's rates from the same run (`issue.rs`).
 #![forbid(unsafe_code)]
+
+mod issue;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -35,6 +40,8 @@ struct Cli {
 enum Cmd {
     /// Signer throughput: raw aws-lc-rs vs Sign vs SignBatch over the Unix socket.
     Signer(SignerArgs),
+    /// Issuance throughput and latency: Core.Issue with P-256 CSRs vs the signer's rates.
+    Issue(issue::IssueArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -206,6 +213,59 @@ where
         eprintln!("warning: {e} failed calls");
     }
     count.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()
+}
+
+/// Creates the bench's OCSP signing key (ECDSA P-256) on the signer at `socket` if missing.
+async fn ensure_ocsp_key(socket: &std::path::Path) -> anyhow::Result<()> {
+    let mut admin = SignerClient::new(certgate_proto::transport::unix_channel(socket.to_owned()));
+    admin
+        .generate_key(GenerateKeyRequest {
+            key_id: "bench-ocsp".into(),
+            tenant: "bench".into(),
+            role: KeyRole::Ocsp as i32,
+            key_type: KeyType::EcP256 as i32,
+            backend: KeyBackend::SealedFile as i32,
+            policy: None,
+        })
+        .await
+        .or_else(|e| {
+            if e.code() == tonic::Code::AlreadyExists {
+                Ok(tonic::Response::new(Default::default()))
+            } else {
+                Err(e)
+            }
+        })?;
+    Ok(())
+}
+
+/// Single `Sign` calls per second of an OCSP ResponseData with `clients` concurrent callers over
+/// `connections` channels to the signer at `socket`, for `d`.
+async fn sign_rate(
+    socket: &std::path::Path,
+    clients: usize,
+    connections: usize,
+    d: Duration,
+) -> anyhow::Result<f64> {
+    ensure_ocsp_key(socket).await?;
+    let channels: Vec<_> = (0..connections.max(1))
+        .map(|_| SignerClient::new(certgate_proto::transport::unix_channel(socket.to_owned())))
+        .collect();
+    let clients_v: Arc<Vec<_>> = Arc::new(
+        (0..clients)
+            .map(|i| channels[i % channels.len()].clone())
+            .collect(),
+    );
+    let m = response_data(4242)?;
+    Ok(measure(clients, d, 1, move |w| {
+        let mut c = clients_v[w].clone();
+        let req = SignRequest {
+            key_id: "bench-ocsp".into(),
+            algorithm: Algorithm::EcdsaP256Sha256 as i32,
+            message: m.clone(),
+        };
+        async move { c.sign(req).await.is_ok() }
+    })
+    .await)
 }
 
 fn signer(args: SignerArgs) -> anyhow::Result<()> {
@@ -430,5 +490,6 @@ fn signer(args: SignerArgs) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Signer(args) => signer(args),
+        Cmd::Issue(args) => issue::issue(args),
     }
 }
