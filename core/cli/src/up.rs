@@ -121,18 +121,22 @@ pub async fn up(dd: &DataDir, ports: Ports, ports_given: bool) -> Result<()> {
     }
 }
 
+/// Marks the stable-interface URLs whose protocol gateway is not mounted on the edge yet, so the
+/// banner never promises a service that answers 404 (docs/conformance.md tracks them).
+const NOT_YET: &str = "   (reserved: gateway not built yet)";
+
 fn print_banner(dd: &DataDir, ports: Ports, issuer: &str, procs: [&Proc; 3]) {
     let https = ports.https;
     let http = ports.http;
     let admin = ports.admin;
     println!();
     println!("certgate is up");
-    println!("  ACME directory   https://{https}/acme/directory");
-    println!("  EST              https://{https}/.well-known/est/");
-    println!("  SCEP             http://{http}/scep");
-    println!("  CMP              http://{http}/.well-known/cmp");
-    println!("  OCSP             http://{http}/ocsp");
-    println!("  CRL              http://{http}/crl/{issuer}/full.crl");
+    println!("  ACME directory   https://{https}/acme/directory{NOT_YET}");
+    println!("  EST              https://{https}/.well-known/est/{NOT_YET}");
+    println!("  SCEP             http://{http}/scep{NOT_YET}");
+    println!("  CMP              http://{http}/.well-known/cmp{NOT_YET}");
+    println!("  OCSP             http://{http}/ocsp{NOT_YET}");
+    println!("  CRL              http://{http}/crl/{issuer}/full.crl{NOT_YET}");
     println!("  CA certificate   http://{http}/ca/{issuer}.der");
     println!("  metrics          http://{admin}/metrics   (health: /healthz, /readyz)");
     println!("  data dir         {}", dd.root().display());
