@@ -40,6 +40,10 @@ pub(crate) struct IssueArgs {
     /// (removed at the end). Give one on the disk you want measured: the store fsyncs.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Experiment: set the core's `[audit] sign_interval_ms` (how often it batch-signs the audit
+    /// chain; default 1000) in the generated core.toml before starting the core.
+    #[arg(long)]
+    audit_sign_interval_ms: Option<u64>,
     /// Directory with `certgate`, `certgate-signer` and `certgate-core` (default: next to this
     /// executable).
     #[arg(long)]
@@ -299,6 +303,14 @@ pub(crate) fn issue(args: IssueArgs) -> anyhow::Result<()> {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
 
+    if let Some(ms) = args.audit_sign_interval_ms {
+        // core.toml ends with its [audit] table (`certgate init`), so this line lands in it.
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("core/core.toml"))?
+            .write_all(format!("sign_interval_ms = {ms}\n").as_bytes())?;
+    }
     // As `certgate up` does: the signer first, then the core (which connects to it).
     let signer_child = spawn(
         &bin_dir.join("certgate-signer"),
