@@ -332,24 +332,7 @@ fn signer(args: SignerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (single, batched, rpc_only) = rt.block_on(async {
-        let mut admin = SignerClient::new(certgate_proto::transport::unix_channel(socket.clone()));
-        admin
-            .generate_key(GenerateKeyRequest {
-                key_id: "bench-ocsp".into(),
-                tenant: "bench".into(),
-                role: KeyRole::Ocsp as i32,
-                key_type: KeyType::EcP256 as i32,
-                backend: KeyBackend::SealedFile as i32,
-                policy: None,
-            })
-            .await
-            .or_else(|e| {
-                if e.code() == tonic::Code::AlreadyExists {
-                    Ok(tonic::Response::new(Default::default()))
-                } else {
-                    Err(e)
-                }
-            })?;
+        ensure_ocsp_key(&socket).await?;
         println!(
             "measuring Sign with {} concurrent clients over {} connections …",
             args.clients, args.connections
