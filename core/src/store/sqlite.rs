@@ -106,6 +106,10 @@ CREATE TABLE IF NOT EXISTS audit (
     hash BLOB NOT NULL,
     signature BLOB
 );
+-- The audit signer asks for unsigned records several times a second; without this partial index
+-- that is a scan of the whole (ever-growing) audit table on the one reader connection, which
+-- issuances wait behind (docs/performance.md, "Issuance (core)").
+CREATE INDEX IF NOT EXISTS audit_unsigned ON audit(seq) WHERE signature IS NULL;
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -367,6 +371,9 @@ impl SqliteStore {
         writer.execute_batch(SCHEMA)?;
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        // 64 MiB page cache (negative = KiB) for the reader: lookups of recent certificates and
+        // intents otherwise go to pread on every call. Bounded, as everything is (I-8).
+        reader.pragma_update(None, "cache_size", -65536)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Box<dyn WriteJob>>(4096);
         std::thread::Builder::new()
             .name("certgate-store-writer".into())
@@ -984,6 +991,27 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::audit::verify_chain;
+
+    #[test]
+    fn unsigned_audit_lookup_uses_the_partial_index_not_a_scan() {
+        let store = SqliteStore::in_memory().unwrap();
+        let plan: Vec<String> = store
+            .with(|c| {
+                let mut st = c.prepare(
+                    "EXPLAIN QUERY PLAN SELECT seq, hash FROM audit \
+                     WHERE signature IS NULL ORDER BY seq LIMIT 10",
+                )?;
+                let rows = st
+                    .query_map([], |r| r.get::<_, String>(3))?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok(rows)
+            })
+            .unwrap();
+        assert!(
+            plan.iter().any(|row| row.contains("audit_unsigned")),
+            "query plan does not use the partial index: {plan:?}"
+        );
+    }
 
     fn op(serial: &str, reason: u32, key: &str) -> RevokeOp {
         RevokeOp {
