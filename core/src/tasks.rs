@@ -63,24 +63,34 @@ pub async fn sign_pending(store: &dyn Store, signer: &Signer, key_id: &str) -> R
 /// (first and last seq, last line hash) to the core chain, anchoring the signer's log in ours.
 /// A broken signer chain appends `signer.audit_broken` and stops ingesting.
 pub fn ingest_signer_log(store: &dyn Store, path: &Path) -> Result<usize> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    use std::io::{Read, Seek, SeekFrom};
+    let io_err = |e: std::io::Error| CoreError::Store(format!("signer audit log: {e}"));
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(CoreError::Store(format!("signer audit log: {e}"))),
+        Err(e) => return Err(io_err(e)),
     };
-    let offset: usize = store
+    let len = file.metadata().map_err(io_err)?.len();
+    let offset: u64 = store
         .meta_get(META_INGEST_OFFSET)?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    if offset > bytes.len() {
+    if offset > len {
         store.append_audit(&AuditEntry::new(
             "signer.audit_broken",
             "",
             "core",
-            json!({"reason": "signer audit log shrank", "offset": offset, "len": bytes.len()}),
+            json!({"reason": "signer audit log shrank", "offset": offset, "len": len}),
         ))?;
         return Err(CoreError::Internal("signer audit log shrank".into()));
     }
+    // Read only what was appended since the last run: the log grows with every signer RPC and a
+    // whole-file read every interval would grow with it.
+    file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest).map_err(io_err)?;
+    let offset = usize::try_from(offset)
+        .map_err(|_| CoreError::Internal("signer audit log offset overflows usize".into()))?;
     let mut prev = store
         .meta_get(META_INGEST_PREV)?
         .unwrap_or_else(|| "0".repeat(64));
@@ -91,7 +101,6 @@ pub fn ingest_signer_log(store: &dyn Store, path: &Path) -> Result<usize> {
     let first_seq = seq + 1;
     let mut pos = offset;
     let mut lines = 0;
-    let rest = &bytes[offset..];
     for line in rest.split_inclusive(|b| *b == b'\n') {
         if !line.ends_with(b"\n") {
             break; // a line still being written
