@@ -374,6 +374,38 @@ async fn i3_core_killed_after_signing_returns_the_same_certificate_on_retry() {
     assert_eq!(RpcError::from_status(&e).kind, ErrorKind::AlreadyExists);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn i3_concurrent_duplicates_across_connections_mint_one_certificate() {
+    let f = Fleet::start(1, 1);
+    f.bootstrap(&["default"]).await;
+    let csr = f.p256_csr("concurrent.example.com");
+    // 16 callers, each on its own connection to the real core process, race with one key
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let mut client = f.core();
+            let req = issue("default", "race-1", csr.clone());
+            tokio::spawn(async move { client.issue(req).await.map(|r| r.into_inner()) })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.unwrap().expect("every duplicate succeeds"));
+    }
+    assert!(
+        results.iter().all(|r| r == &results[0]),
+        "every duplicate gets the same bytes"
+    );
+    let (ok, out, err) = run(Command::new("sqlite3").arg(f.dir.join("core.db")).arg(
+        "SELECT COUNT(*) FROM certificates WHERE idem_key = 'race-1'; SELECT COUNT(*) FROM intents WHERE idem_key = 'race-1';",
+    ));
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["1", "1"],
+        "one certificate, one intent"
+    );
+}
+
 #[test]
 fn i5_fault_hook_refused_in_production() {
     let f = Fleet::start(1, 1);
