@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/core.proto",
                 "proto/errors.proto",
                 "proto/admin.proto",
+                "proto/acme.proto",
             ],
             &["proto"],
         )?;

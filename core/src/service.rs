@@ -272,6 +272,24 @@ impl Core for CoreService {
         }))
     }
 
+    /// Not yet served: the OCSP/CRL issue (5) fills this in.
+    async fn get_ocsp(
+        &self,
+        _req: Request<certgate_proto::core::GetOcspRequest>,
+    ) -> Result<Response<certgate_proto::core::OcspEntry>, Status> {
+        Err(Status::unimplemented(
+            "OCSP precomputation is not built yet",
+        ))
+    }
+
+    /// Not yet served: the OCSP/CRL issue (5) fills this in.
+    async fn get_crl(
+        &self,
+        _req: Request<certgate_proto::core::GetCrlRequest>,
+    ) -> Result<Response<certgate_proto::core::CrlEntry>, Status> {
+        Err(Status::unimplemented("CRL generation is not built yet"))
+    }
+
     type WatchStatusStream = StatusStream;
 
     /// Skeleton until the OCSP/CRL issue: an empty snapshot marker, then a heartbeat every 15 s.

@@ -28,6 +28,11 @@ mod generated {
                 tonic::include_proto!("certgate.admin.v1");
             }
         }
+        pub mod acme {
+            pub mod v1 {
+                tonic::include_proto!("certgate.acme.v1");
+            }
+        }
         pub mod errors {
             pub mod v1 {
                 tonic::include_proto!("certgate.errors.v1");
@@ -36,6 +41,8 @@ mod generated {
     }
 }
 
+/// `proto/acme.proto`: the core's ACME state service edges call.
+pub use generated::certgate::acme::v1 as acme;
 /// `proto/admin.proto`: the core's administration service.
 pub use generated::certgate::admin::v1 as admin;
 /// `proto/core.proto`: the core service edges call.

@@ -68,6 +68,18 @@ impl Core for FakeCore {
             Err(RpcError::not_found("issuer.unknown", "no such issuer").into())
         }
     }
+    async fn get_ocsp(
+        &self,
+        _: Request<certgate_proto::core::GetOcspRequest>,
+    ) -> Result<Response<certgate_proto::core::OcspEntry>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+    async fn get_crl(
+        &self,
+        _: Request<certgate_proto::core::GetCrlRequest>,
+    ) -> Result<Response<certgate_proto::core::CrlEntry>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
     type WatchStatusStream = Events;
     async fn watch_status(
         &self,
