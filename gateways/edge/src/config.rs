@@ -160,6 +160,46 @@ pub struct EdgeConfig {
     /// Caches.
     #[serde(default)]
     pub cache: Cache,
+    /// OCSP/CRL serving (issue 5).
+    #[serde(default)]
+    pub status: Status,
+}
+
+/// OCSP and CRL serving: the status cache, its miss path and the `WatchStatus` task.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Status {
+    /// Bytes the OCSP/CRL cache may hold (DER plus prebuilt headers per entry). Default 256 MiB.
+    pub cache_max_bytes: u64,
+    /// Core lookups for cache misses in flight at once; beyond, `tryLater` / 503. Default 256.
+    pub max_miss_in_flight: usize,
+    /// Largest OCSP POST body, bytes. Default 8192.
+    pub max_request_bytes: usize,
+    /// Most CertIDs in one OCSP request. Default 16.
+    pub max_cert_ids: usize,
+    /// Answer signed OCSP requests `unauthorized` instead of ignoring the signature.
+    pub refuse_signed_requests: bool,
+    /// First `WatchStatus` reconnect delay, milliseconds. Default 100.
+    pub reconnect_initial_ms: u64,
+    /// Largest reconnect delay, milliseconds. Default 5000.
+    pub reconnect_max_ms: u64,
+    /// A stream silent (no heartbeat) this long is reopened, seconds. Default 60.
+    pub idle_timeout_seconds: u64,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Self {
+            cache_max_bytes: 256 << 20,
+            max_miss_in_flight: 256,
+            max_request_bytes: 8 * 1024,
+            max_cert_ids: 16,
+            refuse_signed_requests: false,
+            reconnect_initial_ms: 100,
+            reconnect_max_ms: 5000,
+            idle_timeout_seconds: 60,
+        }
+    }
 }
 
 impl EdgeConfig {
@@ -206,12 +246,51 @@ impl EdgeConfig {
         if l.request_timeout_ms == 0 || l.core_deadline_ms == 0 || l.header_timeout_ms == 0 {
             return Err(ConfigError::Invalid("timeouts must be positive".into()));
         }
+        let st = &cfg.status;
+        if st.cache_max_bytes == 0
+            || st.max_miss_in_flight == 0
+            || st.max_request_bytes == 0
+            || st.max_cert_ids == 0
+            || st.reconnect_initial_ms == 0
+            || st.reconnect_max_ms < st.reconnect_initial_ms
+            || st.idle_timeout_seconds == 0
+        {
+            return Err(ConfigError::Invalid(
+                "[status] bounds must be positive (and reconnect_max_ms >= reconnect_initial_ms)"
+                    .into(),
+            ));
+        }
         Ok(cfg)
     }
 
     /// Core RPC deadline.
     pub fn core_deadline(&self) -> Duration {
         Duration::from_millis(self.limits.core_deadline_ms)
+    }
+
+    /// The status cache settings from `[status]`.
+    pub fn status_settings(&self) -> crate::status::StatusSettings {
+        let s = &self.status;
+        crate::status::StatusSettings {
+            cache_max_bytes: s.cache_max_bytes,
+            max_miss_in_flight: s.max_miss_in_flight,
+            limits: certgate_ocsp::Limits {
+                max_body: s.max_request_bytes,
+                max_cert_ids: s.max_cert_ids,
+                refuse_signed: s.refuse_signed_requests,
+                ..certgate_ocsp::Limits::default()
+            },
+        }
+    }
+
+    /// The `WatchStatus` task timing from `[status]`.
+    pub fn watch_settings(&self) -> crate::status::watch::WatchSettings {
+        let s = &self.status;
+        crate::status::watch::WatchSettings {
+            backoff_initial: Duration::from_millis(s.reconnect_initial_ms),
+            backoff_max: Duration::from_millis(s.reconnect_max_ms),
+            idle_timeout: Duration::from_secs(s.idle_timeout_seconds),
+        }
     }
 }
 

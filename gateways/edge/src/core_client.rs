@@ -91,6 +91,37 @@ impl CoreClient {
         });
         self.bounded("get_ca_chain", c.get_ca_chain(r)).await
     }
+
+    /// `Core.GetOcsp`: an OCSP cache miss (one certificate, or a set).
+    pub async fn get_ocsp(
+        &self,
+        req: certgate_proto::core::GetOcspRequest,
+    ) -> Result<certgate_proto::core::OcspEntry, RpcError> {
+        let mut c = self.inner.clone();
+        let r = self.request(req);
+        self.bounded("get_ocsp", c.get_ocsp(r)).await
+    }
+
+    /// `Core.GetCrl`: a CRL cache miss.
+    pub async fn get_crl(
+        &self,
+        req: certgate_proto::core::GetCrlRequest,
+    ) -> Result<certgate_proto::core::CrlEntry, RpcError> {
+        let mut c = self.inner.clone();
+        let r = self.request(req);
+        self.bounded("get_crl", c.get_crl(r)).await
+    }
+
+    /// `Core.WatchStatus`: opens the status stream. Only opening it is bounded by the deadline;
+    /// the stream itself lives as long as the core keeps it (the watch task bounds idleness).
+    pub async fn watch_status(
+        &self,
+        req: certgate_proto::core::WatchStatusRequest,
+    ) -> Result<tonic::Streaming<certgate_proto::core::StatusEvent>, RpcError> {
+        let mut c = self.inner.clone();
+        self.bounded("watch_status", c.watch_status(tonic::Request::new(req)))
+            .await
+    }
 }
 
 /// A fixed label per error kind (bounded metric cardinality).

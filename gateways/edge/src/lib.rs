@@ -14,6 +14,7 @@ pub mod error;
 pub mod metrics;
 pub mod router;
 pub mod server;
+pub mod status;
 pub mod tenant;
 
 use std::sync::Arc;
@@ -67,6 +68,13 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             Duration::from_secs(cfg.cache.ca_ttl_seconds),
         ),
     };
+    let status_cache = status::StatusCache::new(&cfg.status_settings());
+    let status_watch = tokio::spawn(status::watch::run(
+        status_cache.clone(),
+        core.clone(),
+        cfg.watch_settings(),
+        shutdown.clone(),
+    ));
     let bind = |addr| async move {
         TcpListener::bind(addr)
             .await
@@ -78,13 +86,14 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
 
     let pipeline = |_: ()| {
         Arc::new(server::Pipeline {
-            router: router::Router::standard(),
+            router: status::handler::mount(router::Router::standard(), &status_cache),
             ctx: ctx.clone(),
             limits: cfg.limits.clone(),
             in_flight: Semaphore::new(cfg.limits.max_in_flight),
         })
     };
     let tasks = vec![
+        status_watch,
         tokio::spawn(server::serve_listener(
             https,
             router::Listener::Https,

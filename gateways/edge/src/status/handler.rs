@@ -1,0 +1,275 @@
+//! The `/ocsp` and `/crl/` handlers: `certgate_ocsp::decide` against the cache, the decision
+//! rendered to HTTP, misses resolved through [`StatusCache::miss`].
+//!
+//! Wire table (RFC 6960 Appendix A, RFC 5019 §§5–6):
+//!
+//! | decision | HTTP |
+//! |---|---|
+//! | hit / miss answered | 200, the DER, `Cache-Control: max-age=…, public, no-transform, must-revalidate`, `ETag`, `Last-Modified`, `Expires` |
+//! | `If-None-Match` matches | 304, same headers, no body |
+//! | malformed / unknown issuer / unknown serial | 200 `application/ocsp-response` with `malformedRequest` / `unauthorized`, `Cache-Control: no-store` |
+//! | core down or miss shed (OCSP) | 200 with `tryLater`, `Retry-After` |
+//! | core down or miss shed (CRL) | 503 problem+json, `Retry-After` |
+//! | unknown CRL issuer or shard, unknown path | 404 problem+json |
+//! | wrong method / content type / too large / URI too long | 405 + `Allow` / 415 / 413 / 414 |
+//!
+//! Nothing on this path answers 500: every failure is one of the rows above.
+
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use certgate_ocsp::{CacheKey, CachedResponse, Decision, HttpRequestParts, OcspStatus};
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::Full;
+
+use super::{MissError, STATUS_REQUEST_SECONDS, STATUS_REQUESTS_TOTAL, StatusCache};
+use crate::error::{EdgeError, EdgeResponse, problem};
+use crate::router::{EdgeContext, EdgeRequest, Handler, HandlerFuture, Listener, Mount, Router};
+
+/// `POST /ocsp`, `GET /ocsp/{request}` (protocol label `ocsp`).
+pub struct OcspHandler {
+    /// The shared cache.
+    pub cache: StatusCache,
+}
+
+/// `GET /crl/{issuer-id}/{shard}.crl` and `…/full.crl` (protocol label `crl`).
+pub struct CrlHandler {
+    /// The shared cache.
+    pub cache: StatusCache,
+}
+
+/// Adds the status mounts (plain HTTP listener only, as the stable interfaces table says).
+pub fn mount(router: Router, cache: &StatusCache) -> Router {
+    router
+        .mount(Mount {
+            prefix: "/ocsp",
+            listeners: &[Listener::Http],
+            handler: std::sync::Arc::new(OcspHandler {
+                cache: cache.clone(),
+            }),
+        })
+        .mount(Mount {
+            prefix: "/crl/",
+            listeners: &[Listener::Http],
+            handler: std::sync::Arc::new(CrlHandler {
+                cache: cache.clone(),
+            }),
+        })
+}
+
+impl Handler for OcspHandler {
+    fn protocol(&self) -> &'static str {
+        "ocsp"
+    }
+
+    fn handle<'a>(&'a self, ctx: &'a EdgeContext, req: EdgeRequest) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            // The mount prefix has no trailing slash so that `/ocsp` itself routes here; a path
+            // like `/ocspx` reaches `decide` as such and is not found.
+            let path = format!("/ocsp{}", req.path);
+            Ok(serve(&self.cache, ctx, &req, &path, Proto::Ocsp).await)
+        })
+    }
+}
+
+impl Handler for CrlHandler {
+    fn protocol(&self) -> &'static str {
+        "crl"
+    }
+
+    fn handle<'a>(&'a self, ctx: &'a EdgeContext, req: EdgeRequest) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let path = format!("/crl/{}", req.path);
+            Ok(serve(&self.cache, ctx, &req, &path, Proto::Crl).await)
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Ocsp,
+    Crl,
+}
+
+impl Proto {
+    fn label(self) -> &'static str {
+        match self {
+            Proto::Ocsp => "ocsp",
+            Proto::Crl => "crl",
+        }
+    }
+}
+
+async fn serve(
+    cache: &StatusCache,
+    ctx: &EdgeContext,
+    req: &EdgeRequest,
+    path: &str,
+    proto: Proto,
+) -> EdgeResponse {
+    let start = Instant::now();
+    let header_str = |name: header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
+    let parts = HttpRequestParts {
+        tenant: &req.tenant,
+        method: req.method.as_str(),
+        path,
+        content_type: header_str(header::CONTENT_TYPE),
+        if_none_match: header_str(header::IF_NONE_MATCH),
+        body: &req.body,
+    };
+    let now = SystemTime::now();
+    let head = req.method == http::Method::HEAD;
+    let (resp, outcome) = match cache.decide(&parts, now) {
+        Decision::Serve(r) => (cached(&r, now, head, StatusCode::OK), "hit"),
+        Decision::NotModified(r) => (
+            cached(&r, now, true, StatusCode::NOT_MODIFIED),
+            "not_modified",
+        ),
+        Decision::Error { status, body, .. } => (ocsp_error(status, body), error_outcome(status)),
+        Decision::Miss(key) => miss(cache, ctx, key, now, head, proto).await,
+        Decision::NotFound => (EdgeError::NotFound.into_response(), "not_found"),
+        Decision::MethodNotAllowed { allow } => {
+            let mut r = problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method Not Allowed",
+                "method not allowed",
+                None,
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            (r, "bad_method")
+        }
+        Decision::UnsupportedMediaType => (
+            problem(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported Media Type",
+                "POST needs Content-Type: application/ocsp-request",
+                None,
+            ),
+            "bad_media_type",
+        ),
+        Decision::PayloadTooLarge => (
+            problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload Too Large",
+                "OCSP request body too large",
+                None,
+            ),
+            "too_large",
+        ),
+        Decision::UriTooLong => (
+            problem(
+                StatusCode::URI_TOO_LONG,
+                "URI Too Long",
+                "OCSP GET request too long",
+                None,
+            ),
+            "uri_too_long",
+        ),
+    };
+    record(proto.label(), &req.tenant, outcome, start);
+    resp
+}
+
+async fn miss(
+    cache: &StatusCache,
+    ctx: &EdgeContext,
+    key: CacheKey,
+    now: SystemTime,
+    head: bool,
+    proto: Proto,
+) -> (EdgeResponse, &'static str) {
+    match cache.miss(&ctx.core, key, now).await {
+        Ok(r) if r.is_fresh(now) => (cached(&r, now, head, StatusCode::OK), "miss"),
+        // The core's own answer is already past nextUpdate: never serve it (RFC 5019 §2.2.4).
+        Ok(_) => try_later(proto, 1, "stale"),
+        Err(MissError::NotFound) => match proto {
+            Proto::Ocsp => (
+                ocsp_error(OcspStatus::Unauthorized, OcspStatus::Unauthorized.bytes()),
+                "unknown",
+            ),
+            Proto::Crl => (EdgeError::NotFound.into_response(), "not_found"),
+        },
+        Err(MissError::Unavailable(secs)) => try_later(proto, secs, "try_later"),
+        Err(MissError::Shed) => try_later(proto, 1, "shed"),
+    }
+}
+
+fn try_later(proto: Proto, secs: u64, outcome: &'static str) -> (EdgeResponse, &'static str) {
+    let secs = secs.max(1);
+    let mut r = match proto {
+        Proto::Ocsp => ocsp_error(OcspStatus::TryLater, OcspStatus::TryLater.bytes()),
+        Proto::Crl => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            "the CRL is not available right now",
+            None,
+        ),
+    };
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    (r, outcome)
+}
+
+fn error_outcome(status: OcspStatus) -> &'static str {
+    match status {
+        OcspStatus::MalformedRequest => "malformed",
+        OcspStatus::Unauthorized => "unknown",
+        OcspStatus::TryLater => "try_later",
+        OcspStatus::InternalError => "internal_error",
+    }
+}
+
+/// A 200/304 with the cached bytes and the RFC 5019 §6 headers. Header values are the
+/// prebuilt `Bytes` of the entry (no copy); only `Cache-Control` is rendered per request.
+fn cached(r: &CachedResponse, now: SystemTime, no_body: bool, status: StatusCode) -> EdgeResponse {
+    let body = if no_body { Bytes::new() } else { r.der.clone() };
+    let mut resp = http::Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(r.content_type),
+    );
+    if let Ok(v) = HeaderValue::from_str(r.cache_control(now).as_str()) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    for (name, value) in [
+        (header::ETAG, &r.etag),
+        (header::LAST_MODIFIED, &r.last_modified_header),
+        (header::EXPIRES, &r.expires_header),
+    ] {
+        if let Ok(v) = HeaderValue::from_maybe_shared(value.clone()) {
+            h.insert(name, v);
+        }
+    }
+    if no_body && status == StatusCode::OK {
+        // HEAD: the length of what GET would send.
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.der.len()));
+    }
+    resp
+}
+
+/// An unsigned OCSP error response (constant bytes), never cached by intermediaries.
+fn ocsp_error(_status: OcspStatus, body: Bytes) -> EdgeResponse {
+    let mut resp = http::Response::new(Full::new(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(certgate_ocsp::OCSP_RESPONSE_CONTENT_TYPE),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn record(protocol: &'static str, tenant: &str, outcome: &'static str, start: Instant) {
+    let labels = [
+        ("protocol", protocol.to_owned()),
+        ("tenant", tenant.to_owned()),
+        ("outcome", outcome.to_owned()),
+    ];
+    metrics::counter!(STATUS_REQUESTS_TOTAL, &labels).increment(1);
+    metrics::histogram!(STATUS_REQUEST_SECONDS, "protocol" => protocol, "outcome" => outcome)
+        .record(start.elapsed().as_secs_f64());
+}
