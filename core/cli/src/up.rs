@@ -135,8 +135,8 @@ fn print_banner(dd: &DataDir, ports: Ports, issuer: &str, procs: [&Proc; 3]) {
     println!("  EST              https://{https}/.well-known/est/{NOT_YET}");
     println!("  SCEP             http://{http}/scep{NOT_YET}");
     println!("  CMP              http://{http}/.well-known/cmp{NOT_YET}");
-    println!("  OCSP             http://{http}/ocsp{NOT_YET}");
-    println!("  CRL              http://{http}/crl/{issuer}/full.crl{NOT_YET}");
+    println!("  OCSP             http://{http}/ocsp");
+    println!("  CRL              http://{http}/crl/{issuer}/full.crl");
     println!("  CA certificate   http://{http}/ca/{issuer}.der");
     println!("  metrics          http://{admin}/metrics   (health: /healthz, /readyz)");
     println!("  data dir         {}", dd.root().display());
