@@ -43,6 +43,8 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    acme: crate::acme::AcmeConfig,
 }
 
 fn one() -> u32 {
@@ -200,6 +202,8 @@ pub struct Config {
     pub audit_ingest_interval_ms: u64,
     /// Bounds.
     pub limits: Limits,
+    /// `[acme]`: the ACME state service's validation and lifetime settings.
+    pub acme: crate::acme::AcmeConfig,
 }
 
 /// A configuration error, shown to the operator.
@@ -296,6 +300,7 @@ impl Config {
                 custodians.len()
             )));
         }
+        raw.acme.check(raw.mode).map_err(ConfigError)?;
         Ok(Self {
             mode: raw.mode,
             socket: resolve(base, &raw.socket),
@@ -317,6 +322,7 @@ impl Config {
             audit_ingest_interval_ms: raw.audit.ingest_interval_ms.unwrap_or(30_000),
             audit_key_sha256: raw.audit.public_key_sha256.map(|h| h.to_ascii_lowercase()),
             limits: raw.limits,
+            acme: raw.acme,
         })
     }
 }

@@ -5,6 +5,7 @@
 //! The core never holds a CA private key: every signature comes from `certgate-signer` over gRPC
 //! (I-1). This crate must never depend on the signer crate or on PKCS#11 code.
 
+pub mod acme;
 pub mod audit;
 pub mod ca;
 pub mod config;

@@ -16,6 +16,7 @@ use certgate_core::issue::{Fault, Issuer};
 use certgate_core::service::{AdminService, CoreService, State, verify_store};
 use certgate_core::signer_client::Signer;
 use certgate_core::store::{SqliteStore, Store};
+use certgate_proto::acme::acme_server::AcmeServer;
 use certgate_proto::admin::admin_server::AdminServer;
 use certgate_proto::core::core_server::CoreServer;
 use clap::{Parser, Subcommand};
@@ -136,6 +137,10 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
         Duration::from_millis(config.audit_ingest_interval_ms),
     ));
 
+    let acme = Arc::new(certgate_core::acme::service::AcmeState::new(
+        state.clone(),
+        config.acme.clone(),
+    ));
     let max = config.limits.max_message_bytes;
     let router = |state: &Arc<State>| {
         tonic::transport::Server::builder()
@@ -151,6 +156,11 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
                 AdminServer::new(AdminService(state.clone()))
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(64 * 1024 * 1024),
+            )
+            .add_service(
+                AcmeServer::new(certgate_core::acme::AcmeService(acme.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(16 * 1024 * 1024),
             )
     };
 

@@ -6,7 +6,9 @@
 //! [`AuditEntry`] describing the change and appends it in the same transaction (I-7), so a change
 //! and its audit record commit or vanish together.
 
+pub mod acme;
 pub mod sqlite;
+mod sqlite_acme;
 
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::error::Result;
@@ -165,6 +167,12 @@ pub enum IntentOutcome {
 
 /// The durable store.
 pub trait Store: Send + Sync {
+    /// The ACME state store, when this backend has one (the ACME service and its Admin RPCs
+    /// use it; a backend without it answers them UNIMPLEMENTED).
+    fn as_acme(&self) -> Option<&dyn acme::AcmeStore> {
+        None
+    }
+
     /// Creates or updates a tenant; true when created.
     fn put_tenant(&self, t: &TenantRec, audit: &AuditEntry) -> Result<bool>;
     /// One tenant.

@@ -240,7 +240,7 @@ fn rfc3339_now() -> String {
         .unwrap_or_default()
 }
 
-fn append(tx: &Connection, e: &AuditEntry) -> Result<u64> {
+pub(crate) fn append(tx: &Connection, e: &AuditEntry) -> Result<u64> {
     let last: Option<(i64, Vec<u8>)> = tx
         .query_row(
             "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
@@ -369,6 +369,7 @@ impl SqliteStore {
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
         writer.execute_batch(SCHEMA)?;
+        writer.execute_batch(super::sqlite_acme::SCHEMA)?;
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         // 64 MiB page cache (negative = KiB) for the reader: lookups of recent certificates and
@@ -410,7 +411,7 @@ impl SqliteStore {
         Ok(store)
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
         let mut guard = self
             .conn
             .lock()
@@ -420,7 +421,7 @@ impl SqliteStore {
 
     /// Runs `f` as one write transaction through the writer thread (group commit) and waits
     /// until it is durable.
-    fn tx<T: Send + 'static>(
+    pub(crate) fn tx<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -450,6 +451,10 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn as_acme(&self) -> Option<&dyn super::acme::AcmeStore> {
+        Some(self)
+    }
+
     fn put_tenant(&self, t: &TenantRec, audit: &AuditEntry) -> Result<bool> {
         let t = t.clone();
         let audit = audit.clone();

@@ -1,0 +1,500 @@
+//! Challenge validation, performed by the core itself (the edge's word is never taken: a
+//! compromised edge cannot validate a name).
+//!
+//! - http-01 (RFC 8555 §8.3): `GET http://NAME:PORT/.well-known/acme-challenge/TOKEN` with
+//!   `Host: NAME`; the body, trailing whitespace trimmed and read up to [`MAX_HTTP_BODY`], must be
+//!   the key authorization. Redirects are not followed (a 3xx fails the challenge).
+//! - dns-01 (§8.4): a TXT query for `_acme-challenge.NAME` sent over UDP to the configured
+//!   resolver; one TXT record must equal base64url(SHA-256(key authorization)).
+//! - tls-alpn-01 (RFC 8737): a TLS handshake offering only ALPN `acme-tls/1`, SNI = NAME (for an
+//!   IP identifier the reverse-DNS name, RFC 8738 §6); the self-signed certificate must name
+//!   exactly the identifier and carry the critical id-pe-acmeIdentifier extension holding
+//!   SHA-256(key authorization) as a DER OCTET STRING.
+//!
+//! Every attempt is bounded by the configured timeout. Failures name the ACME problem type.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use der::Decode;
+use http_body_util::BodyExt;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use super::AcmeConfig;
+use crate::store::acme::IdentRec;
+
+/// The most of an http-01 response body read.
+pub const MAX_HTTP_BODY: usize = 8 * 1024;
+/// RFC 8737 §6.2: id-pe-acmeIdentifier.
+pub const ACME_IDENTIFIER_OID: const_oid::ObjectIdentifier =
+    const_oid::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.1.31");
+/// RFC 8737 §6.2 ALPN protocol id.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Why a validation failed: the ACME problem type suffix and what was observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// "connection", "dns", "tls", "incorrectResponse", "unauthorized".
+    pub problem_type: &'static str,
+    /// Detail for the client.
+    pub detail: String,
+}
+
+fn fail(problem_type: &'static str, detail: impl Into<String>) -> Failure {
+    Failure {
+        problem_type,
+        detail: detail.into(),
+    }
+}
+
+/// The validators, configured once.
+#[derive(Clone, Debug)]
+pub struct Validator {
+    cfg: AcmeConfig,
+    resolver: Option<SocketAddr>,
+}
+
+/// The first `nameserver` line of /etc/resolv.conf, if any.
+fn system_resolver() -> Option<SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    text.lines().find_map(|l| {
+        let mut parts = l.split_whitespace();
+        (parts.next() == Some("nameserver"))
+            .then(|| parts.next())
+            .flatten()
+            .and_then(|a| a.parse::<IpAddr>().ok())
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
+}
+
+impl Validator {
+    /// Validators with these settings.
+    pub fn new(cfg: AcmeConfig) -> Self {
+        let resolver = cfg.dns_resolver.or_else(system_resolver);
+        Self { cfg, resolver }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.validation_timeout_ms.max(1))
+    }
+
+    /// Runs one validation of `kind` for the identifier (a wildcard's base name) with the key
+    /// authorization; bounded by the configured timeout.
+    pub async fn validate(
+        &self,
+        kind: &str,
+        id: &IdentRec,
+        token: &str,
+        key_authorization: &str,
+    ) -> Result<(), Failure> {
+        let work = async {
+            match kind {
+                "http-01" => self.http01(id, token, key_authorization).await,
+                "dns-01" => self.dns01(id, key_authorization).await,
+                "tls-alpn-01" => self.tls_alpn01(id, key_authorization).await,
+                other => Err(fail("malformed", format!("unknown challenge type {other}"))),
+            }
+        };
+        match tokio::time::timeout(self.timeout(), work).await {
+            Ok(r) => r,
+            Err(_) => Err(fail(
+                "connection",
+                format!(
+                    "{kind} validation for {} timed out after {} ms",
+                    id.value, self.cfg.validation_timeout_ms
+                ),
+            )),
+        }
+    }
+
+    /// Where to connect for an identifier: the dev shortcut, the static map, the IP itself, or
+    /// the system resolver.
+    async fn address(&self, id: &IdentRec, port: u16) -> Result<SocketAddr, Failure> {
+        if self.cfg.dev_validate_on_localhost {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        if let Some(ip) = self.cfg.hosts.get(&id.value) {
+            return Ok(SocketAddr::new(*ip, port));
+        }
+        if id.kind == "ip" {
+            let ip: IpAddr = id
+                .value
+                .parse()
+                .map_err(|_| fail("malformed", "IP identifier does not parse"))?;
+            return Ok(SocketAddr::new(ip, port));
+        }
+        let mut addrs = tokio::net::lookup_host((id.value.as_str(), port))
+            .await
+            .map_err(|e| fail("dns", format!("resolving {}: {e}", id.value)))?;
+        addrs
+            .next()
+            .ok_or_else(|| fail("dns", format!("no address for {}", id.value)))
+    }
+
+    async fn http01(&self, id: &IdentRec, token: &str, key_auth: &str) -> Result<(), Failure> {
+        let port = if self.cfg.dev_validate_on_localhost {
+            super::DEV_HTTP_PORT
+        } else {
+            self.cfg.http_port
+        };
+        let addr = self.address(id, port).await?;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| fail("connection", format!("connecting to {addr}: {e}")))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| fail("connection", format!("HTTP to {addr}: {e}")))?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let host = match id.value.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+            _ => id.value.clone(),
+        };
+        let req = http::Request::get(format!("/.well-known/acme-challenge/{token}"))
+            .header(http::header::HOST, host)
+            .header(http::header::USER_AGENT, "certgate-acme-validator")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| fail("malformed", format!("building the request: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| fail("connection", format!("HTTP to {addr}: {e}")));
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                driver.abort();
+                return Err(e);
+            }
+        };
+        let status = resp.status();
+        let mut body = resp.into_body();
+        let mut buf = Vec::new();
+        let mut too_long = false;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| fail("connection", format!("reading body: {e}")))?;
+            if let Some(d) = frame.data_ref() {
+                if buf.len() + d.len() > MAX_HTTP_BODY {
+                    too_long = true;
+                    break;
+                }
+                buf.extend_from_slice(d);
+            }
+        }
+        driver.abort();
+        if !status.is_success() {
+            return Err(fail(
+                "unauthorized",
+                format!("{addr} answered HTTP {} for the challenge", status.as_u16()),
+            ));
+        }
+        if too_long {
+            return Err(fail(
+                "incorrectResponse",
+                format!("response body longer than {MAX_HTTP_BODY} bytes"),
+            ));
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let got = text.trim_end();
+        if got == key_auth {
+            Ok(())
+        } else {
+            let shown: String = got.chars().take(128).collect();
+            Err(fail(
+                "incorrectResponse",
+                format!("the key authorization served by {addr} is wrong: {shown:?}"),
+            ))
+        }
+    }
+
+    async fn dns01(&self, id: &IdentRec, key_auth: &str) -> Result<(), Failure> {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+        use hickory_proto::rr::{Name, RData, RecordType};
+        use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
+
+        let resolver = self
+            .resolver
+            .ok_or_else(|| fail("dns", "no DNS resolver configured"))?;
+        let expected = certgate_acme::base64url(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_auth.as_bytes()).as_ref(),
+        );
+        let qname = format!("_acme-challenge.{}.", id.value.trim_end_matches('.'));
+        let name = Name::from_ascii(&qname)
+            .map_err(|e| fail("malformed", format!("bad name {qname}: {e}")))?;
+        let mut idb = [0u8; 2];
+        aws_lc_rs::rand::fill(&mut idb).map_err(|_| fail("dns", "CSPRNG"))?;
+        let query_id = u16::from_be_bytes(idb);
+        let mut msg = Message::new();
+        msg.set_id(query_id)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(true)
+            .add_query(Query::query(name, RecordType::TXT));
+        let wire = msg
+            .to_bytes()
+            .map_err(|e| fail("dns", format!("encoding the query: {e}")))?;
+        let bind: SocketAddr = if resolver.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let sock = tokio::net::UdpSocket::bind(bind)
+            .await
+            .map_err(|e| fail("dns", format!("UDP socket: {e}")))?;
+        sock.connect(resolver)
+            .await
+            .map_err(|e| fail("dns", format!("resolver {resolver}: {e}")))?;
+        sock.send(&wire)
+            .await
+            .map_err(|e| fail("dns", format!("resolver {resolver}: {e}")))?;
+        let mut buf = vec![0u8; 4096];
+        let resp = loop {
+            let n = sock
+                .recv(&mut buf)
+                .await
+                .map_err(|e| fail("dns", format!("resolver {resolver}: {e}")))?;
+            let Ok(m) = Message::from_bytes(&buf[..n]) else {
+                continue;
+            };
+            // Answers to another id are ignored (spoofing and stray packets).
+            if m.id() == query_id && m.message_type() == MessageType::Response {
+                break m;
+            }
+        };
+        if resp.response_code() != ResponseCode::NoError {
+            return Err(fail(
+                "dns",
+                format!("TXT query for {qname}: {}", resp.response_code()),
+            ));
+        }
+        let mut seen = Vec::new();
+        for rec in resp.answers() {
+            if let RData::TXT(txt) = rec.data() {
+                let value: String = txt
+                    .txt_data()
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect();
+                if value == expected {
+                    return Ok(());
+                }
+                seen.push(value);
+            }
+        }
+        if seen.is_empty() {
+            Err(fail("dns", format!("no TXT record at {qname}")))
+        } else {
+            seen.truncate(4);
+            Err(fail(
+                "incorrectResponse",
+                format!(
+                    "TXT records at {qname} do not hold the key authorization digest: {seen:?}"
+                ),
+            ))
+        }
+    }
+
+    async fn tls_alpn01(&self, id: &IdentRec, key_auth: &str) -> Result<(), Failure> {
+        let port = if self.cfg.dev_validate_on_localhost {
+            super::DEV_TLS_ALPN_PORT
+        } else {
+            self.cfg.tls_alpn_port
+        };
+        let addr = self.address(id, port).await?;
+        let ip = if id.kind == "ip" {
+            Some(
+                id.value
+                    .parse::<IpAddr>()
+                    .map_err(|_| fail("malformed", "IP identifier does not parse"))?,
+            )
+        } else {
+            None
+        };
+        let sni = match ip {
+            Some(ip) => reverse_dns_name(ip),
+            None => id.value.clone(),
+        };
+        let server_name = ServerName::try_from(sni.clone())
+            .map_err(|_| fail("malformed", format!("{sni} is not a valid SNI name")))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fail("tls", format!("TLS config: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptForInspection { provider }))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| fail("connection", format!("connecting to {addr}: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| fail("tls", format!("TLS handshake with {addr}: {e}")))?;
+        let (_, conn) = tls.get_ref();
+        if conn.alpn_protocol() != Some(ACME_TLS_ALPN) {
+            return Err(fail(
+                "tls",
+                format!("{addr} did not negotiate the acme-tls/1 protocol"),
+            ));
+        }
+        let cert = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| fail("tls", "no certificate presented"))?;
+        check_alpn_certificate(cert.as_ref(), id, ip, key_auth)
+    }
+}
+
+/// RFC 8738 §6: the reverse-DNS name of an address (`in-addr.arpa` / `ip6.arpa`).
+pub fn reverse_dns_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut parts = Vec::with_capacity(34);
+            for b in v6.octets().iter().rev() {
+                parts.push(format!("{:x}", b & 0x0f));
+                parts.push(format!("{:x}", b >> 4));
+            }
+            parts.push("ip6.arpa".into());
+            parts.join(".")
+        }
+    }
+}
+
+/// The RFC 8737 §3 checks on the presented certificate.
+pub fn check_alpn_certificate(
+    der_bytes: &[u8],
+    id: &IdentRec,
+    ip: Option<IpAddr>,
+    key_auth: &str,
+) -> Result<(), Failure> {
+    use x509_cert::ext::pkix::SubjectAltName;
+    use x509_cert::ext::pkix::name::GeneralName;
+    let cert = x509_cert::Certificate::from_der(der_bytes)
+        .map_err(|_| fail("tls", "the certificate does not parse"))?;
+    let exts = cert.tbs_certificate.extensions.unwrap_or_default();
+    let san = exts
+        .iter()
+        .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME)
+        .ok_or_else(|| fail("tls", "the certificate has no subjectAltName"))?;
+    let san = SubjectAltName::from_der(san.extn_value.as_bytes())
+        .map_err(|_| fail("tls", "subjectAltName does not parse"))?;
+    let names: Vec<&GeneralName> = san.0.iter().collect();
+    let matches = match (names.as_slice(), ip) {
+        ([GeneralName::DnsName(n)], None) => n.as_str().eq_ignore_ascii_case(&id.value),
+        ([GeneralName::IpAddress(o)], Some(ip)) => match ip {
+            IpAddr::V4(v4) => o.as_bytes() == v4.octets(),
+            IpAddr::V6(v6) => o.as_bytes() == v6.octets(),
+        },
+        _ => false,
+    };
+    if !matches {
+        return Err(fail(
+            "unauthorized",
+            format!(
+                "the certificate's subjectAltName must be exactly {}",
+                id.value
+            ),
+        ));
+    }
+    let ext = exts
+        .iter()
+        .find(|e| e.extn_id == ACME_IDENTIFIER_OID)
+        .ok_or_else(|| fail("unauthorized", "no acmeIdentifier extension"))?;
+    if !ext.critical {
+        return Err(fail(
+            "unauthorized",
+            "the acmeIdentifier extension is not critical",
+        ));
+    }
+    let value = der::asn1::OctetString::from_der(ext.extn_value.as_bytes())
+        .map_err(|_| fail("unauthorized", "acmeIdentifier is not a DER OCTET STRING"))?;
+    let want = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_auth.as_bytes());
+    if value.as_bytes() == want.as_ref() {
+        Ok(())
+    } else {
+        Err(fail(
+            "incorrectResponse",
+            "the acmeIdentifier extension does not hold the key authorization digest",
+        ))
+    }
+}
+
+/// Accepts the (self-signed) tls-alpn-01 certificate for inspection after the handshake: no
+/// chain is involved, the checks are [`check_alpn_certificate`]. The handshake signature is
+/// still verified, so the responder holds the certificate's key.
+#[derive(Debug)]
+struct AcceptForInspection {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for AcceptForInspection {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_names_follow_rfc8738() {
+        assert_eq!(
+            reverse_dns_name("192.0.2.5".parse().expect("ip")),
+            "5.2.0.192.in-addr.arpa"
+        );
+        let v6 = reverse_dns_name("2001:db8::1".parse().expect("ip"));
+        assert!(v6.starts_with("1.0.0.0.0.0.0.0."), "{v6}");
+        assert!(v6.ends_with("8.b.d.0.1.0.0.2.ip6.arpa"), "{v6}");
+    }
+}

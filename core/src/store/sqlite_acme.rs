@@ -1,0 +1,790 @@
+//! [`AcmeStore`] for the SQLite store: the ACME tables, applied by `SqliteStore::open` beside the
+//! main schema. Writes go through the same writer thread (group commit) with the audit record in
+//! the same transaction (I-7).
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use zeroize::Zeroizing;
+
+use super::acme::{
+    AccountRec, AcmeSettings, AcmeStore, AuthzRec, ChallengeRec, ChallengeResult, EabKey, IdentRec,
+    NewAccountOutcome, OrderPage, OrderRec, OrderUpdate,
+};
+use super::sqlite::{SqliteStore, append};
+use crate::audit::AuditEntry;
+use crate::error::{CoreError, Result};
+
+/// The ACME tables. Every row carries its tenant; account-owned rows carry the account.
+pub(crate) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS acme_settings (
+    tenant TEXT PRIMARY KEY,
+    terms_of_service TEXT NOT NULL,
+    website TEXT NOT NULL,
+    caa_identities TEXT NOT NULL,
+    eab_required INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS acme_eab_keys (
+    tenant TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    hmac_key BLOB NOT NULL,
+    account_id TEXT NOT NULL DEFAULT '',
+    created_unix INTEGER NOT NULL,
+    PRIMARY KEY (tenant, key_id)
+);
+CREATE TABLE IF NOT EXISTS acme_accounts (
+    tenant TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    contacts TEXT NOT NULL,
+    terms_agreed INTEGER NOT NULL,
+    jwk_json TEXT NOT NULL,
+    jwk_thumbprint TEXT NOT NULL,
+    eab_key_id TEXT NOT NULL,
+    created_unix INTEGER NOT NULL,
+    PRIMARY KEY (tenant, account_id),
+    UNIQUE (tenant, jwk_thumbprint)
+);
+CREATE TABLE IF NOT EXISTS acme_orders (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    expires_unix INTEGER NOT NULL,
+    identifiers TEXT NOT NULL,
+    authz_ids TEXT NOT NULL,
+    not_before_unix INTEGER NOT NULL,
+    not_after_unix INTEGER NOT NULL,
+    error BLOB NOT NULL,
+    certificate_serial_hex TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    replaces TEXT NOT NULL,
+    created_unix INTEGER NOT NULL,
+    UNIQUE (tenant, order_id)
+);
+CREATE INDEX IF NOT EXISTS acme_orders_account ON acme_orders(tenant, account_id, seq);
+CREATE INDEX IF NOT EXISTS acme_orders_serial ON acme_orders(tenant, certificate_serial_hex)
+    WHERE certificate_serial_hex <> '';
+CREATE TABLE IF NOT EXISTS acme_authzs (
+    tenant TEXT NOT NULL,
+    authz_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    id_type TEXT NOT NULL,
+    id_value TEXT NOT NULL,
+    wildcard INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    expires_unix INTEGER NOT NULL,
+    created_unix INTEGER NOT NULL,
+    PRIMARY KEY (tenant, authz_id)
+);
+CREATE INDEX IF NOT EXISTS acme_authzs_reuse
+    ON acme_authzs(tenant, account_id, id_type, id_value, wildcard);
+CREATE TABLE IF NOT EXISTS acme_challenges (
+    tenant TEXT NOT NULL,
+    challenge_id TEXT NOT NULL,
+    authz_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    token TEXT NOT NULL,
+    validated_unix INTEGER NOT NULL,
+    error BLOB NOT NULL,
+    PRIMARY KEY (tenant, challenge_id)
+);
+CREATE INDEX IF NOT EXISTS acme_challenges_authz ON acme_challenges(tenant, authz_id, idx);
+"#;
+
+fn json_err(e: serde_json::Error) -> CoreError {
+    CoreError::Store(format!("stored JSON: {e}"))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(json_err)
+}
+
+const ACCOUNT_COLS: &str = "tenant, account_id, status, contacts, terms_agreed, jwk_json, jwk_thumbprint, eab_key_id, created_unix";
+
+fn account_row(r: &Row<'_>) -> rusqlite::Result<(AccountRec, String)> {
+    Ok((
+        AccountRec {
+            tenant: r.get(0)?,
+            account_id: r.get(1)?,
+            status: r.get(2)?,
+            contacts: Vec::new(),
+            terms_agreed: r.get::<_, i64>(4)? != 0,
+            jwk_json: r.get(5)?,
+            jwk_thumbprint: r.get(6)?,
+            eab_key_id: r.get(7)?,
+            created_unix: r.get(8)?,
+        },
+        r.get(3)?,
+    ))
+}
+
+fn finish_account((mut a, contacts): (AccountRec, String)) -> Result<AccountRec> {
+    a.contacts = serde_json::from_str(&contacts).map_err(json_err)?;
+    Ok(a)
+}
+
+const ORDER_COLS: &str = "tenant, order_id, account_id, status, expires_unix, identifiers, authz_ids, not_before_unix, not_after_unix, error, certificate_serial_hex, profile, replaces, created_unix";
+
+type RawOrder = (OrderRec, String, String);
+
+fn order_row(r: &Row<'_>) -> rusqlite::Result<RawOrder> {
+    Ok((
+        OrderRec {
+            tenant: r.get(0)?,
+            order_id: r.get(1)?,
+            account_id: r.get(2)?,
+            status: r.get(3)?,
+            expires_unix: r.get(4)?,
+            identifiers: Vec::new(),
+            authz_ids: Vec::new(),
+            not_before_unix: r.get(7)?,
+            not_after_unix: r.get(8)?,
+            error: r.get(9)?,
+            certificate_serial_hex: r.get(10)?,
+            profile: r.get(11)?,
+            replaces: r.get(12)?,
+            created_unix: r.get(13)?,
+        },
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+fn finish_order((mut o, ids, authzs): RawOrder) -> Result<OrderRec> {
+    let ids: Vec<(String, String)> = serde_json::from_str(&ids).map_err(json_err)?;
+    o.identifiers = ids
+        .into_iter()
+        .map(|(kind, value)| IdentRec { kind, value })
+        .collect();
+    o.authz_ids = serde_json::from_str(&authzs).map_err(json_err)?;
+    Ok(o)
+}
+
+const AUTHZ_COLS: &str =
+    "tenant, authz_id, account_id, id_type, id_value, wildcard, status, expires_unix, created_unix";
+
+fn authz_row(r: &Row<'_>) -> rusqlite::Result<AuthzRec> {
+    Ok(AuthzRec {
+        tenant: r.get(0)?,
+        authz_id: r.get(1)?,
+        account_id: r.get(2)?,
+        identifier: IdentRec {
+            kind: r.get(3)?,
+            value: r.get(4)?,
+        },
+        wildcard: r.get::<_, i64>(5)? != 0,
+        status: r.get(6)?,
+        expires_unix: r.get(7)?,
+        challenges: Vec::new(),
+        created_unix: r.get(8)?,
+    })
+}
+
+fn load_challenges(c: &Connection, a: &mut AuthzRec) -> Result<()> {
+    let mut st = c.prepare_cached(
+        "SELECT challenge_id, kind, status, token, validated_unix, error FROM acme_challenges
+         WHERE tenant = ?1 AND authz_id = ?2 ORDER BY idx",
+    )?;
+    a.challenges = st
+        .query_map(params![a.tenant, a.authz_id], |r| {
+            Ok(ChallengeRec {
+                challenge_id: r.get(0)?,
+                kind: r.get(1)?,
+                status: r.get(2)?,
+                token: r.get(3)?,
+                validated_unix: r.get(4)?,
+                error: r.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(())
+}
+
+fn authz_in(
+    c: &Connection,
+    tenant: &str,
+    account_id: &str,
+    authz_id: &str,
+) -> Result<Option<AuthzRec>> {
+    let a = c
+        .query_row(
+            &format!(
+                "SELECT {AUTHZ_COLS} FROM acme_authzs WHERE tenant = ?1 AND account_id = ?2 AND authz_id = ?3"
+            ),
+            params![tenant, account_id, authz_id],
+            authz_row,
+        )
+        .optional()?;
+    match a {
+        Some(mut a) => {
+            load_challenges(c, &mut a)?;
+            Ok(Some(a))
+        }
+        None => Ok(None),
+    }
+}
+
+fn status_in(from: &[&str]) -> String {
+    // Statuses are our own constants, never client input; still, quote defensively.
+    from.iter()
+        .map(|s| format!("'{}'", s.replace('\'', "")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl AcmeStore for SqliteStore {
+    fn acme_settings(&self, tenant: &str) -> Result<Option<AcmeSettings>> {
+        let row: Option<(String, String, String, i64)> = self.with(|c| {
+            Ok(c.query_row(
+                "SELECT terms_of_service, website, caa_identities, eab_required FROM acme_settings WHERE tenant = ?1",
+                [tenant],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?)
+        })?;
+        row.map(|(tos, website, caa, eab)| {
+            Ok(AcmeSettings {
+                tenant: tenant.to_owned(),
+                terms_of_service: tos,
+                website,
+                caa_identities: serde_json::from_str(&caa).map_err(json_err)?,
+                external_account_required: eab != 0,
+            })
+        })
+        .transpose()
+    }
+
+    fn put_acme_settings(&self, s: &AcmeSettings, audit: &AuditEntry) -> Result<()> {
+        let s = s.clone();
+        let caa = to_json(&s.caa_identities)?;
+        let audit = audit.clone();
+        self.tx(move |tx| {
+            tx.execute(
+                "INSERT INTO acme_settings (tenant, terms_of_service, website, caa_identities, eab_required)
+                 VALUES (?1,?2,?3,?4,?5)
+                 ON CONFLICT(tenant) DO UPDATE SET terms_of_service = excluded.terms_of_service,
+                   website = excluded.website, caa_identities = excluded.caa_identities,
+                   eab_required = excluded.eab_required",
+                params![s.tenant, s.terms_of_service, s.website, caa, s.external_account_required as i64],
+            )?;
+            append(tx, &audit)?;
+            Ok(())
+        })
+    }
+
+    fn insert_eab_key(&self, k: &EabKey, audit: &AuditEntry) -> Result<()> {
+        let (tenant, key_id, created) = (k.tenant.clone(), k.key_id.clone(), k.created_unix);
+        let key = k.key.clone();
+        let audit = audit.clone();
+        self.tx(move |tx| {
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO acme_eab_keys (tenant, key_id, hmac_key, account_id, created_unix)
+                 VALUES (?1,?2,?3,'',?4)",
+                params![tenant, key_id, key.as_slice(), created],
+            )?;
+            if n == 0 {
+                return Err(CoreError::exists("acme.eab_key_exists", "EAB key id exists"));
+            }
+            append(tx, &audit)?;
+            Ok(())
+        })
+    }
+
+    fn eab_key(&self, tenant: &str, key_id: &str) -> Result<Option<EabKey>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT hmac_key, account_id, created_unix FROM acme_eab_keys WHERE tenant = ?1 AND key_id = ?2",
+                params![tenant, key_id],
+                |r| {
+                    Ok(EabKey {
+                        tenant: tenant.to_owned(),
+                        key_id: key_id.to_owned(),
+                        key: Zeroizing::new(r.get::<_, Vec<u8>>(0)?),
+                        account_id: r.get(1)?,
+                        created_unix: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+
+    fn create_account(&self, a: &AccountRec, audit: &AuditEntry) -> Result<NewAccountOutcome> {
+        let a = a.clone();
+        let contacts = to_json(&a.contacts)?;
+        let audit = audit.clone();
+        self.tx(move |tx| {
+            if let Some(existing) = tx
+                .query_row(
+                    &format!("SELECT {ACCOUNT_COLS} FROM acme_accounts WHERE tenant = ?1 AND jwk_thumbprint = ?2"),
+                    params![a.tenant, a.jwk_thumbprint],
+                    account_row,
+                )
+                .optional()?
+            {
+                return Ok(NewAccountOutcome::Existing(finish_account(existing)?));
+            }
+            if !a.eab_key_id.is_empty() {
+                let n = tx.execute(
+                    "UPDATE acme_eab_keys SET account_id = ?1 WHERE tenant = ?2 AND key_id = ?3 AND account_id = ''",
+                    params![a.account_id, a.tenant, a.eab_key_id],
+                )?;
+                if n == 0 {
+                    return Err(CoreError::policy(
+                        "unauthorized",
+                        "this external account key is unknown or already bound to an account",
+                    ));
+                }
+            }
+            tx.execute(
+                &format!("INSERT INTO acme_accounts ({ACCOUNT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+                params![
+                    a.tenant,
+                    a.account_id,
+                    a.status,
+                    contacts,
+                    a.terms_agreed as i64,
+                    a.jwk_json,
+                    a.jwk_thumbprint,
+                    a.eab_key_id,
+                    a.created_unix
+                ],
+            )?;
+            append(tx, &audit)?;
+            Ok(NewAccountOutcome::Created(a))
+        })
+    }
+
+    fn account(&self, tenant: &str, account_id: &str) -> Result<Option<AccountRec>> {
+        let raw = self.with(|c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {ACCOUNT_COLS} FROM acme_accounts WHERE tenant = ?1 AND account_id = ?2"
+                ),
+                params![tenant, account_id],
+                account_row,
+            )
+            .optional()?)
+        })?;
+        raw.map(finish_account).transpose()
+    }
+
+    fn account_by_thumbprint(&self, tenant: &str, thumbprint: &str) -> Result<Option<AccountRec>> {
+        let raw = self.with(|c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {ACCOUNT_COLS} FROM acme_accounts WHERE tenant = ?1 AND jwk_thumbprint = ?2"
+                ),
+                params![tenant, thumbprint],
+                account_row,
+            )
+            .optional()?)
+        })?;
+        raw.map(finish_account).transpose()
+    }
+
+    fn update_account(&self, a: &AccountRec, audit: &AuditEntry) -> Result<()> {
+        let a = a.clone();
+        let contacts = to_json(&a.contacts)?;
+        let audit = audit.clone();
+        self.tx(move |tx| {
+            // Deactivation is final: a deactivated account is never made valid again here.
+            let n = tx.execute(
+                "UPDATE acme_accounts SET contacts = ?1, status = ?2
+                 WHERE tenant = ?3 AND account_id = ?4 AND status = 'valid'",
+                params![contacts, a.status, a.tenant, a.account_id],
+            )?;
+            if n == 0 {
+                return Err(CoreError::policy(
+                    "unauthorized",
+                    "the account is not valid (deactivated accounts cannot change)",
+                ));
+            }
+            append(tx, &audit)?;
+            Ok(())
+        })
+    }
+
+    fn change_account_key(
+        &self,
+        tenant: &str,
+        account_id: &str,
+        jwk_json: &str,
+        thumbprint: &str,
+        audit: &AuditEntry,
+    ) -> Result<Option<String>> {
+        let (tenant, account_id, jwk_json, thumbprint) = (
+            tenant.to_owned(),
+            account_id.to_owned(),
+            jwk_json.to_owned(),
+            thumbprint.to_owned(),
+        );
+        let audit = audit.clone();
+        self.tx(move |tx| {
+            let other: Option<String> = tx
+                .query_row(
+                    "SELECT account_id FROM acme_accounts WHERE tenant = ?1 AND jwk_thumbprint = ?2",
+                    params![tenant, thumbprint],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(other) = other {
+                return Ok(Some(other));
+            }
+            let n = tx.execute(
+                "UPDATE acme_accounts SET jwk_json = ?1, jwk_thumbprint = ?2
+                 WHERE tenant = ?3 AND account_id = ?4 AND status = 'valid'",
+                params![jwk_json, thumbprint, tenant, account_id],
+            )?;
+            if n == 0 {
+                return Err(CoreError::not_found(
+                    "accountDoesNotExist",
+                    "no such valid account",
+                ));
+            }
+            append(tx, &audit)?;
+            Ok(None)
+        })
+    }
+
+    fn insert_order(
+        &self,
+        o: &OrderRec,
+        new_authzs: &[AuthzRec],
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        let o = o.clone();
+        let ids = to_json(
+            &o.identifiers
+                .iter()
+                .map(|i| (i.kind.clone(), i.value.clone()))
+                .collect::<Vec<_>>(),
+        )?;
+        let authz_ids = to_json(&o.authz_ids)?;
+        let authzs = new_authzs.to_vec();
+        let audit = audit.clone();
+        self.tx(move |tx| {
+            for a in &authzs {
+                tx.execute(
+                    &format!("INSERT INTO acme_authzs ({AUTHZ_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+                    params![
+                        a.tenant,
+                        a.authz_id,
+                        a.account_id,
+                        a.identifier.kind,
+                        a.identifier.value,
+                        a.wildcard as i64,
+                        a.status,
+                        a.expires_unix,
+                        a.created_unix
+                    ],
+                )?;
+                for (i, ch) in a.challenges.iter().enumerate() {
+                    tx.execute(
+                        "INSERT INTO acme_challenges (tenant, challenge_id, authz_id, account_id, idx, kind, status, token, validated_unix, error)
+                         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
+                        params![
+                            a.tenant,
+                            ch.challenge_id,
+                            a.authz_id,
+                            a.account_id,
+                            i as i64,
+                            ch.kind,
+                            ch.status,
+                            ch.token,
+                            ch.validated_unix,
+                            ch.error
+                        ],
+                    )?;
+                }
+            }
+            tx.execute(
+                &format!("INSERT INTO acme_orders ({ORDER_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"),
+                params![
+                    o.tenant,
+                    o.order_id,
+                    o.account_id,
+                    o.status,
+                    o.expires_unix,
+                    ids,
+                    authz_ids,
+                    o.not_before_unix,
+                    o.not_after_unix,
+                    o.error,
+                    o.certificate_serial_hex,
+                    o.profile,
+                    o.replaces,
+                    o.created_unix
+                ],
+            )?;
+            append(tx, &audit)?;
+            Ok(())
+        })
+    }
+
+    fn order(&self, tenant: &str, account_id: &str, order_id: &str) -> Result<Option<OrderRec>> {
+        let raw = self.with(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {ORDER_COLS} FROM acme_orders WHERE tenant = ?1 AND account_id = ?2 AND order_id = ?3"),
+                params![tenant, account_id, order_id],
+                order_row,
+            )
+            .optional()?)
+        })?;
+        raw.map(finish_order).transpose()
+    }
+
+    fn order_by_serial(&self, tenant: &str, serial_hex: &str) -> Result<Option<OrderRec>> {
+        let raw = self.with(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {ORDER_COLS} FROM acme_orders WHERE tenant = ?1 AND certificate_serial_hex = ?2 AND certificate_serial_hex <> ''"),
+                params![tenant, serial_hex],
+                order_row,
+            )
+            .optional()?)
+        })?;
+        raw.map(finish_order).transpose()
+    }
+
+    fn list_orders(
+        &self,
+        tenant: &str,
+        account_id: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<OrderPage> {
+        let rows: Vec<(i64, String)> = self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, order_id FROM acme_orders WHERE tenant = ?1 AND account_id = ?2 AND seq < ?3
+                 ORDER BY seq DESC LIMIT ?4",
+            )?;
+            let rows = st
+                .query_map(
+                    params![
+                        tenant,
+                        account_id,
+                        before.unwrap_or(i64::MAX),
+                        (limit + 1) as i64
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })?;
+        let more = rows.len() > limit;
+        let page: Vec<(i64, String)> = rows.into_iter().take(limit).collect();
+        Ok(OrderPage {
+            next: if more {
+                page.last().map(|(s, _)| *s)
+            } else {
+                None
+            },
+            order_ids: page.into_iter().map(|(_, id)| id).collect(),
+        })
+    }
+
+    fn set_order_status(
+        &self,
+        tenant: &str,
+        order_id: &str,
+        from: &[&str],
+        to: &OrderUpdate,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        let (tenant, order_id, to) = (tenant.to_owned(), order_id.to_owned(), to.clone());
+        let from = status_in(from);
+        let audit = audit.clone();
+        self.tx(move |tx| {
+            let n = tx.execute(
+                &format!(
+                    "UPDATE acme_orders SET status = ?1, error = ?2, certificate_serial_hex = ?3
+                     WHERE tenant = ?4 AND order_id = ?5 AND status IN ({from})"
+                ),
+                params![
+                    to.status,
+                    to.error,
+                    to.certificate_serial_hex,
+                    tenant,
+                    order_id
+                ],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            append(tx, &audit)?;
+            Ok(true)
+        })
+    }
+
+    fn authz(&self, tenant: &str, account_id: &str, authz_id: &str) -> Result<Option<AuthzRec>> {
+        self.with(|c| authz_in(c, tenant, account_id, authz_id))
+    }
+
+    fn reusable_authz(
+        &self,
+        tenant: &str,
+        account_id: &str,
+        identifier: &IdentRec,
+        wildcard: bool,
+        min_expires: i64,
+    ) -> Result<Option<AuthzRec>> {
+        self.with(|c| {
+            let id: Option<String> = c
+                .query_row(
+                    "SELECT authz_id FROM acme_authzs WHERE tenant = ?1 AND account_id = ?2
+                       AND id_type = ?3 AND id_value = ?4 AND wildcard = ?5
+                       AND status IN ('valid', 'pending') AND expires_unix > ?6
+                     ORDER BY CASE status WHEN 'valid' THEN 0 ELSE 1 END, expires_unix DESC LIMIT 1",
+                    params![
+                        tenant,
+                        account_id,
+                        identifier.kind,
+                        identifier.value,
+                        wildcard as i64,
+                        min_expires
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match id {
+                Some(id) => authz_in(c, tenant, account_id, &id),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn authz_of_challenge(
+        &self,
+        tenant: &str,
+        account_id: &str,
+        challenge_id: &str,
+    ) -> Result<Option<(AuthzRec, usize)>> {
+        self.with(|c| {
+            let id: Option<String> = c
+                .query_row(
+                    "SELECT authz_id FROM acme_challenges WHERE tenant = ?1 AND account_id = ?2 AND challenge_id = ?3",
+                    params![tenant, account_id, challenge_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(id) = id else { return Ok(None) };
+            let Some(a) = authz_in(c, tenant, account_id, &id)? else {
+                return Ok(None);
+            };
+            let idx = a
+                .challenges
+                .iter()
+                .position(|ch| ch.challenge_id == challenge_id)
+                .ok_or_else(|| CoreError::Store("challenge without its authorization".into()))?;
+            Ok(Some((a, idx)))
+        })
+    }
+
+    fn start_challenge(
+        &self,
+        tenant: &str,
+        authz_id: &str,
+        challenge_id: &str,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        let (tenant, authz_id, challenge_id) = (
+            tenant.to_owned(),
+            authz_id.to_owned(),
+            challenge_id.to_owned(),
+        );
+        let audit = audit.clone();
+        self.tx(move |tx| {
+            let n = tx.execute(
+                "UPDATE acme_challenges SET status = 'processing'
+                 WHERE tenant = ?1 AND authz_id = ?2 AND challenge_id = ?3 AND status = 'pending'
+                   AND EXISTS (SELECT 1 FROM acme_authzs WHERE tenant = ?1 AND authz_id = ?2 AND status = 'pending')
+                   AND NOT EXISTS (SELECT 1 FROM acme_challenges WHERE tenant = ?1 AND authz_id = ?2 AND status = 'processing')",
+                params![tenant, authz_id, challenge_id],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            append(tx, &audit)?;
+            Ok(true)
+        })
+    }
+
+    fn finish_challenge(
+        &self,
+        tenant: &str,
+        authz_id: &str,
+        challenge_id: &str,
+        result: &ChallengeResult,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        let (tenant, authz_id, challenge_id) = (
+            tenant.to_owned(),
+            authz_id.to_owned(),
+            challenge_id.to_owned(),
+        );
+        let result = result.clone();
+        let audit = audit.clone();
+        self.tx(move |tx| {
+            let status = if result.valid { "valid" } else { "invalid" };
+            let n = tx.execute(
+                "UPDATE acme_challenges SET status = ?1, validated_unix = ?2, error = ?3
+                 WHERE tenant = ?4 AND authz_id = ?5 AND challenge_id = ?6 AND status = 'processing'",
+                params![
+                    status,
+                    if result.valid { result.now } else { 0 },
+                    result.error,
+                    tenant,
+                    authz_id,
+                    challenge_id
+                ],
+            )?;
+            if n == 0 {
+                return Ok(());
+            }
+            if result.valid {
+                tx.execute(
+                    "UPDATE acme_authzs SET status = 'valid', expires_unix = ?1
+                     WHERE tenant = ?2 AND authz_id = ?3 AND status = 'pending'",
+                    params![result.valid_until, tenant, authz_id],
+                )?;
+            } else {
+                tx.execute(
+                    "UPDATE acme_authzs SET status = 'invalid'
+                     WHERE tenant = ?1 AND authz_id = ?2 AND status = 'pending'",
+                    params![tenant, authz_id],
+                )?;
+            }
+            append(tx, &audit)?;
+            Ok(())
+        })
+    }
+
+    fn set_authz_status(
+        &self,
+        tenant: &str,
+        authz_id: &str,
+        from: &[&str],
+        to: &str,
+        audit: &AuditEntry,
+    ) -> Result<bool> {
+        let (tenant, authz_id, to) = (tenant.to_owned(), authz_id.to_owned(), to.to_owned());
+        let from = status_in(from);
+        let audit = audit.clone();
+        self.tx(move |tx| {
+            let n = tx.execute(
+                &format!(
+                    "UPDATE acme_authzs SET status = ?1 WHERE tenant = ?2 AND authz_id = ?3 AND status IN ({from})"
+                ),
+                params![to, tenant, authz_id],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            append(tx, &audit)?;
+            Ok(true)
+        })
+    }
+}
