@@ -8,9 +8,13 @@
 //!
 //! `certgate-bench issue` measures `Core.Issue` with ECDSA P-256 CSRs through `certgate init` and
 //! separate signer and core processes, next to the signer's rates from the same run (`issue.rs`).
+//!
+//! `certgate-bench ocsp` measures OCSP serving at the edge next to nginx (static file) and
+//! `cfssl ocspserve` with wrk, the p99 at half the peak, and revocation propagation (`ocsp.rs`).
 #![forbid(unsafe_code)]
 
 mod issue;
+mod ocsp;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -42,6 +46,8 @@ enum Cmd {
     Signer(SignerArgs),
     /// Issuance throughput and latency: Core.Issue with P-256 CSRs vs the signer's rates.
     Issue(issue::IssueArgs),
+    /// OCSP serving: the edge vs nginx (static file) and cfssl ocspserve with wrk; propagation.
+    Ocsp(ocsp::OcspArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -474,5 +480,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Signer(args) => signer(args),
         Cmd::Issue(args) => issue::issue(args),
+        Cmd::Ocsp(args) => ocsp::ocsp(args),
     }
 }

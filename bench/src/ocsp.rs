@@ -1,0 +1,869 @@
+//! `certgate-bench ocsp`: OCSP serving at the edge, side by side in one run with nginx serving a
+//! static file of the same size (the ceiling for "serve bytes") and `cfssl ocspserve` serving
+//! the same responses, all driven by wrk (`-t2 -c32`, keep-alive, a Lua script cycling through
+//! the requests); then the p99 at half the edge's peak (an open-loop client in this process,
+//! latency from the scheduled send time), and the revocation propagation latency to two edges.
+//!
+//! The fleet is real: `certgate init`, then `certgate-signer`, `certgate-core` and two
+//! `certgate-edge` processes; `--certs` certificates are issued through `Core.Issue`, their
+//! responses reach the edges over `WatchStatus` (or a miss), and revocations go through
+//! `Core.Revoke`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use certgate_proto::core::core_client::CoreClient;
+use certgate_proto::core::{IssueRequest, RevokeRequest, issue_request, revoke_request};
+use der::{Decode, Encode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
+
+use crate::{ChildGuard, cpu_seconds};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct OcspArgs {
+    /// Certificates to issue and query.
+    #[arg(long, default_value_t = 10_000)]
+    certs: usize,
+    /// Seconds per wrk measurement (and for the half-rate run).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// wrk threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// wrk connections (keep-alive).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Revocations whose propagation to both edges is timed.
+    #[arg(long, default_value_t = 50)]
+    revocations: usize,
+    /// Skip nginx and cfssl (edge only).
+    #[arg(long)]
+    no_peers: bool,
+    /// Directory with `certgate`, `certgate-signer`, `certgate-core`, `certgate-edge` (default:
+    /// next to this executable).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<ChildGuard> {
+    let out = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let err = out.try_clone()?;
+    let child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))?;
+    Ok(ChildGuard(child))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        anyhow::ensure!(Instant::now() < deadline, "{what}: timed out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A keep-alive HTTP/1.1 connection that sends one request at a time.
+struct Conn {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Sends `head` + `body`; returns (status, body).
+    async fn exchange(&mut self, head: &[u8], body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+        self.stream.write_all(head).await?;
+        if !body.is_empty() {
+            self.stream.write_all(body).await?;
+        }
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end])?.to_ascii_lowercase();
+                let status: u16 = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .context("status line")?;
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let total = end + 4 + len;
+                while self.buf.len() < total {
+                    let mut chunk = [0u8; 4096];
+                    let n = self.stream.read(&mut chunk).await?;
+                    anyhow::ensure!(n > 0, "connection closed");
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = self.buf[end + 4..total].to_vec();
+                self.buf.drain(..total);
+                return Ok((status, body));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await?;
+            anyhow::ensure!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn post(&mut self, path: &str, der: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/ocsp-request\r\nContent-Length: {}\r\n\r\n",
+            der.len()
+        );
+        self.exchange(head.as_bytes(), der).await
+    }
+}
+
+/// OCSP requests (SHA-1 CertID, no nonce, as `openssl ocsp -no_nonce` sends) for `serials`
+/// under `issuer`.
+fn ocsp_requests(
+    issuer: &x509_cert::Certificate,
+    serials: &[Vec<u8>],
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    use aws_lc_rs::digest::{SHA1_FOR_LEGACY_USE_ONLY, digest};
+    let name = issuer.tbs_certificate.subject.to_der()?;
+    let key = issuer
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes();
+    let name_hash = digest(&SHA1_FOR_LEGACY_USE_ONLY, &name);
+    let key_hash = digest(&SHA1_FOR_LEGACY_USE_ONLY, key);
+    serials
+        .iter()
+        .map(|serial| {
+            let req = x509_ocsp::OcspRequest {
+                tbs_request: x509_ocsp::TbsRequest {
+                    version: x509_ocsp::Version::V1,
+                    requestor_name: None,
+                    request_list: vec![x509_ocsp::Request {
+                        req_cert: x509_ocsp::CertId {
+                            hash_algorithm: spki::AlgorithmIdentifierOwned {
+                                oid: const_oid::db::rfc5912::ID_SHA_1,
+                                parameters: Some(der::Any::null()),
+                            },
+                            issuer_name_hash: der::asn1::OctetString::new(name_hash.as_ref())?,
+                            issuer_key_hash: der::asn1::OctetString::new(key_hash.as_ref())?,
+                            serial_number: x509_cert::serial_number::SerialNumber::new(serial)?,
+                        },
+                        single_request_extensions: None,
+                    }],
+                    request_extensions: None,
+                },
+                optional_signature: None,
+            };
+            Ok(req.to_der()?)
+        })
+        .collect()
+}
+
+fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// `/ocsp/{percent-encoded base64}` (RFC 6960 Appendix A.1).
+fn get_path(der: &[u8]) -> String {
+    let enc = b64(der)
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    format!("/ocsp/{enc}")
+}
+
+/// A Lua string literal with every byte as a decimal escape.
+fn lua_bytes(data: &[u8]) -> String {
+    let mut s = String::with_capacity(data.len() * 4 + 2);
+    s.push('"');
+    for b in data {
+        s.push_str(&format!("\\{b}"));
+    }
+    s.push('"');
+    s
+}
+
+/// A wrk script cycling through `items`: GET paths, or POST bodies to `post_path`.
+fn wrk_script(
+    dir: &Path,
+    name: &str,
+    items: &[String],
+    post_path: Option<&str>,
+) -> anyhow::Result<PathBuf> {
+    let mut s = String::from("local items = {\n");
+    for i in items {
+        s.push_str(i);
+        s.push_str(",\n");
+    }
+    s.push_str("}\nlocal n = #items\nlocal i = 0\n");
+    s.push_str("function init(args) i = math.random(n) - 1 end\n");
+    match post_path {
+        Some(p) => s.push_str(&format!(
+            "local headers = {{ [\"Content-Type\"] = \"application/ocsp-request\" }}\n\
+             function request()\n  i = (i % n) + 1\n  return wrk.format(\"POST\", \"{p}\", headers, items[i])\nend\n"
+        )),
+        None => s.push_str(
+            "function request()\n  i = (i % n) + 1\n  return wrk.format(\"GET\", items[i])\nend\n",
+        ),
+    }
+    // Count non-200 answers so a run of errors is not reported as throughput.
+    s.push_str(
+        "local bad = 0\nfunction response(status, headers, body)\n  if status ~= 200 then bad = bad + 1 end\nend\n",
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, s)?;
+    Ok(path)
+}
+
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+}
+
+fn wrk_ms(v: &str) -> Option<f64> {
+    let v = v.trim();
+    if let Some(x) = v.strip_suffix("us") {
+        return x.parse::<f64>().ok().map(|x| x / 1000.0);
+    }
+    if let Some(x) = v.strip_suffix("ms") {
+        return x.parse().ok();
+    }
+    if let Some(x) = v.strip_suffix('s') {
+        return x.parse::<f64>().ok().map(|x| x * 1000.0);
+    }
+    None
+}
+
+fn wrk(
+    url: &str,
+    script: Option<&Path>,
+    threads: usize,
+    conns: usize,
+    secs: u64,
+) -> anyhow::Result<WrkResult> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        &format!("-t{threads}"),
+        &format!("-c{conns}"),
+        &format!("-d{secs}s"),
+        "--latency",
+    ]);
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
+    }
+    cmd.arg(url);
+    let out = cmd.stdin(Stdio::null()).output().context("run wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "wrk failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let find = |label: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(label).map(str::to_owned))
+    };
+    let rps = find("Requests/sec:")
+        .and_then(|v| v.trim().parse().ok())
+        .context(format!("no Requests/sec in {text}"))?;
+    let p50_ms = find("50%").and_then(|v| wrk_ms(&v)).unwrap_or(f64::NAN);
+    let p99_ms = find("99%").and_then(|v| wrk_ms(&v)).unwrap_or(f64::NAN);
+    let non_2xx = find("Non-2xx or 3xx responses:")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Ok(WrkResult {
+        rps,
+        p50_ms,
+        p99_ms,
+        non_2xx,
+    })
+}
+
+fn quantile_ms(sorted_us: &[u64], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted_us.len() as f64 - 1.0) * q).round() as usize;
+    sorted_us[idx.min(sorted_us.len() - 1)] as f64 / 1000.0
+}
+
+/// Open loop over `conns` keep-alive connections at `rate` GETs/s in total for `d`: each
+/// connection sends on its own schedule; latency counts from the scheduled time.
+async fn open_loop_get(
+    addr: SocketAddr,
+    paths: Arc<Vec<String>>,
+    rate: f64,
+    conns: usize,
+    d: Duration,
+) -> anyhow::Result<(Vec<u64>, u64)> {
+    let per_conn = Duration::from_secs_f64(conns as f64 / rate.max(1.0));
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let paths = paths.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr).await?;
+            let offset = per_conn.mul_f64(c as f64 / conns as f64);
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            for i in 0u32.. {
+                let at = start + offset + per_conn * i;
+                if at - start >= d {
+                    break;
+                }
+                tokio::time::sleep_until(at).await;
+                let path = &paths[(c * 7919 + i as usize) % paths.len()];
+                let head = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+                match conn.exchange(head.as_bytes(), &[]).await {
+                    Ok((200, _)) => lat.push(at.elapsed().as_micros() as u64),
+                    _ => errors += 1,
+                }
+            }
+            anyhow::Ok((lat, errors))
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await??;
+        all.extend(l);
+        errors += e;
+    }
+    all.sort_unstable();
+    Ok((all, errors))
+}
+
+fn nginx_conf(dir: &Path, port: u16) -> anyhow::Result<PathBuf> {
+    let conf = format!(
+        "worker_processes auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  keepalive_requests 1000000;\n  server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n    default_type application/ocsp-response;\n  }}\n}}\n",
+        d = dir.display()
+    );
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    Ok(path)
+}
+
+pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bin_dir = match &args.bin_dir {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("bench executable has no directory")?
+            .to_path_buf(),
+    };
+    let tmp = tempfile::tempdir()?;
+    // nginx workers may run as another user: let them read the static file.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+    }
+    let work = tmp.path().to_path_buf();
+    let dir = work.join("data");
+    let logs = work.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let port = |_| free_port();
+    let (https, http, admin) = (port(0)?, port(1)?, port(2)?);
+    println!("certgate-bench ocsp: initialising {}", dir.display());
+    let out = Command::new(bin_dir.join("certgate"))
+        .args(["init", "--data-dir"])
+        .arg(&dir)
+        .args([
+            "--https",
+            &format!("127.0.0.1:{https}"),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .context("run certgate init")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "certgate init failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = dir.canonicalize()?;
+    let cfg = |p: &str| dir.join(p).to_string_lossy().into_owned();
+    let _signer = spawn(
+        &bin_dir.join("certgate-signer"),
+        &["--config", &cfg("signer/signer.toml")],
+        &logs.join("signer.log"),
+    )?;
+    let signer_sock = dir.join("run/signer.sock");
+    wait_until("signer", Duration::from_secs(30), || {
+        std::os::unix::net::UnixStream::connect(&signer_sock).is_ok()
+    })?;
+    let core_child = spawn(
+        &bin_dir.join("certgate-core"),
+        &["--config", &cfg("core/core.toml")],
+        &logs.join("core.log"),
+    )?;
+    let core_sock = dir.join("run/core.sock");
+    wait_until("core", Duration::from_secs(30), || {
+        std::os::unix::net::UnixStream::connect(&core_sock).is_ok()
+    })?;
+    let edge_child = spawn(
+        &bin_dir.join("certgate-edge"),
+        &["--config", &cfg("edge/edge.toml")],
+        &logs.join("edge.log"),
+    )?;
+    // A second edge on other ports (config next to the first one's).
+    let (https2, http2, admin2) = (free_port()?, free_port()?, free_port()?);
+    let edge2_cfg = dir.join("edge/edge2.toml");
+    std::fs::write(
+        &edge2_cfg,
+        format!(
+            "mode = \"dev\"\ncore_socket = \"../run/core.sock\"\n[listen]\nhttps = \"127.0.0.1:{https2}\"\nhttp = \"127.0.0.1:{http2}\"\nadmin = \"127.0.0.1:{admin2}\"\n[tls]\ncert = \"tls.pem\"\nkey = \"tls.key\"\n"
+        ),
+    )?;
+    let _edge2 = spawn(
+        &bin_dir.join("certgate-edge"),
+        &["--config", &edge2_cfg.to_string_lossy()],
+        &logs.join("edge2.log"),
+    )?;
+    let edge_addr = SocketAddr::from(([127, 0, 0, 1], http));
+    let edge2_addr = SocketAddr::from(([127, 0, 0, 1], http2));
+    for a in [edge_addr, edge2_addr] {
+        wait_until("edge", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(a).is_ok()
+        })?;
+    }
+
+    let issuer = {
+        let pem = std::fs::read(dir.join("ca/chain.pem"))?;
+        let chain = x509_cert::Certificate::load_pem_chain(&pem)?;
+        chain.into_iter().next().context("empty chain.pem")?
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let _entered = rt.enter();
+    let core = CoreClient::new(certgate_proto::transport::unix_channel(core_sock.clone()));
+    let uid = format!("uid:{}", certgate_proto::transport::current_uid());
+
+    println!("issuing {} certificates through Core.Issue …", args.certs);
+    let t0 = Instant::now();
+    let serials = rt.block_on(issue_many(core.clone(), args.certs, &uid))?;
+    println!("  {:.1} s", t0.elapsed().as_secs_f64());
+    let serial_bytes: Vec<Vec<u8>> = serials
+        .iter()
+        .map(|s| {
+            let mut v = hex_decode(s)?;
+            if v.first().is_some_and(|b| b & 0x80 != 0) {
+                v.insert(0, 0);
+            }
+            Ok(v)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let requests = ocsp_requests(&issuer, &serial_bytes)?;
+
+    println!("fetching every response from both edges (cache warm-up) …");
+    let t0 = Instant::now();
+    let responses = rt.block_on(fetch_all(edge_addr, requests.clone()))?;
+    rt.block_on(fetch_all(edge2_addr, requests.clone()))?;
+    println!("  {:.1} s", t0.elapsed().as_secs_f64());
+    let sizes: Vec<usize> = responses.iter().map(Vec::len).collect();
+    let mean_size = sizes.iter().sum::<usize>() / sizes.len().max(1);
+
+    let scripts = work.join("scripts");
+    std::fs::create_dir_all(&scripts)?;
+    let paths: Vec<String> = requests.iter().map(|r| get_path(r)).collect();
+    let get_lua = wrk_script(
+        &scripts,
+        "get.lua",
+        &paths.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>(),
+        None,
+    )?;
+    let bodies: Vec<String> = requests.iter().map(|r| lua_bytes(r)).collect();
+    let post_lua = wrk_script(&scripts, "post.lua", &bodies, Some("/ocsp"))?;
+    let cfssl_lua = wrk_script(&scripts, "cfssl.lua", &bodies, Some("/"))?;
+
+    let mut peers: Vec<ChildGuard> = Vec::new();
+    let (nginx_port, cfssl_port) = (free_port()?, free_port()?);
+    if !args.no_peers {
+        std::fs::create_dir_all(work.join("www"))?;
+        // A real response's bytes, padded or cut to the mean size.
+        let mut file = responses[0].clone();
+        file.resize(mean_size, 0);
+        std::fs::write(work.join("www/resp.der"), file)?;
+        let conf = nginx_conf(&work, nginx_port)?;
+        peers.push(spawn(
+            Path::new("nginx"),
+            &["-p", &work.to_string_lossy(), "-c", &conf.to_string_lossy()],
+            &logs.join("nginx.log"),
+        )?);
+        let lines: String = responses.iter().map(|r| b64(r) + "\n").collect();
+        std::fs::write(work.join("responses.txt"), lines)?;
+        peers.push(spawn(
+            Path::new("cfssl"),
+            &[
+                "ocspserve",
+                "-port",
+                &cfssl_port.to_string(),
+                "-address",
+                "127.0.0.1",
+                "-responses",
+                &work.join("responses.txt").to_string_lossy(),
+            ],
+            &logs.join("cfssl.log"),
+        )?);
+        for p in [nginx_port, cfssl_port] {
+            wait_until("peer", Duration::from_secs(30), || {
+                std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
+            })?;
+        }
+    }
+
+    let (t, c, s) = (args.threads, args.connections, args.seconds);
+    let edge_pid = edge_child.0.id().to_string();
+    println!("wrk -t{t} -c{c} -d{s}s: edge GET …");
+    let cpu0 = cpu_seconds(&edge_pid);
+    let edge_get = wrk(&format!("http://{edge_addr}"), Some(&get_lua), t, c, s)?;
+    let cpu1 = cpu_seconds(&edge_pid);
+    println!("wrk: edge POST …");
+    let edge_post = wrk(&format!("http://{edge_addr}"), Some(&post_lua), t, c, s)?;
+    let (nginx, cfssl) = if args.no_peers {
+        (None, None)
+    } else {
+        println!("wrk: nginx static file of {mean_size} bytes …");
+        let n = wrk(
+            &format!("http://127.0.0.1:{nginx_port}/resp.der"),
+            None,
+            t,
+            c,
+            s,
+        )?;
+        println!("wrk: cfssl ocspserve POST …");
+        let f = wrk(
+            &format!("http://127.0.0.1:{cfssl_port}"),
+            Some(&cfssl_lua),
+            t,
+            c,
+            s,
+        )?;
+        (Some(n), Some(f))
+    };
+    let half_rate = edge_get.rps / 2.0;
+    println!("open loop: edge GET at {half_rate:.0}/s (half the GET peak) …");
+    let (half_lat, half_err) = rt.block_on(open_loop_get(
+        edge_addr,
+        Arc::new(paths.clone()),
+        half_rate,
+        c,
+        Duration::from_secs(s),
+    ))?;
+
+    println!("timing {} revocations to both edges …", args.revocations);
+    let prop = rt.block_on(propagation(
+        core.clone(),
+        &uid,
+        [edge_addr, edge2_addr],
+        &serials,
+        &requests,
+        &responses,
+        args.revocations,
+    ))?;
+    drop(core_child);
+
+    println!();
+    println!(
+        "certgate-bench ocsp: {} certificates, {mean_size}-byte responses (mean), wrk -t{t} -c{c} -d{s}s keep-alive, {cores} cores shared by server and client",
+        args.certs
+    );
+    println!();
+    println!("| server | req/s | p50 ms | p99 ms | non-2xx | edge vs this |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let row = |name: &str, r: &WrkResult, base: f64| {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.2}× |",
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.non_2xx,
+            base / r.rps
+        );
+    };
+    row("certgate-edge GET /ocsp/{req}", &edge_get, edge_get.rps);
+    row("certgate-edge POST /ocsp", &edge_post, edge_post.rps);
+    if let Some(n) = &nginx {
+        row("nginx static file (ceiling)", n, edge_get.rps);
+    }
+    if let Some(f) = &cfssl {
+        row("cfssl ocspserve POST", f, edge_post.rps);
+    }
+    println!();
+    println!(
+        "edge GET open loop at {half_rate:.0}/s over {c} connections: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms ({} requests, {half_err} errors)",
+        quantile_ms(&half_lat, 0.5),
+        quantile_ms(&half_lat, 0.99),
+        quantile_ms(&half_lat, 0.999),
+        half_lat.len()
+    );
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        println!(
+            "edge CPU per GET at peak: {:.1} µs",
+            (b - a) * 1e6 / (edge_get.rps * s as f64).max(1.0)
+        );
+    }
+    let mut p = prop;
+    p.sort_unstable();
+    println!(
+        "revocation → both edges answer revoked ({} revocations, from the Revoke call): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        p.len(),
+        quantile_ms(&p, 0.5),
+        quantile_ms(&p, 0.9),
+        quantile_ms(&p, 0.99),
+        quantile_ms(&p, 1.0)
+    );
+    if let (Some(n), Some(f)) = (&nginx, &cfssl) {
+        println!(
+            "targets: GET ≥ 80% of nginx → {:.0}% {}; POST ≥ 5× cfssl → {:.1}× {}; p99 < 5 ms at half peak → {:.2} ms {}; propagation p99 < 1 s → {:.0} ms {}",
+            100.0 * edge_get.rps / n.rps,
+            if edge_get.rps >= 0.8 * n.rps {
+                "met"
+            } else {
+                "NOT met"
+            },
+            edge_post.rps / f.rps,
+            if edge_post.rps >= 5.0 * f.rps {
+                "met"
+            } else {
+                "NOT met"
+            },
+            quantile_ms(&half_lat, 0.99),
+            if quantile_ms(&half_lat, 0.99) < 5.0 {
+                "met"
+            } else {
+                "NOT met"
+            },
+            quantile_ms(&p, 0.99),
+            if quantile_ms(&p, 0.99) < 1000.0 {
+                "met"
+            } else {
+                "NOT met"
+            },
+        );
+    }
+    drop(peers);
+    Ok(())
+}
+
+fn hex_decode(s: &str) -> anyhow::Result<Vec<u8>> {
+    anyhow::ensure!(s.len().is_multiple_of(2), "odd hex {s}");
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).context("hex"))
+        .collect()
+}
+
+async fn issue_many(core: CoreClient<Channel>, n: usize, uid: &str) -> anyhow::Result<Vec<String>> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let run = std::process::id();
+    let csr = |i: usize| -> anyhow::Result<Vec<u8>> {
+        let name = format!("o{i}.bench.example");
+        let mut params = rcgen::CertificateParams::new(vec![name.clone()])?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        Ok(params.serialize_request(&key)?.der().to_vec())
+    };
+    let csrs: Vec<Vec<u8>> = (0..n).map(csr).collect::<anyhow::Result<_>>()?;
+    let csrs = Arc::new(csrs);
+    // Wait until the core issues (it may still be connecting to the signer).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut c = core.clone();
+        let r = c
+            .issue(IssueRequest {
+                tenant: "default".into(),
+                profile: "tls-server".into(),
+                request: Some(issue_request::Request::CsrDer(csrs[0].clone())),
+                protocol: "bench".into(),
+                client_identity: uid.to_owned(),
+                idempotency_key: format!("ocsp-bench-{run}-0"),
+                ..Default::default()
+            })
+            .await;
+        if r.is_ok() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the core does not issue: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let workers = 32;
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (core, csrs, uid) = (core.clone(), csrs.clone(), uid.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut i = w;
+            while i < csrs.len() {
+                let mut c = core.clone();
+                let r = c
+                    .issue(IssueRequest {
+                        tenant: "default".into(),
+                        profile: "tls-server".into(),
+                        request: Some(issue_request::Request::CsrDer(csrs[i].clone())),
+                        protocol: "bench".into(),
+                        client_identity: uid.clone(),
+                        idempotency_key: format!("ocsp-bench-{run}-{i}"),
+                        ..Default::default()
+                    })
+                    .await?;
+                out.push((i, r.into_inner().serial_hex));
+                i += workers;
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort_unstable();
+    Ok(all.into_iter().map(|(_, s)| s).collect())
+}
+
+/// POSTs every request (16 connections) until each is answered with a successful response;
+/// returns the responses in request order.
+async fn fetch_all(addr: SocketAddr, requests: Vec<Vec<u8>>) -> anyhow::Result<Vec<Vec<u8>>> {
+    let requests = Arc::new(requests);
+    let conns = 16;
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let requests = requests.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr).await?;
+            let mut out = Vec::new();
+            let mut i = c;
+            while i < requests.len() {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let (status, body) = conn.post("/ocsp", &requests[i]).await?;
+                    // A successful OCSPResponse: responseStatus ENUMERATED 0 right after the
+                    // outer SEQUENCE header.
+                    if status == 200
+                        && body.len() > 5
+                        && body.windows(3).take(8).any(|w| w == [0x0a, 0x01, 0x00])
+                    {
+                        out.push((i, body));
+                        break;
+                    }
+                    anyhow::ensure!(
+                        Instant::now() < deadline,
+                        "request {i} never answered: {status} {body:02x?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                i += conns;
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort_unstable_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, b)| b).collect())
+}
+
+/// Revokes `n` certificates one at a time; for each, the time from the `Revoke` call until
+/// both edges serve a different (revoked) response, in µs.
+async fn propagation(
+    core: CoreClient<Channel>,
+    uid: &str,
+    edges: [SocketAddr; 2],
+    serials: &[String],
+    requests: &[Vec<u8>],
+    before: &[Vec<u8>],
+    n: usize,
+) -> anyhow::Result<Vec<u64>> {
+    let mut conns = [Conn::open(edges[0]).await?, Conn::open(edges[1]).await?];
+    let mut out = Vec::new();
+    // The last certificates (not the ones wrk's scripts start with).
+    for k in 0..n.min(serials.len()) {
+        let i = serials.len() - 1 - k;
+        let start = Instant::now();
+        let mut c = core.clone();
+        c.revoke(RevokeRequest {
+            tenant: "default".into(),
+            target: Some(revoke_request::Target::SerialHex(serials[i].clone())),
+            reason: 1,
+            idempotency_key: format!("ocsp-bench-revoke-{}-{i}", std::process::id()),
+            protocol: "bench".into(),
+            client_identity: uid.to_owned(),
+        })
+        .await?;
+        let mut done = [false, false];
+        while done.iter().any(|d| !d) {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(30),
+                "revocation {k} never reached the edges"
+            );
+            for e in 0..2 {
+                if !done[e] {
+                    let (status, body) = conns[e].post("/ocsp", &requests[i]).await?;
+                    if status == 200 && body != before[i] {
+                        done[e] = true;
+                    }
+                }
+            }
+            if done.iter().any(|d| !d) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        out.push(start.elapsed().as_micros() as u64);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Checked decode of one revoked answer: it must parse as a BasicOCSPResponse saying revoked.
+    if let Some(k) = out.first().map(|_| serials.len() - 1) {
+        let (_, body) = conns[0].post("/ocsp", &requests[k]).await?;
+        let resp = x509_ocsp::OcspResponse::from_der(&body)?;
+        let basic = x509_ocsp::BasicOcspResponse::from_der(
+            resp.response_bytes
+                .context("no responseBytes")?
+                .response
+                .as_bytes(),
+        )?;
+        let status = &basic.tbs_response_data.responses[0].cert_status;
+        anyhow::ensure!(
+            matches!(status, x509_ocsp::CertStatus::Revoked(_)),
+            "the changed answer is not `revoked`: {status:?}"
+        );
+    }
+    Ok(out)
+}
