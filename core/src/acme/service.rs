@@ -1175,7 +1175,7 @@ impl Acme for AcmeService {
                         let a = blocking(|| {
                             store.reusable_authz(&r.tenant, account_id, &base, wildcard, now)
                         })?;
-                        if !a.is_some_and(|a| a.status == "valid") {
+                        if a.is_none_or(|a| a.status != "valid") {
                             all = false;
                             break;
                         }

@@ -6,7 +6,7 @@
 //!   the key authorization. Redirects are not followed (a 3xx fails the challenge).
 //! - dns-01 (§8.4): a TXT query for `_acme-challenge.NAME` sent over UDP to the configured
 //!   resolver; one TXT record must equal base64url(SHA-256(key authorization)).
-//! - tls-alpn-01 (RFC 8737): a TLS handshake offering only ALPN `acme-tls/1`, SNI = NAME (for an
+//! - tls-alpn-01 (RFC 8737): a TLS 1.3 handshake offering only ALPN `acme-tls/1`, SNI = NAME (for an
 //!   IP identifier the reverse-DNS name, RFC 8738 §6); the self-signed certificate must name
 //!   exactly the identifier and carry the critical id-pe-acmeIdentifier extension holding
 //!   SHA-256(key authorization) as a DER OCTET STRING.
@@ -322,7 +322,7 @@ impl Validator {
             .map_err(|_| fail("malformed", format!("{sni} is not a valid SNI name")))?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| fail("tls", format!("TLS config: {e}")))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptForInspection { provider }))
@@ -450,16 +450,14 @@ impl ServerCertVerifier for AcceptForInspection {
 
     fn verify_tls12_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        // Only TLS 1.3 is offered (see `tls_alpn01`), so this is never reached.
+        Err(rustls::Error::General(
+            "TLS 1.2 is not used for tls-alpn-01".into(),
+        ))
     }
 
     fn verify_tls13_signature(
@@ -468,9 +466,15 @@ impl ServerCertVerifier for AcceptForInspection {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
+        // webpki refuses to parse a certificate with the critical acmeIdentifier extension, so
+        // the handshake signature is checked against the certificate's raw public key.
+        let cert = x509_cert::Certificate::from_der(cert.as_ref())
+            .map_err(|_| rustls::Error::General("certificate does not parse".into()))?;
+        let spki = der::Encode::to_der(&cert.tbs_certificate.subject_public_key_info)
+            .map_err(|_| rustls::Error::General("certificate key does not encode".into()))?;
+        rustls::crypto::verify_tls13_signature_with_raw_key(
             message,
-            cert,
+            &rustls::pki_types::SubjectPublicKeyInfoDer::from(spki),
             dss,
             &self.provider.signature_verification_algorithms,
         )

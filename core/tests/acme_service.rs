@@ -1,0 +1,1056 @@
+#![allow(clippy::unwrap_used, missing_docs)]
+//! The core's ACME state service driven over real Unix-socket gRPC (the hop the edge uses), with
+//! validation against real responders started by the test on 127.0.0.1: an HTTP server
+//! (http-01), a rustls server presenting an rcgen acmeIdentifier certificate (tls-alpn-01) and a
+//! UDP DNS responder built with hickory-proto (dns-01). Issued chains are checked with
+//! `openssl verify`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use certgate_acme::jwk::Jwk;
+use certgate_core::acme::AcmeConfig;
+use certgate_core::store::Store;
+use certgate_core::store::acme::{AcmeSettings, AcmeStore, EabKey};
+use certgate_proto::acme::{
+    Authorization, FinalizeRequest, GetAccountRequest, GetAuthorizationRequest,
+    GetOrderCertificateRequest, GetOrderRequest, GetTenantMetaRequest, Identifier,
+    ListOrdersRequest, NewAccountRequest, NewOrderRequest, Order, RespondChallengeRequest,
+    RevokeCertificateRequest, get_account_request, revoke_certificate_request,
+};
+use certgate_proto::core::GetCertificateRequest;
+use common::{Fleet, err, fleet, pem};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: &str = "acme-t";
+
+// ---------------------------------------------------------------- responders
+
+/// token → body served at /.well-known/acme-challenge/{token}; Host headers seen.
+#[derive(Clone, Default)]
+struct HttpResponder {
+    answers: Arc<Mutex<HashMap<String, String>>>,
+    hosts: Arc<Mutex<Vec<String>>>,
+}
+
+async fn http_responder() -> (u16, HttpResponder) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let r = HttpResponder::default();
+    let rr = r.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let rr = rr.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16384 {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf).to_string();
+                let path = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+                if let Some(h) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("host: ").or(l.strip_prefix("Host: ")))
+                {
+                    rr.hosts.lock().unwrap().push(h.trim().to_owned());
+                }
+                let token = path
+                    .strip_prefix("/.well-known/acme-challenge/")
+                    .unwrap_or("");
+                let body = rr.answers.lock().unwrap().get(token).cloned();
+                let resp = match body {
+                    Some(b) => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
+                        b.len()
+                    ),
+                    None => {
+                        "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                            .into()
+                    }
+                };
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (port, r)
+}
+
+/// (certificate DER, PKCS#8 key DER).
+type CertAndKey = (Vec<u8>, Vec<u8>);
+
+/// The certificate (DER, PKCS#8 key) the tls-alpn-01 responder presents; SNI names seen.
+#[derive(Clone, Default)]
+struct TlsResponder {
+    cert: Arc<Mutex<Option<CertAndKey>>>,
+    snis: Arc<Mutex<Vec<String>>>,
+}
+
+async fn tls_responder() -> (u16, TlsResponder) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let r = TlsResponder::default();
+    let rr = r.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                return;
+            };
+            let Some((cert, key)) = rr.cert.lock().unwrap().clone() else {
+                continue;
+            };
+            let rr = rr.clone();
+            tokio::spawn(async move {
+                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+                // Not `with_single_cert`: webpki refuses the critical acmeIdentifier extension
+                // there; the validation certificate is served as is.
+                let signing = provider
+                    .key_provider
+                    .load_private_key(rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()))
+                    .unwrap();
+                let certified = Arc::new(rustls::sign::CertifiedKey::new(
+                    vec![rustls::pki_types::CertificateDer::from(cert)],
+                    signing,
+                ));
+                let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_no_client_auth()
+                    .with_cert_resolver(Arc::new(Fixed(certified)));
+                cfg.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+                if let Ok(mut tls) = acceptor.accept(s).await {
+                    if let Some(n) = tls.get_ref().1.server_name() {
+                        rr.snis.lock().unwrap().push(n.to_owned());
+                    }
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    (port, r)
+}
+
+#[derive(Debug)]
+struct Fixed(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Fixed {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// An RFC 8737 validation certificate for `name` holding SHA-256(`key_auth`).
+fn alpn_cert(name: &str, key_auth: &str) -> (Vec<u8>, Vec<u8>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_auth.as_bytes());
+    p.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest.as_ref())];
+    let cert = p.self_signed(&key).unwrap();
+    (cert.der().to_vec(), key.serialize_der())
+}
+
+/// name (lower case, trailing dot) → TXT values.
+type TxtMap = Arc<Mutex<HashMap<String, Vec<String>>>>;
+
+async fn dns_responder() -> (SocketAddr, TxtMap) {
+    use hickory_proto::op::{Message, MessageType, ResponseCode};
+    use hickory_proto::rr::rdata::TXT;
+    use hickory_proto::rr::{RData, Record};
+    use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let map: TxtMap = Arc::default();
+    let m = map.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        loop {
+            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(q) = Message::from_bytes(&buf[..n]) else {
+                continue;
+            };
+            let mut resp = Message::new();
+            resp.set_id(q.id())
+                .set_message_type(MessageType::Response)
+                .set_op_code(q.op_code())
+                .set_recursion_desired(q.recursion_desired())
+                .set_recursion_available(true);
+            let mut found = false;
+            for query in q.queries() {
+                resp.add_query(query.clone());
+                let name = query.name().to_ascii().to_ascii_lowercase();
+                if let Some(values) = m.lock().unwrap().get(&name) {
+                    found = true;
+                    for v in values {
+                        resp.add_answer(Record::from_rdata(
+                            query.name().clone(),
+                            60,
+                            RData::TXT(TXT::new(vec![v.clone()])),
+                        ));
+                    }
+                }
+            }
+            if !found {
+                resp.set_response_code(ResponseCode::NXDomain);
+            }
+            let out = resp.to_bytes().unwrap();
+            let _ = sock.send_to(&out, peer).await;
+        }
+    });
+    (addr, map)
+}
+
+// ---------------------------------------------------------------- harness
+
+struct Env {
+    f: Fleet,
+    http: HttpResponder,
+    tls: TlsResponder,
+    txt: TxtMap,
+}
+
+/// Names under `.test.example` resolve to 127.0.0.1 through the static map; `closed.test.example`
+/// to 127.0.0.2, where nothing listens.
+async fn env() -> Env {
+    let (http_port, http) = http_responder().await;
+    let (tls_port, tls) = tls_responder().await;
+    let (dns, txt) = dns_responder().await;
+    let mut hosts = std::collections::BTreeMap::new();
+    for n in [
+        "test.example",
+        "www.test.example",
+        "alpn.test.example",
+        "bad.test.example",
+        "dns.test.example",
+        "other.test.example",
+    ] {
+        hosts.insert(n.to_owned(), "127.0.0.1".parse().unwrap());
+    }
+    hosts.insert("closed.test.example".into(), "127.0.0.2".parse().unwrap());
+    let cfg = AcmeConfig {
+        http_port,
+        tls_alpn_port: tls_port,
+        dns_resolver: Some(dns),
+        hosts,
+        validation_timeout_ms: 5_000,
+        ..AcmeConfig::default()
+    };
+    let mut f = fleet(cfg).await;
+    f.bootstrap(T).await;
+    Env { f, http, tls, txt }
+}
+
+/// An ACME account key (P-256) as the edge would pass it: the JWK JSON.
+struct AccountKey {
+    key: EcdsaKeyPair,
+    jwk: Jwk,
+    json: String,
+}
+
+fn account_key() -> AccountKey {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let pk = key.public_key().as_ref().to_vec();
+    let v = serde_json::json!({
+        "kty": "EC", "crv": "P-256",
+        "x": certgate_acme::base64url(&pk[1..33]),
+        "y": certgate_acme::base64url(&pk[33..65]),
+    });
+    let jwk = Jwk::from_value(&v).unwrap();
+    AccountKey {
+        key,
+        json: v.to_string(),
+        jwk,
+    }
+}
+
+async fn new_account(f: &mut Fleet, tenant: &str, k: &AccountKey) -> String {
+    f.acme
+        .new_account(NewAccountRequest {
+            tenant: tenant.into(),
+            jwk_json: k.json.clone(),
+            contacts: vec!["mailto:admin@test.example".into()],
+            terms_agreed: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap()
+        .account_id
+}
+
+fn dns(v: &str) -> Identifier {
+    Identifier {
+        r#type: "dns".into(),
+        value: v.into(),
+    }
+}
+
+async fn order(f: &mut Fleet, account: &str, names: &[&str]) -> Order {
+    f.acme
+        .new_order(NewOrderRequest {
+            tenant: T.into(),
+            account_id: account.into(),
+            identifiers: names.iter().map(|n| dns(n)).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn authz(f: &mut Fleet, account: &str, id: &str) -> Authorization {
+    f.acme
+        .get_authorization(GetAuthorizationRequest {
+            tenant: T.into(),
+            account_id: account.into(),
+            authz_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn get_order(f: &mut Fleet, account: &str, id: &str) -> Order {
+    f.acme
+        .get_order(GetOrderRequest {
+            tenant: T.into(),
+            account_id: account.into(),
+            order_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Responds to the challenge of `kind` in the authorization and waits for the result.
+async fn respond(
+    f: &mut Fleet,
+    account: &str,
+    a: &Authorization,
+    kind: &str,
+) -> certgate_proto::acme::Challenge {
+    let ch = a.challenges.iter().find(|c| c.r#type == kind).unwrap();
+    f.acme
+        .respond_challenge(RespondChallengeRequest {
+            tenant: T.into(),
+            account_id: account.into(),
+            challenge_id: ch.challenge_id.clone(),
+            wait_ms: 8_000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge
+        .unwrap()
+}
+
+fn token(a: &Authorization, kind: &str) -> String {
+    a.challenges
+        .iter()
+        .find(|c| c.r#type == kind)
+        .unwrap()
+        .token
+        .clone()
+}
+
+fn csr_with_key(names: &[&str]) -> (Vec<u8>, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    (p.serialize_request(&key).unwrap().der().to_vec(), key)
+}
+
+fn csr(names: &[&str]) -> Vec<u8> {
+    csr_with_key(names).0
+}
+
+async fn finalize(
+    f: &mut Fleet,
+    account: &str,
+    order_id: &str,
+    csr_der: Vec<u8>,
+) -> Result<Order, tonic::Status> {
+    f.acme
+        .finalize(FinalizeRequest {
+            tenant: T.into(),
+            account_id: account.into(),
+            order_id: order_id.into(),
+            csr_der,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Validates every authorization of the order with http-01 through the test's HTTP server.
+async fn validate_http(e: &mut Env, account: &str, k: &AccountKey, o: &Order) {
+    for id in &o.authorization_ids {
+        let a = authz(&mut e.f, account, id).await;
+        if a.status == "valid" {
+            continue;
+        }
+        let tok = token(&a, "http-01");
+        e.http
+            .answers
+            .lock()
+            .unwrap()
+            .insert(tok.clone(), k.jwk.key_authorization(&tok));
+        let ch = respond(&mut e.f, account, &a, "http-01").await;
+        assert_eq!(ch.status, "valid", "{ch:?}");
+    }
+}
+
+fn openssl_verify(dir: &std::path::Path, root: &[u8], chain: &[Vec<u8>], leaf: &[u8]) {
+    let root_p = dir.join("root.pem");
+    let chain_p = dir.join("chain.pem");
+    let leaf_p = dir.join("leaf.pem");
+    std::fs::write(&root_p, pem("CERTIFICATE", root)).unwrap();
+    std::fs::write(
+        &chain_p,
+        chain
+            .iter()
+            .map(|c| pem("CERTIFICATE", c))
+            .collect::<String>(),
+    )
+    .unwrap();
+    std::fs::write(&leaf_p, pem("CERTIFICATE", leaf)).unwrap();
+    let out = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&root_p)
+        .arg("-untrusted")
+        .arg(&chain_p)
+        .arg(&leaf_p)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl verify failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------- tests
+
+/// RFC 8555 §7.3, §7.4, §7.5.1, §8.3: account → order → http-01 (validated by the core against
+/// the test's HTTP server, Host header = the name) → finalize → certificate that `openssl
+/// verify` accepts; a second finalize returns the same certificate; a second order reuses the
+/// valid authorizations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_full_flow_issues_a_verifiable_certificate_once() {
+    let mut e = env().await;
+    let k = account_key();
+    let meta =
+        e.f.acme
+            .get_tenant_meta(GetTenantMetaRequest { tenant: T.into() })
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(meta.profiles.contains_key("tls-server"), "{meta:?}");
+    assert_eq!(meta.default_profile, "tls-server");
+
+    let acct = new_account(&mut e.f, T, &k).await;
+    // The same key again: the same account, not a new one.
+    let again =
+        e.f.acme
+            .new_account(NewAccountRequest {
+                tenant: T.into(),
+                jwk_json: k.json.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(!again.created);
+    assert_eq!(again.account.unwrap().account_id, acct);
+    let by_tp =
+        e.f.acme
+            .get_account(GetAccountRequest {
+                tenant: T.into(),
+                by: Some(get_account_request::By::JwkThumbprint(k.jwk.thumbprint())),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(by_tp.account_id, acct);
+
+    let o = order(&mut e.f, &acct, &["www.test.example", "test.example"]).await;
+    assert_eq!(o.status, "pending");
+    assert_eq!(o.authorization_ids.len(), 2);
+    let a0 = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    let kinds: Vec<&str> = a0.challenges.iter().map(|c| c.r#type.as_str()).collect();
+    assert_eq!(kinds, ["http-01", "dns-01", "tls-alpn-01"]);
+    assert!(
+        a0.challenges.iter().all(|c| c.token.len() >= 22),
+        "tokens carry ≥128 bits"
+    );
+
+    // Finalize before ready: orderNotReady, nothing issued.
+    let e1 = err(finalize(
+        &mut e.f,
+        &acct,
+        &o.order_id,
+        csr(&["test.example", "www.test.example"]),
+    )
+    .await
+    .unwrap_err());
+    assert_eq!(e1.rule, "orderNotReady");
+
+    validate_http(&mut e, &acct, &k, &o).await;
+    let hosts = e.http.hosts.lock().unwrap().clone();
+    assert!(hosts.contains(&"www.test.example".to_owned()), "{hosts:?}");
+    assert!(hosts.contains(&"test.example".to_owned()), "{hosts:?}");
+    let o = get_order(&mut e.f, &acct, &o.order_id).await;
+    assert_eq!(o.status, "ready");
+
+    // A CSR with an extra name: badCSR, the order stays ready.
+    let e2 = err(finalize(
+        &mut e.f,
+        &acct,
+        &o.order_id,
+        csr(&["test.example", "www.test.example", "evil.test.example"]),
+    )
+    .await
+    .unwrap_err());
+    assert_eq!(e2.rule, "badCSR");
+    assert_eq!(
+        get_order(&mut e.f, &acct, &o.order_id).await.status,
+        "ready"
+    );
+
+    let done = finalize(
+        &mut e.f,
+        &acct,
+        &o.order_id,
+        csr(&["test.example", "www.test.example"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.status, "valid", "{done:?}");
+    assert!(!done.certificate_serial_hex.is_empty());
+    // Finalize twice: the same order, the same certificate.
+    let twice = finalize(
+        &mut e.f,
+        &acct,
+        &o.order_id,
+        csr(&["test.example", "www.test.example"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(twice.certificate_serial_hex, done.certificate_serial_hex);
+
+    let chain =
+        e.f.acme
+            .get_order_certificate(GetOrderCertificateRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                serial_hex: done.certificate_serial_hex.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    let chain_der = chain.chain.unwrap().chain_der;
+    assert_eq!(chain_der.len(), 1, "issuing CA only, the root excluded");
+    let root = e.f.root_der(T);
+    openssl_verify(&e.f.dir, &root, &chain_der, &chain.certificate_der);
+    let stored =
+        e.f.core
+            .get_certificate(GetCertificateRequest {
+                tenant: T.into(),
+                serial_hex: done.certificate_serial_hex.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(stored.certificate_der, chain.certificate_der);
+
+    // A second order for the same names reuses the valid authorizations: ready at once.
+    let o2 = order(&mut e.f, &acct, &["test.example", "www.test.example"]).await;
+    assert_eq!(o2.status, "ready");
+    let mut a = o.authorization_ids.clone();
+    let mut b = o2.authorization_ids.clone();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+
+    let list =
+        e.f.acme
+            .list_orders(ListOrdersRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                cursor: String::new(),
+                page_size: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(list.order_ids, vec![o2.order_id.clone()], "newest first");
+    assert!(!list.next_cursor.is_empty());
+    let page2 =
+        e.f.acme
+            .list_orders(ListOrdersRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                cursor: list.next_cursor,
+                page_size: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(page2.order_ids, vec![o.order_id.clone()]);
+    assert!(page2.next_cursor.is_empty());
+}
+
+/// I-4: another account of the tenant, and the same account id under another tenant, get
+/// NOT_FOUND for the order, its authorizations and its certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_accounts_and_tenants_see_nothing() {
+    let mut e = env().await;
+    e.f.bootstrap("acme-b").await;
+    let ka = account_key();
+    let kb = account_key();
+    let a = new_account(&mut e.f, T, &ka).await;
+    let b = new_account(&mut e.f, T, &kb).await;
+    let o = order(&mut e.f, &a, &["test.example"]).await;
+    validate_http(&mut e, &a, &ka, &o).await;
+    let done = finalize(&mut e.f, &a, &o.order_id, csr(&["test.example"]))
+        .await
+        .unwrap();
+    for (tenant, account) in [(T, b.as_str()), ("acme-b", a.as_str())] {
+        let s =
+            e.f.acme
+                .get_order(GetOrderRequest {
+                    tenant: tenant.into(),
+                    account_id: account.into(),
+                    order_id: o.order_id.clone(),
+                })
+                .await
+                .unwrap_err();
+        assert_eq!(s.code(), tonic::Code::NotFound, "{tenant}/{account}");
+        let s =
+            e.f.acme
+                .get_authorization(GetAuthorizationRequest {
+                    tenant: tenant.into(),
+                    account_id: account.into(),
+                    authz_id: o.authorization_ids[0].clone(),
+                })
+                .await
+                .unwrap_err();
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        let s =
+            e.f.acme
+                .get_order_certificate(GetOrderCertificateRequest {
+                    tenant: tenant.into(),
+                    account_id: account.into(),
+                    serial_hex: done.certificate_serial_hex.clone(),
+                })
+                .await
+                .unwrap_err();
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        let s =
+            e.f.acme
+                .finalize(FinalizeRequest {
+                    tenant: tenant.into(),
+                    account_id: account.into(),
+                    order_id: o.order_id.clone(),
+                    csr_der: csr(&["test.example"]),
+                })
+                .await
+                .unwrap_err();
+        assert_eq!(s.code(), tonic::Code::NotFound);
+    }
+    // The same key is a different account in another tenant.
+    let b_in_other = new_account(&mut e.f, "acme-b", &ka).await;
+    assert_ne!(b_in_other, a);
+}
+
+/// RFC 8737 + RFC 8555 §8: tls-alpn-01 validated with a real handshake (ALPN acme-tls/1, SNI =
+/// the name) against a rustls responder; a certificate with the wrong digest is
+/// incorrectResponse and makes the authorization and the order invalid with a subproblem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn01_validates_and_a_wrong_digest_fails() {
+    let mut e = env().await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let o = order(&mut e.f, &acct, &["alpn.test.example"]).await;
+    let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    let tok = token(&a, "tls-alpn-01");
+    *e.tls.cert.lock().unwrap() = Some(alpn_cert(
+        "alpn.test.example",
+        &k.jwk.key_authorization(&tok),
+    ));
+    let ch = respond(&mut e.f, &acct, &a, "tls-alpn-01").await;
+    assert_eq!(ch.status, "valid", "{ch:?}");
+    assert!(
+        e.tls
+            .snis
+            .lock()
+            .unwrap()
+            .contains(&"alpn.test.example".to_owned())
+    );
+    let done = finalize(&mut e.f, &acct, &o.order_id, csr(&["alpn.test.example"]))
+        .await
+        .unwrap();
+    assert_eq!(done.status, "valid");
+
+    let o = order(&mut e.f, &acct, &["bad.test.example"]).await;
+    let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    *e.tls.cert.lock().unwrap() = Some(alpn_cert("bad.test.example", "not the key authorization"));
+    let ch = respond(&mut e.f, &acct, &a, "tls-alpn-01").await;
+    assert_eq!(ch.status, "invalid");
+    assert_eq!(ch.error.unwrap().r#type, "incorrectResponse");
+    assert_eq!(authz(&mut e.f, &acct, &a.authz_id).await.status, "invalid");
+    let o = get_order(&mut e.f, &acct, &o.order_id).await;
+    assert_eq!(o.status, "invalid");
+    let p = o.error.unwrap();
+    assert_eq!(p.subproblems.len(), 1);
+    assert_eq!(
+        p.subproblems[0].identifier.as_ref().unwrap().value,
+        "bad.test.example"
+    );
+    assert_eq!(p.subproblems[0].r#type, "incorrectResponse");
+}
+
+/// RFC 8555 §8.4, §7.1.3: a wildcard gets only dns-01 (base name, wildcard flag); the TXT record
+/// at _acme-challenge is queried from the configured resolver; a missing record is `dns`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns01_validates_a_wildcard_and_a_missing_record_fails() {
+    let mut e = env().await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let o = order(&mut e.f, &acct, &["*.dns.test.example"]).await;
+    let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    assert!(a.wildcard);
+    assert_eq!(a.identifier.as_ref().unwrap().value, "dns.test.example");
+    let kinds: Vec<&str> = a.challenges.iter().map(|c| c.r#type.as_str()).collect();
+    assert_eq!(kinds, ["dns-01"]);
+    let tok = token(&a, "dns-01");
+    e.txt.lock().unwrap().insert(
+        "_acme-challenge.dns.test.example.".into(),
+        vec!["unrelated".into(), k.jwk.dns01_txt_value(&tok)],
+    );
+    let ch = respond(&mut e.f, &acct, &a, "dns-01").await;
+    assert_eq!(ch.status, "valid", "{ch:?}");
+    let done = finalize(&mut e.f, &acct, &o.order_id, csr(&["*.dns.test.example"]))
+        .await
+        .unwrap();
+    assert_eq!(done.status, "valid", "{done:?}");
+
+    let o = order(&mut e.f, &acct, &["other.test.example"]).await;
+    let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    let ch = respond(&mut e.f, &acct, &a, "dns-01").await;
+    assert_eq!(ch.status, "invalid");
+    assert_eq!(ch.error.unwrap().r#type, "dns");
+}
+
+/// http-01 failure paths: a wrong key authorization is incorrectResponse; nothing listening is
+/// connection. Both leave the authorization invalid and nothing issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_wrong_answer_and_closed_port_fail_with_the_right_problem() {
+    let mut e = env().await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let o = order(&mut e.f, &acct, &["bad.test.example"]).await;
+    let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    let tok = token(&a, "http-01");
+    e.http
+        .answers
+        .lock()
+        .unwrap()
+        .insert(tok.clone(), format!("{tok}.not-the-thumbprint"));
+    let ch = respond(&mut e.f, &acct, &a, "http-01").await;
+    assert_eq!(ch.status, "invalid");
+    assert_eq!(ch.error.unwrap().r#type, "incorrectResponse");
+    let e1 = err(
+        finalize(&mut e.f, &acct, &o.order_id, csr(&["bad.test.example"]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e1.rule, "orderNotReady");
+
+    let o = order(&mut e.f, &acct, &["closed.test.example"]).await;
+    let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    let ch = respond(&mut e.f, &acct, &a, "http-01").await;
+    assert_eq!(ch.status, "invalid");
+    assert_eq!(ch.error.unwrap().r#type, "connection");
+}
+
+/// newOrder refusals: an unknown profile is invalidProfile; an unsupported identifier type is
+/// unsupportedIdentifier; an unknown account is accountDoesNotExist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_order_refusals_carry_acme_problem_types() {
+    let mut e = env().await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let s =
+        e.f.acme
+            .new_order(NewOrderRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                identifiers: vec![dns("test.example")],
+                profile: "no-such-profile".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "invalidProfile");
+    let s =
+        e.f.acme
+            .new_order(NewOrderRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                identifiers: vec![Identifier {
+                    r#type: "email".into(),
+                    value: "a@b.example".into(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "unsupportedIdentifier");
+    let s =
+        e.f.acme
+            .new_order(NewOrderRequest {
+                tenant: T.into(),
+                account_id: "nobody".into(),
+                identifiers: vec![dns("test.example")],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "accountDoesNotExist");
+    let s =
+        e.f.acme
+            .get_tenant_meta(GetTenantMetaRequest {
+                tenant: "no-such-tenant".into(),
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::NotFound);
+}
+
+/// RFC 8555 §7.6: revocation by the ordering account, refused for an unrelated account, by the
+/// certificate's own key; reason 7 is badRevocationReason, a second revocation alreadyRevoked.
+/// The store records the revocation (what OCSP/CRL read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_by_owner_or_certificate_key_only() {
+    let mut e = env().await;
+    let k = account_key();
+    let stranger = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let other = new_account(&mut e.f, T, &stranger).await;
+    let o = order(&mut e.f, &acct, &["test.example"]).await;
+    validate_http(&mut e, &acct, &k, &o).await;
+    let (csr1, cert_key) = csr_with_key(&["test.example"]);
+    let d1 = finalize(&mut e.f, &acct, &o.order_id, csr1).await.unwrap();
+    let o2 = order(&mut e.f, &acct, &["www.test.example"]).await;
+    validate_http(&mut e, &acct, &k, &o2).await;
+    let d2 = finalize(&mut e.f, &acct, &o2.order_id, csr(&["www.test.example"]))
+        .await
+        .unwrap();
+    let der = |serial: &str| {
+        e.f.store
+            .get_cert(T, serial)
+            .unwrap()
+            .expect("stored")
+            .cert_der
+    };
+    let (c1, c2) = (
+        der(&d1.certificate_serial_hex),
+        der(&d2.certificate_serial_hex),
+    );
+    let revoke = |cert: Vec<u8>, reason: u32, auth: revoke_certificate_request::Auth| {
+        RevokeCertificateRequest {
+            tenant: T.into(),
+            certificate_der: cert,
+            reason,
+            auth: Some(auth),
+        }
+    };
+    use revoke_certificate_request::Auth;
+    let s =
+        e.f.acme
+            .revoke_certificate(revoke(c2.clone(), 7, Auth::AccountId(acct.clone())))
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "badRevocationReason");
+    let s =
+        e.f.acme
+            .revoke_certificate(revoke(c2.clone(), 1, Auth::AccountId(other.clone())))
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "unauthorized");
+    // A key that is not the certificate's is refused too.
+    let s =
+        e.f.acme
+            .revoke_certificate(revoke(
+                c1.clone(),
+                1,
+                Auth::CertificateKeyJwkJson(k.json.clone()),
+            ))
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "unauthorized");
+    e.f.acme
+        .revoke_certificate(revoke(c2.clone(), 4, Auth::AccountId(acct.clone())))
+        .await
+        .unwrap();
+    let s =
+        e.f.acme
+            .revoke_certificate(revoke(c2.clone(), 4, Auth::AccountId(acct.clone())))
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "alreadyRevoked");
+    let rec =
+        e.f.store
+            .get_cert(T, &d2.certificate_serial_hex)
+            .unwrap()
+            .unwrap();
+    assert!(rec.revoked);
+    assert_eq!(rec.revocation_reason, 4);
+
+    // By the certificate's own key (the CSR key), as a `jwk` request.
+    let pk = cert_key.public_key_raw().to_vec();
+    let cert_jwk = serde_json::json!({
+        "kty": "EC", "crv": "P-256",
+        "x": certgate_acme::base64url(&pk[1..33]),
+        "y": certgate_acme::base64url(&pk[33..65]),
+    })
+    .to_string();
+    e.f.acme
+        .revoke_certificate(revoke(c1.clone(), 1, Auth::CertificateKeyJwkJson(cert_jwk)))
+        .await
+        .unwrap();
+    assert!(
+        e.f.store
+            .get_cert(T, &d1.certificate_serial_hex)
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    let _ = &k.key;
+}
+
+fn eab_jws(kid: &str, mac_key: &[u8], account_jwk: &str, url: &str) -> Vec<u8> {
+    let protected = certgate_acme::base64url(
+        serde_json::json!({"alg": "HS256", "kid": kid, "url": url})
+            .to_string()
+            .as_bytes(),
+    );
+    let payload = certgate_acme::base64url(account_jwk.as_bytes());
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, mac_key);
+    let sig = aws_lc_rs::hmac::sign(&key, format!("{protected}.{payload}").as_bytes());
+    serde_json::json!({
+        "protected": protected,
+        "payload": payload,
+        "signature": certgate_acme::base64url(sig.as_ref()),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// RFC 8555 §7.3.4: when the tenant requires EAB, newAccount without one is
+/// externalAccountRequired; an unknown kid or a wrong MAC is unauthorized; a good binding
+/// creates the account and consumes the key; reusing the key for another account is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_account_binding_is_required_verified_and_single_use() {
+    let mut e = env().await;
+    let audit = certgate_core::audit::AuditEntry::new("test", T, "test", serde_json::json!({}));
+    let store: &dyn AcmeStore = e.f.store.as_ref();
+    store
+        .put_acme_settings(
+            &AcmeSettings {
+                tenant: T.into(),
+                terms_of_service: "https://example.invalid/tos".into(),
+                external_account_required: true,
+                ..AcmeSettings::default()
+            },
+            &audit,
+        )
+        .unwrap();
+    let mac = vec![7u8; 32];
+    store
+        .insert_eab_key(
+            &EabKey {
+                tenant: T.into(),
+                key_id: "kid-1".into(),
+                key: zeroize::Zeroizing::new(mac.clone()),
+                account_id: String::new(),
+                created_unix: 0,
+            },
+            &audit,
+        )
+        .unwrap();
+    let url = "https://127.0.0.1:8443/acme/new-account";
+    let k = account_key();
+    let req = |eab: Vec<u8>, k: &AccountKey, terms: bool| NewAccountRequest {
+        tenant: T.into(),
+        jwk_json: k.json.clone(),
+        terms_agreed: terms,
+        external_account_binding_json: eab,
+        new_account_url: url.into(),
+        ..Default::default()
+    };
+    let s =
+        e.f.acme
+            .new_account(req(Vec::new(), &k, true))
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "externalAccountRequired");
+    let s =
+        e.f.acme
+            .new_account(req(eab_jws("kid-1", &mac, &k.json, url), &k, false))
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "malformed", "terms must be agreed");
+    let s =
+        e.f.acme
+            .new_account(req(eab_jws("kid-unknown", &mac, &k.json, url), &k, true))
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "unauthorized");
+    let s =
+        e.f.acme
+            .new_account(req(eab_jws("kid-1", &[8u8; 32], &k.json, url), &k, true))
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "unauthorized");
+    let ok =
+        e.f.acme
+            .new_account(req(eab_jws("kid-1", &mac, &k.json, url), &k, true))
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(ok.created);
+    assert_eq!(ok.account.unwrap().eab_key_id, "kid-1");
+    let k2 = account_key();
+    let s =
+        e.f.acme
+            .new_account(req(eab_jws("kid-1", &mac, &k2.json, url), &k2, true))
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "unauthorized", "an EAB key binds one account");
+}
