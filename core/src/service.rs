@@ -574,6 +574,24 @@ impl Admin for AdminService {
         Ok(Response::new(ListCasResponse { cas }))
     }
 
+    async fn create_eab_key(
+        &self,
+        req: Request<certgate_proto::admin::CreateEabKeyRequest>,
+    ) -> Result<Response<certgate_proto::admin::EabKeyCreated>, Status> {
+        let caller = self.admit(&req, "CreateEabKey")?;
+        let out = crate::acme::admin::create_eab_key(&self.0, &caller, req.get_ref())?;
+        Ok(Response::new(out))
+    }
+
+    async fn set_acme_settings(
+        &self,
+        req: Request<certgate_proto::admin::AcmeSettings>,
+    ) -> Result<Response<certgate_proto::admin::AcmeSettings>, Status> {
+        let caller = self.admit(&req, "SetAcmeSettings")?;
+        let out = crate::acme::admin::set_acme_settings(&self.0, &caller, req.get_ref())?;
+        Ok(Response::new(out))
+    }
+
     async fn verify_audit(
         &self,
         req: Request<VerifyAuditRequest>,

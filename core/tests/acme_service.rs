@@ -16,7 +16,7 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPai
 use certgate_acme::jwk::Jwk;
 use certgate_core::acme::AcmeConfig;
 use certgate_core::store::Store;
-use certgate_core::store::acme::{AcmeSettings, AcmeStore, EabKey};
+use certgate_core::store::acme::AcmeStore;
 use certgate_proto::acme::{
     Authorization, FinalizeRequest, GetAccountRequest, GetAuthorizationRequest,
     GetOrderCertificateRequest, GetOrderRequest, GetTenantMetaRequest, Identifier,
@@ -978,32 +978,50 @@ fn eab_jws(kid: &str, mac_key: &[u8], account_jwk: &str, url: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_account_binding_is_required_verified_and_single_use() {
     let mut e = env().await;
-    let audit = certgate_core::audit::AuditEntry::new("test", T, "test", serde_json::json!({}));
-    let store: &dyn AcmeStore = e.f.store.as_ref();
-    store
-        .put_acme_settings(
-            &AcmeSettings {
-                tenant: T.into(),
-                terms_of_service: "https://example.invalid/tos".into(),
-                external_account_required: true,
-                ..AcmeSettings::default()
-            },
-            &audit,
-        )
+    e.f.admin
+        .set_acme_settings(certgate_proto::admin::AcmeSettings {
+            tenant: T.into(),
+            terms_of_service: "https://example.invalid/tos".into(),
+            website: "https://example.invalid/".into(),
+            caa_identities: vec!["ca.example".into()],
+            external_account_required: true,
+        })
+        .await
         .unwrap();
-    let mac = vec![7u8; 32];
-    store
-        .insert_eab_key(
-            &EabKey {
-                tenant: T.into(),
-                key_id: "kid-1".into(),
-                key: zeroize::Zeroizing::new(mac.clone()),
-                account_id: String::new(),
-                created_unix: 0,
-            },
-            &audit,
-        )
+    let meta =
+        e.f.acme
+            .get_tenant_meta(GetTenantMetaRequest { tenant: T.into() })
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(meta.external_account_required);
+    assert_eq!(meta.caa_identities, ["ca.example"]);
+    let created =
+        e.f.admin
+            .create_eab_key(certgate_proto::admin::CreateEabKeyRequest { tenant: T.into() })
+            .await
+            .unwrap()
+            .into_inner();
+    let kid = created.key_id.clone();
+    let mac = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&created.hmac_key_b64url)
+            .unwrap()
+    };
+    assert_eq!(mac.len(), 32);
+    // The key is stored, unbound; no audit record carries it.
+    let stored = AcmeStore::eab_key(e.f.store.as_ref(), T, &kid)
+        .unwrap()
         .unwrap();
+    assert_eq!(stored.key.as_slice(), mac.as_slice());
+    let audit = e.f.store.audit_records().unwrap();
+    assert!(
+        !audit
+            .iter()
+            .any(|r| r.details.contains(&created.hmac_key_b64url)),
+        "the HMAC key is never audited"
+    );
     let url = "https://127.0.0.1:8443/acme/new-account";
     let k = account_key();
     let req = |eab: Vec<u8>, k: &AccountKey, terms: bool| NewAccountRequest {
@@ -1022,7 +1040,7 @@ async fn external_account_binding_is_required_verified_and_single_use() {
     assert_eq!(err(s).rule, "externalAccountRequired");
     let s =
         e.f.acme
-            .new_account(req(eab_jws("kid-1", &mac, &k.json, url), &k, false))
+            .new_account(req(eab_jws(&kid, &mac, &k.json, url), &k, false))
             .await
             .unwrap_err();
     assert_eq!(err(s).rule, "malformed", "terms must be agreed");
@@ -1034,22 +1052,22 @@ async fn external_account_binding_is_required_verified_and_single_use() {
     assert_eq!(err(s).rule, "unauthorized");
     let s =
         e.f.acme
-            .new_account(req(eab_jws("kid-1", &[8u8; 32], &k.json, url), &k, true))
+            .new_account(req(eab_jws(&kid, &[8u8; 32], &k.json, url), &k, true))
             .await
             .unwrap_err();
     assert_eq!(err(s).rule, "unauthorized");
     let ok =
         e.f.acme
-            .new_account(req(eab_jws("kid-1", &mac, &k.json, url), &k, true))
+            .new_account(req(eab_jws(&kid, &mac, &k.json, url), &k, true))
             .await
             .unwrap()
             .into_inner();
     assert!(ok.created);
-    assert_eq!(ok.account.unwrap().eab_key_id, "kid-1");
+    assert_eq!(ok.account.unwrap().eab_key_id, kid);
     let k2 = account_key();
     let s =
         e.f.acme
-            .new_account(req(eab_jws("kid-1", &mac, &k2.json, url), &k2, true))
+            .new_account(req(eab_jws(&kid, &mac, &k2.json, url), &k2, true))
             .await
             .unwrap_err();
     assert_eq!(err(s).rule, "unauthorized", "an EAB key binds one account");

@@ -10,6 +10,7 @@
 //! Errors carry the ACME problem type suffix as their `rule` (proto header), so the edge renders
 //! `urn:ietf:params:acme:error:{rule}`.
 
+pub mod admin;
 pub mod service;
 pub mod validate;
 
