@@ -106,6 +106,9 @@ pub struct Limits {
     pub core_deadline_ms: u64,
     /// Time to read a request's headers, milliseconds.
     pub header_timeout_ms: u64,
+    /// Per-protocol body limits (`acme = 65536`), bytes; a protocol without an entry gets
+    /// `max_body_bytes`. Beyond the limit: 413.
+    pub protocol_max_body_bytes: std::collections::BTreeMap<String, usize>,
 }
 
 impl Default for Limits {
@@ -117,6 +120,7 @@ impl Default for Limits {
             request_timeout_ms: 30_000,
             core_deadline_ms: 10_000,
             header_timeout_ms: 10_000,
+            protocol_max_body_bytes: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -163,6 +167,18 @@ pub struct EdgeConfig {
     /// OCSP/CRL serving (issue 5).
     #[serde(default)]
     pub status: Status,
+    /// Bounded concurrency pools per protocol and per tenant.
+    #[serde(default)]
+    pub bulkheads: crate::bulkhead::BulkheadConfig,
+    /// Tenant routing: Host map and the unknown-tenant cache.
+    #[serde(default)]
+    pub tenants: crate::tenant::TenantConfig,
+    /// Rate limits (per tenant overrides).
+    #[serde(default)]
+    pub rate_limits: crate::ratelimit::RateLimitConfig,
+    /// The ACME server.
+    #[serde(default)]
+    pub acme: crate::acme::AcmeConfig,
 }
 
 /// OCSP and CRL serving: the status cache, its miss path and the `WatchStatus` task.
@@ -246,6 +262,18 @@ impl EdgeConfig {
         if l.request_timeout_ms == 0 || l.core_deadline_ms == 0 || l.header_timeout_ms == 0 {
             return Err(ConfigError::Invalid("timeouts must be positive".into()));
         }
+        if l.protocol_max_body_bytes.values().any(|v| *v == 0) {
+            return Err(ConfigError::Invalid(
+                "protocol_max_body_bytes must be positive".into(),
+            ));
+        }
+        cfg.bulkheads.validate().map_err(ConfigError::Invalid)?;
+        cfg.tenants.validate().map_err(ConfigError::Invalid)?;
+        cfg.rate_limits.validate().map_err(ConfigError::Invalid)?;
+        if let Some(k) = cfg.acme.nonce_key_file.as_mut() {
+            abs(k);
+        }
+        cfg.acme.validate().map_err(ConfigError::Invalid)?;
         let st = &cfg.status;
         if st.cache_max_bytes == 0
             || st.max_miss_in_flight == 0

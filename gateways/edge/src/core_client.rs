@@ -3,6 +3,11 @@
 //! Every call carries a deadline (I-8) both as a `grpc-timeout` the core can see and as a local
 //! timer, so a wedged core never holds an edge request longer than configured. A core that is
 //! down surfaces as `Unavailable` (I-5: never a fallback).
+//!
+//! Retries: only idempotent calls — reads, and writes that carry an idempotency key (`Issue`, and
+//! ACME `Finalize`, which the core keys by order id) — are retried, only when the core was
+//! unavailable, at most [`MAX_RETRIES`] times with exponential backoff, and never past the
+//! deadline. Everything else is tried once: a retried `NewOrder` could create two orders.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,14 +18,28 @@ use certgate_proto::core::{
     GetCaChainRequest, GetCaChainResponse, IssueRequest, IssueResponse, RevokeRequest,
     RevokeResponse,
 };
+use certgate_proto::acme::acme_client::AcmeClient as GrpcAcme;
 use certgate_proto::transport::unix_channel;
 use tonic::transport::Channel;
+
+/// Most retries of one idempotent call (so at most 1 + this many attempts).
+pub const MAX_RETRIES: u32 = 2;
+/// First retry delay; doubled each time.
+const RETRY_BASE: Duration = Duration::from_millis(50);
 
 /// A cheap-to-clone handle on the core.
 #[derive(Clone)]
 pub struct CoreClient {
     inner: GrpcCore<Channel>,
+    acme: GrpcAcme<Channel>,
     deadline: Duration,
+}
+
+/// Whether a call may be repeated without changing the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Idempotent {
+    Yes,
+    No,
 }
 
 impl CoreClient {
@@ -32,7 +51,8 @@ impl CoreClient {
     /// A client over any channel (tests use an in-memory one).
     pub fn from_channel(channel: Channel, deadline: Duration) -> Self {
         Self {
-            inner: GrpcCore::new(channel),
+            inner: GrpcCore::new(channel.clone()),
+            acme: GrpcAcme::new(channel),
             deadline,
         }
     }
@@ -64,11 +84,92 @@ impl CoreClient {
         result
     }
 
-    /// `Core.Issue` — the one issuance path (I-2).
+    /// Runs `call` under the deadline; retries an idempotent call while the core is unavailable,
+    /// with backoff, within the same overall deadline.
+    async fn call<T, R, F, Fut>(
+        &self,
+        method: &'static str,
+        idem: Idempotent,
+        msg: T,
+        call: F,
+    ) -> Result<R, RpcError>
+    where
+        T: Clone,
+        F: Fn(tonic::Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let give_up = std::time::Instant::now() + self.deadline;
+        let mut attempt = 0u32;
+        loop {
+            let result = self.bounded(method, call(self.request(msg.clone()))).await;
+            match result {
+                Err(e)
+                    if idem == Idempotent::Yes
+                        && e.kind == certgate_proto::ErrorKind::Unavailable
+                        && attempt < MAX_RETRIES =>
+                {
+                    let wait = RETRY_BASE * 2u32.pow(attempt);
+                    if std::time::Instant::now() + wait >= give_up {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                    ::metrics::counter!(crate::metrics::CORE_RETRIES_TOTAL, "method" => method)
+                        .increment(1);
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `Core.Issue` — the one issuance path (I-2). Retried: the request carries an idempotency
+    /// key.
     pub async fn issue(&self, req: IssueRequest) -> Result<IssueResponse, RpcError> {
-        let mut c = self.inner.clone();
-        let r = self.request(req);
-        self.bounded("issue", c.issue(r)).await
+        let retry = if req.idempotency_key.is_empty() {
+            Idempotent::No
+        } else {
+            Idempotent::Yes
+        };
+        let c = self.inner.clone();
+        self.call("issue", retry, req, |r| {
+            let mut c = c.clone();
+            async move { c.issue(r).await }
+        })
+        .await
+    }
+
+    /// `Core.GetCertificate`: one certificate record of a tenant.
+    pub async fn get_certificate(
+        &self,
+        tenant: &str,
+        serial_hex: &str,
+    ) -> Result<certgate_proto::core::CertificateRecord, RpcError> {
+        let c = self.inner.clone();
+        let req = certgate_proto::core::GetCertificateRequest {
+            tenant: tenant.to_owned(),
+            serial_hex: serial_hex.to_owned(),
+        };
+        self.call("get_certificate", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.get_certificate(r).await }
+        })
+        .await
+    }
+
+    /// `Acme.GetTenantMeta`: the tenant's ACME settings; NOT_FOUND for an unknown tenant.
+    pub async fn tenant_meta(
+        &self,
+        tenant: &str,
+    ) -> Result<certgate_proto::acme::TenantMeta, RpcError> {
+        let c = self.acme.clone();
+        let req = certgate_proto::acme::GetTenantMetaRequest {
+            tenant: tenant.to_owned(),
+        };
+        self.call("acme_get_tenant_meta", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.get_tenant_meta(r).await }
+        })
+        .await
     }
 
     /// `Core.Revoke`.
@@ -84,12 +185,16 @@ impl CoreClient {
         tenant: &str,
         issuer_id: &str,
     ) -> Result<GetCaChainResponse, RpcError> {
-        let mut c = self.inner.clone();
-        let r = self.request(GetCaChainRequest {
+        let c = self.inner.clone();
+        let req = GetCaChainRequest {
             tenant: tenant.to_owned(),
             issuer_id: issuer_id.to_owned(),
-        });
-        self.bounded("get_ca_chain", c.get_ca_chain(r)).await
+        };
+        self.call("get_ca_chain", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.get_ca_chain(r).await }
+        })
+        .await
     }
 
     /// `Core.GetOcsp`: an OCSP cache miss (one certificate, or a set).
@@ -97,9 +202,12 @@ impl CoreClient {
         &self,
         req: certgate_proto::core::GetOcspRequest,
     ) -> Result<certgate_proto::core::OcspEntry, RpcError> {
-        let mut c = self.inner.clone();
-        let r = self.request(req);
-        self.bounded("get_ocsp", c.get_ocsp(r)).await
+        let c = self.inner.clone();
+        self.call("get_ocsp", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.get_ocsp(r).await }
+        })
+        .await
     }
 
     /// `Core.GetCrl`: a CRL cache miss.
@@ -107,9 +215,181 @@ impl CoreClient {
         &self,
         req: certgate_proto::core::GetCrlRequest,
     ) -> Result<certgate_proto::core::CrlEntry, RpcError> {
-        let mut c = self.inner.clone();
-        let r = self.request(req);
-        self.bounded("get_crl", c.get_crl(r)).await
+        let c = self.inner.clone();
+        self.call("get_crl", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.get_crl(r).await }
+        })
+        .await
+    }
+
+    /// `Acme.NewAccount` (not retried: creates).
+    pub async fn acme_new_account(
+        &self,
+        req: certgate_proto::acme::NewAccountRequest,
+    ) -> Result<certgate_proto::acme::NewAccountResponse, RpcError> {
+        let c = self.acme.clone();
+        self.call("acme_new_account", Idempotent::No, req, |r| {
+            let mut c = c.clone();
+            async move { c.new_account(r).await }
+        })
+        .await
+    }
+
+    /// `Acme.GetAccount` by id or thumbprint.
+    pub async fn acme_get_account(
+        &self,
+        req: certgate_proto::acme::GetAccountRequest,
+    ) -> Result<certgate_proto::acme::Account, RpcError> {
+        let c = self.acme.clone();
+        self.call("acme_get_account", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.get_account(r).await }
+        })
+        .await
+    }
+
+    /// `Acme.UpdateAccount`.
+    pub async fn acme_update_account(
+        &self,
+        req: certgate_proto::acme::UpdateAccountRequest,
+    ) -> Result<certgate_proto::acme::Account, RpcError> {
+        let c = self.acme.clone();
+        self.call("acme_update_account", Idempotent::No, req, |r| {
+            let mut c = c.clone();
+            async move { c.update_account(r).await }
+        })
+        .await
+    }
+
+    /// `Acme.KeyChange`.
+    pub async fn acme_key_change(
+        &self,
+        req: certgate_proto::acme::KeyChangeRequest,
+    ) -> Result<certgate_proto::acme::KeyChangeResponse, RpcError> {
+        let c = self.acme.clone();
+        self.call("acme_key_change", Idempotent::No, req, |r| {
+            let mut c = c.clone();
+            async move { c.key_change(r).await }
+        })
+        .await
+    }
+
+    /// `Acme.ListOrders`.
+    pub async fn acme_list_orders(
+        &self,
+        req: certgate_proto::acme::ListOrdersRequest,
+    ) -> Result<certgate_proto::acme::ListOrdersResponse, RpcError> {
+        let c = self.acme.clone();
+        self.call("acme_list_orders", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.list_orders(r).await }
+        })
+        .await
+    }
+
+    /// `Acme.NewOrder` (not retried: creates).
+    pub async fn acme_new_order(
+        &self,
+        req: certgate_proto::acme::NewOrderRequest,
+    ) -> Result<certgate_proto::acme::Order, RpcError> {
+        let c = self.acme.clone();
+        self.call("acme_new_order", Idempotent::No, req, |r| {
+            let mut c = c.clone();
+            async move { c.new_order(r).await }
+        })
+        .await
+    }
+
+    /// `Acme.GetOrder`.
+    pub async fn acme_get_order(
+        &self,
+        req: certgate_proto::acme::GetOrderRequest,
+    ) -> Result<certgate_proto::acme::Order, RpcError> {
+        let c = self.acme.clone();
+        self.call("acme_get_order", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.get_order(r).await }
+        })
+        .await
+    }
+
+    /// `Acme.GetAuthorization`.
+    pub async fn acme_get_authorization(
+        &self,
+        req: certgate_proto::acme::GetAuthorizationRequest,
+    ) -> Result<certgate_proto::acme::Authorization, RpcError> {
+        let c = self.acme.clone();
+        self.call("acme_get_authorization", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.get_authorization(r).await }
+        })
+        .await
+    }
+
+    /// `Acme.DeactivateAuthorization`.
+    pub async fn acme_deactivate_authorization(
+        &self,
+        req: certgate_proto::acme::GetAuthorizationRequest,
+    ) -> Result<certgate_proto::acme::Authorization, RpcError> {
+        let c = self.acme.clone();
+        self.call("acme_deactivate_authorization", Idempotent::No, req, |r| {
+            let mut c = c.clone();
+            async move { c.deactivate_authorization(r).await }
+        })
+        .await
+    }
+
+    /// `Acme.RespondChallenge`; `wait_ms` must stay well under the core deadline.
+    pub async fn acme_respond_challenge(
+        &self,
+        req: certgate_proto::acme::RespondChallengeRequest,
+    ) -> Result<certgate_proto::acme::RespondChallengeResponse, RpcError> {
+        let c = self.acme.clone();
+        self.call("acme_respond_challenge", Idempotent::No, req, |r| {
+            let mut c = c.clone();
+            async move { c.respond_challenge(r).await }
+        })
+        .await
+    }
+
+    /// `Acme.Finalize` (retried: the core keys issuance by the order id).
+    pub async fn acme_finalize(
+        &self,
+        req: certgate_proto::acme::FinalizeRequest,
+    ) -> Result<certgate_proto::acme::Order, RpcError> {
+        let c = self.acme.clone();
+        self.call("acme_finalize", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.finalize(r).await }
+        })
+        .await
+    }
+
+    /// `Acme.GetOrderCertificate`.
+    pub async fn acme_get_order_certificate(
+        &self,
+        req: certgate_proto::acme::GetOrderCertificateRequest,
+    ) -> Result<certgate_proto::acme::CertificateChain, RpcError> {
+        let c = self.acme.clone();
+        self.call("acme_get_order_certificate", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.get_order_certificate(r).await }
+        })
+        .await
+    }
+
+    /// `Acme.RevokeCertificate`.
+    pub async fn acme_revoke_certificate(
+        &self,
+        req: certgate_proto::acme::RevokeCertificateRequest,
+    ) -> Result<certgate_proto::acme::RevokeCertificateResponse, RpcError> {
+        let c = self.acme.clone();
+        self.call("acme_revoke_certificate", Idempotent::No, req, |r| {
+            let mut c = c.clone();
+            async move { c.revoke_certificate(r).await }
+        })
+        .await
     }
 
     /// `Core.WatchStatus`: opens the status stream. Only opening it is bounded by the deadline;

@@ -6,12 +6,15 @@
 //! responses and CRLs) are cached edge-locally and can always be fetched again. An admin listener
 //! serves health and Prometheus metrics.
 
+pub mod acme;
 pub mod admin;
+pub mod bulkhead;
 pub mod ca;
 pub mod config;
 pub mod core_client;
 pub mod error;
 pub mod metrics;
+pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod status;
@@ -68,6 +71,7 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             Duration::from_secs(cfg.cache.ca_ttl_seconds),
         ),
     };
+    let tenants = tenant::TenantDirectory::new(core.clone(), &cfg.tenants);
     let status_cache = status::StatusCache::new(&cfg.status_settings());
     let status_watch = tokio::spawn(status::watch::run(
         status_cache.clone(),
@@ -90,6 +94,11 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             ctx: ctx.clone(),
             limits: cfg.limits.clone(),
             in_flight: Semaphore::new(cfg.limits.max_in_flight),
+            guard: server::Guard {
+                bulkheads: bulkhead::Bulkheads::new(cfg.bulkheads.clone()),
+                tenant_config: cfg.tenants.clone(),
+                tenants: Some(tenants.clone()),
+            },
         })
     };
     let tasks = vec![

@@ -1,7 +1,9 @@
 //! Prometheus metrics (served on the admin listener's `/metrics`).
 //!
-//! Requests are counted and timed with labels `protocol`, `tenant`, `outcome`. Label values come
-//! from fixed sets or from syntactically checked tenant names, so cardinality stays bounded (I-8).
+//! Requests are counted and timed with labels `protocol`, `tenant`, `endpoint`, `outcome`. Label
+//! values come from fixed sets (`endpoint` is a `&'static str` the handler names, see
+//! [`Endpoint`]) or from tenant names the core confirmed exist (unknown ones are labelled
+//! `unknown`), so cardinality stays bounded (I-8).
 
 use std::time::Duration;
 
@@ -13,6 +15,12 @@ pub const REQUESTS_TOTAL: &str = "certgate_edge_requests_total";
 pub const REQUEST_SECONDS: &str = "certgate_edge_request_duration_seconds";
 /// Core RPC latency in seconds, by method and outcome (an error kind or `ok`).
 pub const CORE_CALL_SECONDS: &str = "certgate_edge_core_call_duration_seconds";
+/// Requests refused because a bulkhead was full, by protocol, tenant and pool.
+pub const SHED_TOTAL: &str = "certgate_edge_shed_total";
+/// Requests refused by a rate limit, by protocol, tenant and rule.
+pub const RATE_LIMITED_TOTAL: &str = "certgate_edge_rate_limited_total";
+/// Retries of idempotent core calls, by method.
+pub const CORE_RETRIES_TOTAL: &str = "certgate_edge_core_retries_total";
 /// Connections currently open, by listener.
 pub const CONNECTIONS_OPEN: &str = "certgate_edge_connections_open";
 
@@ -47,6 +55,9 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         "Edge request latency"
     );
     metrics::describe_gauge!(CONNECTIONS_OPEN, "Open client connections");
+    metrics::describe_counter!(SHED_TOTAL, "Requests refused by a full bulkhead");
+    metrics::describe_counter!(RATE_LIMITED_TOTAL, "Requests refused by a rate limit");
+    metrics::describe_counter!(CORE_RETRIES_TOTAL, "Retries of idempotent core calls");
     metrics::describe_histogram!(
         CORE_CALL_SECONDS,
         metrics::Unit::Seconds,
@@ -55,11 +66,40 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     Ok(handle)
 }
 
+/// The endpoint a handler served, put in the response's extensions so the pipeline can label
+/// the request metrics with it (`directory`, `new-order`, …). Absent = `other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint(pub &'static str);
+
 /// Records one finished request.
 pub fn record(protocol: &'static str, tenant: &str, outcome: &'static str, elapsed: Duration) {
+    record_endpoint(protocol, tenant, "other", outcome, elapsed);
+}
+
+/// Records one request refused by a bulkhead.
+pub fn record_shed(protocol: &'static str, tenant: &str, pool: &'static str) {
+    metrics::counter!(SHED_TOTAL, "protocol" => protocol, "tenant" => tenant.to_owned(), "pool" => pool)
+        .increment(1);
+}
+
+/// Records one request refused by a rate limit.
+pub fn record_rate_limited(protocol: &'static str, tenant: &str, rule: &'static str) {
+    metrics::counter!(RATE_LIMITED_TOTAL, "protocol" => protocol, "tenant" => tenant.to_owned(), "rule" => rule)
+        .increment(1);
+}
+
+/// Records one finished request with its endpoint.
+pub fn record_endpoint(
+    protocol: &'static str,
+    tenant: &str,
+    endpoint: &'static str,
+    outcome: &'static str,
+    elapsed: Duration,
+) {
     let labels = [
         ("protocol", protocol.to_owned()),
         ("tenant", tenant.to_owned()),
+        ("endpoint", endpoint.to_owned()),
         ("outcome", outcome.to_owned()),
     ];
     metrics::counter!(REQUESTS_TOTAL, &labels).increment(1);

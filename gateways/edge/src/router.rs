@@ -70,6 +70,18 @@ pub trait Handler: Send + Sync + 'static {
     fn protocol(&self) -> &'static str;
     /// Serves one request.
     fn handle<'a>(&'a self, ctx: &'a EdgeContext, req: EdgeRequest) -> HandlerFuture<'a>;
+    /// The protocol's own body limit, bytes (the pipeline applies the smaller of this and the
+    /// configured one). `None`: only the configured limit.
+    fn max_body_bytes(&self) -> Option<usize> {
+        None
+    }
+    /// Renders an error the shared plumbing decided (unknown tenant, shed, body too large,
+    /// deadline) or the handler returned, in the protocol's own error format. The default is
+    /// RFC 9457 problem+json; ACME answers an ACME problem with a fresh `Replay-Nonce`.
+    fn render_error(&self, tenant: &str, err: EdgeError) -> EdgeResponse {
+        let _ = tenant;
+        err.into_response()
+    }
 }
 
 /// A handler mounted at a path prefix on some listeners.

@@ -4,8 +4,9 @@
 //! Bounds (I-8): a semaphore caps open connections per listener (acquired before `accept`, so
 //! excess connections wait in the kernel backlog rather than in memory); TLS handshakes and
 //! header reads have timeouts; bodies are read through `http_body_util::Limited`; a second
-//! semaphore caps requests in service and sheds the rest with 503 + Retry-After; every request
-//! has a deadline.
+//! semaphore caps requests in service and sheds the rest with 503 + Retry-After; per-protocol
+//! and per-tenant bulkheads ([`crate::bulkhead`]) then shed what one protocol or tenant would
+//! take from the others; every request has a deadline and a per-protocol body limit.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +26,8 @@ use crate::config::Limits;
 use crate::error::{EdgeError, EdgeResponse};
 use crate::metrics;
 use crate::router::{EdgeContext, EdgeRequest, Listener, Router};
-use crate::tenant::split_tenant;
+use crate::bulkhead::Bulkheads;
+use crate::tenant::{DEFAULT_TENANT, TenantConfig, TenantDirectory, split_tenant};
 
 /// Time a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,13 +42,28 @@ pub struct Pipeline {
     pub ctx: EdgeContext,
     /// Bounds.
     pub limits: Limits,
-    /// Requests in service.
+    /// Requests in service (all protocols); beyond, 503 before routing.
     pub in_flight: Semaphore,
+    /// Bulkheads and tenant routing.
+    pub guard: Guard,
+}
+
+/// The shared admission plumbing: per-protocol and per-tenant bulkheads, the Host → tenant map,
+/// and the tenant-existence check. `Guard::default()` has default-sized pools and no existence
+/// check (every syntactically valid tenant is passed to the handler, which asks the core).
+#[derive(Default)]
+pub struct Guard {
+    /// Per-protocol and per-tenant pools.
+    pub bulkheads: Bulkheads,
+    /// Host routing.
+    pub tenant_config: TenantConfig,
+    /// Which tenants exist; `None` skips the check.
+    pub tenants: Option<TenantDirectory>,
 }
 
 impl Pipeline {
-    /// Serves one request end to end; never fails (errors become problem+json here, the single
-    /// rescue point).
+    /// Serves one request end to end; never fails (errors become the protocol's error document
+    /// here, the single rescue point).
     pub async fn serve(
         &self,
         listener: Listener,
@@ -60,11 +77,20 @@ impl Pipeline {
             metrics::record("edge", "invalid", e.outcome(), start.elapsed());
             return e.into_response();
         };
-        let tenant = tenant.to_owned();
+        let mut tenant = tenant.to_owned();
+        if tenant == DEFAULT_TENANT && !path.starts_with("/t/") {
+            let host = req
+                .uri()
+                .host()
+                .or_else(|| req.headers().get(http::header::HOST)?.to_str().ok());
+            if let Some(t) = self.guard.tenant_config.tenant_for_host(host) {
+                tenant = t.to_owned();
+            }
+        }
         let Some((handler, sub)) = self.router.route(listener, rest) else {
             metrics::record(
                 "none",
-                &tenant,
+                "unknown",
                 EdgeError::NotFound.outcome(),
                 start.elapsed(),
             );
@@ -74,13 +100,38 @@ impl Pipeline {
         let sub = sub.to_owned();
 
         let Ok(_permit) = self.in_flight.try_acquire() else {
-            metrics::record(protocol, &tenant, "shed", start.elapsed());
-            return EdgeError::Overloaded.into_response();
+            metrics::record_shed(protocol, "unknown", "listener");
+            metrics::record(protocol, "unknown", "shed", start.elapsed());
+            return handler.render_error(&tenant, EdgeError::Overloaded);
         };
+        // An unknown tenant is a 404 that names nothing else; a core that cannot say lets the
+        // request through (the handler's own core calls carry the tenant and fail the same way).
+        if tenant != DEFAULT_TENANT
+            && let Some(dir) = &self.guard.tenants
+            && let Ok(None) = dir.lookup(&tenant).await
+        {
+            metrics::record(protocol, "unknown", "not_found", start.elapsed());
+            return handler.render_error(&tenant, EdgeError::NotFound);
+        }
+        let _admission = match self.guard.bulkheads.admit(protocol, &tenant) {
+            Ok(a) => a,
+            Err(pool) => {
+                metrics::record_shed(protocol, &tenant, pool.label());
+                metrics::record(protocol, &tenant, "shed", start.elapsed());
+                return handler.render_error(&tenant, EdgeError::Overloaded);
+            }
+        };
+        let max_body = self
+            .limits
+            .protocol_max_body_bytes
+            .get(protocol)
+            .copied()
+            .unwrap_or(self.limits.max_body_bytes)
+            .min(handler.max_body_bytes().unwrap_or(usize::MAX));
         let deadline = Duration::from_millis(self.limits.request_timeout_ms);
         let result = tokio::time::timeout(deadline, async {
             let (parts, body) = req.into_parts();
-            let body = Limited::new(body, self.limits.max_body_bytes)
+            let body = Limited::new(body, max_body)
                 .collect()
                 .await
                 .map_err(|_| EdgeError::BodyTooLarge)?
@@ -101,20 +152,24 @@ impl Pipeline {
         .unwrap_or(Err(EdgeError::Timeout));
         match result {
             Ok(resp) => {
-                let outcome = if resp.status().is_success() {
+                let outcome = if resp.status().is_success() || resp.status().is_redirection() {
                     "ok"
                 } else if resp.status().is_client_error() {
                     "client_error"
                 } else {
                     "error"
                 };
-                metrics::record(protocol, &tenant, outcome, start.elapsed());
+                let endpoint = resp
+                    .extensions()
+                    .get::<metrics::Endpoint>()
+                    .map_or("other", |e| e.0);
+                metrics::record_endpoint(protocol, &tenant, endpoint, outcome, start.elapsed());
                 resp
             }
             Err(e) => {
                 debug!(protocol, tenant = %tenant, error = %e, "request refused");
                 metrics::record(protocol, &tenant, e.outcome(), start.elapsed());
-                e.into_response()
+                handler.render_error(&tenant, e)
             }
         }
     }

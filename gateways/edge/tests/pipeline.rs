@@ -151,6 +151,7 @@ async fn edge_task(
         },
         limits: Limits::default(),
         in_flight: Semaphore::new(8),
+        guard: Default::default(),
     });
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -390,8 +390,12 @@ struct Edge {
 }
 
 async fn start_edge(fake: &FakeCore) -> Edge {
+    start_edge_with(fake, StatusSettings::default()).await
+}
+
+async fn start_edge_with(fake: &FakeCore, settings: StatusSettings) -> Edge {
     let core = fake_core_client(fake.clone()).await;
-    let cache = StatusCache::new(&StatusSettings::default());
+    let cache = StatusCache::new(&settings);
     let (tx, rx) = watch::channel(false);
     tokio::spawn(certgate_edge::status::watch::run(
         cache.clone(),
@@ -411,6 +415,7 @@ async fn start_edge(fake: &FakeCore) -> Edge {
         },
         limits: Limits::default(),
         in_flight: Semaphore::new(512),
+        guard: Default::default(),
     });
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -1011,4 +1016,52 @@ async fn a_stream_broken_mid_snapshot_resumes_from_before_the_snapshot() {
         "half a snapshot is not resumed"
     );
     assert!(!edge.cache.snapshot_complete());
+}
+
+#[tokio::test]
+async fn misses_beyond_the_in_flight_bound_are_shed_with_try_later() {
+    let fake = FakeCore::default();
+    let w = world(&fake).await;
+    let req_b = w.pki.request("req-b.der", &["b"]);
+    let req_c = w.pki.request("req-c.der", &["c"]);
+    let resp_b = w.pki.respond("req-b.der", "resp-b.der", &[("1002", 'V')]);
+    fake.answer_ocsp("default", &["1002"], resp_b.clone());
+    fake.0.ocsp_delay_ms.store(500, Ordering::SeqCst);
+    let edge = start_edge_with(
+        &fake,
+        StatusSettings {
+            max_miss_in_flight: 1,
+            ..StatusSettings::default()
+        },
+    )
+    .await;
+    wait_until("snapshot complete", || edge.cache.snapshot_complete()).await;
+    let addr = edge.addr;
+    let slow = tokio::spawn(async move { post_ocsp(addr, "/ocsp", &req_b).await });
+    wait_until("first miss in flight", || fake.ocsp_calls() == 1).await;
+    // A miss for another key while the only slot is taken: shed at once, not queued.
+    let r = post_ocsp(addr, "/ocsp", &req_c).await;
+    assert_eq!((r.status, r.body.as_slice()), (200, OCSP_ERR_TRY_LATER));
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(fake.ocsp_calls(), 1, "the shed miss never reached the core");
+    assert_eq!(slow.await.expect("task").body, resp_b);
+    // Hits are never shed.
+    assert_eq!(post_ocsp(addr, "/ocsp", &w.req_a).await.body, w.resp_a_good);
+}
+
+#[tokio::test]
+async fn a_core_answer_for_other_certificates_is_not_served() {
+    let fake = FakeCore::default();
+    let w = world(&fake).await;
+    // The (buggy) core answers a question about c with a's response.
+    fake.answer_ocsp("default", &["1003"], w.resp_a_good.clone());
+    let edge = start_edge(&fake).await;
+    wait_until("snapshot complete", || edge.cache.snapshot_complete()).await;
+    let req_c = w.pki.request("req-c.der", &["c"]);
+    let r = post_ocsp(edge.addr, "/ocsp", &req_c).await;
+    assert_eq!(r.body, OCSP_ERR_TRY_LATER);
+    // And nothing was cached under c's key.
+    let r = post_ocsp(edge.addr, "/ocsp", &req_c).await;
+    assert_eq!(r.body, OCSP_ERR_TRY_LATER);
+    assert_eq!(fake.ocsp_calls(), 2);
 }

@@ -1,0 +1,66 @@
+//! ACME (RFC 8555) over HTTP: the glue between the edge's pipeline and the sans-I/O
+//! `certgate-acme` crate, with the state kept by the core's `Acme` service.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `[acme]` in edge.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    /// Scheme and authority clients use to reach this edge; every ACME URL (and the JWS `url`
+    /// check) is built from it. Default `https://127.0.0.1:8443`.
+    pub base_url: String,
+    /// The fleet nonce key (≥ 32 random bytes, raw). Every edge of a fleet must share it so any
+    /// edge accepts any edge's nonce. Without it, a random key is drawn at start (nonces then
+    /// only work against this process).
+    pub nonce_key_file: Option<PathBuf>,
+    /// Nonce lifetime, seconds.
+    pub nonce_ttl_seconds: u64,
+    /// Most redeemed, unexpired nonces remembered (the in-process store).
+    pub nonce_store_capacity: usize,
+    /// Largest ACME request body, bytes.
+    pub max_body_bytes: usize,
+    /// How long the core may hold a challenge response waiting for the validation, ms.
+    pub challenge_wait_ms: u32,
+    /// Orders per page of an account's orders list.
+    pub orders_page_size: u32,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://127.0.0.1:8443".into(),
+            nonce_key_file: None,
+            nonce_ttl_seconds: 300,
+            nonce_store_capacity: 1_000_000,
+            max_body_bytes: 64 * 1024,
+            challenge_wait_ms: 3000,
+            orders_page_size: 50,
+        }
+    }
+}
+
+impl AcmeConfig {
+    /// Checks bounds and the base URL's shape.
+    pub fn validate(&self) -> Result<(), String> {
+        let b = &self.base_url;
+        if !(b.starts_with("https://") || b.starts_with("http://"))
+            || b.ends_with('/')
+            || b[b.find("://").map_or(0, |i| i + 3)..].contains('/')
+        {
+            return Err(format!(
+                "[acme] base_url must be scheme://host[:port] without a path, got {b:?}"
+            ));
+        }
+        if self.nonce_ttl_seconds == 0
+            || self.nonce_store_capacity == 0
+            || self.max_body_bytes == 0
+            || self.orders_page_size == 0
+        {
+            return Err("[acme] bounds must be positive".into());
+        }
+        Ok(())
+    }
+}
