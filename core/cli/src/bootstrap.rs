@@ -71,6 +71,27 @@ fn progress(msg: &str) {
 }
 
 /// Writes `path` only if it does not exist.
+/// The dev `[acme]` section of core.toml: Pebble's convention, so the same client commands work
+/// against both (http-01 checked at 127.0.0.1:5002, tls-alpn-01 at 127.0.0.1:5001, for any
+/// name). The core refuses it in production mode (docs/acme.md).
+const DEV_ACME: &str = r#"
+[acme]
+dev_validate_on_localhost = true
+"#;
+
+/// Adds [`DEV_ACME`] to a dev core.toml written before it existed (a data dir from an older
+/// `certgate init`); leaves any file that already has an `[acme]` section, or is not dev, alone.
+fn ensure_dev_acme(dd: &DataDir) -> Result<()> {
+    let path = dd.core_config();
+    let text = std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+    if text.contains("[acme]") || !text.contains("mode = \"dev\"") {
+        return Ok(());
+    }
+    write_file(&path, format!("{text}{DEV_ACME}").as_bytes(), 0o600)?;
+    progress("added the dev [acme] section to core/core.toml");
+    Ok(())
+}
+
 fn write_new(path: &std::path::Path, contents: &str, mode: u32) -> Result<bool> {
     if path.exists() {
         return Ok(false);
@@ -148,10 +169,12 @@ public_key = "../custodians/dev.pub.pem"
 
 [audit]
 signer_log = "../signer/audit.jsonl"
-"#
+{DEV_ACME}"#
     );
     if write_new(&dd.core_config(), &core_toml, 0o600)? {
         progress("wrote core/core.toml");
+    } else {
+        ensure_dev_acme(dd)?;
     }
 
     write_edge_config(dd, ports, false)?;

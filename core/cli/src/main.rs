@@ -5,6 +5,7 @@
 //! Unix socket. This binary links none of the signer's key code (I-1, checked from cargo
 //! metadata): CA keys are only ever created inside `certgate-signer`.
 
+mod acme;
 mod bootstrap;
 mod client;
 mod commands;
@@ -150,6 +151,48 @@ enum Command {
         dir: DirArg,
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// ACME: External Account Binding keys and tenant settings.
+    Acme {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(subcommand)]
+        command: AcmeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AcmeCommand {
+    /// External Account Binding keys (RFC 8555 §7.3.4).
+    Eab {
+        #[command(subcommand)]
+        command: EabCommand,
+    },
+    /// Set (replace) a tenant's ACME settings: directory meta and the EAB requirement.
+    Settings {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// newAccount requires an External Account Binding.
+        #[arg(long)]
+        eab_required: bool,
+        /// Terms of service URL (then newAccount needs termsOfServiceAgreed).
+        #[arg(long)]
+        tos: Option<String>,
+        /// Website URL.
+        #[arg(long)]
+        website: Option<String>,
+        /// A CAA identity (repeatable).
+        #[arg(long)]
+        caa: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EabCommand {
+    /// Create a key: prints its id and HMAC key (shown once; binds one account).
+    Create {
+        #[arg(long, default_value = "default")]
+        tenant: String,
     },
 }
 
@@ -491,6 +534,34 @@ async fn run(command: Command) -> Result<()> {
         } => {
             let dd = DataDir::existing(&dir.data_dir)?;
             commands::audit_verify(&dd, &Clients::for_dir(&dd)).await
+        }
+        Command::Acme { dir, command } => {
+            let dd = DataDir::existing(&dir.data_dir)?;
+            let clients = Clients::for_dir(&dd);
+            match command {
+                AcmeCommand::Eab {
+                    command: EabCommand::Create { tenant },
+                } => acme::eab_create(&clients, &tenant).await,
+                AcmeCommand::Settings {
+                    tenant,
+                    eab_required,
+                    tos,
+                    website,
+                    caa,
+                } => {
+                    acme::settings(
+                        &clients,
+                        acme::SettingsArgs {
+                            tenant,
+                            eab_required,
+                            tos,
+                            website,
+                            caa,
+                        },
+                    )
+                    .await
+                }
+            }
         }
     }
 }

@@ -788,3 +788,275 @@ impl AcmeStore for SqliteStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn audit() -> AuditEntry {
+        AuditEntry::new("test", "t", "test", serde_json::json!({}))
+    }
+
+    fn account(tenant: &str, id: &str, tp: &str, eab: &str) -> AccountRec {
+        AccountRec {
+            tenant: tenant.into(),
+            account_id: id.into(),
+            status: "valid".into(),
+            contacts: vec!["mailto:a@example.org".into()],
+            terms_agreed: true,
+            jwk_json: "{}".into(),
+            jwk_thumbprint: tp.into(),
+            eab_key_id: eab.into(),
+            created_unix: 1,
+        }
+    }
+
+    fn authz(tenant: &str, account: &str, id: &str, name: &str) -> AuthzRec {
+        AuthzRec {
+            tenant: tenant.into(),
+            authz_id: id.into(),
+            account_id: account.into(),
+            identifier: IdentRec {
+                kind: "dns".into(),
+                value: name.into(),
+            },
+            wildcard: false,
+            status: "pending".into(),
+            expires_unix: 1_000,
+            challenges: ["http-01", "dns-01"]
+                .iter()
+                .map(|k| ChallengeRec {
+                    challenge_id: format!("{id}-{k}"),
+                    kind: (*k).into(),
+                    status: "pending".into(),
+                    token: format!("tok-{id}-{k}"),
+                    validated_unix: 0,
+                    error: Vec::new(),
+                })
+                .collect(),
+            created_unix: 1,
+        }
+    }
+
+    fn order(tenant: &str, account: &str, id: &str, authzs: &[&str]) -> OrderRec {
+        OrderRec {
+            tenant: tenant.into(),
+            order_id: id.into(),
+            account_id: account.into(),
+            status: "pending".into(),
+            expires_unix: 1_000,
+            identifiers: vec![IdentRec {
+                kind: "dns".into(),
+                value: "a.example".into(),
+            }],
+            authz_ids: authzs.iter().map(|s| (*s).to_owned()).collect(),
+            not_before_unix: 0,
+            not_after_unix: 0,
+            error: Vec::new(),
+            certificate_serial_hex: String::new(),
+            profile: "tls-server".into(),
+            replaces: String::new(),
+            created_unix: 1,
+        }
+    }
+
+    /// I-4: another account or tenant finds nothing of account A's, by any lookup.
+    #[test]
+    fn other_accounts_and_tenants_cannot_see_orders_authorizations_or_challenges() {
+        let s = SqliteStore::in_memory().expect("store");
+        s.create_account(&account("ta", "A", "tpA", ""), &audit())
+            .expect("A");
+        s.create_account(&account("ta", "B", "tpB", ""), &audit())
+            .expect("B");
+        s.insert_order(
+            &order("ta", "A", "o1", &["z1"]),
+            &[authz("ta", "A", "z1", "a.example")],
+            &audit(),
+        )
+        .expect("order");
+        assert!(s.order("ta", "A", "o1").expect("q").is_some());
+        assert!(s.authz("ta", "A", "z1").expect("q").is_some());
+        for (tenant, acct) in [("ta", "B"), ("tb", "A")] {
+            assert!(s.order(tenant, acct, "o1").expect("q").is_none());
+            assert!(s.authz(tenant, acct, "z1").expect("q").is_none());
+            assert!(
+                s.authz_of_challenge(tenant, acct, "z1-http-01")
+                    .expect("q")
+                    .is_none()
+            );
+            assert!(
+                s.reusable_authz(
+                    tenant,
+                    acct,
+                    &IdentRec {
+                        kind: "dns".into(),
+                        value: "a.example".into()
+                    },
+                    false,
+                    0
+                )
+                .expect("q")
+                .is_none()
+            );
+            assert!(
+                s.list_orders(tenant, acct, None, 10)
+                    .expect("q")
+                    .order_ids
+                    .is_empty()
+            );
+        }
+        assert!(s.account("tb", "A").expect("q").is_none());
+    }
+
+    /// One account per key per tenant; the same key in another tenant is another account.
+    #[test]
+    fn a_key_has_one_account_per_tenant() {
+        let s = SqliteStore::in_memory().expect("store");
+        let first = s
+            .create_account(&account("ta", "A", "tp", ""), &audit())
+            .expect("A");
+        assert!(matches!(first, NewAccountOutcome::Created(_)));
+        let again = s
+            .create_account(&account("ta", "A2", "tp", ""), &audit())
+            .expect("A2");
+        assert!(matches!(again, NewAccountOutcome::Existing(a) if a.account_id == "A"));
+        let other = s
+            .create_account(&account("tb", "A3", "tp", ""), &audit())
+            .expect("A3");
+        assert!(matches!(other, NewAccountOutcome::Created(_)));
+    }
+
+    /// Challenge and authorization transitions are compare-and-set: one start wins, a result
+    /// moves the authorization, and a valid authorization starts no further validation.
+    #[test]
+    fn challenge_start_and_finish_are_compare_and_set() {
+        let s = SqliteStore::in_memory().expect("store");
+        s.create_account(&account("ta", "A", "tp", ""), &audit())
+            .expect("A");
+        s.insert_order(
+            &order("ta", "A", "o1", &["z1"]),
+            &[authz("ta", "A", "z1", "a.example")],
+            &audit(),
+        )
+        .expect("order");
+        let before = s.audit_records().expect("audit").len();
+        assert!(
+            s.start_challenge("ta", "z1", "z1-http-01", &audit())
+                .expect("start")
+        );
+        assert!(
+            !s.start_challenge("ta", "z1", "z1-http-01", &audit())
+                .expect("again"),
+            "a second start loses"
+        );
+        assert!(
+            !s.start_challenge("ta", "z1", "z1-dns-01", &audit())
+                .expect("other"),
+            "one challenge at a time per authorization"
+        );
+        s.finish_challenge(
+            "ta",
+            "z1",
+            "z1-http-01",
+            &ChallengeResult {
+                valid: true,
+                now: 5,
+                valid_until: 2_000,
+                error: Vec::new(),
+            },
+            &audit(),
+        )
+        .expect("finish");
+        let a = s.authz("ta", "A", "z1").expect("q").expect("authz");
+        assert_eq!(a.status, "valid");
+        assert_eq!(a.expires_unix, 2_000);
+        assert_eq!(a.challenges[0].status, "valid");
+        assert_eq!(a.challenges[0].validated_unix, 5);
+        assert!(
+            !s.start_challenge("ta", "z1", "z1-dns-01", &audit())
+                .expect("after")
+        );
+        // start + finish each audited in their transaction; the losers wrote nothing.
+        assert_eq!(s.audit_records().expect("audit").len(), before + 2);
+        // Another tenant cannot start it.
+        assert!(
+            !s.start_challenge("tb", "z1", "z1-dns-01", &audit())
+                .expect("tb")
+        );
+    }
+
+    /// Finalize's ready → processing is taken once.
+    #[test]
+    fn order_status_compare_and_set_takes_ready_once() {
+        let s = SqliteStore::in_memory().expect("store");
+        s.insert_order(&order("ta", "A", "o1", &[]), &[], &audit())
+            .expect("order");
+        let to = |st: &str| OrderUpdate {
+            status: st.into(),
+            ..OrderUpdate::default()
+        };
+        assert!(
+            s.set_order_status("ta", "o1", &["pending"], &to("ready"), &audit())
+                .expect("ready")
+        );
+        assert!(
+            s.set_order_status("ta", "o1", &["ready"], &to("processing"), &audit())
+                .expect("p1")
+        );
+        assert!(
+            !s.set_order_status("ta", "o1", &["ready"], &to("processing"), &audit())
+                .expect("p2")
+        );
+        assert!(
+            !s.set_order_status("tb", "o1", &["processing"], &to("valid"), &audit())
+                .expect("other tenant")
+        );
+        assert_eq!(
+            s.order("ta", "A", "o1").expect("q").expect("o").status,
+            "processing"
+        );
+    }
+
+    /// An EAB key binds exactly one account, in the account's transaction.
+    #[test]
+    fn eab_key_binds_one_account() {
+        let s = SqliteStore::in_memory().expect("store");
+        s.insert_eab_key(
+            &EabKey {
+                tenant: "ta".into(),
+                key_id: "k1".into(),
+                key: Zeroizing::new(vec![1; 32]),
+                account_id: String::new(),
+                created_unix: 0,
+            },
+            &audit(),
+        )
+        .expect("key");
+        s.create_account(&account("ta", "A", "tpA", "k1"), &audit())
+            .expect("A binds");
+        assert_eq!(
+            s.eab_key("ta", "k1").expect("q").expect("k").account_id,
+            "A"
+        );
+        let e = s
+            .create_account(&account("ta", "B", "tpB", "k1"), &audit())
+            .expect_err("reuse");
+        assert!(matches!(
+            e,
+            CoreError::Policy {
+                rule: "unauthorized",
+                ..
+            }
+        ));
+        assert!(
+            s.account("ta", "B").expect("q").is_none(),
+            "nothing created"
+        );
+        let e = s
+            .create_account(&account("ta", "C", "tpC", "nope"), &audit())
+            .expect_err("unknown");
+        assert!(matches!(e, CoreError::Policy { .. }));
+        assert!(s.eab_key("tb", "k1").expect("q").is_none());
+    }
+}
