@@ -70,6 +70,31 @@ impl Handler for OcspHandler {
             Ok(serve(&self.cache, ctx, &req, &path, Proto::Ocsp).await)
         })
     }
+
+    /// The OCSP request limit (RFC 5019 requests are ~100 bytes; signed ones a few KiB).
+    fn max_body_bytes(&self) -> Option<usize> {
+        Some(self.cache.limits().max_body)
+    }
+
+    /// Shed, deadline and an unreachable core are OCSP `tryLater` (with `Retry-After`), so OCSP
+    /// clients read an OCSP answer; an unknown tenant is `unauthorized`, as an unknown issuer is.
+    fn render_error(&self, _tenant: &str, err: EdgeError) -> EdgeResponse {
+        match err {
+            EdgeError::Overloaded | EdgeError::Timeout => try_later(Proto::Ocsp, 1, "shed").0,
+            EdgeError::Core(e) if e.kind == certgate_proto::ErrorKind::Unavailable => {
+                try_later(
+                    Proto::Ocsp,
+                    e.retry_after.map_or(1, |d| d.as_secs()),
+                    "shed",
+                )
+                .0
+            }
+            EdgeError::NotFound => {
+                ocsp_error(OcspStatus::Unauthorized, OcspStatus::Unauthorized.bytes())
+            }
+            other => other.into_response(),
+        }
+    }
 }
 
 impl Handler for CrlHandler {
@@ -82,6 +107,11 @@ impl Handler for CrlHandler {
             let path = format!("/crl/{}", req.path);
             Ok(serve(&self.cache, ctx, &req, &path, Proto::Crl).await)
         })
+    }
+
+    /// CRLs are fetched with GET: no body is needed (a small one is tolerated, then 405).
+    fn max_body_bytes(&self) -> Option<usize> {
+        Some(4096)
     }
 }
 

@@ -140,6 +140,11 @@ impl StatusCache {
         }
     }
 
+    /// The OCSP request bounds and policy.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
     /// Whether a complete snapshot has been received at least once (readiness).
     pub fn snapshot_complete(&self) -> bool {
         self.inner.snapshot_complete.load(Ordering::Acquire)
