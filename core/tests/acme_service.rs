@@ -1072,3 +1072,280 @@ async fn external_account_binding_is_required_verified_and_single_use() {
             .unwrap_err();
     assert_eq!(err(s).rule, "unauthorized", "an EAB key binds one account");
 }
+
+/// RFC 8738: an IP identifier gets http-01 and tls-alpn-01 (never dns-01); http-01 connects to
+/// the address itself; tls-alpn-01 sends the reverse-DNS name as SNI (§6) and wants the
+/// address as the certificate's only iPAddress SAN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_identifiers_validate_with_http01_and_tls_alpn01() {
+    let mut e = env().await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let ip = |v: &str| Identifier {
+        r#type: "ip".into(),
+        value: v.into(),
+    };
+    let o =
+        e.f.acme
+            .new_order(NewOrderRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                identifiers: vec![ip("127.0.0.1")],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    let kinds: Vec<&str> = a.challenges.iter().map(|c| c.r#type.as_str()).collect();
+    assert_eq!(kinds, ["http-01", "tls-alpn-01"]);
+    let tok = token(&a, "tls-alpn-01");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.subject_alt_names = vec![rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        k.jwk.key_authorization(&tok).as_bytes(),
+    );
+    p.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest.as_ref())];
+    let cert = p.self_signed(&key).unwrap();
+    *e.tls.cert.lock().unwrap() = Some((cert.der().to_vec(), key.serialize_der()));
+    let ch = respond(&mut e.f, &acct, &a, "tls-alpn-01").await;
+    assert_eq!(ch.status, "valid", "{ch:?}");
+    assert!(
+        e.tls
+            .snis
+            .lock()
+            .unwrap()
+            .contains(&"1.0.0.127.in-addr.arpa".to_owned())
+    );
+    let (csr_der, _) = {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap())];
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        (p.serialize_request(&key).unwrap().der().to_vec(), key)
+    };
+    let done = finalize(&mut e.f, &acct, &o.order_id, csr_der)
+        .await
+        .unwrap();
+    assert_eq!(done.status, "valid", "{done:?}");
+
+    // http-01 for an IPv4 address goes to the address (Host = the address). Another account,
+    // so the valid authorization above is not reused.
+    let k3 = account_key();
+    let acct3 = new_account(&mut e.f, T, &k3).await;
+    let o3 =
+        e.f.acme
+            .new_order(NewOrderRequest {
+                tenant: T.into(),
+                account_id: acct3.clone(),
+                identifiers: vec![ip("127.0.0.1")],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(o3.status, "pending");
+    validate_http(&mut e, &acct3, &k3, &o3).await;
+    assert!(
+        e.http
+            .hosts
+            .lock()
+            .unwrap()
+            .contains(&"127.0.0.1".to_owned())
+    );
+
+    let o =
+        e.f.acme
+            .new_order(NewOrderRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                identifiers: vec![ip("127.0.0.3")],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    let tok = token(&a, "http-01");
+    e.http
+        .answers
+        .lock()
+        .unwrap()
+        .insert(tok.clone(), k.jwk.key_authorization(&tok));
+    let ch = respond(&mut e.f, &acct, &a, "http-01").await;
+    // Nothing listens on 127.0.0.3 (the responder is bound to 127.0.0.1 only).
+    assert_eq!(ch.status, "invalid");
+    assert_eq!(ch.error.unwrap().r#type, "connection");
+}
+
+/// RFC 8555 §7.3.2, §7.3.5, §7.3.6, §7.5.2, §7.5.1: contact update, key change (a key already
+/// bound is reported as a conflict), authorization deactivation (the order turns invalid),
+/// polling a challenge answered without waiting, and account deactivation (final: further
+/// orders are unauthorized).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_lifecycle_deactivation_and_polling() {
+    use certgate_proto::acme::{KeyChangeRequest, UpdateAccountRequest};
+    let mut e = env().await;
+    let k = account_key();
+    let k_other = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let other = new_account(&mut e.f, T, &k_other).await;
+    let a =
+        e.f.acme
+            .update_account(UpdateAccountRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                set_contacts: true,
+                contacts: vec!["mailto:new@test.example".into()],
+                deactivate: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(a.contacts, ["mailto:new@test.example"]);
+    let s =
+        e.f.acme
+            .update_account(UpdateAccountRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                set_contacts: true,
+                contacts: vec!["tel:+1555".into()],
+                deactivate: false,
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "unsupportedContact");
+
+    let conflict =
+        e.f.acme
+            .key_change(KeyChangeRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                new_jwk_json: k_other.json.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(conflict.conflicting_account_id, other);
+    let k2 = account_key();
+    let changed =
+        e.f.acme
+            .key_change(KeyChangeRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                new_jwk_json: k2.json.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(changed.conflicting_account_id.is_empty());
+    assert_eq!(changed.account.unwrap().jwk_thumbprint, k2.jwk.thumbprint());
+
+    // Respond without waiting: processing (or already done); polling shows the result, which
+    // used the NEW key for the key authorization.
+    let o = order(&mut e.f, &acct, &["test.example"]).await;
+    let az = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    let tok = token(&az, "http-01");
+    e.http
+        .answers
+        .lock()
+        .unwrap()
+        .insert(tok.clone(), k2.jwk.key_authorization(&tok));
+    let ch = az
+        .challenges
+        .iter()
+        .find(|c| c.r#type == "http-01")
+        .unwrap();
+    let first =
+        e.f.acme
+            .respond_challenge(RespondChallengeRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                challenge_id: ch.challenge_id.clone(),
+                wait_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(["processing", "valid"].contains(&first.challenge.unwrap().status.as_str()));
+    assert_eq!(first.authz_id, az.authz_id);
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = authz(&mut e.f, &acct, &az.authz_id).await.status;
+        if status != "pending" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "valid");
+
+    // Deactivating an authorization invalidates the order that needs it.
+    let o2 = order(&mut e.f, &acct, &["www.test.example"]).await;
+    let d =
+        e.f.acme
+            .deactivate_authorization(GetAuthorizationRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                authz_id: o2.authorization_ids[0].clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(d.status, "deactivated");
+    let o2 = get_order(&mut e.f, &acct, &o2.order_id).await;
+    assert_eq!(o2.status, "invalid");
+    assert_eq!(
+        o2.error.unwrap().subproblems[0]
+            .identifier
+            .as_ref()
+            .unwrap()
+            .value,
+        "www.test.example"
+    );
+
+    e.f.acme
+        .update_account(UpdateAccountRequest {
+            tenant: T.into(),
+            account_id: acct.clone(),
+            set_contacts: false,
+            contacts: Vec::new(),
+            deactivate: true,
+        })
+        .await
+        .unwrap();
+    let s =
+        e.f.acme
+            .new_order(NewOrderRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                identifiers: vec![dns("test.example")],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "unauthorized");
+}
+
+/// I-5 at the process level: the real `certgate-core` binary refuses to start in production
+/// mode with the dev validation shortcut.
+#[test]
+fn core_binary_refuses_dev_validation_in_production() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("core.toml");
+    std::fs::write(
+        &cfg,
+        "mode = \"production\"\nsocket = \"core.sock\"\nstore = \"core.db\"\n[signer]\nsocket = \"s.sock\"\n[acme]\ndev_validate_on_localhost = true\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_certgate-core"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("dev_validate_on_localhost"), "{stderr}");
+    assert!(!dir.path().join("core.sock").exists());
+}

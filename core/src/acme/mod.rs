@@ -144,6 +144,23 @@ mod tests {
         assert!(AcmeConfig::default().check(Mode::Production).is_ok());
     }
 
+    /// The same refusal through the core's config loader: the core does not start.
+    #[test]
+    fn core_config_with_dev_validation_in_production_does_not_load() {
+        let text = |mode: &str| {
+            format!(
+                "mode = \"{mode}\"\nsocket = \"core.sock\"\nstore = \"core.db\"\n[signer]\nsocket = \"s.sock\"\n[acme]\ndev_validate_on_localhost = true\nhttp_port = 8080\n"
+            )
+        };
+        let dev = crate::config::Config::parse(&text("dev"), std::path::Path::new("/"))
+            .expect("dev loads");
+        assert!(dev.acme.dev_validate_on_localhost);
+        assert_eq!(dev.acme.http_port, 8080);
+        let err = crate::config::Config::parse(&text("production"), std::path::Path::new("/"))
+            .expect_err("production refuses");
+        assert!(err.0.contains("dev_validate_on_localhost"), "{err}");
+    }
+
     #[test]
     fn protocol_errors_keep_their_problem_type_as_rule() {
         let e = acme_error(&certgate_acme::Error::BadCsr("x".into()));

@@ -415,6 +415,10 @@ impl AcmeService {
                 },
             ),
         };
+        metrics::counter!("certgate_acme_validations_total",
+            "protocol" => "acme", "tenant" => authz.tenant.clone(), "type" => ch.kind.clone(),
+            "outcome" => match &result { Ok(()) => "valid", Err(f) => f.problem_type })
+        .increment(1);
         tracing::info!(
             tenant = %authz.tenant,
             challenge = %ch.challenge_id,

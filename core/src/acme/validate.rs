@@ -491,6 +491,47 @@ impl ServerCertVerifier for AcceptForInspection {
 mod tests {
     use super::*;
 
+    /// Pebble's convention: in dev mode every name is checked at 127.0.0.1 on 5002 / 5001; the
+    /// static map and the identifier's own address apply otherwise.
+    #[tokio::test]
+    async fn addresses_follow_dev_mode_static_map_and_ip() {
+        let id = |k: &str, v: &str| IdentRec {
+            kind: k.into(),
+            value: v.into(),
+        };
+        let dev = Validator::new(AcmeConfig {
+            dev_validate_on_localhost: true,
+            ..AcmeConfig::default()
+        });
+        assert_eq!(
+            dev.address(&id("dns", "anything.example"), crate::acme::DEV_HTTP_PORT)
+                .await
+                .expect("dev"),
+            "127.0.0.1:5002".parse::<SocketAddr>().expect("addr")
+        );
+        let mut hosts = std::collections::BTreeMap::new();
+        hosts.insert(
+            "mapped.example".to_owned(),
+            "192.0.2.7".parse().expect("ip"),
+        );
+        let prod = Validator::new(AcmeConfig {
+            hosts,
+            ..AcmeConfig::default()
+        });
+        assert_eq!(
+            prod.address(&id("dns", "mapped.example"), 80)
+                .await
+                .expect("mapped"),
+            "192.0.2.7:80".parse::<SocketAddr>().expect("addr")
+        );
+        assert_eq!(
+            prod.address(&id("ip", "2001:db8::5"), 443)
+                .await
+                .expect("ip"),
+            "[2001:db8::5]:443".parse::<SocketAddr>().expect("addr")
+        );
+    }
+
     #[test]
     fn reverse_names_follow_rfc8738() {
         assert_eq!(
