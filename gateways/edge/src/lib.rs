@@ -47,6 +47,12 @@ pub enum StartError {
         /// The error.
         source: std::io::Error,
     },
+    /// The ACME nonce key.
+    #[error(transparent)]
+    NonceKey(#[from] acme::NonceKeyError),
+    /// The ACME handler could not be built.
+    #[error("ACME: {0}")]
+    Acme(String),
     /// Metrics recorder.
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
@@ -88,9 +94,28 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let http = bind(cfg.listen.http).await?;
     let admin = bind(cfg.listen.admin).await?;
 
+    let nonce_key = acme::load_nonce_key(&cfg.acme)?;
+    let limiter: Arc<dyn ratelimit::RateLimiter> =
+        Arc::new(ratelimit::GovernorLimiter::new(cfg.rate_limits.clone()));
+    let acme_handler = Arc::new(
+        acme::AcmeHandler::new(
+            cfg.acme.clone(),
+            &nonce_key,
+            Arc::new(certgate_acme::nonce::MemoryNonceStore::new(
+                cfg.acme.nonce_store_capacity,
+            )),
+            tenants.clone(),
+            limiter,
+        )
+        .map_err(|e| StartError::Acme(e.to_string()))?,
+    );
+    drop(nonce_key);
     let pipeline = |_: ()| {
         Arc::new(server::Pipeline {
-            router: status::handler::mount(router::Router::standard(), &status_cache),
+            router: acme::mount(
+                status::handler::mount(router::Router::standard(), &status_cache),
+                acme_handler.clone(),
+            ),
             ctx: ctx.clone(),
             limits: cfg.limits.clone(),
             in_flight: Semaphore::new(cfg.limits.max_in_flight),

@@ -105,6 +105,11 @@ impl TenantDirectory {
         }
     }
 
+    /// The core client it asks.
+    pub fn core(&self) -> &crate::core_client::CoreClient {
+        &self.core
+    }
+
     /// `Ok(Some(meta))` for a tenant the core knows, `Ok(None)` for one it does not (NOT_FOUND),
     /// `Err` when the core could not say (not cached: asked again next time).
     pub async fn lookup(

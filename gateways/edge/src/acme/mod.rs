@@ -1,9 +1,71 @@
 //! ACME (RFC 8555) over HTTP: the glue between the edge's pipeline and the sans-I/O
 //! `certgate-acme` crate, with the state kept by the core's `Acme` service.
 
+pub mod handler;
+pub mod render;
+
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Deserialize;
+use zeroize::Zeroizing;
+
+pub use handler::AcmeHandler;
+
+use crate::router::{Listener, Mount, Router};
+
+/// Mounts the ACME handler at `/acme/` on the HTTPS listener (and `/t/{tenant}/acme/`).
+pub fn mount(router: Router, handler: Arc<AcmeHandler>) -> Router {
+    router.mount(Mount {
+        prefix: "/acme/",
+        listeners: &[Listener::Https],
+        handler,
+    })
+}
+
+/// Why the nonce key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum NonceKeyError {
+    /// The file could not be read.
+    #[error("cannot read the ACME nonce key {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Too short to be a key.
+    #[error("the ACME nonce key {0} is shorter than 32 bytes")]
+    TooShort(PathBuf),
+    /// No randomness.
+    #[error("no randomness for an ephemeral nonce key")]
+    Random,
+}
+
+/// The fleet nonce key from `[acme] nonce_key_file`, or a random one for this process alone.
+/// Held in `Zeroizing` and never logged.
+pub fn load_nonce_key(cfg: &AcmeConfig) -> Result<Zeroizing<Vec<u8>>, NonceKeyError> {
+    match &cfg.nonce_key_file {
+        Some(path) => {
+            let key = Zeroizing::new(std::fs::read(path).map_err(|source| NonceKeyError::Read {
+                path: path.clone(),
+                source,
+            })?);
+            if key.len() < certgate_acme::nonce::MIN_NONCE_KEY_LEN {
+                return Err(NonceKeyError::TooShort(path.clone()));
+            }
+            Ok(key)
+        }
+        None => {
+            tracing::warn!(
+                "[acme] nonce_key_file is not set: nonces from this edge are not accepted by others"
+            );
+            let mut key = Zeroizing::new(vec![0u8; 32]);
+            aws_lc_rs::rand::fill(&mut key).map_err(|_| NonceKeyError::Random)?;
+            Ok(key)
+        }
+    }
+}
 
 /// `[acme]` in edge.toml.
 #[derive(Debug, Clone, Deserialize)]
