@@ -51,6 +51,8 @@ pub const STATUS_CACHE_ENTRIES: &str = "certgate_edge_status_cache_entries";
 pub const STATUS_EVENTS_TOTAL: &str = "certgate_edge_status_events_total";
 /// 1 while a `WatchStatus` stream is open, 0 otherwise.
 pub const STATUS_STREAM_CONNECTED: &str = "certgate_edge_status_stream_connected";
+/// 1 once a complete status snapshot has been applied (the cache holds the core's state).
+pub const STATUS_SNAPSHOT_COMPLETE: &str = "certgate_edge_status_snapshot_complete";
 
 /// Settings of the status cache and its miss path (the `[status]` config section).
 #[derive(Debug, Clone)]
@@ -326,6 +328,7 @@ impl StatusCache {
                     }
                 }
                 self.inner.snapshot_complete.store(true, Ordering::Release);
+                metrics::gauge!(STATUS_SNAPSHOT_COMPLETE).set(1.0);
                 count_event("snapshot_complete", "ok");
                 return Applied::SnapshotComplete;
             }
