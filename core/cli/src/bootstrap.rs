@@ -196,14 +196,60 @@ admin = "{}"
 [tls]
 cert = "tls.pem"
 key = "tls.key"
-"#,
-        ports.https, ports.http, ports.admin
+{}"#,
+        ports.https,
+        ports.http,
+        ports.admin,
+        edge_acme_section(ports)
     );
+    ensure_nonce_key(dd)?;
     if replace {
         write_file(&dd.edge_config(), edge_toml.as_bytes(), 0o600)?;
     } else if write_new(&dd.edge_config(), &edge_toml, 0o600)? {
         progress("wrote edge/edge.toml");
+    } else {
+        ensure_edge_acme(dd, ports)?;
     }
+    Ok(())
+}
+
+/// The edge's `[acme]` section: the public base URL every ACME URL is built from (and the JWS
+/// `url` check compares against), and the fleet nonce key.
+fn edge_acme_section(ports: Ports) -> String {
+    format!(
+        "\n[acme]\nbase_url = \"https://{}\"\nnonce_key_file = \"nonce.key\"\n",
+        ports.https
+    )
+}
+
+/// Adds the `[acme]` section to an edge.toml written before it existed.
+fn ensure_edge_acme(dd: &DataDir, ports: Ports) -> Result<()> {
+    let path = dd.edge_config();
+    let text = std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+    if text.contains("[acme]") {
+        return Ok(());
+    }
+    write_file(
+        &path,
+        format!("{text}{}", edge_acme_section(ports)).as_bytes(),
+        0o600,
+    )?;
+    progress("added the [acme] section to edge/edge.toml");
+    Ok(())
+}
+
+/// DIR/edge/nonce.key: 32 random bytes (mode 0600), the ACME nonce key every edge of this fleet
+/// shares, so any edge accepts any edge's nonce. Kept if present.
+fn ensure_nonce_key(dd: &DataDir) -> Result<()> {
+    let path = dd.edge_dir().join("nonce.key");
+    if path.exists() {
+        return Ok(());
+    }
+    let mut key = zeroize::Zeroizing::new(vec![0u8; 32]);
+    aws_lc_rs::rand::fill(&mut key)
+        .map_err(|_| CliError::Crypto("random source failed".into()))?;
+    write_file(&path, &key, 0o600)?;
+    progress("wrote edge/nonce.key");
     Ok(())
 }
 

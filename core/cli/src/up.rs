@@ -131,7 +131,7 @@ fn print_banner(dd: &DataDir, ports: Ports, issuer: &str, procs: [&Proc; 3]) {
     let admin = ports.admin;
     println!();
     println!("certgate is up");
-    println!("  ACME directory   https://{https}/acme/directory{NOT_YET}");
+    println!("  ACME directory   https://{https}/acme/directory");
     println!("  EST              https://{https}/.well-known/est/{NOT_YET}");
     println!("  SCEP             http://{http}/scep{NOT_YET}");
     println!("  CMP              http://{http}/.well-known/cmp{NOT_YET}");
