@@ -394,6 +394,14 @@ async fn start_edge(fake: &FakeCore) -> Edge {
 }
 
 async fn start_edge_with(fake: &FakeCore, settings: StatusSettings) -> Edge {
+    start_edge_guarded(fake, settings, Default::default()).await
+}
+
+async fn start_edge_guarded(
+    fake: &FakeCore,
+    settings: StatusSettings,
+    guard: certgate_edge::server::Guard,
+) -> Edge {
     let core = fake_core_client(fake.clone()).await;
     let cache = StatusCache::new(&settings);
     let (tx, rx) = watch::channel(false);
@@ -415,7 +423,7 @@ async fn start_edge_with(fake: &FakeCore, settings: StatusSettings) -> Edge {
         },
         limits: Limits::default(),
         in_flight: Semaphore::new(512),
-        guard: Default::default(),
+        guard,
     });
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -1064,4 +1072,50 @@ async fn a_core_answer_for_other_certificates_is_not_served() {
     let r = post_ocsp(edge.addr, "/ocsp", &req_c).await;
     assert_eq!(r.body, OCSP_ERR_TRY_LATER);
     assert_eq!(fake.ocsp_calls(), 2);
+}
+
+#[tokio::test]
+async fn a_saturated_ocsp_bulkhead_answers_try_later_while_crls_keep_being_served() {
+    use certgate_edge::bulkhead::{BulkheadConfig, Bulkheads};
+    let fake = FakeCore::default();
+    let w = world(&fake).await;
+    for (n, s) in [("d", "1004"), ("e", "1005")] {
+        w.pki.leaf(n, s);
+    }
+    let slow: Vec<Vec<u8>> = ["d", "e"]
+        .iter()
+        .map(|n| w.pki.request(&format!("req-{n}.der"), &[n]))
+        .collect();
+    fake.0.ocsp_delay_ms.store(800, Ordering::SeqCst);
+    let guard = certgate_edge::server::Guard {
+        bulkheads: Bulkheads::new(BulkheadConfig {
+            per_protocol: 50,
+            protocols: std::collections::BTreeMap::from([("ocsp".to_owned(), 2)]),
+            per_tenant: 50,
+            max_tenant_pools: 16,
+        }),
+        ..Default::default()
+    };
+    let edge = start_edge_guarded(&fake, StatusSettings::default(), guard).await;
+    wait_until("snapshot complete", || edge.cache.snapshot_complete()).await;
+    let addr = edge.addr;
+    // Two slow misses fill the OCSP pool.
+    let held: Vec<_> = slow
+        .into_iter()
+        .map(|req| tokio::spawn(async move { post_ocsp(addr, "/ocsp", &req).await }))
+        .collect();
+    wait_until("both misses in flight", || fake.ocsp_calls() == 2).await;
+    // Even a cache hit is shed now, with OCSP's own "try later"…
+    let r = post_ocsp(addr, "/ocsp", &w.req_a).await;
+    assert_eq!((r.status, r.body.as_slice()), (200, OCSP_ERR_TRY_LATER));
+    assert_eq!(r.headers["retry-after"], "1");
+    // …while the CRL path, another protocol, keeps answering.
+    let crl = http(addr, "GET", "/crl/issuing-a/full.crl", &[], &[]).await;
+    assert_eq!(crl.status, 200);
+    assert_eq!(crl.body, w.crl);
+    for h in held {
+        // The fake does not know d and e: unauthorized, once the slow lookups finish.
+        assert_eq!(h.await.expect("task").body, OCSP_ERR_UNAUTHORIZED);
+    }
+    assert_eq!(post_ocsp(addr, "/ocsp", &w.req_a).await.body, w.resp_a_good);
 }
