@@ -587,6 +587,55 @@ async fn http01_full_flow_issues_a_verifiable_certificate_once() {
             .into_inner();
     assert_eq!(stored.certificate_der, chain.certificate_der);
 
+    // ARI (RFC 9773 §5): `replaces` must name a certificate of this account, once.
+    let ari_id = certgate_acme::ari::CertId::from_certificate(&chain.certificate_der)
+        .unwrap()
+        .to_string();
+    let renewal = |account: &str, replaces: &str| NewOrderRequest {
+        tenant: T.into(),
+        account_id: account.into(),
+        identifiers: vec![dns("test.example"), dns("www.test.example")],
+        replaces: replaces.into(),
+        ..Default::default()
+    };
+    let k_other = account_key();
+    let other = new_account(&mut e.f, T, &k_other).await;
+    let s =
+        e.f.acme
+            .new_order(renewal(&other, &ari_id))
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "malformed", "another account's certificate");
+    let s =
+        e.f.acme
+            .new_order(renewal(&acct, "AAAA.AQ"))
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "malformed", "no such certificate");
+    let renew =
+        e.f.acme
+            .new_order(renewal(&acct, &ari_id))
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(renew.replaces, ari_id);
+    let s =
+        e.f.acme
+            .new_order(renewal(&acct, &ari_id))
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "alreadyReplaced");
+    let renewed = finalize(
+        &mut e.f,
+        &acct,
+        &renew.order_id,
+        csr(&["test.example", "www.test.example"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(renewed.status, "valid");
+    assert_ne!(renewed.certificate_serial_hex, done.certificate_serial_hex);
+
     // A second order for the same names reuses the valid authorizations: ready at once.
     let o2 = order(&mut e.f, &acct, &["test.example", "www.test.example"]).await;
     assert_eq!(o2.status, "ready");
@@ -620,8 +669,8 @@ async fn http01_full_flow_issues_a_verifiable_certificate_once() {
             .await
             .unwrap()
             .into_inner();
-    assert_eq!(page2.order_ids, vec![o.order_id.clone()]);
-    assert!(page2.next_cursor.is_empty());
+    assert_eq!(page2.order_ids, vec![renew.order_id.clone()]);
+    assert!(!page2.next_cursor.is_empty());
 }
 
 /// I-4: another account of the tenant, and the same account id under another tenant, get
@@ -1348,4 +1397,53 @@ fn core_binary_refuses_dev_validation_in_production() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("dev_validate_on_localhost"), "{stderr}");
     assert!(!dir.path().join("core.sock").exists());
+}
+
+/// RFC 8555 §7.6: an account that did not order the certificate may revoke it once it holds
+/// valid authorizations for every name in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_by_an_account_holding_authorizations_for_all_names() {
+    let mut e = env().await;
+    let k = account_key();
+    let k2 = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let holder = new_account(&mut e.f, T, &k2).await;
+    let o = order(&mut e.f, &acct, &["test.example", "www.test.example"]).await;
+    validate_http(&mut e, &acct, &k, &o).await;
+    let done = finalize(
+        &mut e.f,
+        &acct,
+        &o.order_id,
+        csr(&["test.example", "www.test.example"]),
+    )
+    .await
+    .unwrap();
+    let cert =
+        e.f.store
+            .get_cert(T, &done.certificate_serial_hex)
+            .unwrap()
+            .unwrap()
+            .cert_der;
+    let req = |account: &str| RevokeCertificateRequest {
+        tenant: T.into(),
+        certificate_der: cert.clone(),
+        reason: 0,
+        auth: Some(revoke_certificate_request::Auth::AccountId(account.into())),
+    };
+    // Authorized for one of the two names only: refused.
+    let o1 = order(&mut e.f, &holder, &["test.example"]).await;
+    validate_http(&mut e, &holder, &k2, &o1).await;
+    let s = e.f.acme.revoke_certificate(req(&holder)).await.unwrap_err();
+    assert_eq!(err(s).rule, "unauthorized");
+    // Both names: allowed.
+    let o2 = order(&mut e.f, &holder, &["www.test.example"]).await;
+    validate_http(&mut e, &holder, &k2, &o2).await;
+    e.f.acme.revoke_certificate(req(&holder)).await.unwrap();
+    assert!(
+        e.f.store
+            .get_cert(T, &done.certificate_serial_hex)
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
 }

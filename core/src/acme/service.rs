@@ -378,6 +378,46 @@ impl AcmeService {
         Ok(o)
     }
 
+    /// RFC 9773 §5: `replaces` must name a certificate this account ordered (same issuer key
+    /// identifier and serial) that no other live order of the account already replaces. The edge
+    /// exempts renewals from some rate limits, so this is checked here, not trusted.
+    fn check_replaces(&self, tenant: &str, account_id: &str, replaces: &str) -> Result<String> {
+        let bad = || {
+            CoreError::malformed(
+                "malformed",
+                "replaces does not name a certificate of this account",
+            )
+        };
+        let id = certgate_acme::ari::CertId::parse(replaces).map_err(|e| acme_error(&e))?;
+        let serial = crate::x509::serial_hex(&id.serial);
+        let store = self.0.store()?;
+        store
+            .order_by_serial(tenant, &serial)?
+            .filter(|o| o.account_id == account_id)
+            .ok_or_else(bad)?;
+        let cert = self
+            .0
+            .core
+            .store
+            .get_cert(tenant, &serial)?
+            .ok_or_else(bad)?;
+        let actual =
+            certgate_acme::ari::CertId::from_certificate(&cert.cert_der).map_err(|_| bad())?;
+        if actual != id {
+            return Err(bad());
+        }
+        if store
+            .order_replacing(tenant, account_id, replaces)?
+            .is_some()
+        {
+            return Err(CoreError::policy(
+                "alreadyReplaced",
+                "another order already replaces this certificate",
+            ));
+        }
+        Ok(serial)
+    }
+
     async fn run_validation(
         state: Arc<AcmeState>,
         authz: AuthzRec,
@@ -529,7 +569,13 @@ impl AcmeService {
             idempotency_key: format!("acme-order:{}", o.order_id),
             validity_seconds: validity,
             issuer_id: String::new(),
-            replaces_serial: String::new(),
+            replaces_serial: if o.replaces.is_empty() {
+                String::new()
+            } else {
+                certgate_acme::ari::CertId::parse(&o.replaces)
+                    .map(|id| crate::x509::serial_hex(&id.serial))
+                    .unwrap_or_default()
+            },
         };
         match self.0.core.issuer.issue(issue, caller).await {
             Ok(resp) => {
@@ -871,6 +917,9 @@ impl Acme for AcmeService {
         }
         if r.not_after_unix != 0 && r.not_after_unix <= now {
             return Err(CoreError::malformed("malformed", "notAfter is in the past").into());
+        }
+        if !r.replaces.is_empty() {
+            blocking(|| self.check_replaces(&t.name, &r.account_id, &r.replaces))?;
         }
         let cfg = &self.0.config;
         let expires = now + cfg.order_lifetime_secs;

@@ -199,6 +199,14 @@ pub trait AcmeStore: Send + Sync {
     fn order(&self, tenant: &str, account_id: &str, order_id: &str) -> Result<Option<OrderRec>>;
     /// The order whose certificate has this serial.
     fn order_by_serial(&self, tenant: &str, serial_hex: &str) -> Result<Option<OrderRec>>;
+    /// A not-invalid order of the account that names `replaces` (RFC 9773 §5: a certificate is
+    /// replaced once).
+    fn order_replacing(
+        &self,
+        tenant: &str,
+        account_id: &str,
+        replaces: &str,
+    ) -> Result<Option<OrderRec>>;
     /// The account's orders, newest first: up to `limit` strictly older than `before` (an
     /// opaque cursor from [`OrderPage::next`]; None = from the newest).
     fn list_orders(

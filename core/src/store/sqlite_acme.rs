@@ -549,6 +549,23 @@ impl AcmeStore for SqliteStore {
         raw.map(finish_order).transpose()
     }
 
+    fn order_replacing(
+        &self,
+        tenant: &str,
+        account_id: &str,
+        replaces: &str,
+    ) -> Result<Option<OrderRec>> {
+        let raw = self.with(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {ORDER_COLS} FROM acme_orders WHERE tenant = ?1 AND account_id = ?2 AND replaces = ?3 AND status <> 'invalid' LIMIT 1"),
+                params![tenant, account_id, replaces],
+                order_row,
+            )
+            .optional()?)
+        })?;
+        raw.map(finish_order).transpose()
+    }
+
     fn list_orders(
         &self,
         tenant: &str,
