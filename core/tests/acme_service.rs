@@ -1447,3 +1447,36 @@ async fn revocation_by_an_account_holding_authorizations_for_all_names() {
             .revoked
     );
 }
+
+/// A challenge a stopped core left `processing` (no validation running in this process) is
+/// validated again on the next response instead of staying stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_left_processing_by_a_stopped_core_is_validated_again() {
+    let mut e = env().await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let o = order(&mut e.f, &acct, &["test.example"]).await;
+    let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    let ch = a.challenges.iter().find(|c| c.r#type == "http-01").unwrap();
+    // What a core that died after marking the challenge leaves behind.
+    let audit = certgate_core::audit::AuditEntry::new("test", T, "test", serde_json::json!({}));
+    assert!(
+        AcmeStore::start_challenge(e.f.store.as_ref(), T, &a.authz_id, &ch.challenge_id, &audit)
+            .unwrap()
+    );
+    assert_eq!(
+        authz(&mut e.f, &acct, &a.authz_id).await.challenges[0].status,
+        "processing"
+    );
+    e.http
+        .answers
+        .lock()
+        .unwrap()
+        .insert(ch.token.clone(), k.jwk.key_authorization(&ch.token));
+    let again = respond(&mut e.f, &acct, &a, "http-01").await;
+    assert_eq!(again.status, "valid", "{again:?}");
+    assert_eq!(
+        get_order(&mut e.f, &acct, &o.order_id).await.status,
+        "ready"
+    );
+}

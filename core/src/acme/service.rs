@@ -2,8 +2,9 @@
 //! call it; fail closed, I-5). Every object lookup takes the tenant and the account, so another
 //! tenant's or account's object is NOT_FOUND (I-4).
 
+use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certgate_acme::jwk::Jwk;
@@ -55,6 +56,41 @@ pub struct AcmeState {
     pub validator: Validator,
     /// Validations running at once (I-8).
     pub validations: Arc<Semaphore>,
+    /// (tenant, challenge id) of the validations running in this process; each entry lives as
+    /// long as its task (so at most `max_concurrent_validations` entries, I-8). A challenge
+    /// stored as processing but absent here was left by a stopped core and is validated again.
+    running: Arc<Mutex<HashSet<(String, String)>>>,
+}
+
+/// Holds a challenge's place in [`AcmeState::running`] until dropped.
+struct Running {
+    set: Arc<Mutex<HashSet<(String, String)>>>,
+    key: (String, String),
+}
+
+impl Running {
+    /// Claims the challenge; None when a validation of it already runs here.
+    fn claim(set: &Arc<Mutex<HashSet<(String, String)>>>, tenant: &str, id: &str) -> Option<Self> {
+        let key = (tenant.to_owned(), id.to_owned());
+        let mut guard = match set.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        guard.insert(key.clone()).then(|| Running {
+            set: set.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut guard = match self.set.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        guard.remove(&self.key);
+    }
 }
 
 impl AcmeState {
@@ -63,6 +99,7 @@ impl AcmeState {
         Self {
             validations: Arc::new(Semaphore::new(config.max_concurrent_validations.max(1))),
             validator: Validator::new(config.clone()),
+            running: Arc::default(),
             core,
             config,
         }
@@ -425,6 +462,7 @@ impl AcmeService {
         key_authorization: String,
         caller: Caller,
         _permit: tokio::sync::OwnedSemaphorePermit,
+        _running: Running,
     ) {
         let Some(ch) = authz.challenges.get(idx).cloned() else {
             return;
@@ -1089,7 +1127,12 @@ impl Acme for AcmeService {
             .cloned()
             .ok_or_else(|| CoreError::Store("challenge index".into()))?;
         let mut handle = None;
-        if ch.status == "pending" && authz_status(&authz, now) == "pending" {
+        let authz_pending = authz_status(&authz, now) == "pending";
+        // Processing with no validation running here: left by a core that stopped mid-way.
+        let orphan = ch.status == "processing"
+            && authz_pending
+            && Running::claim(&self.0.running, &r.tenant, &ch.challenge_id).is_some();
+        if (ch.status == "pending" || orphan) && authz_pending {
             // Bounded (I-8): refuse at once rather than queue when validations are saturated.
             let permit = self
                 .0
@@ -1097,16 +1140,32 @@ impl Acme for AcmeService {
                 .clone()
                 .try_acquire_owned()
                 .map_err(|_| CoreError::Overloaded)?;
-            let audit = AuditEntry::new(
-                "acme.challenge.respond",
-                &r.tenant,
-                &caller,
-                json!({"authz": authz.authz_id, "challenge": ch.challenge_id, "type": ch.kind}),
-            );
-            let started = blocking(|| {
-                store.start_challenge(&r.tenant, &authz.authz_id, &ch.challenge_id, &audit)
-            })?;
-            if started {
+            // Claimed before the compare-and-set, so no concurrent call sees it as an orphan.
+            let running = Running::claim(&self.0.running, &r.tenant, &ch.challenge_id);
+            let started = match running {
+                None => false,
+                Some(_) if orphan => {
+                    self.0.core.store.append_audit(&AuditEntry::new(
+                        "acme.challenge.resume",
+                        &r.tenant,
+                        &caller,
+                        json!({"authz": authz.authz_id, "challenge": ch.challenge_id}),
+                    ))?;
+                    true
+                }
+                Some(_) => {
+                    let audit = AuditEntry::new(
+                        "acme.challenge.respond",
+                        &r.tenant,
+                        &caller,
+                        json!({"authz": authz.authz_id, "challenge": ch.challenge_id, "type": ch.kind}),
+                    );
+                    blocking(|| {
+                        store.start_challenge(&r.tenant, &authz.authz_id, &ch.challenge_id, &audit)
+                    })?
+                }
+            };
+            if let (true, Some(running)) = (started, running) {
                 let jwk = parse_jwk(&account.jwk_json)?;
                 let key_auth = jwk.key_authorization(&ch.token);
                 handle = Some(tokio::spawn(Self::run_validation(
@@ -1116,6 +1175,7 @@ impl Acme for AcmeService {
                     key_auth,
                     caller.clone(),
                     permit,
+                    running,
                 )));
             }
         }
