@@ -45,6 +45,8 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     acme: crate::acme::AcmeConfig,
+    #[serde(default)]
+    status: crate::status::StatusConfig,
 }
 
 fn one() -> u32 {
@@ -204,6 +206,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[acme]`: the ACME state service's validation and lifetime settings.
     pub acme: crate::acme::AcmeConfig,
+    /// `[status]`: OCSP precomputation, CRLs and the status stream (docs/status.md).
+    pub status: crate::status::StatusConfig,
 }
 
 /// A configuration error, shown to the operator.
@@ -301,6 +305,7 @@ impl Config {
             )));
         }
         raw.acme.check(raw.mode).map_err(ConfigError)?;
+        raw.status.check().map_err(ConfigError)?;
         Ok(Self {
             mode: raw.mode,
             socket: resolve(base, &raw.socket),
@@ -323,6 +328,7 @@ impl Config {
             audit_key_sha256: raw.audit.public_key_sha256.map(|h| h.to_ascii_lowercase()),
             limits: raw.limits,
             acme: raw.acme,
+            status: raw.status,
         })
     }
 }

@@ -51,6 +51,10 @@ pub enum CoreError {
     /// Too much in flight; shed early (I-8).
     #[error("overloaded")]
     Overloaded,
+    /// A bounded resource (on-demand OCSP signing) is at its limit: UNAVAILABLE with a short
+    /// retry-after, so the caller retries rather than queueing without bound (I-8).
+    #[error("busy: {0}")]
+    Busy(&'static str),
     /// The signer could not be reached or failed internally. Never a fallback (I-5).
     #[error("signer unavailable: {0}")]
     SignerUnavailable(String),
@@ -119,6 +123,7 @@ impl CoreError {
                 "too many requests in flight",
             )
             .with_retry_after(Duration::from_millis(100)),
+            CoreError::Busy(what) => RpcError::unavailable(*what, Duration::from_millis(200)),
             CoreError::SignerUnavailable(detail) => {
                 tracing::warn!(%detail, "signer unavailable");
                 RpcError::unavailable("the signer is unavailable", Duration::from_secs(1))

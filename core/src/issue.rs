@@ -79,6 +79,8 @@ pub struct Issuer {
     in_flight: Semaphore,
     keys: Mutex<KeyLocks>,
     fault: Fault,
+    /// The revocation-status engine, attached once at start-up (docs/status.md).
+    status: std::sync::OnceLock<Arc<crate::status::StatusEngine>>,
 }
 
 /// SHA-256 over the canonical request: everything that decides the certificate, without the
@@ -156,7 +158,18 @@ impl Issuer {
             in_flight: Semaphore::new(max_in_flight),
             keys: Mutex::new(HashMap::new()),
             fault,
+            status: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Attaches the status engine (once); later calls are ignored.
+    pub fn attach_status(&self, engine: Arc<crate::status::StatusEngine>) {
+        let _ = self.status.set(engine);
+    }
+
+    /// The status engine, when one is attached (the Core's OCSP/CRL RPCs need it).
+    pub fn status(&self) -> Option<&Arc<crate::status::StatusEngine>> {
+        self.status.get()
     }
 
     fn key_lock(&self, tenant: &str, key: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -445,10 +458,16 @@ impl Issuer {
                    "profile_version": intent.profile_version,
                    "sha256": hex::encode(digest::digest(&digest::SHA256, &rec.cert_der))}),
         );
-        blocking(|| {
+        let out = blocking(|| {
             let stored = self.store.complete_issue(&rec, &audit)?;
             self.respond(&stored)
-        })
+        });
+        // The stored certificate is already queued for its OCSP responses (a trigger, same
+        // transaction); wake the worker instead of waiting for its poll.
+        if let Some(s) = self.status.get() {
+            s.poke();
+        }
+        out
     }
 
     fn respond(&self, cert: &CertRec) -> Result<IssueResponse> {

@@ -15,6 +15,7 @@ pub mod issue;
 pub mod profile;
 pub mod service;
 pub mod signer_client;
+pub mod status;
 pub mod store;
 pub mod tasks;
 pub mod x509;

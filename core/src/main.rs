@@ -104,8 +104,8 @@ fn serve(path: PathBuf) -> anyhow::Result<std::process::ExitCode> {
 
 async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&config.store).context("opening the store")?);
+    let sqlite = Arc::new(SqliteStore::open(&config.store).context("opening the store")?);
+    let store: Arc<dyn Store> = sqlite.clone();
     let signer = Signer::connect(
         &config.signer,
         Duration::from_millis(config.limits.signer_timeout_ms),
@@ -128,6 +128,14 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
         admin_allow: config.admin_allow.clone(),
         audit_key_sha256: config.audit_key_sha256.clone(),
     });
+    let status = certgate_core::status::StatusEngine::new(
+        store.clone(),
+        sqlite.clone(),
+        signer.clone(),
+        config.status.clone(),
+    )?;
+    status.spawn();
+    state.issuer.attach_status(status);
     tokio::spawn(certgate_core::tasks::run_audit_loop(
         store.clone(),
         signer.clone(),

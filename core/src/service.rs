@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use certgate_proto::admin::admin_server::Admin;
 use certgate_proto::admin::{
@@ -17,7 +16,6 @@ use certgate_proto::core::core_server::Core;
 use certgate_proto::core::{
     CertificateRecord, GetCaChainRequest, GetCaChainResponse, GetCertificateRequest, IssueRequest,
     IssueResponse, RevokeRequest, RevokeResponse, StatusEvent, WatchStatusRequest, revoke_request,
-    status_event,
 };
 use certgate_proto::transport::caller_of;
 use certgate_proto::{AllowList, Caller};
@@ -194,6 +192,10 @@ impl Core for CoreService {
                 .to_vec(),
         };
         let out = blocking(move || store.revoke(&tenant, &op, &audit)).await?;
+        // The revocation queued its OCSP re-signing in the same transaction; wake the worker.
+        if let Some(engine) = self.0.issuer.status() {
+            engine.poke();
+        }
         let Some((rec, already)) = out else {
             return Err(CoreError::not_found("certificate.unknown", "no such certificate").into());
         };
@@ -272,27 +274,52 @@ impl Core for CoreService {
         }))
     }
 
-    /// Not yet served: the OCSP/CRL issue (5) fills this in.
     async fn get_ocsp(
         &self,
-        _req: Request<certgate_proto::core::GetOcspRequest>,
+        req: Request<certgate_proto::core::GetOcspRequest>,
     ) -> Result<Response<certgate_proto::core::OcspEntry>, Status> {
-        Err(Status::unimplemented(
-            "OCSP precomputation is not built yet",
-        ))
+        let caller = caller_of(&req);
+        check(
+            &self.0,
+            &self.0.allow,
+            &caller,
+            "GetOcsp",
+            "core.caller_not_allowed",
+        )?;
+        let engine = status_engine(&self.0)?;
+        let r = req.into_inner();
+        let out = engine.get_ocsp(&r).await;
+        metrics::counter!("certgate_core_status_requests_total", "rpc" => "GetOcsp",
+            "tenant" => r.tenant.clone(), "outcome" => if out.is_ok() { "ok" } else { "error" })
+        .increment(1);
+        Ok(Response::new(out?))
     }
 
-    /// Not yet served: the OCSP/CRL issue (5) fills this in.
     async fn get_crl(
         &self,
-        _req: Request<certgate_proto::core::GetCrlRequest>,
+        req: Request<certgate_proto::core::GetCrlRequest>,
     ) -> Result<Response<certgate_proto::core::CrlEntry>, Status> {
-        Err(Status::unimplemented("CRL generation is not built yet"))
+        let caller = caller_of(&req);
+        check(
+            &self.0,
+            &self.0.allow,
+            &caller,
+            "GetCrl",
+            "core.caller_not_allowed",
+        )?;
+        let engine = status_engine(&self.0)?;
+        let r = req.into_inner();
+        let out = engine.get_crl(&r).await;
+        metrics::counter!("certgate_core_status_requests_total", "rpc" => "GetCrl",
+            "tenant" => r.tenant.clone(), "outcome" => if out.is_ok() { "ok" } else { "error" })
+        .increment(1);
+        Ok(Response::new(out?))
     }
 
     type WatchStatusStream = StatusStream;
 
-    /// Skeleton until the OCSP/CRL issue: an empty snapshot marker, then a heartbeat every 15 s.
+    /// Issuers, a snapshot (or a resume from the cursor), live events, heartbeats
+    /// (crate::status::watch).
     async fn watch_status(
         &self,
         req: Request<WatchStatusRequest>,
@@ -305,30 +332,20 @@ impl Core for CoreService {
             "WatchStatus",
             "core.caller_not_allowed",
         )?;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            let first = StatusEvent {
-                cursor: 0,
-                event: Some(status_event::Event::SnapshotComplete(true)),
-            };
-            if tx.send(Ok(first)).await.is_err() {
-                return;
-            }
-            loop {
-                tokio::time::sleep(Duration::from_secs(15)).await;
-                let hb = StatusEvent {
-                    cursor: 0,
-                    event: Some(status_event::Event::Heartbeat(true)),
-                };
-                if tx.send(Ok(hb)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let engine = status_engine(&self.0)?.clone();
+        Ok(Response::new(Box::pin(crate::status::watch::watch(
+            engine,
+            req.into_inner(),
+        ))))
     }
+}
+
+/// The status engine, or UNAVAILABLE when this core runs without one (a test harness that did
+/// not attach it).
+fn status_engine(state: &State) -> Result<&Arc<crate::status::StatusEngine>> {
+    state.issuer.status().ok_or(CoreError::Busy(
+        "revocation status is not running in this core",
+    ))
 }
 
 fn tenant_wire(t: TenantRec) -> Tenant {
@@ -552,9 +569,12 @@ impl Admin for AdminService {
     ) -> Result<Response<CaInfo>, Status> {
         let caller = self.admit(&req, "CreateIssuingCa")?;
         let r = req.into_inner();
-        Ok(Response::new(
-            self.0.authority.create_issuing(&r, &caller).await?,
-        ))
+        let info = self.0.authority.create_issuing(&r, &caller).await?;
+        // Its CRLs (full and every shard) are built right away, not at the next sweep.
+        if let Some(engine) = self.0.issuer.status() {
+            engine.issuer_added(&info.ca_id);
+        }
+        Ok(Response::new(info))
     }
 
     async fn list_cas(

@@ -9,6 +9,8 @@
 pub mod acme;
 pub mod sqlite;
 mod sqlite_acme;
+mod sqlite_status;
+pub mod status;
 
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::error::Result;

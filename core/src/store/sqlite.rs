@@ -370,6 +370,7 @@ impl SqliteStore {
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(super::sqlite_acme::SCHEMA)?;
+        writer.execute_batch(super::sqlite_status::SCHEMA)?;
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         // 64 MiB page cache (negative = KiB) for the reader: lookups of recent certificates and
