@@ -101,7 +101,11 @@ impl Validator {
         match tokio::time::timeout(self.timeout(), work).await {
             Ok(r) => r,
             Err(_) => Err(fail(
-                "connection",
+                if kind == "dns-01" {
+                    "dns"
+                } else {
+                    "connection"
+                },
                 format!(
                     "{kind} validation for {} timed out after {} ms",
                     id.value, self.cfg.validation_timeout_ms
@@ -530,6 +534,30 @@ mod tests {
                 .expect("ip"),
             "[2001:db8::5]:443".parse::<SocketAddr>().expect("addr")
         );
+    }
+
+    /// A resolver that never answers is a `dns` problem after the timeout, not a hang.
+    #[tokio::test]
+    async fn silent_resolver_times_out_as_dns() {
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let v = Validator::new(AcmeConfig {
+            dns_resolver: Some(silent.local_addr().expect("addr")),
+            validation_timeout_ms: 200,
+            ..AcmeConfig::default()
+        });
+        let id = IdentRec {
+            kind: "dns".into(),
+            value: "example.org".into(),
+        };
+        let started = std::time::Instant::now();
+        let e = v
+            .validate("dns-01", &id, "tok", "tok.tp")
+            .await
+            .expect_err("no answer");
+        assert_eq!(e.problem_type, "dns");
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 
     #[test]
