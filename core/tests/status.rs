@@ -926,6 +926,50 @@ async fn crls_verify_with_openssl_and_revocation_fails_crl_check() {
         ],
     );
     assert!(!ok && out.contains("revoked"), "revoked cert: {out}");
+
+    // The full CRL is in scope for every certificate (its IDP names every shard URL too).
+    std::fs::write(e.dir.join("full.pem"), pem("X509 CRL", &full.crl_der)).unwrap();
+    for (leaf, want_ok) in [("good.pem", true), ("bad.pem", false)] {
+        let (ok, out) = openssl(
+            &e.dir,
+            &[
+                "verify",
+                "-crl_check",
+                "-CAfile",
+                "t1-root.pem",
+                "-untrusted",
+                "t1-issuing.pem",
+                "-CRLfile",
+                "full.pem",
+                leaf,
+            ],
+        );
+        assert_eq!(ok, want_ok, "{leaf} with the full CRL: {out}");
+        if !want_ok {
+            assert!(out.contains("revoked"), "{out}");
+        }
+    }
+    // A shard CRL is not a valid answer for a certificate of another shard.
+    if shard(&good) != bad_shard {
+        let (ok, out) = openssl(
+            &e.dir,
+            &[
+                "verify",
+                "-crl_check",
+                "-CAfile",
+                "t1-root.pem",
+                "-untrusted",
+                "t1-issuing.pem",
+                "-CRLfile",
+                "bad-shard.pem",
+                "good.pem",
+            ],
+        );
+        assert!(
+            !ok,
+            "another shard's CRL must not vouch for a certificate: {out}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,8 @@
 //! its own URL exactly as the certificates' CRL distribution points do (`{base}/crl/{issuer}/
 //! {shard}.crl`, `x509::build_leaf_tbs`), with onlyContainsUserCerts, so a relying party can tell
 //! a shard from the full list; plus AKI and a CRL number that never decreases per (issuer, shard).
+//! The full CRL's IDP names its own URL and then every shard URL: it covers every certificate,
+//! and a relying party checking scope (OpenSSL does) must find the certificate's DP among them.
 
 use const_oid::db::rfc5280;
 use der::asn1::{BitString, Ia5String, OctetString, Uint};
@@ -36,6 +38,16 @@ pub fn crl_url(base_url: &str, issuer_id: &str, shard: &str) -> String {
     )
 }
 
+/// The IssuingDistributionPoint names of a CRL: its own URL, and for the full CRL every shard's
+/// URL after it.
+pub fn idp_urls(base_url: &str, issuer_id: &str, shard: &str) -> Vec<String> {
+    let mut urls = vec![crl_url(base_url, issuer_id, shard)];
+    if shard == FULL {
+        urls.extend((0..x509::CRL_SHARDS).map(|s| crl_url(base_url, issuer_id, &s.to_string())));
+    }
+    urls
+}
+
 /// Which shard a wire serial belongs to (`x509::crl_shard` on its bytes).
 pub fn shard_of(serial_hex: &str) -> Result<u32> {
     let bytes = hex::decode(serial_hex)
@@ -57,8 +69,10 @@ pub struct CrlSpec<'a> {
     pub next_update: i64,
     /// The CRL number.
     pub number: u64,
-    /// This CRL's own URL (the IssuingDistributionPoint).
-    pub url: &'a str,
+    /// The IssuingDistributionPoint names: this CRL's own URL first. The full CRL also names
+    /// every shard URL, so it is in scope (RFC 5280 §6.3.3 (b)(2)(i): one IDP name must match
+    /// one name of the certificate's distribution point) for every certificate of the issuer.
+    pub urls: &'a [String],
     /// The entries (already filtered to this shard).
     pub revoked: &'a [RevokedRec],
 }
@@ -88,12 +102,15 @@ pub fn build_tbs(spec: &CrlSpec<'_>) -> Result<TbsCertList> {
             crl_entry_extensions,
         });
     }
-    let url = Ia5String::new(spec.url)
-        .map_err(|_| CoreError::malformed("tenant.public_base_url", "URL is not ASCII"))?;
+    let mut names = Vec::with_capacity(spec.urls.len());
+    for url in spec.urls {
+        names.push(GeneralName::UniformResourceIdentifier(
+            Ia5String::new(url.as_str())
+                .map_err(|_| CoreError::malformed("tenant.public_base_url", "URL is not ASCII"))?,
+        ));
+    }
     let idp = IssuingDistributionPoint {
-        distribution_point: Some(DistributionPointName::FullName(vec![
-            GeneralName::UniformResourceIdentifier(url),
-        ])),
+        distribution_point: Some(DistributionPointName::FullName(names)),
         only_contains_user_certs: true,
         only_contains_ca_certs: false,
         only_some_reasons: None,
@@ -172,7 +189,7 @@ mod tests {
             this_update: 1_700_000_100,
             next_update: 1_700_086_500,
             number: 300,
-            url: &url,
+            urls: std::slice::from_ref(&url),
             revoked: &revoked,
         })
         .unwrap();

@@ -543,7 +543,7 @@ impl StatusEngine {
             let status = self.status.clone();
             let (id, sh) = (issuer_id.to_owned(), shard.clone());
             let number = blocking(move || status.next_crl_number(&id, &sh)).await?;
-            let url = crl::crl_url(&issuer.base_url, issuer_id, shard);
+            let urls = crl::idp_urls(&issuer.base_url, issuer_id, shard);
             let t = crl::build_tbs(&crl::CrlSpec {
                 issuer_name: &issuer.info.name,
                 issuer_key_id: &issuer.info.key_id,
@@ -551,7 +551,7 @@ impl StatusEngine {
                 this_update: now,
                 next_update,
                 number,
-                url: &url,
+                urls: &urls,
                 revoked: &entries,
             })?;
             tbs.push((shard.clone(), number, t.to_der()?));
