@@ -229,6 +229,11 @@ struct Env {
 /// Names under `.test.example` resolve to 127.0.0.1 through the static map; `closed.test.example`
 /// to 127.0.0.2, where nothing listens.
 async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+/// [`env`] with the `[acme]` settings adjusted.
+async fn env_with(adjust: impl FnOnce(&mut AcmeConfig)) -> Env {
     let (http_port, http) = http_responder().await;
     let (tls_port, tls) = tls_responder().await;
     let (dns, txt) = dns_responder().await;
@@ -244,7 +249,7 @@ async fn env() -> Env {
         hosts.insert(n.to_owned(), "127.0.0.1".parse().unwrap());
     }
     hosts.insert("closed.test.example".into(), "127.0.0.2".parse().unwrap());
-    let cfg = AcmeConfig {
+    let mut cfg = AcmeConfig {
         http_port,
         tls_alpn_port: tls_port,
         dns_resolver: Some(dns),
@@ -252,6 +257,7 @@ async fn env() -> Env {
         validation_timeout_ms: 5_000,
         ..AcmeConfig::default()
     };
+    adjust(&mut cfg);
     let mut f = fleet(cfg).await;
     f.bootstrap(T).await;
     Env { f, http, tls, txt }
@@ -1479,4 +1485,57 @@ async fn a_challenge_left_processing_by_a_stopped_core_is_validated_again() {
         get_order(&mut e.f, &acct, &o.order_id).await.status,
         "ready"
     );
+}
+
+/// I-8: validations are bounded; when every slot is busy, RespondChallenge is refused at once
+/// (RATE_LIMITED) and the challenge stays pending; the running one ends at its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saturated_validations_are_refused_not_queued() {
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let mut e = env_with(|c| {
+        c.dns_resolver = Some(silent_addr);
+        c.max_concurrent_validations = 1;
+        c.validation_timeout_ms = 1_500;
+    })
+    .await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let o1 = order(&mut e.f, &acct, &["test.example"]).await;
+    let o2 = order(&mut e.f, &acct, &["www.test.example"]).await;
+    let a1 = authz(&mut e.f, &acct, &o1.authorization_ids[0]).await;
+    let a2 = authz(&mut e.f, &acct, &o2.authorization_ids[0]).await;
+    let id = |a: &Authorization| {
+        a.challenges
+            .iter()
+            .find(|c| c.r#type == "dns-01")
+            .unwrap()
+            .challenge_id
+            .clone()
+    };
+    let req = |cid: String| RespondChallengeRequest {
+        tenant: T.into(),
+        account_id: acct.clone(),
+        challenge_id: cid,
+        wait_ms: 0,
+    };
+    let first =
+        e.f.acme
+            .respond_challenge(req(id(&a1)))
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(first.challenge.unwrap().status, "processing");
+    let s = e.f.acme.respond_challenge(req(id(&a2))).await.unwrap_err();
+    assert_eq!(err(s).kind, certgate_proto::ErrorKind::RateLimited);
+    assert_eq!(
+        authz(&mut e.f, &acct, &a2.authz_id).await.challenges[1].status,
+        "pending"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let a1 = authz(&mut e.f, &acct, &a1.authz_id).await;
+    let ch = a1.challenges.iter().find(|c| c.r#type == "dns-01").unwrap();
+    assert_eq!(ch.status, "invalid");
+    assert_eq!(ch.error.as_ref().unwrap().r#type, "dns");
+    drop(silent);
 }

@@ -800,7 +800,7 @@ impl Acme for AcmeService {
             NewAccountOutcome::Created(a) => (a, true),
             NewAccountOutcome::Existing(a) => (a, false),
         };
-        metrics::counter!("certgate_acme_accounts_total", "tenant" => t.name.clone(),
+        metrics::counter!("certgate_acme_accounts_total", "protocol" => "acme", "tenant" => t.name.clone(),
             "outcome" => if created { "created" } else { "existing" })
         .increment(1);
         Ok(Response::new(NewAccountResponse {
@@ -1040,7 +1040,7 @@ impl Acme for AcmeService {
                    "new_authorizations": new_authzs.len(), "profile": o.profile}),
         );
         blocking(|| store.insert_order(&o, &new_authzs, &audit))?;
-        metrics::counter!("certgate_acme_orders_total", "tenant" => t.name.clone()).increment(1);
+        metrics::counter!("certgate_acme_orders_total", "protocol" => "acme", "tenant" => t.name.clone()).increment(1);
         let o = blocking(|| self.refresh_order(o, &caller))?;
         Ok(Response::new(order_proto(&o)))
     }
@@ -1208,7 +1208,7 @@ impl Acme for AcmeService {
             Ok(o) => o.status.clone(),
             Err(_) => "error".into(),
         };
-        metrics::counter!("certgate_acme_finalize_total", "tenant" => tenant, "outcome" => outcome)
+        metrics::counter!("certgate_acme_finalize_total", "protocol" => "acme", "tenant" => tenant, "outcome" => outcome)
             .increment(1);
         Ok(Response::new(out?))
     }
