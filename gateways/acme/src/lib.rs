@@ -34,6 +34,7 @@ pub mod state;
 
 pub use b64::encode as base64url;
 
-#[cfg(test)]
-mod testkeys;
+/// Account keys and JWS signing for tests (this crate's and the end-to-end ACME client's).
+#[cfg(any(test, feature = "testkeys"))]
+pub mod testkeys;
 pub use error::{Error, ValidationFailure};

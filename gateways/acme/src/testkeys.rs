@@ -1,5 +1,7 @@
 //! Test helpers: account keys generated with aws-lc-rs and JWSs signed with them, so the parser is
-//! tested against signatures it did not produce itself.
+//! tested against signatures it did not produce itself. Test-only code (feature `testkeys`):
+//! a failing key generation or signature is a broken test environment, so it panics.
+#![allow(clippy::unwrap_used, missing_docs)]
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
@@ -11,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::b64;
 
-pub(crate) enum TestKey {
+pub enum TestKey {
     Es256(EcdsaKeyPair),
     Es384(EcdsaKeyPair),
     Rs256(RsaKeyPair),
@@ -19,23 +21,23 @@ pub(crate) enum TestKey {
 }
 
 impl TestKey {
-    pub(crate) fn es256() -> TestKey {
+    pub fn es256() -> TestKey {
         TestKey::Es256(EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap())
     }
-    pub(crate) fn es384() -> TestKey {
+    pub fn es384() -> TestKey {
         TestKey::Es384(EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).unwrap())
     }
-    pub(crate) fn rs256() -> TestKey {
+    pub fn rs256() -> TestKey {
         TestKey::Rs256(RsaKeyPair::generate(KeySize::Rsa2048).unwrap())
     }
-    pub(crate) fn eddsa() -> TestKey {
+    pub fn eddsa() -> TestKey {
         TestKey::EdDsa(Ed25519KeyPair::generate().unwrap())
     }
-    pub(crate) fn all() -> Vec<TestKey> {
+    pub fn all() -> Vec<TestKey> {
         vec![Self::es256(), Self::es384(), Self::rs256(), Self::eddsa()]
     }
 
-    pub(crate) fn alg(&self) -> &'static str {
+    pub fn alg(&self) -> &'static str {
         match self {
             TestKey::Es256(_) => "ES256",
             TestKey::Es384(_) => "ES384",
@@ -44,7 +46,7 @@ impl TestKey {
         }
     }
 
-    pub(crate) fn jwk(&self) -> Value {
+    pub fn jwk(&self) -> Value {
         match self {
             TestKey::Es256(k) | TestKey::Es384(k) => {
                 let p = k.public_key().as_ref();
@@ -64,7 +66,7 @@ impl TestKey {
         }
     }
 
-    pub(crate) fn sign(&self, msg: &[u8]) -> Vec<u8> {
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
         let rng = SystemRandom::new();
         match self {
             TestKey::Es256(k) | TestKey::Es384(k) => k.sign(&rng, msg).unwrap().as_ref().to_vec(),
@@ -79,7 +81,7 @@ impl TestKey {
     }
 
     /// The protected header of a request: `jwk` when `kid` is None.
-    pub(crate) fn header(&self, kid: Option<&str>, nonce: Option<&str>, url: &str) -> Value {
+    pub fn header(&self, kid: Option<&str>, nonce: Option<&str>, url: &str) -> Value {
         let mut h = json!({"alg": self.alg(), "url": url});
         match kid {
             Some(k) => h["kid"] = json!(k),
@@ -92,7 +94,7 @@ impl TestKey {
     }
 
     /// A flattened JWS over `header` and `payload`.
-    pub(crate) fn sign_jws(&self, header: &Value, payload: &[u8]) -> Value {
+    pub fn sign_jws(&self, header: &Value, payload: &[u8]) -> Value {
         let protected = b64::encode(header.to_string().as_bytes());
         let payload = b64::encode(payload);
         let sig = self.sign(format!("{protected}.{payload}").as_bytes());
