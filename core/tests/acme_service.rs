@@ -1539,3 +1539,58 @@ async fn saturated_validations_are_refused_not_queued() {
     assert_eq!(ch.error.as_ref().unwrap().r#type, "dns");
     drop(silent);
 }
+
+/// An order a stopped core left `processing` after its certificate was stored becomes valid
+/// (with that certificate) on the next read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_left_processing_after_issuance_recovers_its_certificate() {
+    let mut e = env().await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let o = order(&mut e.f, &acct, &["test.example"]).await;
+    validate_http(&mut e, &acct, &k, &o).await;
+    let done = finalize(&mut e.f, &acct, &o.order_id, csr(&["test.example"]))
+        .await
+        .unwrap();
+    // What a crash between storing the certificate and marking the order leaves.
+    e.f.store
+        .execute_raw(&format!(
+            "UPDATE acme_orders SET status = 'processing', certificate_serial_hex = '' WHERE order_id = '{}'",
+            o.order_id
+        ))
+        .unwrap();
+    let again = get_order(&mut e.f, &acct, &o.order_id).await;
+    assert_eq!(again.status, "valid");
+    assert_eq!(again.certificate_serial_hex, done.certificate_serial_hex);
+}
+
+/// An order a stopped core left `processing` before its certificate existed (the CSR was
+/// accepted) is issued on the next read, under the same key: finalizing afterwards returns
+/// that one certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_left_processing_before_issuance_is_issued_on_the_next_read() {
+    let mut e = env().await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let o = order(&mut e.f, &acct, &["test.example"]).await;
+    validate_http(&mut e, &acct, &k, &o).await;
+    assert_eq!(
+        get_order(&mut e.f, &acct, &o.order_id).await.status,
+        "ready"
+    );
+    let csr_der = csr(&["test.example"]);
+    e.f.store
+        .execute_raw(&format!(
+            "UPDATE acme_orders SET status = 'processing', csr_der = X'{}' WHERE order_id = '{}'",
+            hex::encode(&csr_der),
+            o.order_id
+        ))
+        .unwrap();
+    let again = get_order(&mut e.f, &acct, &o.order_id).await;
+    assert_eq!(again.status, "valid", "{again:?}");
+    assert!(!again.certificate_serial_hex.is_empty());
+    let fin = finalize(&mut e.f, &acct, &o.order_id, csr_der)
+        .await
+        .unwrap();
+    assert_eq!(fin.certificate_serial_hex, again.certificate_serial_hex);
+}

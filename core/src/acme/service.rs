@@ -60,6 +60,9 @@ pub struct AcmeState {
     /// long as its task (so at most `max_concurrent_validations` entries, I-8). A challenge
     /// stored as processing but absent here was left by a stopped core and is validated again.
     running: Arc<Mutex<HashSet<(String, String)>>>,
+    /// (tenant, order id) of the finalizations under way in this process (same idea: a
+    /// processing order absent here is resumed on the next read).
+    finalizing: Arc<Mutex<HashSet<(String, String)>>>,
 }
 
 /// Holds a challenge's place in [`AcmeState::running`] until dropped.
@@ -100,6 +103,7 @@ impl AcmeState {
             validations: Arc::new(Semaphore::new(config.max_concurrent_validations.max(1))),
             validator: Validator::new(config.clone()),
             running: Arc::default(),
+            finalizing: Arc::default(),
             core,
             config,
         }
@@ -321,10 +325,34 @@ impl AcmeService {
     /// The order as of now: pending/ready recomputed from its authorizations and expiry (RFC
     /// 8555 §7.1.6); a change to ready or invalid is stored (compare-and-set).
     fn refresh_order(&self, mut o: OrderRec, caller: &Caller) -> Result<OrderRec> {
+        let store = self.0.store()?;
+        if o.status == "processing" {
+            // A core that stopped between storing the certificate and marking the order leaves
+            // it processing; the certificate under the order's key completes it.
+            let key = format!("acme-order:{}", o.order_id);
+            if let Some(cert) = self.0.core.store.cert_by_key(&o.tenant, &key)? {
+                let audit = AuditEntry::new(
+                    "acme.order.valid",
+                    &o.tenant,
+                    caller,
+                    json!({"order": o.order_id, "serial": cert.serial_hex, "recovered": true}),
+                );
+                let update = OrderUpdate {
+                    status: "valid".into(),
+                    error: Vec::new(),
+                    certificate_serial_hex: cert.serial_hex.clone(),
+                    csr_der: Vec::new(),
+                };
+                store.set_order_status(&o.tenant, &o.order_id, &["processing"], &update, &audit)?;
+                if let Some(stored) = store.order(&o.tenant, &o.account_id, &o.order_id)? {
+                    o = stored;
+                }
+            }
+            return Ok(o);
+        }
         if o.status != "pending" && o.status != "ready" {
             return Ok(o);
         }
-        let store = self.0.store()?;
         let now = crate::now_unix();
         let mut authzs = Vec::with_capacity(o.authz_ids.len());
         for id in &o.authz_ids {
@@ -399,6 +427,7 @@ impl AcmeService {
             status: next.into(),
             error: err.as_ref().map(problem_bytes).unwrap_or_default(),
             certificate_serial_hex: String::new(),
+            csr_der: Vec::new(),
         };
         let audit = AuditEntry::new(
             "acme.order.status",
@@ -531,6 +560,9 @@ impl AcmeService {
     }
 
     async fn finalize_inner(&self, r: FinalizeRequest, caller: &Caller) -> Result<Order> {
+        // Marks the finalization as under way here (a concurrent one proceeds anyway: issuance
+        // is idempotent under the order's key).
+        let _claim = Running::claim(&self.0.finalizing, &r.tenant, &r.order_id);
         self.valid_account(&r.tenant, &r.account_id)?;
         let store = self.0.store()?;
         let o = store
@@ -570,6 +602,7 @@ impl AcmeService {
             );
             let update = OrderUpdate {
                 status: "processing".into(),
+                csr_der: r.csr_der.clone(),
                 ..OrderUpdate::default()
             };
             // Compare-and-set: only one finalize moves ready → processing; a concurrent one
@@ -627,6 +660,7 @@ impl AcmeService {
                     status: "valid".into(),
                     error: Vec::new(),
                     certificate_serial_hex: resp.serial_hex.clone(),
+                    csr_der: Vec::new(),
                 };
                 blocking(|| {
                     store.set_order_status(&o.tenant, &o.order_id, &["processing"], &update, &audit)
@@ -656,6 +690,7 @@ impl AcmeService {
                     status: "invalid".into(),
                     error: problem_bytes(&p),
                     certificate_serial_hex: String::new(),
+                    csr_der: Vec::new(),
                 };
                 blocking(|| {
                     store.set_order_status(&o.tenant, &o.order_id, &["processing"], &update, &audit)
@@ -1030,6 +1065,7 @@ impl Acme for AcmeService {
             profile,
             replaces: r.replaces.clone(),
             created_unix: now,
+            csr_der: Vec::new(),
         };
         let audit = AuditEntry::new(
             "acme.order.new",
@@ -1053,6 +1089,24 @@ impl Acme for AcmeService {
         let o = blocking(|| store.order(&r.tenant, &r.account_id, &r.order_id))?
             .ok_or_else(|| not_found("acme.order"))?;
         let o = blocking(|| self.refresh_order(o, &caller))?;
+        // Processing with no finalization under way here: left by a core that stopped between
+        // accepting the CSR and storing the certificate. Issue again with the stored CSR under
+        // the same idempotency key (the recorded intent is signed: one certificate).
+        if o.status == "processing"
+            && !o.csr_der.is_empty()
+            && Running::claim(&self.0.finalizing, &r.tenant, &r.order_id).is_some()
+        {
+            let again = FinalizeRequest {
+                tenant: r.tenant.clone(),
+                account_id: r.account_id.clone(),
+                order_id: r.order_id.clone(),
+                csr_der: o.csr_der.clone(),
+            };
+            match self.finalize_inner(again, &caller).await {
+                Ok(done) => return Ok(Response::new(done)),
+                Err(e) => tracing::warn!(error = %e, order = %r.order_id, "resuming finalize"),
+            }
+        }
         Ok(Response::new(order_proto(&o)))
     }
 

@@ -107,6 +107,9 @@ pub struct OrderRec {
     pub replaces: String,
     /// Creation time.
     pub created_unix: i64,
+    /// The CSR finalize accepted (empty before), kept so an order a stopped core left
+    /// processing can be issued again under the same idempotency key.
+    pub csr_der: Vec<u8>,
 }
 
 /// A challenge.
@@ -294,6 +297,8 @@ pub struct OrderUpdate {
     pub error: Vec<u8>,
     /// Certificate serial ("" unless valid).
     pub certificate_serial_hex: String,
+    /// When non-empty, stored as the order's CSR (ready → processing).
+    pub csr_der: Vec<u8>,
 }
 
 /// A validation result.

@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS acme_orders (
     profile TEXT NOT NULL,
     replaces TEXT NOT NULL,
     created_unix INTEGER NOT NULL,
+    csr_der BLOB NOT NULL DEFAULT x'',
     UNIQUE (tenant, order_id)
 );
 CREATE INDEX IF NOT EXISTS acme_orders_account ON acme_orders(tenant, account_id, seq);
@@ -126,7 +127,7 @@ fn finish_account((mut a, contacts): (AccountRec, String)) -> Result<AccountRec>
     Ok(a)
 }
 
-const ORDER_COLS: &str = "tenant, order_id, account_id, status, expires_unix, identifiers, authz_ids, not_before_unix, not_after_unix, error, certificate_serial_hex, profile, replaces, created_unix";
+const ORDER_COLS: &str = "tenant, order_id, account_id, status, expires_unix, identifiers, authz_ids, not_before_unix, not_after_unix, error, certificate_serial_hex, profile, replaces, created_unix, csr_der";
 
 type RawOrder = (OrderRec, String, String);
 
@@ -147,6 +148,7 @@ fn order_row(r: &Row<'_>) -> rusqlite::Result<RawOrder> {
             profile: r.get(11)?,
             replaces: r.get(12)?,
             created_unix: r.get(13)?,
+            csr_der: r.get(14)?,
         },
         r.get(5)?,
         r.get(6)?,
@@ -502,7 +504,7 @@ impl AcmeStore for SqliteStore {
                 }
             }
             tx.execute(
-                &format!("INSERT INTO acme_orders ({ORDER_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"),
+                &format!("INSERT INTO acme_orders ({ORDER_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)"),
                 params![
                     o.tenant,
                     o.order_id,
@@ -517,7 +519,8 @@ impl AcmeStore for SqliteStore {
                     o.certificate_serial_hex,
                     o.profile,
                     o.replaces,
-                    o.created_unix
+                    o.created_unix,
+                    o.csr_der
                 ],
             )?;
             append(tx, &audit)?;
@@ -617,7 +620,8 @@ impl AcmeStore for SqliteStore {
         self.tx(move |tx| {
             let n = tx.execute(
                 &format!(
-                    "UPDATE acme_orders SET status = ?1, error = ?2, certificate_serial_hex = ?3
+                    "UPDATE acme_orders SET status = ?1, error = ?2, certificate_serial_hex = ?3,
+                       csr_der = CASE WHEN length(?6) > 0 THEN ?6 ELSE csr_der END
                      WHERE tenant = ?4 AND order_id = ?5 AND status IN ({from})"
                 ),
                 params![
@@ -625,7 +629,8 @@ impl AcmeStore for SqliteStore {
                     to.error,
                     to.certificate_serial_hex,
                     tenant,
-                    order_id
+                    order_id,
+                    to.csr_der
                 ],
             )?;
             if n == 0 {
@@ -875,6 +880,7 @@ mod tests {
             profile: "tls-server".into(),
             replaces: String::new(),
             created_unix: 1,
+            csr_der: Vec::new(),
         }
     }
 
