@@ -1217,3 +1217,67 @@ async fn delegated_responder_signs_with_an_ocsp_nocheck_certificate() {
     let text = openssl_check_ocsp(&e, "a", &a, &resps);
     assert!(text.contains("Cert Status: good"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_sweep_re_signs_responses_before_next_update_with_sign_batch() {
+    let mut e = env(StatusConfig {
+        ocsp_validity_secs: 60,
+        ocsp_refresh_after_secs: 1,
+        ..cfg()
+    })
+    .await;
+    e.bootstrap("t1").await;
+    let a = e.issue("t1", "a").await;
+    e.wait_ocsp("t1", &a, "sha1", |_| true).await;
+    let first = e.status().get_ocsp("t1", &a, "sha1").unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let batches = e.fake.0.batches.load(std::sync::atomic::Ordering::SeqCst);
+    e.engine().sweep_once(false).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let second = loop {
+        let r = e.status().get_ocsp("t1", &a, "sha1").unwrap().unwrap();
+        if r.cursor > first.cursor {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "not refreshed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(second.this_update_unix > first.this_update_unix);
+    assert!(second.next_update_unix > first.next_update_unix);
+    assert_ne!(second.response_der, first.response_der);
+    assert!(e.fake.0.batches.load(std::sync::atomic::Ordering::SeqCst) > batches);
+    // Still valid for OpenSSL.
+    let resps = vec![
+        ("sha1", second.response_der),
+        (
+            "sha256",
+            e.status()
+                .get_ocsp("t1", &a, "sha256")
+                .unwrap()
+                .unwrap()
+                .response_der,
+        ),
+    ];
+    openssl_check_ocsp(&e, "a", &a, &resps);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_that_cannot_sign_does_not_hold_up_the_others() {
+    let mut e = env(cfg()).await;
+    e.bootstrap("t1").await;
+    e.bootstrap("t2").await;
+    let stuck = e.issue("t2", "stuck").await;
+    e.wait_ocsp("t2", &stuck, "sha1", |_| true).await;
+    // t2's issuing key disappears from the signer: its work keeps failing.
+    e.fake.0.keys.lock().unwrap().remove("t2-issuing");
+    e.revoke("t2", &stuck, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = e.issue("t1", "a").await;
+    e.revoke("t1", &a, 1).await;
+    e.wait_ocsp("t1", &a, "sha256", is_revoked).await;
+    // The failing row is still queued (retried later), not lost.
+    let pending = e.status().pending(100).unwrap();
+    assert!(pending.iter().any(|p| p.serial_hex == stuck), "{pending:?}");
+    let stored = e.status().get_ocsp("t2", &stuck, "sha1").unwrap().unwrap();
+    assert!(!is_revoked(&stored.response_der));
+}

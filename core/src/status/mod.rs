@@ -475,19 +475,64 @@ impl StatusEngine {
             .filter(|c| c.not_after_unix > now - 86_400)
             .collect();
         let started = std::time::Instant::now();
-        let recs = self.precompute(&certs, now).await?;
-        let ids: Vec<i64> = pending.iter().map(|p| p.id).collect();
+        // One issuer at a time, so an issuer whose key cannot sign (removed, refused) does not
+        // hold up the others: its rows go to the back of the queue.
+        let mut by_issuer: BTreeMap<String, Vec<CertRec>> = BTreeMap::new();
+        for c in &certs {
+            by_issuer
+                .entry(c.issuer_id.clone())
+                .or_default()
+                .push(c.clone());
+        }
+        let mut recs = Vec::new();
+        let mut failed: HashSet<(String, String)> = HashSet::new();
+        let mut last_error = None;
+        for (issuer, group) in by_issuer {
+            match self.precompute(&group, now).await {
+                Ok(r) => recs.extend(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, issuer, "OCSP precompute failed for this issuer");
+                    failed.extend(group.into_iter().map(|c| (c.tenant, c.serial_hex)));
+                    last_error = Some(e);
+                }
+            }
+        }
+        let (retry, ids): (Vec<_>, Vec<_>) = pending
+            .iter()
+            .partition(|p| failed.contains(&(p.tenant.clone(), p.serial_hex.clone())));
+        let ids: Vec<i64> = ids.iter().map(|p| p.id).collect();
+        let retry: Vec<(i64, (String, String))> = retry
+            .iter()
+            .map(|p| (p.id, (p.tenant.clone(), p.serial_hex.clone())))
+            .collect();
         let status = self.status.clone();
         let n = recs.len();
-        let cursor = blocking(move || status.put_ocsp(&recs, &ids)).await?;
+        let cursor = blocking(move || {
+            let cursor = status.put_ocsp(&recs, &ids)?;
+            if !retry.is_empty() {
+                let again: Vec<(String, String)> = retry.iter().map(|r| r.1.clone()).collect();
+                status.enqueue(&again, now)?;
+                let old: Vec<i64> = retry.iter().map(|r| r.0).collect();
+                status.drop_pending(&old)?;
+            }
+            Ok(cursor)
+        })
+        .await?;
         self.published(cursor);
         metrics::counter!("certgate_core_ocsp_signed_total").increment(n as u64);
         metrics::histogram!("certgate_core_ocsp_precompute_batch_seconds")
             .record(started.elapsed().as_secs_f64());
+        if n == 0
+            && let Some(e) = last_error
+        {
+            return Err(e);
+        }
         let mut any_revoked = false;
         {
             let mut dirty = lock(&self.crl_dirty);
-            for c in certs.iter().filter(|c| c.revoked) {
+            for c in certs.iter().filter(|c| {
+                c.revoked && !failed.contains(&(c.tenant.clone(), c.serial_hex.clone()))
+            }) {
                 any_revoked = true;
                 let shard = crl::shard_of(&c.serial_hex)?;
                 dirty.insert((c.issuer_id.clone(), shard.to_string()));
