@@ -146,7 +146,10 @@ impl Client {
     }
 
     fn url(&self, name: &str) -> String {
-        self.dir[name].as_str().expect("directory member").to_owned()
+        self.dir[name]
+            .as_str()
+            .expect("directory member")
+            .to_owned()
     }
 
     async fn fresh_nonce(&self) -> String {
@@ -156,7 +159,8 @@ impl Client {
             .await;
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
-        r.header("replay-nonce").expect("Replay-Nonce on HEAD newNonce")
+        r.header("replay-nonce")
+            .expect("Replay-Nonce on HEAD newNonce")
     }
 
     async fn nonce(&mut self) -> String {
@@ -167,7 +171,9 @@ impl Client {
     }
 
     fn jws(&self, nonce: &str, url: &str, payload: Option<&Value>) -> Vec<u8> {
-        let body = payload.map(|p| p.to_string().into_bytes()).unwrap_or_default();
+        let body = payload
+            .map(|p| p.to_string().into_bytes())
+            .unwrap_or_default();
         let h = self.key.header(self.kid.as_deref(), Some(nonce), url);
         self.key.sign_jws(&h, &body).to_string().into_bytes()
     }
@@ -198,7 +204,12 @@ impl Client {
                 Some(&json!({"termsOfServiceAgreed": true, "contact": ["mailto:e2e@example.org"]})),
             )
             .await;
-        assert_eq!(r.status, 201, "newAccount: {:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            201,
+            "newAccount: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
         self.kid = Some(r.header("location").expect("account Location"));
         r
     }
@@ -212,8 +223,9 @@ impl Client {
 
 fn csr(names: &[&str]) -> (rcgen::KeyPair, Vec<u8>) {
     let key = rcgen::KeyPair::generate().expect("key");
-    let mut p = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .expect("params");
+    let mut p =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("params");
     p.distinguished_name = rcgen::DistinguishedName::new();
     let der = p.serialize_request(&key).expect("csr").der().to_vec();
     (key, der)
@@ -274,7 +286,12 @@ async fn poll(c: &mut Client, url: &str, until: &[&str]) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let r = c.post(url, None).await;
-        assert_eq!(r.status, 200, "{url}: {:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "{url}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
         let v = r.json();
         if until.contains(&v["status"].as_str().unwrap_or("")) {
             return v;
@@ -289,21 +306,40 @@ async fn issuance_end_to_end() {
     let fleet = fleet();
     let base = format!("https://{}", fleet.https);
     let mut c = Client::new(&fleet, &format!("{base}/acme/directory")).await;
-    for m in ["newNonce", "newAccount", "newOrder", "revokeCert", "keyChange", "renewalInfo"] {
-        assert!(c.dir[m].as_str().is_some_and(|u| u.starts_with(&base)), "{m}: {}", c.dir);
+    for m in [
+        "newNonce",
+        "newAccount",
+        "newOrder",
+        "revokeCert",
+        "keyChange",
+        "renewalInfo",
+    ] {
+        assert!(
+            c.dir[m].as_str().is_some_and(|u| u.starts_with(&base)),
+            "{m}: {}",
+            c.dir
+        );
     }
     // GET newNonce is 204.
-    let r = c.http.send("GET", &c.url("newNonce"), None, Vec::new()).await;
+    let r = c
+        .http
+        .send("GET", &c.url("newNonce"), None, Vec::new())
+        .await;
     assert_eq!(r.status, 204);
     assert!(r.header("replay-nonce").is_some());
-    assert!(r.links().iter().any(|l| l.contains("rel=\"index\"")), "{r:?}");
+    assert!(
+        r.links().iter().any(|l| l.contains("rel=\"index\"")),
+        "{r:?}"
+    );
 
     c.new_account().await;
     let kid = c.kid.clone().expect("kid");
     // The same key again: 200 with the same Location.
     let url = c.url("newAccount");
     let saved = c.kid.take();
-    let r = c.post(&url, Some(&json!({"onlyReturnExisting": true}))).await;
+    let r = c
+        .post(&url, Some(&json!({"onlyReturnExisting": true})))
+        .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("location").as_deref(), Some(kid.as_str()));
     c.kid = saved;
@@ -318,19 +354,36 @@ async fn issuance_end_to_end() {
     let name = "e2e-acme.example.org";
     let url = c.url("newOrder");
     let r = c
-        .post(&url, Some(&json!({"identifiers": [{"type": "dns", "value": name}]})))
+        .post(
+            &url,
+            Some(&json!({"identifiers": [{"type": "dns", "value": name}]})),
+        )
         .await;
-    assert_eq!(r.status, 201, "newOrder: {:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        201,
+        "newOrder: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
     let order_url = r.header("location").expect("order Location");
     let order = r.json();
     assert_eq!(order["status"], "pending");
-    let authz_url = order["authorizations"][0].as_str().expect("authz").to_owned();
+    let authz_url = order["authorizations"][0]
+        .as_str()
+        .expect("authz")
+        .to_owned();
     let finalize_url = order["finalize"].as_str().expect("finalize").to_owned();
 
     // Finalize before ready: orderNotReady.
     let (_, csr_der) = csr(&[name]);
-    let r = c.post(&finalize_url, Some(&json!({"csr": b64(&csr_der)}))).await;
-    assert_eq!((r.status, r.problem().as_str()), (403, "orderNotReady"), "{r:?}");
+    let r = c
+        .post(&finalize_url, Some(&json!({"csr": b64(&csr_der)})))
+        .await;
+    assert_eq!(
+        (r.status, r.problem().as_str()),
+        (403, "orderNotReady"),
+        "{r:?}"
+    );
 
     let r = c.post(&authz_url, None).await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -349,9 +402,16 @@ async fn issuance_end_to_end() {
     let _lock = dev_port_lock();
     let responder = http01_responder(token.clone(), c.key_authorization(&token)).await;
     let r = c.post(&ch_url, Some(&json!({}))).await;
-    assert_eq!(r.status, 200, "challenge: {:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        200,
+        "challenge: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
     assert!(
-        r.links().iter().any(|l| l.contains(&authz_url) && l.contains("rel=\"up\"")),
+        r.links()
+            .iter()
+            .any(|l| l.contains(&authz_url) && l.contains("rel=\"up\"")),
         "{r:?}"
     );
     let authz = poll(&mut c, &authz_url, &["valid", "invalid"]).await;
@@ -363,15 +423,27 @@ async fn issuance_end_to_end() {
 
     // A CSR with an extra name: badCSR, and the order stays ready.
     let (_, bad_csr) = csr(&[name, "extra.example.org"]);
-    let r = c.post(&finalize_url, Some(&json!({"csr": b64(&bad_csr)}))).await;
+    let r = c
+        .post(&finalize_url, Some(&json!({"csr": b64(&bad_csr)})))
+        .await;
     assert_eq!((r.status, r.problem().as_str()), (400, "badCSR"), "{r:?}");
 
     let order = poll(&mut c, &order_url, &["ready"]).await;
     assert_eq!(order["status"], "ready");
-    let r = c.post(&finalize_url, Some(&json!({"csr": b64(&csr_der)}))).await;
-    assert_eq!(r.status, 200, "finalize: {:?}", String::from_utf8_lossy(&r.body));
+    let r = c
+        .post(&finalize_url, Some(&json!({"csr": b64(&csr_der)})))
+        .await;
+    assert_eq!(
+        r.status,
+        200,
+        "finalize: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
     let order = poll(&mut c, &order_url, &["valid"]).await;
-    let cert_url = order["certificate"].as_str().expect("certificate url").to_owned();
+    let cert_url = order["certificate"]
+        .as_str()
+        .expect("certificate url")
+        .to_owned();
 
     let r = c.post(&cert_url, None).await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -380,7 +452,10 @@ async fn issuance_end_to_end() {
         Some("application/pem-certificate-chain")
     );
     let pem = String::from_utf8(r.body.clone()).expect("pem");
-    assert!(pem.matches("BEGIN CERTIFICATE").count() >= 2, "leaf + chain: {pem}");
+    assert!(
+        pem.matches("BEGIN CERTIFICATE").count() >= 2,
+        "leaf + chain: {pem}"
+    );
     let leaf_b64: String = pem
         .split("-----END CERTIFICATE-----")
         .next()
@@ -406,7 +481,12 @@ async fn issuance_end_to_end() {
     let id = certgate_acme::ari::CertId::from_certificate(&leaf).expect("ARI id");
     let r = c
         .http
-        .send("GET", &format!("{}/{id}", c.url("renewalInfo")), None, Vec::new())
+        .send(
+            "GET",
+            &format!("{}/{id}", c.url("renewalInfo")),
+            None,
+            Vec::new(),
+        )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.header("retry-after").is_some());
@@ -419,7 +499,12 @@ async fn issuance_end_to_end() {
             Some(&json!({"identifiers": [{"type": "dns", "value": name}], "replaces": id.to_string()})),
         )
         .await;
-    assert_eq!(r.status, 201, "renewal order: {:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        201,
+        "renewal order: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
     assert_eq!(r.json()["replaces"], json!(id.to_string()));
 
     // Revocation by the account; a second time is alreadyRevoked.
@@ -427,7 +512,12 @@ async fn issuance_end_to_end() {
     let r = c
         .post(&url, Some(&json!({"certificate": b64(&leaf), "reason": 4})))
         .await;
-    assert_eq!(r.status, 200, "revoke: {:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        200,
+        "revoke: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
     let r = c
         .post(&url, Some(&json!({"certificate": b64(&leaf), "reason": 4})))
         .await;
@@ -438,10 +528,17 @@ async fn issuance_end_to_end() {
     let kc_url = c.url("keyChange");
     let inner = new_key.sign_jws(
         &new_key.header(None, None, &kc_url),
-        json!({"account": kid, "oldKey": c.key.jwk()}).to_string().as_bytes(),
+        json!({"account": kid, "oldKey": c.key.jwk()})
+            .to_string()
+            .as_bytes(),
     );
     let r = c.post(&kc_url, Some(&inner)).await;
-    assert_eq!(r.status, 200, "keyChange: {:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        200,
+        "keyChange: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
     let r = c.post(&kid, None).await;
     // The old key (ES256) no longer verifies: the account key is now an EdDSA key.
     assert_eq!(r.status, 400, "old key no longer verifies: {r:?}");
@@ -458,7 +555,11 @@ async fn issuance_end_to_end() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["status"], "deactivated");
     let r = c.post(&kid, None).await;
-    assert_eq!((r.status, r.problem().as_str()), (403, "unauthorized"), "{r:?}");
+    assert_eq!(
+        (r.status, r.problem().as_str()),
+        (403, "unauthorized"),
+        "{r:?}"
+    );
 }
 
 /// Core gRPC admin client over the fleet's socket (to make a second tenant).
@@ -488,7 +589,15 @@ fn metric(fleet: &Fleet, name: &str, must_contain: &[&str]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_the_right_problem_and_nothing_is_issued() {
-    let fleet = fleet();
+    let mut fleet = Fleet::init();
+    // A small new-accounts-per-IP quota, to see the rate limit answer (edge.toml, per tenant).
+    let cfg = std::fs::read_to_string(fleet.edge_config()).expect("edge.toml");
+    std::fs::write(
+        fleet.edge_config(),
+        format!("{cfg}\n[rate_limits.default]\nacme_new_accounts_per_ip_per_hour = 3\n"),
+    )
+    .expect("write edge.toml");
+    fleet.start_all();
     let base = format!("https://{}", fleet.https);
     let mut c = Client::new(&fleet, &format!("{base}/acme/directory")).await;
     c.new_account().await;
@@ -516,12 +625,21 @@ async fn bad_inputs_get_the_right_problem_and_nothing_is_issued() {
     let nonce = c.nonce().await;
     let body = c.jws(&nonce, &format!("{base}/acme/somewhere-else"), None);
     let r = c.raw(&kid, "application/jose+json", body).await;
-    assert_eq!((r.status, r.problem().as_str()), (403, "unauthorized"), "{r:?}");
+    assert_eq!(
+        (r.status, r.problem().as_str()),
+        (403, "unauthorized"),
+        "{r:?}"
+    );
     alive(&mut c, &kid).await;
 
     // Unknown kid → accountDoesNotExist.
     let saved = c.kid.replace(format!("{base}/acme/acct/doesnotexist"));
-    let r = c.post(&new_order, Some(&json!({"identifiers": [{"type": "dns", "value": "x.example.org"}]}))).await;
+    let r = c
+        .post(
+            &new_order,
+            Some(&json!({"identifiers": [{"type": "dns", "value": "x.example.org"}]})),
+        )
+        .await;
     assert_eq!(r.problem(), "accountDoesNotExist", "{r:?}");
     c.kid = saved;
     alive(&mut c, &kid).await;
@@ -536,33 +654,56 @@ async fn bad_inputs_get_the_right_problem_and_nothing_is_issued() {
     alive(&mut c, &kid).await;
 
     // Invalid JSON → malformed.
-    let r = c.raw(&new_order, "application/jose+json", b"{not json".to_vec()).await;
-    assert_eq!((r.status, r.problem().as_str()), (400, "malformed"), "{r:?}");
+    let r = c
+        .raw(&new_order, "application/jose+json", b"{not json".to_vec())
+        .await;
+    assert_eq!(
+        (r.status, r.problem().as_str()),
+        (400, "malformed"),
+        "{r:?}"
+    );
     // A valid JWS whose payload is not JSON → malformed.
     let nonce = c.nonce().await;
     let h = c.key.header(c.kid.as_deref(), Some(&nonce), &new_order);
     let body = c.key.sign_jws(&h, b"{oops").to_string().into_bytes();
     let r = c.raw(&new_order, "application/jose+json", body).await;
-    assert_eq!((r.status, r.problem().as_str()), (400, "malformed"), "{r:?}");
+    assert_eq!(
+        (r.status, r.problem().as_str()),
+        (400, "malformed"),
+        "{r:?}"
+    );
     alive(&mut c, &kid).await;
 
     // Wrong content type → 415.
     let nonce = c.nonce().await;
     let body = c.jws(&nonce, &kid, None);
     let r = c.raw(&kid, "application/json", body).await;
-    assert_eq!((r.status, r.problem().as_str()), (415, "malformed"), "{r:?}");
+    assert_eq!(
+        (r.status, r.problem().as_str()),
+        (415, "malformed"),
+        "{r:?}"
+    );
     alive(&mut c, &kid).await;
 
     // Finalize before ready → orderNotReady; a CSR with an extra name on a not-ready order is
     // refused too (nothing is issued either way).
     let r = c
-        .post(&new_order, Some(&json!({"identifiers": [{"type": "dns", "value": "bad-input.example.org"}]})))
+        .post(
+            &new_order,
+            Some(&json!({"identifiers": [{"type": "dns", "value": "bad-input.example.org"}]})),
+        )
         .await;
     assert_eq!(r.status, 201, "{r:?}");
     let finalize = r.json()["finalize"].as_str().expect("finalize").to_owned();
     let (_, csr_der) = csr(&["bad-input.example.org"]);
-    let r = c.post(&finalize, Some(&json!({"csr": b64(&csr_der)}))).await;
-    assert_eq!((r.status, r.problem().as_str()), (403, "orderNotReady"), "{r:?}");
+    let r = c
+        .post(&finalize, Some(&json!({"csr": b64(&csr_der)})))
+        .await;
+    assert_eq!(
+        (r.status, r.problem().as_str()),
+        (403, "orderNotReady"),
+        "{r:?}"
+    );
     let (_, bad) = csr(&["bad-input.example.org", "extra.example.org"]);
     let r = c.post(&finalize, Some(&json!({"csr": b64(&bad)}))).await;
     assert!(r.status >= 400, "{r:?}");
@@ -570,27 +711,80 @@ async fn bad_inputs_get_the_right_problem_and_nothing_is_issued() {
 
     // jwk where kid is required → malformed.
     let saved = c.kid.take();
-    let r = c.post(&new_order, Some(&json!({"identifiers": [{"type": "dns", "value": "x.example.org"}]}))).await;
-    assert_eq!((r.status, r.problem().as_str()), (400, "malformed"), "{r:?}");
+    let r = c
+        .post(
+            &new_order,
+            Some(&json!({"identifiers": [{"type": "dns", "value": "x.example.org"}]})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.problem().as_str()),
+        (400, "malformed"),
+        "{r:?}"
+    );
     c.kid = saved;
 
     // Unknown tenant → 404 problem, naming nothing.
     let r = c
         .http
-        .send("GET", &format!("{base}/t/nosuch/acme/directory"), None, Vec::new())
+        .send(
+            "GET",
+            &format!("{base}/t/nosuch/acme/directory"),
+            None,
+            Vec::new(),
+        )
         .await;
     assert_eq!(r.status, 404, "{r:?}");
-    assert!(!String::from_utf8_lossy(&r.body).contains("default"), "{r:?}");
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains("default"),
+        "{r:?}"
+    );
 
     // An account of tenant `default` used at /t/other/ → accountDoesNotExist.
     put_tenant(&fleet, "other").await;
     let other = Client::new(&fleet, &format!("{base}/t/other/acme/directory")).await;
     let other_new_order = other.url("newOrder");
-    assert!(other_new_order.contains("/t/other/acme/"), "{other_new_order}");
+    assert!(
+        other_new_order.contains("/t/other/acme/"),
+        "{other_new_order}"
+    );
     let r = c
-        .post(&other_new_order, Some(&json!({"identifiers": [{"type": "dns", "value": "x.example.org"}]})))
+        .post(
+            &other_new_order,
+            Some(&json!({"identifiers": [{"type": "dns", "value": "x.example.org"}]})),
+        )
         .await;
     assert_eq!(r.problem(), "accountDoesNotExist", "{r:?}");
+    alive(&mut c, &kid).await;
+
+    // Rate limit: the fourth new account from this IP within the hour is refused with
+    // rateLimited and a Retry-After of about an hour / 3 (+0–3 % jitter); lookups are not counted.
+    for _ in 0..2 {
+        let mut more = Client::new(&fleet, &format!("{base}/acme/directory")).await;
+        more.new_account().await;
+    }
+    let mut more = Client::new(&fleet, &format!("{base}/acme/directory")).await;
+    let url = more.url("newAccount");
+    let r = more
+        .post(&url, Some(&json!({"termsOfServiceAgreed": true})))
+        .await;
+    assert_eq!(
+        (r.status, r.problem().as_str()),
+        (429, "rateLimited"),
+        "{r:?}"
+    );
+    let after: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1100..=1240).contains(&after), "Retry-After {after}");
+    assert!(
+        metric(
+            &fleet,
+            "certgate_edge_rate_limited_total",
+            &["rule=\"acme_new_accounts\""]
+        ) >= 1.0
+    );
     alive(&mut c, &kid).await;
 
     // The edge kept serving throughout and nothing was issued: no ACME order became valid, and
@@ -602,7 +796,11 @@ async fn bad_inputs_get_the_right_problem_and_nothing_is_issued() {
         assert_ne!(o["status"], "valid", "{o}");
     }
     assert!(
-        metric(&fleet, "certgate_edge_requests_total", &["protocol=\"acme\"", "outcome=\"client_error\""]) >= 8.0,
+        metric(
+            &fleet,
+            "certgate_edge_requests_total",
+            &["protocol=\"acme\"", "outcome=\"client_error\""]
+        ) >= 8.0,
         "bad input is counted"
     );
 }

@@ -246,8 +246,7 @@ fn ensure_nonce_key(dd: &DataDir) -> Result<()> {
         return Ok(());
     }
     let mut key = zeroize::Zeroizing::new(vec![0u8; 32]);
-    aws_lc_rs::rand::fill(&mut key)
-        .map_err(|_| CliError::Crypto("random source failed".into()))?;
+    aws_lc_rs::rand::fill(&mut key).map_err(|_| CliError::Crypto("random source failed".into()))?;
     write_file(&path, &key, 0o600)?;
     progress("wrote edge/nonce.key");
     Ok(())

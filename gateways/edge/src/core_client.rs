@@ -13,12 +13,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use certgate_proto::RpcError;
+use certgate_proto::acme::acme_client::AcmeClient as GrpcAcme;
 use certgate_proto::core::core_client::CoreClient as GrpcCore;
 use certgate_proto::core::{
     GetCaChainRequest, GetCaChainResponse, IssueRequest, IssueResponse, RevokeRequest,
     RevokeResponse,
 };
-use certgate_proto::acme::acme_client::AcmeClient as GrpcAcme;
 use certgate_proto::transport::unix_channel;
 use tonic::transport::Channel;
 

@@ -155,10 +155,13 @@ impl RateLimitConfig {
     }
 }
 
+/// One keyed GCRA limiter.
+type Keyed = DefaultKeyedRateLimiter<String>;
+
 /// The in-process [`RateLimiter`] on `governor`.
 pub struct GovernorLimiter {
     cfg: RateLimitConfig,
-    limiters: Mutex<HashMap<(Rule, u32), Arc<DefaultKeyedRateLimiter<String>>>>,
+    limiters: Mutex<HashMap<(Rule, u32), Arc<Keyed>>>,
     credits: moka::sync::Cache<(Rule, String), u32>,
     clock: DefaultClock,
 }
@@ -182,7 +185,7 @@ impl GovernorLimiter {
         }
     }
 
-    fn limiter(&self, rule: Rule, per_period: NonZeroU32) -> Arc<DefaultKeyedRateLimiter<String>> {
+    fn limiter(&self, rule: Rule, per_period: NonZeroU32) -> Arc<Keyed> {
         let make = || {
             let period = rule.period() / per_period.get();
             let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
@@ -191,7 +194,10 @@ impl GovernorLimiter {
             Arc::new(DefaultKeyedRateLimiter::keyed(quota))
         };
         match self.limiters.lock() {
-            Ok(mut m) => m.entry((rule, per_period.get())).or_insert_with(make).clone(),
+            Ok(mut m) => m
+                .entry((rule, per_period.get()))
+                .or_insert_with(make)
+                .clone(),
             Err(_) => make(),
         }
     }
@@ -303,8 +309,7 @@ mod tests {
         let l = limiter(1, 10);
         let mut refused = 0;
         for i in 0..50 {
-            if l
-                .check("default", Rule::AcmeNewOrders, &format!("k{i}"))
+            if l.check("default", Rule::AcmeNewOrders, &format!("k{i}"))
                 .is_err()
             {
                 refused += 1;

@@ -22,11 +22,11 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
+use crate::bulkhead::Bulkheads;
 use crate::config::Limits;
 use crate::error::{EdgeError, EdgeResponse};
 use crate::metrics;
 use crate::router::{EdgeContext, EdgeRequest, Listener, Router};
-use crate::bulkhead::Bulkheads;
 use crate::tenant::{DEFAULT_TENANT, TenantConfig, TenantDirectory, split_tenant};
 
 /// Time a client has to finish its TLS handshake.

@@ -142,7 +142,10 @@ mod tests {
             )]),
             ..TenantConfig::default()
         };
-        assert_eq!(cfg.tenant_for_host(Some("ACME.corp.example:8443")), Some("corp"));
+        assert_eq!(
+            cfg.tenant_for_host(Some("ACME.corp.example:8443")),
+            Some("corp")
+        );
         assert_eq!(cfg.tenant_for_host(Some("acme.corp.example")), Some("corp"));
         assert_eq!(cfg.tenant_for_host(Some("other.example")), None);
         assert_eq!(cfg.tenant_for_host(None), None);

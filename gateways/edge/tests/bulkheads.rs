@@ -187,7 +187,10 @@ async fn a_saturated_tenant_pool_sheds_only_that_tenant() {
     let mut held = occupy(&e, "/t/busy/slow/x", 3).await;
     held.extend(occupy(&e, "/t/busy/slow2/x", 2).await);
     let (status, head, _) = request(e.addr, "/t/busy/fast/x", b"").await;
-    assert_eq!(status, 503, "busy's acme is refused by its tenant pool: {head}");
+    assert_eq!(
+        status, 503,
+        "busy's acme is refused by its tenant pool: {head}"
+    );
     assert!(head.contains("retry-after"), "{head}");
     // Another tenant's acme and est still pass (ocsp is full for everyone: its protocol pool).
     let (status, _, body) = request(e.addr, "/t/quiet/fast/x", b"").await;

@@ -252,12 +252,7 @@ impl AcmeHandler {
     }
 
     /// Adds the headers every ACME response carries.
-    fn finish(
-        &self,
-        urls: Option<&AcmeUrls>,
-        endpoint: &'static str,
-        a: Answer,
-    ) -> EdgeResponse {
+    fn finish(&self, urls: Option<&AcmeUrls>, endpoint: &'static str, a: Answer) -> EdgeResponse {
         let mut r = http::Response::new(Full::new(Bytes::from(a.body)));
         *r.status_mut() = a.status;
         let h = r.headers_mut();
@@ -324,7 +319,12 @@ impl AcmeHandler {
         }
     }
 
-    async fn serve(&self, req: &EdgeRequest, route: &Route, urls: &AcmeUrls) -> Result<Answer, Fail> {
+    async fn serve(
+        &self,
+        req: &EdgeRequest,
+        route: &Route,
+        urls: &AcmeUrls,
+    ) -> Result<Answer, Fail> {
         match (&req.method, route) {
             (&Method::GET, Route::Directory) => {
                 let m = self.meta(&req.tenant).await?;
@@ -340,7 +340,10 @@ impl AcmeHandler {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
                 };
-                Ok(Answer::json(StatusCode::OK, directory::directory_json(urls, &meta)))
+                Ok(Answer::json(
+                    StatusCode::OK,
+                    directory::directory_json(urls, &meta),
+                ))
             }
             (&Method::HEAD, Route::NewNonce) => Ok(Answer::empty(StatusCode::OK)),
             (&Method::GET, Route::NewNonce) => Ok(Answer::empty(StatusCode::NO_CONTENT)),
@@ -409,8 +412,12 @@ impl AcmeHandler {
         self.tenants.core()
     }
 
-
-    async fn post(&self, req: &EdgeRequest, route: &Route, urls: &AcmeUrls) -> Result<Answer, Fail> {
+    async fn post(
+        &self,
+        req: &EdgeRequest,
+        route: &Route,
+        urls: &AcmeUrls,
+    ) -> Result<Answer, Fail> {
         let mut request_url = route.url(urls);
         if let Some(q) = &req.query {
             request_url = format!("{request_url}?{q}");
@@ -430,9 +437,9 @@ impl AcmeHandler {
                     .await?;
                 let rc = a.verified.json::<WireRevokeCert>()?.validate()?;
                 let auth = match &a.account {
-                    Some(acc) => pb::revoke_certificate_request::Auth::AccountId(
-                        acc.account_id.clone(),
-                    ),
+                    Some(acc) => {
+                        pb::revoke_certificate_request::Auth::AccountId(acc.account_id.clone())
+                    }
                     None => {
                         rc.check_signed_by_certificate_key(&a.verified.key)?;
                         pb::revoke_certificate_request::Auth::CertificateKeyJwkJson(
@@ -476,7 +483,10 @@ impl AcmeHandler {
             }
             Payload::Json(_) => v.json()?,
         };
-        na.validate(!meta.terms_of_service.is_empty(), meta.external_account_required)?;
+        na.validate(
+            !meta.terms_of_service.is_empty(),
+            meta.external_account_required,
+        )?;
         let ip = req.peer.ip().to_string();
         let limited = !na.only_return_existing;
         if limited {
@@ -512,9 +522,7 @@ impl AcmeHandler {
         if limited && !resp.created {
             self.limiter.refund(&req.tenant, Rule::AcmeNewAccounts, &ip);
         }
-        let acc = resp
-            .account
-            .ok_or(certgate_acme::Error::ServerInternal)?;
+        let acc = resp.account.ok_or(certgate_acme::Error::ServerInternal)?;
         let status = if resp.created {
             StatusCode::CREATED
         } else {
@@ -568,8 +576,10 @@ impl AcmeHandler {
                     }
                 }
                 .ok_or(certgate_acme::Error::ServerInternal)?;
-                Ok(Answer::json(StatusCode::OK, render::account_body(urls, &acc))
-                    .location(urls.account(&account_id)))
+                Ok(
+                    Answer::json(StatusCode::OK, render::account_body(urls, &acc))
+                        .location(urls.account(&account_id)),
+                )
             }
             Route::Orders(id) => {
                 if *id != account_id {
@@ -596,8 +606,17 @@ impl AcmeHandler {
                 let body = serde_json::to_vec(&serde_json::json!({ "orders": orders }))
                     .map_err(|_| certgate_acme::Error::ServerInternal)?;
                 let mut ans = Answer::json(StatusCode::OK, body);
-                if !page.next_cursor.is_empty() && page.next_cursor.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                    let next = format!("{}?cursor={}", render::orders_url(urls, &account_id), page.next_cursor);
+                if !page.next_cursor.is_empty()
+                    && page
+                        .next_cursor
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    let next = format!(
+                        "{}?cursor={}",
+                        render::orders_url(urls, &account_id),
+                        page.next_cursor
+                    );
                     ans = ans.link(&next, "next");
                 }
                 Ok(ans)
@@ -616,8 +635,10 @@ impl AcmeHandler {
                     return Err(Fail::KeyInUse(urls.account(&r.conflicting_account_id)));
                 }
                 let acc = r.account.ok_or(certgate_acme::Error::ServerInternal)?;
-                Ok(Answer::json(StatusCode::OK, render::account_body(urls, &acc))
-                    .location(account_url))
+                Ok(
+                    Answer::json(StatusCode::OK, render::account_body(urls, &acc))
+                        .location(account_url),
+                )
             }
             Route::NewOrder => {
                 let no = v.json::<WireNewOrder>()?.validate()?;
@@ -636,20 +657,27 @@ impl AcmeHandler {
                         not_before_unix: unix(no.not_before),
                         not_after_unix: unix(no.not_after),
                         profile: no.profile.clone().unwrap_or_default(),
-                        replaces: no.replaces.as_ref().map(ToString::to_string).unwrap_or_default(),
+                        replaces: no
+                            .replaces
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
                     })
                     .await;
                 let o = match result {
                     Ok(o) => o,
                     Err(e) => {
                         if !renewal {
-                            self.limiter.refund(&tenant, Rule::AcmeNewOrders, &account_id);
+                            self.limiter
+                                .refund(&tenant, Rule::AcmeNewOrders, &account_id);
                         }
                         return Err(e.into());
                     }
                 };
-                Ok(Answer::json(StatusCode::CREATED, render::order_body(urls, &o)?)
-                    .location(urls.order(&o.order_id)))
+                Ok(
+                    Answer::json(StatusCode::CREATED, render::order_body(urls, &o)?)
+                        .location(urls.order(&o.order_id)),
+                )
             }
             Route::Order(id) => {
                 v.expect_post_as_get()?;

@@ -47,10 +47,11 @@ pub enum NonceKeyError {
 pub fn load_nonce_key(cfg: &AcmeConfig) -> Result<Zeroizing<Vec<u8>>, NonceKeyError> {
     match &cfg.nonce_key_file {
         Some(path) => {
-            let key = Zeroizing::new(std::fs::read(path).map_err(|source| NonceKeyError::Read {
-                path: path.clone(),
-                source,
-            })?);
+            let key =
+                Zeroizing::new(std::fs::read(path).map_err(|source| NonceKeyError::Read {
+                    path: path.clone(),
+                    source,
+                })?);
             if key.len() < certgate_acme::nonce::MIN_NONCE_KEY_LEN {
                 return Err(NonceKeyError::TooShort(path.clone()));
             }

@@ -46,9 +46,9 @@ fn problem_type(name: &str) -> Option<ProblemType> {
 /// The HTTP status a stored problem of this type is shown with.
 fn status_of(t: ProblemType) -> u16 {
     match t {
-        ProblemType::Unauthorized | ProblemType::OrderNotReady | ProblemType::UserActionRequired => {
-            403
-        }
+        ProblemType::Unauthorized
+        | ProblemType::OrderNotReady
+        | ProblemType::UserActionRequired => 403,
         ProblemType::RateLimited => 429,
         ProblemType::ServerInternal => 500,
         _ => 400,
@@ -89,7 +89,11 @@ pub fn core_problem(e: &RpcError) -> (Problem, Option<Duration>) {
     }
     if e.kind == ErrorKind::Unavailable {
         return (
-            problem(P::ServerInternal, 503, "temporarily unavailable, retry later"),
+            problem(
+                P::ServerInternal,
+                503,
+                "temporarily unavailable, retry later",
+            ),
             retry,
         );
     }
@@ -170,7 +174,11 @@ fn ts(unix: i64) -> Result<OffsetDateTime, Fail> {
 }
 
 fn opt_ts(unix: i64) -> Result<Option<OffsetDateTime>, Fail> {
-    if unix == 0 { Ok(None) } else { ts(unix).map(Some) }
+    if unix == 0 {
+        Ok(None)
+    } else {
+        ts(unix).map(Some)
+    }
 }
 
 /// A protocol identifier → the core's.
@@ -311,8 +319,8 @@ pub fn order_body(urls: &AcmeUrls, o: &pb::Order) -> Result<Vec<u8>, Fail> {
         .map(|a| urls.authorization(a))
         .collect();
     let finalize = urls.finalize(&o.order_id);
-    let cert = (!o.certificate_serial_hex.is_empty())
-        .then(|| urls.certificate(&o.certificate_serial_hex));
+    let cert =
+        (!o.certificate_serial_hex.is_empty()).then(|| urls.certificate(&o.certificate_serial_hex));
     let replaces = if o.replaces.is_empty() {
         None
     } else {
@@ -357,7 +365,10 @@ pub fn authz_body(urls: &AcmeUrls, a: &pb::Authorization) -> Result<Vec<u8>, Fai
 
 /// The challenge object.
 pub fn challenge_body(urls: &AcmeUrls, authz_id: &str, c: &pb::Challenge) -> Result<Vec<u8>, Fail> {
-    let v = resource::challenge_value(&challenge(c)?, &challenge_url(urls, authz_id, &c.challenge_id))?;
+    let v = resource::challenge_value(
+        &challenge(c)?,
+        &challenge_url(urls, authz_id, &c.challenge_id),
+    )?;
     serde_json::to_vec(&v).map_err(|_| internal("challenge json"))
 }
 
@@ -368,15 +379,27 @@ mod tests {
     #[test]
     fn core_rules_become_acme_types() {
         let (p, r) = core_problem(&RpcError::malformed("badCSR", "extra name"));
-        assert_eq!((p.problem_type, p.status, r), (ProblemType::BadCsr, 400, None));
+        assert_eq!(
+            (p.problem_type, p.status, r),
+            (ProblemType::BadCsr, 400, None)
+        );
         let (p, _) = core_problem(&RpcError::policy("orderNotReady", "pending"));
-        assert_eq!((p.problem_type, p.status), (ProblemType::OrderNotReady, 403));
+        assert_eq!(
+            (p.problem_type, p.status),
+            (ProblemType::OrderNotReady, 403)
+        );
         let (p, _) = core_problem(&RpcError::not_found("accountDoesNotExist", "x"));
-        assert_eq!((p.problem_type, p.status), (ProblemType::AccountDoesNotExist, 400));
+        assert_eq!(
+            (p.problem_type, p.status),
+            (ProblemType::AccountDoesNotExist, 400)
+        );
         let (p, _) = core_problem(&RpcError::not_found("acme.order", "x"));
         assert_eq!((p.problem_type, p.status), (ProblemType::Malformed, 404));
         let (p, r) = core_problem(&RpcError::unavailable("down", Duration::from_secs(2)));
-        assert_eq!((p.problem_type, p.status), (ProblemType::ServerInternal, 503));
+        assert_eq!(
+            (p.problem_type, p.status),
+            (ProblemType::ServerInternal, 503)
+        );
         assert_eq!(r, Some(Duration::from_secs(2)));
         let (p, _) = core_problem(&RpcError::new(ErrorKind::Unspecified, "x", "db secret"));
         assert!(!p.detail.contains("secret"));
@@ -449,6 +472,9 @@ mod tests {
             v["error"]["subproblems"][0]["type"],
             "urn:ietf:params:acme:error:connection"
         );
-        assert_eq!(v["error"]["subproblems"][0]["identifier"]["value"], "a.example");
+        assert_eq!(
+            v["error"]["subproblems"][0]["identifier"]["value"],
+            "a.example"
+        );
     }
 }
