@@ -986,6 +986,42 @@ async fn revocation_by_owner_or_certificate_key_only() {
             .unwrap();
     assert!(rec.revoked);
     assert_eq!(rec.revocation_reason, 4);
+    // OCSP answers revoked for it (the store's revoke queued the re-signing; the ACME path woke
+    // the status worker).
+    let mut status_text = String::new();
+    for _ in 0..50 {
+        let entry =
+            e.f.core
+                .get_ocsp(certgate_proto::core::GetOcspRequest {
+                    tenant: T.into(),
+                    certs: vec![certgate_proto::core::CertRef {
+                        issuer_id: format!("{T}-issuing"),
+                        hash_alg: "sha256".into(),
+                        serial_hex: d2.certificate_serial_hex.clone(),
+                    }],
+                })
+                .await
+                .unwrap()
+                .into_inner();
+        let path = e.f.dir.join("ocsp.der");
+        std::fs::write(&path, &entry.response_der).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["ocsp", "-respin"])
+            .arg(&path)
+            .args(["-resp_text", "-noverify"])
+            .output()
+            .unwrap();
+        status_text = String::from_utf8_lossy(&out.stdout).to_string();
+        if status_text.contains("Cert Status: revoked") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        status_text.contains("Cert Status: revoked"),
+        "{status_text}"
+    );
+    assert!(status_text.contains("superseded"), "{status_text}");
 
     // By the certificate's own key (the CSR key), as a `jwk` request.
     let pk = cert_key.public_key_raw().to_vec();

@@ -1397,6 +1397,11 @@ impl Acme for AcmeService {
         );
         let tenant = r.tenant.clone();
         let out = blocking(|| core_store.revoke(&tenant, &op, &audit))?;
+        // The revocation queued its OCSP re-signing in the same transaction; wake the worker
+        // (as Core.Revoke does).
+        if let Some(engine) = self.0.core.issuer.status() {
+            engine.poke();
+        }
         let Some((rec, already)) = out else {
             return Err(not_found("acme.certificate").into());
         };

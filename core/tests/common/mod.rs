@@ -212,6 +212,16 @@ pub async fn fleet(acme: AcmeConfig) -> Fleet {
         admin_allow: AllowList::uid(current_uid()),
         audit_key_sha256: None,
     });
+    // The revocation-status engine, as main.rs attaches it (OCSP/CRL see ACME revocations).
+    let status = certgate_core::status::StatusEngine::new(
+        dyn_store.clone(),
+        store.clone(),
+        signer.clone(),
+        certgate_core::status::StatusConfig::default(),
+    )
+    .unwrap();
+    status.spawn();
+    state.issuer.attach_status(status);
     let acme_state = Arc::new(AcmeState::new(state.clone(), acme));
     let core_sock = dir.join("core.sock");
     let listener = bind_unix(&core_sock).unwrap();
