@@ -1630,3 +1630,111 @@ async fn an_order_left_processing_before_issuance_is_issued_on_the_next_read() {
         .unwrap();
     assert_eq!(fin.certificate_serial_hex, again.certificate_serial_hex);
 }
+
+/// Bad input gets a typed refusal with the ACME problem type as its rule, and the service keeps
+/// serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_inputs_are_refused_with_problem_types_and_the_core_keeps_serving() {
+    let mut e = env().await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    for (jwk, rule) in [
+        ("not json", "badPublicKey"),
+        ("{}", "badPublicKey"),
+        (r#"{"kty":"oct","k":"AAAA"}"#, "badPublicKey"),
+        (
+            r#"{"kty":"EC","crv":"P-256","x":"AAAA","y":"AAAA"}"#,
+            "badPublicKey",
+        ),
+    ] {
+        let s =
+            e.f.acme
+                .new_account(NewAccountRequest {
+                    tenant: T.into(),
+                    jwk_json: jwk.into(),
+                    terms_agreed: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+        assert_eq!(err(s).rule, rule, "{jwk}");
+    }
+    let s =
+        e.f.acme
+            .new_account(NewAccountRequest {
+                tenant: T.into(),
+                jwk_json: account_key().json,
+                external_account_binding_json: b"{not json".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "malformed");
+    let s =
+        e.f.acme
+            .new_account(NewAccountRequest {
+                tenant: T.into(),
+                jwk_json: account_key().json,
+                contacts: vec!["mailto:a@b.example?subject=x".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "invalidContact");
+    let too_many: Vec<Identifier> = (0..101)
+        .map(|i| dns(&format!("n{i}.test.example")))
+        .collect();
+    let s =
+        e.f.acme
+            .new_order(NewOrderRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                identifiers: too_many,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "rejectedIdentifier");
+    let o = order(&mut e.f, &acct, &["test.example"]).await;
+    validate_http(&mut e, &acct, &k, &o).await;
+    let s = finalize(&mut e.f, &acct, &o.order_id, vec![0x30, 0x03, 0x02, 0x01])
+        .await
+        .unwrap_err();
+    assert_eq!(err(s).rule, "badCSR");
+    let s =
+        e.f.acme
+            .revoke_certificate(RevokeCertificateRequest {
+                tenant: T.into(),
+                certificate_der: b"garbage".to_vec(),
+                reason: 0,
+                auth: Some(revoke_certificate_request::Auth::AccountId(acct.clone())),
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "malformed");
+    let s =
+        e.f.acme
+            .list_orders(ListOrdersRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                cursor: "not-a-cursor".into(),
+                page_size: 0,
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "malformed");
+    let s =
+        e.f.acme
+            .get_account(GetAccountRequest {
+                tenant: T.into(),
+                by: None,
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err(s).rule, "accountDoesNotExist");
+    // Still serving: the order finalizes.
+    let done = finalize(&mut e.f, &acct, &o.order_id, csr(&["test.example"]))
+        .await
+        .unwrap();
+    assert_eq!(done.status, "valid");
+}
