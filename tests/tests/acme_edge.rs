@@ -375,7 +375,7 @@ async fn issuance_end_to_end() {
     let finalize_url = order["finalize"].as_str().expect("finalize").to_owned();
 
     // Finalize before ready: orderNotReady.
-    let (_, csr_der) = csr(&[name]);
+    let (cert_key, csr_der) = csr(&[name]);
     let r = c
         .post(&finalize_url, Some(&json!({"csr": b64(&csr_der)})))
         .await;
@@ -507,21 +507,51 @@ async fn issuance_end_to_end() {
     );
     assert_eq!(r.json()["replaces"], json!(id.to_string()));
 
-    // Revocation by the account; a second time is alreadyRevoked.
+    // Revocation signed by the certificate's own key (jwk = the certificate key); then a second
+    // time, by the account: alreadyRevoked.
     let url = c.url("revokeCert");
-    let r = c
-        .post(&url, Some(&json!({"certificate": b64(&leaf), "reason": 4})))
-        .await;
+    let cert_key = TestKey::Es256(
+        aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &cert_key.serialize_der(),
+        )
+        .expect("the CSR key as a JWS key"),
+    );
+    let nonce = c.nonce().await;
+    let body = cert_key
+        .sign_jws(
+            &cert_key.header(None, Some(&nonce), &url),
+            json!({"certificate": b64(&leaf), "reason": 4})
+                .to_string()
+                .as_bytes(),
+        )
+        .to_string()
+        .into_bytes();
+    let r = c.raw(&url, "application/jose+json", body).await;
     assert_eq!(
         r.status,
         200,
-        "revoke: {:?}",
+        "revoke by certificate key: {:?}",
         String::from_utf8_lossy(&r.body)
     );
     let r = c
         .post(&url, Some(&json!({"certificate": b64(&leaf), "reason": 4})))
         .await;
     assert_eq!(r.problem(), "alreadyRevoked", "{r:?}");
+
+    // keyChange to a key another account holds: 409 + that account's Location.
+    let mut c2 = Client::new(&fleet, &format!("{base}/acme/directory")).await;
+    c2.new_account().await;
+    let kc_url = c.url("keyChange");
+    let inner = c2.key.sign_jws(
+        &c2.key.header(None, None, &kc_url),
+        json!({"account": kid, "oldKey": c.key.jwk()})
+            .to_string()
+            .as_bytes(),
+    );
+    let r = c.post(&kc_url, Some(&inner)).await;
+    assert_eq!(r.status, 409, "{r:?}");
+    assert_eq!(r.header("location"), c2.kid.clone(), "{r:?}");
 
     // keyChange: roll to a new key; the old key no longer works.
     let new_key = TestKey::eddsa();

@@ -688,7 +688,8 @@ impl AcmeHandler {
                         order_id: id.clone(),
                     })
                     .await?;
-                let busy = o.status == "processing";
+                // Clients poll orders while pending or processing (RFC 8555 §7.4).
+                let busy = o.status == "processing" || o.status == "pending";
                 Ok(Answer::json(StatusCode::OK, render::order_body(urls, &o)?).retry_if(busy))
             }
             Route::Authz(id) => {
