@@ -165,12 +165,13 @@ fn alpn_cert(name: &str, key_auth: &str) -> (Vec<u8>, Vec<u8>) {
     (cert.der().to_vec(), key.serialize_der())
 }
 
-/// name (lower case, trailing dot) → TXT values.
+/// name (lower case, trailing dot) → TXT values; "CAA:" + name → CAA issuer domains (`wild:`
+/// prefix: issuewild).
 type TxtMap = Arc<Mutex<HashMap<String, Vec<String>>>>;
 
 async fn dns_responder() -> (SocketAddr, TxtMap) {
     use hickory_proto::op::{Message, MessageType, ResponseCode};
-    use hickory_proto::rr::rdata::TXT;
+    use hickory_proto::rr::rdata::{CAA, TXT};
     use hickory_proto::rr::{RData, Record};
     use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -196,14 +197,27 @@ async fn dns_responder() -> (SocketAddr, TxtMap) {
             for query in q.queries() {
                 resp.add_query(query.clone());
                 let name = query.name().to_ascii().to_ascii_lowercase();
-                if let Some(values) = m.lock().unwrap().get(&name) {
+                let caa = query.query_type() == hickory_proto::rr::RecordType::CAA;
+                let key = if caa { format!("CAA:{name}") } else { name };
+                if let Some(values) = m.lock().unwrap().get(&key) {
                     found = true;
                     for v in values {
-                        resp.add_answer(Record::from_rdata(
-                            query.name().clone(),
-                            60,
-                            RData::TXT(TXT::new(vec![v.clone()])),
-                        ));
+                        let rdata = if !caa {
+                            RData::TXT(TXT::new(vec![v.clone()]))
+                        } else if let Some(w) = v.strip_prefix("wild:") {
+                            RData::CAA(CAA::new_issuewild(
+                                false,
+                                Some(hickory_proto::rr::Name::from_ascii(w).unwrap()),
+                                vec![],
+                            ))
+                        } else {
+                            RData::CAA(CAA::new_issue(
+                                false,
+                                Some(hickory_proto::rr::Name::from_ascii(v).unwrap()),
+                                vec![],
+                            ))
+                        };
+                        resp.add_answer(Record::from_rdata(query.name().clone(), 60, rdata));
                     }
                 }
             }
@@ -1737,4 +1751,90 @@ async fn garbage_inputs_are_refused_with_problem_types_and_the_core_keeps_servin
         .await
         .unwrap();
     assert_eq!(done.status, "valid");
+}
+
+/// RFC 8659: with CAA identities configured for the tenant, a proven name whose closest CAA set
+/// names another CA is refused with `caa`; a set naming this CA (found at a parent) allows it;
+/// `issuewild` governs wildcards; no CAA anywhere allows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caa_records_are_checked_after_validation() {
+    let mut e = env().await;
+    e.f.admin
+        .set_acme_settings(certgate_proto::admin::AcmeSettings {
+            tenant: T.into(),
+            caa_identities: vec!["ca.example".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    {
+        let mut m = e.txt.lock().unwrap();
+        m.insert("CAA:test.example.".into(), vec!["ca.example".into()]);
+        m.insert(
+            "CAA:bad.test.example.".into(),
+            vec!["other-ca.example".into()],
+        );
+        m.insert(
+            "CAA:dns.test.example.".into(),
+            vec!["ca.example".into(), "wild:other-ca.example".into()],
+        );
+    }
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    // Allowed through the parent's set.
+    let o = order(&mut e.f, &acct, &["www.test.example"]).await;
+    validate_http(&mut e, &acct, &k, &o).await;
+    // Forbidden at the name itself.
+    let o = order(&mut e.f, &acct, &["bad.test.example"]).await;
+    let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    let tok = token(&a, "http-01");
+    e.http
+        .answers
+        .lock()
+        .unwrap()
+        .insert(tok.clone(), k.jwk.key_authorization(&tok));
+    let ch = respond(&mut e.f, &acct, &a, "http-01").await;
+    assert_eq!(ch.status, "invalid");
+    assert_eq!(ch.error.unwrap().r#type, "caa");
+    // A wildcard follows issuewild (another CA), though issue names this one.
+    let o = order(&mut e.f, &acct, &["*.dns.test.example"]).await;
+    let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    let tok = token(&a, "dns-01");
+    e.txt.lock().unwrap().insert(
+        "_acme-challenge.dns.test.example.".into(),
+        vec![k.jwk.dns01_txt_value(&tok)],
+    );
+    let ch = respond(&mut e.f, &acct, &a, "dns-01").await;
+    assert_eq!(ch.status, "invalid");
+    assert_eq!(ch.error.unwrap().r#type, "caa");
+    // The same name without the wildcard: issue allows it.
+    let o = order(&mut e.f, &acct, &["dns.test.example"]).await;
+    let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    let tok = token(&a, "dns-01");
+    e.txt.lock().unwrap().insert(
+        "_acme-challenge.dns.test.example.".into(),
+        vec![k.jwk.dns01_txt_value(&tok)],
+    );
+    let ch = respond(&mut e.f, &acct, &a, "dns-01").await;
+    assert_eq!(ch.status, "valid", "{ch:?}");
+    // No CAA anywhere on the way up (a name outside test.example): allowed.
+    let o =
+        e.f.acme
+            .new_order(NewOrderRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                identifiers: vec![dns("other.example")],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    let tok = token(&a, "dns-01");
+    e.txt.lock().unwrap().insert(
+        "_acme-challenge.other.example.".into(),
+        vec![k.jwk.dns01_txt_value(&tok)],
+    );
+    let ch = respond(&mut e.f, &acct, &a, "dns-01").await;
+    assert_eq!(ch.status, "valid", "{ch:?}");
 }

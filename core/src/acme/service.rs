@@ -497,10 +497,30 @@ impl AcmeService {
             return;
         };
         let started = std::time::Instant::now();
-        let result = state
+        let mut result = state
             .validator
             .validate(&ch.kind, &authz.identifier, &ch.token, &key_authorization)
             .await;
+        // CAA (RFC 8659) once the name is proven, when the tenant names its CA identities.
+        if result.is_ok() && authz.identifier.kind == "dns" {
+            let identities = state
+                .store()
+                .and_then(|s| s.acme_settings(&authz.tenant))
+                .map(|s| s.map(|s| s.caa_identities).unwrap_or_default());
+            result = match identities {
+                Ok(ids) if ids.is_empty() => Ok(()),
+                Ok(ids) => {
+                    state
+                        .validator
+                        .check_caa(&authz.identifier.value, authz.wildcard, &ids)
+                        .await
+                }
+                Err(_) => Err(super::validate::Failure {
+                    problem_type: "serverInternal",
+                    detail: "the CA's settings could not be read".into(),
+                }),
+            };
+        }
         let now = crate::now_unix();
         let (outcome, res) = match &result {
             Ok(()) => (

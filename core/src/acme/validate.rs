@@ -215,19 +215,21 @@ impl Validator {
         }
     }
 
-    async fn dns01(&self, id: &IdentRec, key_auth: &str) -> Result<(), Failure> {
-        use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-        use hickory_proto::rr::{Name, RData, RecordType};
+    /// One DNS query over UDP to the configured resolver; answers with another id are ignored
+    /// (spoofing and stray packets). The caller's deadline bounds it.
+    async fn query(
+        &self,
+        qname: &str,
+        rtype: hickory_proto::rr::RecordType,
+    ) -> Result<hickory_proto::op::Message, Failure> {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query};
+        use hickory_proto::rr::Name;
         use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
 
         let resolver = self
             .resolver
             .ok_or_else(|| fail("dns", "no DNS resolver configured"))?;
-        let expected = certgate_acme::base64url(
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_auth.as_bytes()).as_ref(),
-        );
-        let qname = format!("_acme-challenge.{}.", id.value.trim_end_matches('.'));
-        let name = Name::from_ascii(&qname)
+        let name = Name::from_ascii(qname)
             .map_err(|e| fail("malformed", format!("bad name {qname}: {e}")))?;
         let mut idb = [0u8; 2];
         aws_lc_rs::rand::fill(&mut idb).map_err(|_| fail("dns", "CSPRNG"))?;
@@ -237,7 +239,7 @@ impl Validator {
             .set_message_type(MessageType::Query)
             .set_op_code(OpCode::Query)
             .set_recursion_desired(true)
-            .add_query(Query::query(name, RecordType::TXT));
+            .add_query(Query::query(name, rtype));
         let wire = msg
             .to_bytes()
             .map_err(|e| fail("dns", format!("encoding the query: {e}")))?;
@@ -256,7 +258,7 @@ impl Validator {
             .await
             .map_err(|e| fail("dns", format!("resolver {resolver}: {e}")))?;
         let mut buf = vec![0u8; 4096];
-        let resp = loop {
+        loop {
             let n = sock
                 .recv(&mut buf)
                 .await
@@ -264,11 +266,21 @@ impl Validator {
             let Ok(m) = Message::from_bytes(&buf[..n]) else {
                 continue;
             };
-            // Answers to another id are ignored (spoofing and stray packets).
             if m.id() == query_id && m.message_type() == MessageType::Response {
-                break m;
+                return Ok(m);
             }
-        };
+        }
+    }
+
+    async fn dns01(&self, id: &IdentRec, key_auth: &str) -> Result<(), Failure> {
+        use hickory_proto::op::ResponseCode;
+        use hickory_proto::rr::{RData, RecordType};
+
+        let expected = certgate_acme::base64url(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_auth.as_bytes()).as_ref(),
+        );
+        let qname = format!("_acme-challenge.{}.", id.value.trim_end_matches('.'));
+        let resp = self.query(&qname, RecordType::TXT).await?;
         if resp.response_code() != ResponseCode::NoError {
             return Err(fail(
                 "dns",
@@ -351,6 +363,97 @@ impl Validator {
             .and_then(|c| c.first())
             .ok_or_else(|| fail("tls", "no certificate presented"))?;
         check_alpn_certificate(cert.as_ref(), id, ip, key_auth)
+    }
+}
+
+impl Validator {
+    /// CAA (RFC 8659 §3): climbs from the name towards the root to the first non-empty CAA
+    /// record set; if it has `issue` (or, for a wildcard, `issuewild`) properties, one must name
+    /// one of `identities`. An unknown property flagged critical forbids issuance; a failed
+    /// lookup forbids it too (fail closed). No CAA anywhere allows issuance.
+    pub async fn check_caa(
+        &self,
+        name: &str,
+        wildcard: bool,
+        identities: &[String],
+    ) -> Result<(), Failure> {
+        let work = self.caa(name, wildcard, identities);
+        match tokio::time::timeout(self.timeout(), work).await {
+            Ok(r) => r,
+            Err(_) => Err(fail("caa", format!("CAA lookup for {name} timed out"))),
+        }
+    }
+
+    async fn caa(&self, name: &str, wildcard: bool, identities: &[String]) -> Result<(), Failure> {
+        use hickory_proto::op::ResponseCode;
+        use hickory_proto::rr::{RData, RecordType};
+
+        let labels: Vec<&str> = name.trim_end_matches('.').split('.').collect();
+        for i in 0..labels.len() {
+            let qname = format!("{}.", labels[i..].join("."));
+            let resp = self
+                .query(&qname, RecordType::CAA)
+                .await
+                .map_err(|f| fail("caa", format!("CAA lookup for {qname}: {}", f.detail)))?;
+            match resp.response_code() {
+                ResponseCode::NoError | ResponseCode::NXDomain => {}
+                other => {
+                    return Err(fail("caa", format!("CAA lookup for {qname}: {other}")));
+                }
+            }
+            let set: Vec<&hickory_proto::rr::rdata::CAA> = resp
+                .answers()
+                .iter()
+                .filter_map(|r| match r.data() {
+                    RData::CAA(c) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if set.is_empty() {
+                continue;
+            }
+            if set
+                .iter()
+                .any(|c| c.issuer_critical() && c.tag().is_unknown())
+            {
+                return Err(fail(
+                    "caa",
+                    format!("CAA at {qname} has a critical property this CA does not understand"),
+                ));
+            }
+            let wild: Vec<_> = set.iter().filter(|c| c.tag().is_issuewild()).collect();
+            let relevant: Vec<_> = if wildcard && !wild.is_empty() {
+                wild
+            } else {
+                set.iter().filter(|c| c.tag().is_issue()).collect()
+            };
+            if relevant.is_empty() {
+                return Ok(());
+            }
+            let allowed = relevant.iter().any(|c| {
+                let raw = String::from_utf8_lossy(c.raw_value()).to_string();
+                let domain = raw
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
+                !domain.is_empty()
+                    && identities
+                        .iter()
+                        .any(|id| id.trim_end_matches('.').eq_ignore_ascii_case(&domain))
+            });
+            return if allowed {
+                Ok(())
+            } else {
+                Err(fail(
+                    "caa",
+                    format!("CAA records at {qname} do not allow this CA to issue for {name}"),
+                ))
+            };
+        }
+        Ok(())
     }
 }
 
