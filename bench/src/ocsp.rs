@@ -363,7 +363,7 @@ fn nginx_conf(dir: &Path, port: u16) -> anyhow::Result<PathBuf> {
     let conf = format!(
         "worker_processes auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
          events {{ worker_connections 1024; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  keepalive_requests 1000000;\n  server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n    default_type application/ocsp-response;\n  }}\n}}\n",
+         http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  keepalive_requests 1000000;\n  server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n    default_type application/ocsp-response;\n    location / {{ try_files /resp.der =404; }}\n  }}\n}}\n",
         d = dir.display()
     );
     std::fs::create_dir_all(dir.join("tmp"))?;
@@ -557,10 +557,12 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
     let (nginx, cfssl) = if args.no_peers {
         (None, None)
     } else {
+        // The same Lua script (and request paths) as the edge's GET run, so the client does the
+        // same work per request; nginx answers every path with the one static file.
         println!("wrk: nginx static file of {mean_size} bytes …");
         let n = wrk(
-            &format!("http://127.0.0.1:{nginx_port}/resp.der"),
-            None,
+            &format!("http://127.0.0.1:{nginx_port}"),
+            Some(&get_lua),
             t,
             c,
             s,
