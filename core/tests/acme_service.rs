@@ -1410,6 +1410,8 @@ async fn account_lifecycle_deactivation_and_polling() {
         "www.test.example"
     );
 
+    let pending = order(&mut e.f, &acct, &["alpn.test.example"]).await;
+    assert_eq!(pending.status, "pending");
     e.f.acme
         .update_account(UpdateAccountRequest {
             tenant: T.into(),
@@ -1420,6 +1422,17 @@ async fn account_lifecycle_deactivation_and_polling() {
         })
         .await
         .unwrap();
+    // Its pending operations are cancelled.
+    assert_eq!(
+        get_order(&mut e.f, &acct, &pending.order_id).await.status,
+        "invalid"
+    );
+    assert_eq!(
+        authz(&mut e.f, &acct, &pending.authorization_ids[0])
+            .await
+            .status,
+        "deactivated"
+    );
     let s =
         e.f.acme
             .new_order(NewOrderRequest {

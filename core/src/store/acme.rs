@@ -182,7 +182,8 @@ pub trait AcmeStore: Send + Sync {
     fn account(&self, tenant: &str, account_id: &str) -> Result<Option<AccountRec>>;
     /// The account of a key thumbprint.
     fn account_by_thumbprint(&self, tenant: &str, thumbprint: &str) -> Result<Option<AccountRec>>;
-    /// Replaces contacts and status.
+    /// Replaces contacts and status; deactivating also deactivates the account's pending
+    /// authorizations (same transaction).
     fn update_account(&self, a: &AccountRec, audit: &AuditEntry) -> Result<()>;
     /// Replaces the key; Some(other account id) (and nothing changed) when the new key already
     /// belongs to another account of the tenant.

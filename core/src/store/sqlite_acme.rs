@@ -405,6 +405,15 @@ impl AcmeStore for SqliteStore {
                     "the account is not valid (deactivated accounts cannot change)",
                 ));
             }
+            // RFC 8555 §7.3.6: pending operations of a deactivated account are cancelled (its
+            // pending authorizations end, so its pending orders become invalid).
+            if a.status == "deactivated" {
+                tx.execute(
+                    "UPDATE acme_authzs SET status = 'deactivated'
+                     WHERE tenant = ?1 AND account_id = ?2 AND status = 'pending'",
+                    params![a.tenant, a.account_id],
+                )?;
+            }
             append(tx, &audit)?;
             Ok(())
         })
