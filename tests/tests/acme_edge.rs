@@ -184,11 +184,17 @@ impl Client {
         r
     }
 
-    /// A signed POST (`payload` None = POST-as-GET).
+    /// A signed POST (`payload` None = POST-as-GET). Like real clients, retries once on
+    /// `badNonce` with the fresh nonce that came with it (RFC 8555 §6.5).
     async fn post(&mut self, url: &str, payload: Option<&Value>) -> Resp {
         let nonce = self.nonce().await;
         let body = self.jws(&nonce, url, payload);
-        let r = self.raw(url, "application/jose+json", body).await;
+        let mut r = self.raw(url, "application/jose+json", body).await;
+        if r.problem() == "badNonce" {
+            let nonce = self.nonce().await;
+            let body = self.jws(&nonce, url, payload);
+            r = self.raw(url, "application/jose+json", body).await;
+        }
         assert!(
             r.header("replay-nonce").is_some(),
             "Replay-Nonce on every response: {r:?}"
@@ -303,6 +309,8 @@ async fn poll(c: &mut Client, url: &str, until: &[&str]) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuance_end_to_end() {
+    // The dev http-01 port is shared with the interop tests: hold it for the whole test.
+    let _lock = dev_port_lock();
     let fleet = fleet();
     let base = format!("https://{}", fleet.https);
     let mut c = Client::new(&fleet, &format!("{base}/acme/directory")).await;
@@ -399,7 +407,6 @@ async fn issuance_end_to_end() {
     let token = ch["token"].as_str().expect("token").to_owned();
     let ch_url = ch["url"].as_str().expect("url").to_owned();
 
-    let _lock = dev_port_lock();
     let responder = http01_responder(token.clone(), c.key_authorization(&token)).await;
     let r = c.post(&ch_url, Some(&json!({}))).await;
     assert_eq!(
