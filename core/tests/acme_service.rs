@@ -66,11 +66,16 @@ async fn http_responder() -> (u16, HttpResponder) {
                 {
                     rr.hosts.lock().unwrap().push(h.trim().to_owned());
                 }
+                // Keyed by the token, or by the whole path outside the challenge directory.
                 let token = path
                     .strip_prefix("/.well-known/acme-challenge/")
-                    .unwrap_or("");
+                    .unwrap_or(&path);
                 let body = rr.answers.lock().unwrap().get(token).cloned();
                 let resp = match body {
+                    Some(b) if b.starts_with("REDIRECT:") => format!(
+                        "HTTP/1.1 302 Found\r\nlocation: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        &b["REDIRECT:".len()..]
+                    ),
                     Some(b) => format!(
                         "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
                         b.len()
@@ -1850,4 +1855,53 @@ async fn caa_records_are_checked_after_validation() {
     );
     let ch = respond(&mut e.f, &acct, &a, "dns-01").await;
     assert_eq!(ch.status, "valid", "{ch:?}");
+}
+
+/// RFC 8555 §8.3: http-01 follows plain-http redirects on the validation port (here to another
+/// name and path), refuses https redirects and stops redirect loops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_follows_http_redirects_within_bounds() {
+    let port = std::sync::Arc::new(std::sync::Mutex::new(0u16));
+    let p2 = port.clone();
+    let mut e = env_with(move |c| *p2.lock().unwrap() = c.http_port).await;
+    let port = *port.lock().unwrap();
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let names = ["test.example", "www.test.example", "bad.test.example"];
+    let o = order(&mut e.f, &acct, &names).await;
+    let mut by_name = HashMap::new();
+    for id in &o.authorization_ids {
+        let a = authz(&mut e.f, &acct, id).await;
+        by_name.insert(a.identifier.as_ref().unwrap().value.clone(), a);
+    }
+    {
+        let mut m = e.http.answers.lock().unwrap();
+        // test.example → www.test.example:PORT/central/TOKEN, served there.
+        let a = &by_name["test.example"];
+        let tok = token(a, "http-01");
+        m.insert(
+            tok.clone(),
+            format!("REDIRECT:http://www.test.example:{port}/central/{tok}"),
+        );
+        m.insert(format!("/central/{tok}"), k.jwk.key_authorization(&tok));
+        // www.test.example → https: refused.
+        let tok = token(&by_name["www.test.example"], "http-01");
+        m.insert(tok, "REDIRECT:https://www.test.example/x".into());
+        // bad.test.example → itself, forever.
+        let tok = token(&by_name["bad.test.example"], "http-01");
+        m.insert(
+            tok.clone(),
+            format!("REDIRECT:http://bad.test.example:{port}/.well-known/acme-challenge/{tok}"),
+        );
+    }
+    let ch = respond(&mut e.f, &acct, &by_name["test.example"], "http-01").await;
+    assert_eq!(ch.status, "valid", "{ch:?}");
+    let ch = respond(&mut e.f, &acct, &by_name["www.test.example"], "http-01").await;
+    assert_eq!(ch.status, "invalid");
+    let p = ch.error.unwrap();
+    assert_eq!(p.r#type, "connection");
+    assert!(p.detail.contains("https"), "{}", p.detail);
+    let ch = respond(&mut e.f, &acct, &by_name["bad.test.example"], "http-01").await;
+    assert_eq!(ch.status, "invalid");
+    assert!(ch.error.unwrap().detail.contains("redirects"));
 }

@@ -3,7 +3,8 @@
 //!
 //! - http-01 (RFC 8555 §8.3): `GET http://NAME:PORT/.well-known/acme-challenge/TOKEN` with
 //!   `Host: NAME`; the body, trailing whitespace trimmed and read up to [`MAX_HTTP_BODY`], must be
-//!   the key authorization. Redirects are not followed (a 3xx fails the challenge).
+//!   the key authorization. Up to [`MAX_REDIRECTS`] plain-http redirects on the same port are
+//!   followed; https redirects are not.
 //! - dns-01 (§8.4): a TXT query for `_acme-challenge.NAME` sent over UDP to the configured
 //!   resolver; one TXT record must equal base64url(SHA-256(key authorization)).
 //! - tls-alpn-01 (RFC 8737): a TLS 1.3 handshake offering only ALPN `acme-tls/1`, SNI = NAME (for an
@@ -144,58 +145,38 @@ impl Validator {
         } else {
             self.cfg.http_port
         };
-        let addr = self.address(id, port).await?;
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| fail("connection", format!("connecting to {addr}: {e}")))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .map_err(|e| fail("connection", format!("HTTP to {addr}: {e}")))?;
-        let driver = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let host = match id.value.parse::<IpAddr>() {
-            Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
-            _ => id.value.clone(),
-        };
-        let req = http::Request::get(format!("/.well-known/acme-challenge/{token}"))
-            .header(http::header::HOST, host)
-            .header(http::header::USER_AGENT, "certgate-acme-validator")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| fail("malformed", format!("building the request: {e}")))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| fail("connection", format!("HTTP to {addr}: {e}")));
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                driver.abort();
-                return Err(e);
-            }
-        };
-        let status = resp.status();
-        let mut body = resp.into_body();
-        let mut buf = Vec::new();
-        let mut too_long = false;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| fail("connection", format!("reading body: {e}")))?;
-            if let Some(d) = frame.data_ref() {
-                if buf.len() + d.len() > MAX_HTTP_BODY {
-                    too_long = true;
-                    break;
+        let mut target = id.clone();
+        let mut path = format!("/.well-known/acme-challenge/{token}");
+        let mut hops = 0;
+        let (addr, buf, too_long) = loop {
+            let addr = self.address(&target, port).await?;
+            let fetched = http_get(addr, &target.value, &path).await?;
+            match fetched {
+                Fetched::Body {
+                    status,
+                    body,
+                    too_long,
+                } => {
+                    if !status.is_success() {
+                        return Err(fail(
+                            "unauthorized",
+                            format!("{addr} answered HTTP {} for the challenge", status.as_u16()),
+                        ));
+                    }
+                    break (addr, body, too_long);
                 }
-                buf.extend_from_slice(d);
+                Fetched::Redirect(location) => {
+                    hops += 1;
+                    if hops > MAX_REDIRECTS {
+                        return Err(fail(
+                            "connection",
+                            format!("more than {MAX_REDIRECTS} redirects"),
+                        ));
+                    }
+                    (target, path) = redirect_target(&location, port)?;
+                }
             }
-        }
-        driver.abort();
-        if !status.is_success() {
-            return Err(fail(
-                "unauthorized",
-                format!("{addr} answered HTTP {} for the challenge", status.as_u16()),
-            ));
-        }
+        };
         if too_long {
             return Err(fail(
                 "incorrectResponse",
@@ -455,6 +436,114 @@ impl Validator {
         }
         Ok(())
     }
+}
+
+/// Most redirects http-01 follows (RFC 8555 §8.3 lets the client redirect, e.g. to a central
+/// server).
+pub const MAX_REDIRECTS: usize = 10;
+
+/// What one http-01 GET produced.
+enum Fetched {
+    /// A final answer: status, body (up to [`MAX_HTTP_BODY`]), whether it was longer.
+    Body {
+        status: http::StatusCode,
+        body: Vec<u8>,
+        too_long: bool,
+    },
+    /// A 301/302/303/307/308 with this Location.
+    Redirect(String),
+}
+
+/// One GET on a fresh connection to `addr` with `Host: host`.
+async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<Fetched, Failure> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| fail("connection", format!("connecting to {addr}: {e}")))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|e| fail("connection", format!("HTTP to {addr}: {e}")))?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let out = async {
+        let host = match host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+            _ => host.to_owned(),
+        };
+        let req = http::Request::get(path)
+            .header(http::header::HOST, host)
+            .header(http::header::USER_AGENT, "certgate-acme-validator")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| fail("malformed", format!("building the request: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| fail("connection", format!("HTTP to {addr}: {e}")))?;
+        let status = resp.status();
+        if status.is_redirection() && status != http::StatusCode::NOT_MODIFIED {
+            let location = resp
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| fail("connection", format!("{addr}: redirect without Location")))?;
+            return Ok(Fetched::Redirect(location.to_owned()));
+        }
+        let mut body = resp.into_body();
+        let mut buf = Vec::new();
+        let mut too_long = false;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| fail("connection", format!("reading body: {e}")))?;
+            if let Some(d) = frame.data_ref() {
+                if buf.len() + d.len() > MAX_HTTP_BODY {
+                    too_long = true;
+                    break;
+                }
+                buf.extend_from_slice(d);
+            }
+        }
+        Ok(Fetched::Body {
+            status,
+            body: buf,
+            too_long,
+        })
+    }
+    .await;
+    driver.abort();
+    out
+}
+
+/// The next hop of a redirect: plain http only, on the validation port, to a DNS name or an IP
+/// address (resolved like the identifier itself). https targets are not followed.
+fn redirect_target(location: &str, port: u16) -> Result<(IdentRec, String), Failure> {
+    let refuse = |why: &str| fail("connection", format!("redirect to {location:?}: {why}"));
+    let uri: http::Uri = location.parse().map_err(|_| refuse("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(refuse("https redirects are not followed")),
+        _ => return Err(refuse("only absolute http:// URLs are followed")),
+    }
+    let host = uri.host().ok_or_else(|| refuse("no host"))?;
+    if uri.port_u16().is_some_and(|p| p != port) {
+        return Err(refuse(&format!("only port {port} is allowed")));
+    }
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let target = match bare.parse::<IpAddr>() {
+        Ok(ip) => IdentRec {
+            kind: "ip".into(),
+            value: ip.to_string(),
+        },
+        Err(_) => IdentRec {
+            kind: "dns".into(),
+            value: certgate_acme::payload::validate_dns_name(bare)
+                .map_err(|_| refuse("bad host name"))?,
+        },
+    };
+    Ok((target, path))
 }
 
 /// RFC 8738 §6: the reverse-DNS name of an address (`in-addr.arpa` / `ip6.arpa`).
