@@ -840,6 +840,26 @@ async fn bad_inputs_get_the_right_problem_and_nothing_is_issued() {
         ) >= 8.0,
         "bad input is counted"
     );
+    assert!(
+        metric(
+            &fleet,
+            "certgate_edge_requests_total",
+            &[
+                "protocol=\"acme\"",
+                "endpoint=\"new-order\"",
+                "outcome=\"client_error\""
+            ]
+        ) >= 1.0,
+        "requests are labelled by endpoint"
+    );
+    assert!(
+        metric(
+            &fleet,
+            "certgate_edge_request_duration_seconds_count",
+            &["protocol=\"acme\"", "endpoint=\"directory\""]
+        ) >= 1.0,
+        "latency histogram per endpoint"
+    );
 }
 
 fn fleet_edge_alive(fleet: &Fleet) -> bool {
