@@ -379,16 +379,19 @@ impl AcmeHandler {
                     .get_account(&req.tenant, &id)
                     .await?
                     .ok_or(certgate_acme::Error::AccountDoesNotExist)?;
+                let key_json: serde_json::Value = serde_json::from_str(&account.jwk_json)
+                    .map_err(|_| certgate_acme::Error::ServerInternal)?;
+                let key = Jwk::from_value(&key_json)?;
+                let verified = jws.verify_with(&key)?;
+                // Only the key holder learns the account's state (RFC 8555 §7.3.6: a deactivated
+                // account's key authorizes nothing).
                 if account.status != "valid" {
                     return Err(Fail::Acme(certgate_acme::Error::Unauthorized(format!(
                         "account is {}",
                         account.status
                     ))));
                 }
-                let key_json: serde_json::Value = serde_json::from_str(&account.jwk_json)
-                    .map_err(|_| certgate_acme::Error::ServerInternal)?;
-                let key = Jwk::from_value(&key_json)?;
-                (jws.verify_with(&key)?, Some(account))
+                (verified, Some(account))
             }
         };
         self.nonces
