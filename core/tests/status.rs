@@ -728,6 +728,23 @@ async fn get_ocsp_serves_precomputed_sets_and_refuses_other_tenants() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // Right after a revocation the single answer is already "revoked", whether or not the
+    // worker has re-signed yet (a stale "good" is never served).
+    e.revoke("t1", &b, 1).await;
+    let now_revoked = e
+        .core
+        .get_ocsp(GetOcspRequest {
+            tenant: "t1".into(),
+            certs: vec![CertRef {
+                issuer_id: "t1-issuing".into(),
+                hash_alg: "sha256".into(),
+                serial_hex: b.clone(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(is_revoked(&now_revoked.response_der));
     // GetCrl: another tenant's issuer and unknown shards are NOT_FOUND.
     for (tenant, issuer, shard) in [
         ("t1", "t2-issuing", "full"),

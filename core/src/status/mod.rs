@@ -789,8 +789,12 @@ impl StatusEngine {
         if let [(cert, alg)] = wanted.as_slice() {
             let status = self.status.clone();
             let (t, s, a) = (cert.tenant.clone(), cert.serial_hex.clone(), alg.name());
+            // A stored response older than the certificate's revocation (its re-signing still
+            // queued, a few milliseconds) is not served: sign the revoked one now.
+            let revoked = cert.revoked;
             if let Some(r) = blocking(move || status.get_ocsp(&t, &s, a)).await?
                 && r.next_update_unix > now
+                && (!revoked || ocsp::says_revoked(&r.response_der))
             {
                 return Ok(ocsp_entry(r));
             }

@@ -187,6 +187,24 @@ pub fn assemble(
     Ok(OcspResponse::successful(basic)?.to_der()?)
 }
 
+/// Whether a stored single-certificate response says "revoked" (false for anything that does
+/// not parse as one).
+pub fn says_revoked(response_der: &[u8]) -> bool {
+    use der::Decode;
+    let Ok(resp) = OcspResponse::from_der(response_der) else {
+        return false;
+    };
+    let Some(bytes) = resp.response_bytes else {
+        return false;
+    };
+    BasicOcspResponse::from_der(bytes.response.as_bytes()).is_ok_and(|b| {
+        b.tbs_response_data
+            .responses
+            .first()
+            .is_some_and(|r| matches!(r.cert_status, CertStatus::Revoked(_)))
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -275,6 +293,8 @@ mod tests {
             &[],
         )
         .unwrap();
+        assert!(says_revoked(&resp));
+        assert!(!says_revoked(&resp[..resp.len() - 1]));
         let parsed = OcspResponse::from_der(&resp).unwrap();
         assert_eq!(
             parsed.response_status,
