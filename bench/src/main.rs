@@ -11,8 +11,12 @@
 //!
 //! `certgate-bench ocsp` measures OCSP serving at the edge next to nginx (static file) and
 //! `cfssl ocspserve` with wrk, the p99 at half the peak, and revocation propagation (`ocsp.rs`).
+//!
+//! `certgate-bench acme` measures complete ACME issuances per second under `certgate up` next to
+//! Pebble in the same run, with the same client and http-01 responder (`acme.rs`).
 #![forbid(unsafe_code)]
 
+mod acme;
 mod issue;
 mod ocsp;
 
@@ -48,6 +52,8 @@ enum Cmd {
     Issue(issue::IssueArgs),
     /// OCSP serving: the edge vs nginx (static file) and cfssl ocspserve with wrk; propagation.
     Ocsp(ocsp::OcspArgs),
+    /// Complete ACME issuances per second and latency: certgate up vs Pebble.
+    Acme(acme::AcmeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -481,5 +487,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Signer(args) => signer(args),
         Cmd::Issue(args) => issue::issue(args),
         Cmd::Ocsp(args) => ocsp::ocsp(args),
+        Cmd::Acme(args) => acme::acme(args),
     }
 }
