@@ -101,6 +101,8 @@ type CertAndKey = (Vec<u8>, Vec<u8>);
 struct TlsResponder {
     cert: Arc<Mutex<Option<CertAndKey>>>,
     snis: Arc<Mutex<Vec<String>>>,
+    /// Speak TLS 1.2 only.
+    tls12_only: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn tls_responder() -> (u16, TlsResponder) {
@@ -129,8 +131,14 @@ async fn tls_responder() -> (u16, TlsResponder) {
                     vec![rustls::pki_types::CertificateDer::from(cert)],
                     signing,
                 ));
+                let versions: &[&rustls::SupportedProtocolVersion] =
+                    if rr.tls12_only.load(std::sync::atomic::Ordering::SeqCst) {
+                        &[&rustls::version::TLS12]
+                    } else {
+                        rustls::DEFAULT_VERSIONS
+                    };
                 let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
+                    .with_protocol_versions(versions)
                     .unwrap()
                     .with_no_client_auth()
                     .with_cert_resolver(Arc::new(Fixed(certified)));
@@ -162,7 +170,16 @@ impl rustls::server::ResolvesServerCert for Fixed {
 
 /// An RFC 8737 validation certificate for `name` holding SHA-256(`key_auth`).
 fn alpn_cert(name: &str, key_auth: &str) -> (Vec<u8>, Vec<u8>) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    alpn_cert_with(name, key_auth, &rcgen::PKCS_ECDSA_P256_SHA256)
+}
+
+/// [`alpn_cert`] with a key of the given algorithm.
+fn alpn_cert_with(
+    name: &str,
+    key_auth: &str,
+    alg: &'static rcgen::SignatureAlgorithm,
+) -> (Vec<u8>, Vec<u8>) {
+    let key = rcgen::KeyPair::generate_for(alg).unwrap();
     let mut p = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_auth.as_bytes());
     p.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest.as_ref())];
@@ -1904,4 +1921,28 @@ async fn http01_follows_http_redirects_within_bounds() {
     let ch = respond(&mut e.f, &acct, &by_name["bad.test.example"], "http-01").await;
     assert_eq!(ch.status, "invalid");
     assert!(ch.error.unwrap().detail.contains("redirects"));
+}
+
+/// RFC 8737 over TLS 1.2 too: the handshake signature is checked against the validation
+/// certificate's raw key (P-256 and Ed25519 keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn01_validates_over_tls12() {
+    let mut e = env().await;
+    e.tls
+        .tls12_only
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    for (name, alg) in [
+        ("alpn.test.example", &rcgen::PKCS_ECDSA_P256_SHA256),
+        ("test.example", &rcgen::PKCS_ED25519),
+    ] {
+        let o = order(&mut e.f, &acct, &[name]).await;
+        let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+        let tok = token(&a, "tls-alpn-01");
+        *e.tls.cert.lock().unwrap() =
+            Some(alpn_cert_with(name, &k.jwk.key_authorization(&tok), alg));
+        let ch = respond(&mut e.f, &acct, &a, "tls-alpn-01").await;
+        assert_eq!(ch.status, "valid", "{name}: {ch:?}");
+    }
 }

@@ -7,7 +7,7 @@
 //!   followed; https redirects are not.
 //! - dns-01 (§8.4): a TXT query for `_acme-challenge.NAME` sent over UDP to the configured
 //!   resolver; one TXT record must equal base64url(SHA-256(key authorization)).
-//! - tls-alpn-01 (RFC 8737): a TLS 1.3 handshake offering only ALPN `acme-tls/1`, SNI = NAME (for an
+//! - tls-alpn-01 (RFC 8737): a TLS 1.2/1.3 handshake offering only ALPN `acme-tls/1`, SNI = NAME (for an
 //!   IP identifier the reverse-DNS name, RFC 8738 §6); the self-signed certificate must name
 //!   exactly the identifier and carry the critical id-pe-acmeIdentifier extension holding
 //!   SHA-256(key authorization) as a DER OCTET STRING.
@@ -319,7 +319,7 @@ impl Validator {
             .map_err(|_| fail("malformed", format!("{sni} is not a valid SNI name")))?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_safe_default_protocol_versions()
             .map_err(|e| fail("tls", format!("TLS config: {e}")))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptForInspection { provider }))
@@ -646,13 +646,39 @@ impl ServerCertVerifier for AcceptForInspection {
 
     fn verify_tls12_signature(
         &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Only TLS 1.3 is offered (see `tls_alpn01`), so this is never reached.
-        Err(rustls::Error::General(
-            "TLS 1.2 is not used for tls-alpn-01".into(),
+        // As for TLS 1.3 below, against the raw key (webpki will not parse the certificate).
+        // TLS 1.2 schemes map to several algorithms: the one for this key's algorithm is used.
+        let bad = |m: &str| rustls::Error::General(m.to_owned());
+        let cert = x509_cert::Certificate::from_der(cert.as_ref())
+            .map_err(|_| bad("certificate does not parse"))?;
+        let spki = &cert.tbs_certificate.subject_public_key_info;
+        let mut alg_id = der::Encode::to_der(&spki.algorithm.oid)
+            .map_err(|_| bad("certificate key does not encode"))?;
+        if let Some(p) = &spki.algorithm.parameters {
+            alg_id.extend(der::Encode::to_der(p).map_err(|_| bad("parameters do not encode"))?);
+        }
+        let key = spki.subject_public_key.raw_bytes();
+        let candidates = self
+            .provider
+            .signature_verification_algorithms
+            .mapping
+            .iter()
+            .find(|(scheme, _)| *scheme == dss.scheme)
+            .map(|(_, algs)| *algs)
+            .unwrap_or(&[]);
+        for alg in candidates {
+            if alg.public_key_alg_id().as_ref() == alg_id.as_slice()
+                && alg.verify_signature(key, message, dss.signature()).is_ok()
+            {
+                return Ok(HandshakeSignatureValid::assertion());
+            }
+        }
+        Err(bad(
+            "the handshake signature does not verify under the certificate's key",
         ))
     }
 
