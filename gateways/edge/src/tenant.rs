@@ -119,13 +119,19 @@ impl TenantDirectory {
         if let Some(v) = self.cache.get(tenant).await {
             return Ok(v);
         }
-        let v = match self.core.tenant_meta(tenant).await {
-            Ok(m) => Some(std::sync::Arc::new(m)),
-            Err(e) if e.kind == certgate_proto::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
-        self.cache.insert(tenant.to_owned(), v.clone()).await;
-        Ok(v)
+        // Single flight: a burst of requests for a tenant not yet cached makes one core call.
+        let core = self.core.clone();
+        let name = tenant.to_owned();
+        self.cache
+            .try_get_with(tenant.to_owned(), async move {
+                match core.tenant_meta(&name).await {
+                    Ok(m) => Ok(Some(std::sync::Arc::new(m))),
+                    Err(e) if e.kind == certgate_proto::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .map_err(|e| (*e).clone())
     }
 }
 
