@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/errors.proto",
                 "proto/admin.proto",
                 "proto/acme.proto",
+                "proto/cmp.proto",
             ],
             &["proto"],
         )?;

@@ -33,6 +33,11 @@ mod generated {
                 tonic::include_proto!("certgate.acme.v1");
             }
         }
+        pub mod cmp {
+            pub mod v1 {
+                tonic::include_proto!("certgate.cmp.v1");
+            }
+        }
         pub mod errors {
             pub mod v1 {
                 tonic::include_proto!("certgate.errors.v1");
@@ -45,6 +50,8 @@ mod generated {
 pub use generated::certgate::acme::v1 as acme;
 /// `proto/admin.proto`: the core's administration service.
 pub use generated::certgate::admin::v1 as admin;
+/// `proto/cmp.proto`: the core's CMP support (MACs, RA protection, confirmation).
+pub use generated::certgate::cmp::v1 as cmp;
 /// `proto/core.proto`: the core service edges call.
 pub use generated::certgate::core::v1 as core;
 /// `proto/errors.proto`: the error detail crossing every hop.

@@ -589,6 +589,7 @@ async fn issue_tls(
             validity_seconds: 0,
             issuer_id: String::new(),
             replaces_serial: String::new(),
+            await_confirmation: false,
         })
         .await?
         .into_inner();

@@ -354,6 +354,7 @@ pub async fn cert_issue(clients: &Clients, a: IssueArgs) -> Result<()> {
             validity_seconds: a.validity_days * 86_400,
             issuer_id: String::new(),
             replaces_serial: String::new(),
+            await_confirmation: false,
         })
         .await?
         .into_inner();

@@ -667,6 +667,7 @@ impl AcmeService {
                     .map(|id| crate::x509::serial_hex(&id.serial))
                     .unwrap_or_default()
             },
+            await_confirmation: false,
         };
         match self.0.core.issuer.issue(issue, caller).await {
             Ok(resp) => {
