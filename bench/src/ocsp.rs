@@ -70,6 +70,26 @@ fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<ChildGuard> {
     Ok(ChildGuard(child))
 }
 
+/// A child stopped with SIGTERM (nginx's master then stops its workers; SIGKILL would orphan
+/// them), then killed if it has not exited within 5 s.
+struct TermGuard(ChildGuard);
+
+impl Drop for TermGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -509,8 +529,15 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
     let bodies: Vec<String> = requests.iter().map(|r| lua_bytes(r)).collect();
     let post_lua = wrk_script(&scripts, "post.lua", &bodies, Some("/ocsp"))?;
     let cfssl_lua = wrk_script(&scripts, "cfssl.lua", &bodies, Some("/"))?;
+    // Unrouted paths of the same length: the edge's shared plumbing alone (accept, HTTP/1.1,
+    // tenant split, routing miss, 404 problem+json), the floor under any handler.
+    let floor_paths: Vec<String> = paths
+        .iter()
+        .map(|p| format!("{:?}", p.replacen("/ocsp/", "/none/", 1)))
+        .collect();
+    let floor_lua = wrk_script(&scripts, "floor.lua", &floor_paths, None)?;
 
-    let mut peers: Vec<ChildGuard> = Vec::new();
+    let mut peers: Vec<TermGuard> = Vec::new();
     let (nginx_port, cfssl_port) = (free_port()?, free_port()?);
     if !args.no_peers {
         std::fs::create_dir_all(work.join("www"))?;
@@ -519,14 +546,14 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
         file.resize(mean_size, 0);
         std::fs::write(work.join("www/resp.der"), file)?;
         let conf = nginx_conf(&work, nginx_port)?;
-        peers.push(spawn(
+        peers.push(TermGuard(spawn(
             Path::new("nginx"),
             &["-p", &work.to_string_lossy(), "-c", &conf.to_string_lossy()],
             &logs.join("nginx.log"),
-        )?);
+        )?));
         let lines: String = responses.iter().map(|r| b64(r) + "\n").collect();
         std::fs::write(work.join("responses.txt"), lines)?;
-        peers.push(spawn(
+        peers.push(TermGuard(spawn(
             Path::new("cfssl"),
             &[
                 "ocspserve",
@@ -538,7 +565,7 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
                 &work.join("responses.txt").to_string_lossy(),
             ],
             &logs.join("cfssl.log"),
-        )?);
+        )?));
         for p in [nginx_port, cfssl_port] {
             wait_until("peer", Duration::from_secs(30), || {
                 std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
@@ -554,6 +581,8 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
     let cpu1 = cpu_seconds(&edge_pid);
     println!("wrk: edge POST …");
     let edge_post = wrk(&format!("http://{edge_addr}"), Some(&post_lua), t, c, s)?;
+    println!("wrk: edge unrouted path (plumbing floor) …");
+    let edge_floor = wrk(&format!("http://{edge_addr}"), Some(&floor_lua), t, c, s)?;
     let (nginx, cfssl) = if args.no_peers {
         (None, None)
     } else {
@@ -619,6 +648,13 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
     };
     row("certgate-edge GET /ocsp/{req}", &edge_get, edge_get.rps);
     row("certgate-edge POST /ocsp", &edge_post, edge_post.rps);
+    println!(
+        "| certgate-edge unrouted path, 404 (plumbing floor) | {:.0} | {:.2} | {:.2} | (all 404) | {:.2}× |",
+        edge_floor.rps,
+        edge_floor.p50_ms,
+        edge_floor.p99_ms,
+        edge_get.rps / edge_floor.rps
+    );
     if let Some(n) = &nginx {
         row("nginx static file (ceiling)", n, edge_get.rps);
     }
