@@ -1298,3 +1298,98 @@ async fn an_issuer_that_cannot_sign_does_not_hold_up_the_others() {
     let stored = e.status().get_ocsp("t2", &stuck, "sha1").unwrap().unwrap();
     assert!(!is_revoked(&stored.response_der));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_falls_behind_is_dropped_and_resumes_by_cursor() {
+    let mut e = env(StatusConfig {
+        subscriber_timeout_ms: 300,
+        heartbeat_secs: 2,
+        ..cfg()
+    })
+    .await;
+    e.bootstrap("t1").await;
+    // A client with a small HTTP/2 window, so transport buffers do not hide the stall.
+    let path = Arc::new(e.dir.join("core.sock"));
+    let ch = tonic::transport::Endpoint::from_static("http://localhost")
+        .initial_stream_window_size(Some(4096))
+        .initial_connection_window_size(Some(65_535))
+        .connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(&*path).await?,
+                ))
+            }
+        }));
+    let mut s = CoreClient::new(ch)
+        .watch_status(WatchStatusRequest {
+            cursor: 0,
+            tenants: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, cursor) = until_complete(&mut s).await;
+    // Stop reading while far more events than the channel and the HTTP/2 windows hold arrive.
+    let mut last = String::new();
+    for i in 0..150 {
+        last = e.issue("t1", &format!("flood{i}")).await;
+    }
+    e.wait_ocsp("t1", &last, "sha256", |_| true).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Draining what was buffered, the stream then ends: the core dropped this subscriber.
+    let mut got = 0usize;
+    let mut last_cursor = cursor;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.message()).await {
+            Ok(Ok(Some(ev))) => {
+                got += 1;
+                if ev.cursor != 0 {
+                    last_cursor = ev.cursor;
+                }
+                assert!(
+                    !matches!(ev.event, Some(Event::Heartbeat(_))),
+                    "a heartbeat means the stream was kept, after {got} events"
+                );
+            }
+            Ok(Ok(None)) | Ok(Err(_)) => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        ended,
+        "the stream of a stalled subscriber ends ({got} events read)"
+    );
+    assert!(
+        got < 300,
+        "it did not get all 300 events before being dropped: {got}"
+    );
+    // Reconnecting with its last cursor resumes: no reset, no snapshot, the rest follows.
+    let mut s = e
+        .core
+        .watch_status(WatchStatusRequest {
+            cursor: last_cursor,
+            tenants: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut resumed = 0usize;
+    loop {
+        let ev = next(&mut s).await;
+        match ev.event {
+            Some(Event::Issuer(_)) => {}
+            Some(Event::Ocsp(_)) => {
+                assert!(ev.cursor > last_cursor);
+                resumed += 1;
+            }
+            Some(Event::Crl(_)) => assert!(ev.cursor > last_cursor),
+            Some(Event::Heartbeat(_)) => break,
+            other => panic!("unexpected on resume: {other:?}"),
+        }
+    }
+    assert!(
+        resumed > 0 && got + resumed >= 300,
+        "got {got} + resumed {resumed}"
+    );
+}

@@ -79,6 +79,9 @@ pub struct StatusConfig {
     pub responders: BTreeMap<String, ResponderMode>,
     /// Idle WatchStatus streams get a heartbeat this often.
     pub heartbeat_secs: u64,
+    /// A WatchStatus subscriber whose buffer stays full this long is dropped (it resumes by
+    /// cursor when it reconnects).
+    pub subscriber_timeout_ms: u64,
 }
 
 impl Default for StatusConfig {
@@ -97,6 +100,7 @@ impl Default for StatusConfig {
             default_responder: ResponderMode::Issuer,
             responders: BTreeMap::new(),
             heartbeat_secs: 15,
+            subscriber_timeout_ms: 30_000,
         }
     }
 }
@@ -117,7 +121,11 @@ impl StatusConfig {
                 "[status] max_on_demand, max_set_certs and precompute_batch must be > 0".into(),
             );
         }
-        if self.event_retention < 100 || self.heartbeat_secs == 0 || self.sweep_interval_secs == 0 {
+        if self.event_retention < 100
+            || self.heartbeat_secs == 0
+            || self.sweep_interval_secs == 0
+            || self.subscriber_timeout_ms == 0
+        {
             return Err(
                 "[status] event_retention ≥ 100, heartbeat_secs and sweep_interval_secs > 0".into(),
             );

@@ -3,10 +3,10 @@
 //!
 //! Memory per subscriber is bounded: the snapshot and the live events are read from the store in
 //! pages of [`PAGE`] into a channel of [`CHANNEL`] messages; the whole set is never held. A
-//! subscriber that does not take a message for [`SEND_TIMEOUT`] is dropped — it reconnects with
-//! its cursor and resumes. Snapshot entries carry cursor 0 (an edge must not resume from the
-//! middle of a snapshot); `snapshot_complete`, live entries and heartbeats carry the cursor to
-//! resume from.
+//! subscriber that takes nothing for `[status] subscriber_timeout_ms` (default 30 s) is dropped;
+//! it reconnects with its cursor and resumes. Snapshot entries carry cursor 0 (an edge must not
+//! resume from the middle of a snapshot); `snapshot_complete`, live entries and heartbeats carry
+//! the cursor to resume from.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,8 +24,6 @@ use crate::store::status::{SnapshotPos, StatusItem};
 pub const PAGE: usize = 256;
 /// Messages buffered per subscriber.
 pub const CHANNEL: usize = 64;
-/// A subscriber that takes nothing for this long is dropped.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The stream type.
 pub type Events = tokio_stream::wrappers::ReceiverStream<std::result::Result<StatusEvent, Status>>;
@@ -61,7 +59,8 @@ impl Sub {
             cursor,
             event: Some(event),
         };
-        match tokio::time::timeout(SEND_TIMEOUT, self.tx.send(Ok(ev))).await {
+        let limit = Duration::from_millis(self.engine.cfg.subscriber_timeout_ms);
+        match tokio::time::timeout(limit, self.tx.send(Ok(ev))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Stop::Gone),
             Err(_) => {
