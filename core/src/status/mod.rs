@@ -892,3 +892,53 @@ impl StatusEngine {
             .ok_or_else(|| CoreError::Internal("CRL vanished after building".into()))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_config_parses_per_tenant_responders_and_refuses_bad_relations() {
+        let c: StatusConfig = toml::from_str(
+            r#"
+ocsp_validity_secs = 3600
+ocsp_refresh_after_secs = 1800
+default_responder = "issuer"
+[responders]
+acme = "delegated"
+"#,
+        )
+        .unwrap();
+        c.check().unwrap();
+        assert_eq!(c.mode_of("acme"), ResponderMode::Delegated);
+        assert_eq!(c.mode_of("other"), ResponderMode::Issuer);
+        assert_eq!(c.crl_debounce_ms, 200, "defaults fill the rest");
+        let refresh_after_expiry = StatusConfig {
+            ocsp_refresh_after_secs: 3600,
+            ocsp_validity_secs: 3600,
+            ..StatusConfig::default()
+        };
+        assert!(refresh_after_expiry.check().is_err());
+        let no_bound = StatusConfig {
+            max_on_demand: 0,
+            ..StatusConfig::default()
+        };
+        assert!(no_bound.check().is_err());
+        assert!(toml::from_str::<StatusConfig>("bogus = 1").is_err());
+        assert!(toml::from_str::<StatusConfig>("default_responder = \"nobody\"").is_err());
+        StatusConfig::default().check().unwrap();
+    }
+
+    #[test]
+    fn serials_normalise_and_crl_names_cover_full_and_every_shard() {
+        assert_eq!(normalise_serial("0x00AB").unwrap(), "ab");
+        assert_eq!(normalise_serial("abc").unwrap(), "0abc");
+        assert!(normalise_serial("").is_err());
+        assert!(normalise_serial("xyz").is_err());
+        let names = crl_names();
+        assert_eq!(names.len(), 1 + x509::CRL_SHARDS as usize);
+        assert_eq!(names[0], "full");
+        assert_eq!(names[16], "15");
+    }
+}

@@ -473,3 +473,77 @@ impl StatusStore for SqliteStore {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn rec(serial: &str, alg: &str, der: u8) -> OcspRec {
+        OcspRec {
+            tenant: "t".into(),
+            issuer_id: "i".into(),
+            serial_hex: serial.into(),
+            hash_alg: alg.into(),
+            response_der: vec![der],
+            this_update_unix: 1,
+            next_update_unix: 2,
+            cursor: 0,
+        }
+    }
+
+    #[test]
+    fn events_yield_each_entry_once_at_its_latest_version() {
+        let s = SqliteStore::in_memory().unwrap();
+        let c1 = s
+            .put_ocsp(&[rec("01", "sha1", 1), rec("02", "sha1", 1)], &[])
+            .unwrap();
+        let c2 = s.put_ocsp(&[rec("01", "sha1", 2)], &[]).unwrap();
+        assert!(c2 > c1);
+        assert_eq!(s.latest_cursor().unwrap(), c2);
+        let page = s.events_after(0, 100).unwrap();
+        assert_eq!(page.last_cursor, c2);
+        let got: Vec<(String, Vec<u8>)> = page
+            .items
+            .iter()
+            .map(|(_, i)| match i {
+                StatusItem::Ocsp(o) => (o.serial_hex.clone(), o.response_der.clone()),
+                StatusItem::Crl(_) => panic!("no CRL stored"),
+            })
+            .collect();
+        assert_eq!(got, vec![("02".into(), vec![1]), ("01".into(), vec![2])]);
+        // A page that only covers superseded events still advances the cursor.
+        let first = s.events_after(0, 1).unwrap();
+        assert!(first.items.is_empty());
+        assert_eq!(first.last_cursor, 1);
+        // The snapshot pages through the current rows only.
+        let (items, next) = s.snapshot_page(SnapshotPos::Ocsp(0), 1).unwrap();
+        assert_eq!(items.len(), 1);
+        let (items2, _) = s.snapshot_page(next, 10).unwrap();
+        assert_eq!(items2.len(), 1);
+    }
+
+    #[test]
+    fn crl_numbers_are_monotonic_and_pruning_raises_the_resume_mark() {
+        let s = SqliteStore::in_memory().unwrap();
+        assert_eq!(s.next_crl_number("i", "full").unwrap(), 1);
+        assert_eq!(s.next_crl_number("i", "full").unwrap(), 2);
+        assert_eq!(s.next_crl_number("i", "3").unwrap(), 1);
+        let recs: Vec<OcspRec> = (0..150)
+            .map(|n| rec(&format!("{n:02x}"), "sha1", 0))
+            .collect();
+        let last = s.put_ocsp(&recs, &[]).unwrap();
+        assert_eq!(s.resumable_from().unwrap(), 0);
+        assert_eq!(s.prune_events(100).unwrap(), 50);
+        assert_eq!(s.resumable_from().unwrap(), last - 100);
+        assert_eq!(
+            s.latest_cursor().unwrap(),
+            last,
+            "the high-water mark survives pruning"
+        );
+        // Pruning everything keeps the cursor sequence: new events continue above it.
+        s.prune_events(0).unwrap_or_default();
+        let next = s.put_ocsp(&[rec("aa", "sha256", 0)], &[]).unwrap();
+        assert!(next > last);
+    }
+}
