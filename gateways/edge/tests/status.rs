@@ -1119,3 +1119,39 @@ async fn a_saturated_ocsp_bulkhead_answers_try_later_while_crls_keep_being_serve
     }
     assert_eq!(post_ocsp(addr, "/ocsp", &w.req_a).await.body, w.resp_a_good);
 }
+
+#[tokio::test]
+async fn a_silent_stream_is_reopened_after_the_idle_timeout_from_its_cursor() {
+    let fake = FakeCore::default();
+    let pki = Pki::new("issuing-a");
+    let tx = fake.next_stream();
+    tx.send(ev(4, issuer("default", "issuing-a", pki.ca_der())))
+        .await
+        .expect("open");
+    tx.send(ev(4, Event::SnapshotComplete(true)))
+        .await
+        .expect("open");
+    tx.send(ev(6, Event::Heartbeat(true))).await.expect("open");
+    // `tx` stays open but silent: no heartbeat, no end of stream.
+    let cache = StatusCache::new(&StatusSettings::default());
+    let (_stop, rx) = watch::channel(false);
+    tokio::spawn(certgate_edge::status::watch::run(
+        cache.clone(),
+        fake_core_client(fake.clone()).await,
+        WatchSettings {
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            idle_timeout: Duration::from_millis(300),
+        },
+        rx,
+    ));
+    wait_until("snapshot applied", || cache.cursor() == 6).await;
+    assert_eq!(
+        fake.cursors(),
+        [0],
+        "no reconnect while the stream is alive"
+    );
+    wait_until("reopened", || fake.cursors().len() >= 2).await;
+    assert_eq!(fake.cursors()[1], 6, "resumed from the last cursor");
+    drop(tx);
+}
