@@ -1,0 +1,242 @@
+//! Response builders: header, bodies (ip/cp/kup, rp, pkiConf, genp, error) and the final
+//! PKIMessage. Two steps, because the protection comes from the core: build the header and body,
+//! hand [`protected_part`] to the core (MAC or RA signature), then [`assemble`].
+
+use const_oid::ObjectIdentifier;
+use der::Encode;
+use x509_cert::ext::pkix::name::GeneralName;
+
+use crate::der_util::{bits, int, octets, read_all, read_tlv, seq, tlv, utf8};
+use crate::error::{CmpError, FailInfo};
+use crate::parse::{ID_IT_IMPLICIT_CONFIRM, PASSWORD_BASED_MAC, PBMAC1};
+
+/// PKIStatus values used in responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// accepted (0).
+    Accepted = 0,
+    /// rejection (2).
+    Rejection = 2,
+}
+
+/// The response header's fields (RFC 9483 §3.1).
+#[derive(Debug, Clone)]
+pub struct Header {
+    /// pvno (the request's, 2 or 3).
+    pub pvno: u8,
+    /// The responder's name (the RA certificate's subject, or the request's recipient).
+    pub sender: GeneralName,
+    /// The request's sender.
+    pub recipient: GeneralName,
+    /// messageTime, Unix seconds.
+    pub message_time_unix: u64,
+    /// protectionAlg DER (absent for an unprotected error).
+    pub protection_alg_der: Option<Vec<u8>>,
+    /// senderKID (the reference for MAC, the RA key identifier for signatures).
+    pub sender_kid: Option<Vec<u8>>,
+    /// The request's transactionID.
+    pub transaction_id: Vec<u8>,
+    /// A fresh nonce.
+    pub sender_nonce: Vec<u8>,
+    /// The request's senderNonce.
+    pub recip_nonce: Option<Vec<u8>>,
+    /// implicitConfirm granted.
+    pub implicit_confirm: bool,
+}
+
+fn explicit(n: u8, inner: &[u8]) -> Vec<u8> {
+    tlv(0xa0 | n, inner)
+}
+
+impl Header {
+    /// The PKIHeader DER.
+    pub fn to_der(&self) -> Result<Vec<u8>, CmpError> {
+        let enc = |g: &GeneralName| {
+            g.to_der()
+                .map_err(|_| CmpError::new(FailInfo::SystemFailure, "cannot encode a name"))
+        };
+        let mut parts = vec![
+            int(u64::from(self.pvno)),
+            enc(&self.sender)?,
+            enc(&self.recipient)?,
+        ];
+        let time = der::asn1::GeneralizedTime::from_unix_duration(std::time::Duration::from_secs(
+            self.message_time_unix,
+        ))
+        .and_then(|t| t.to_der())
+        .map_err(|_| CmpError::new(FailInfo::SystemFailure, "cannot encode messageTime"))?;
+        parts.push(explicit(0, &time));
+        if let Some(a) = &self.protection_alg_der {
+            parts.push(explicit(1, a));
+        }
+        if let Some(k) = &self.sender_kid {
+            parts.push(explicit(2, &octets(k)));
+        }
+        parts.push(explicit(4, &octets(&self.transaction_id)));
+        parts.push(explicit(5, &octets(&self.sender_nonce)));
+        if let Some(n) = &self.recip_nonce {
+            parts.push(explicit(6, &octets(n)));
+        }
+        if self.implicit_confirm {
+            let oid = ID_IT_IMPLICIT_CONFIRM
+                .to_der()
+                .map_err(|_| CmpError::new(FailInfo::SystemFailure, "oid"))?;
+            let itav = seq(&[&oid, &[0x05, 0x00]]);
+            parts.push(explicit(8, &seq(&[&itav])));
+        }
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        Ok(seq(&refs))
+    }
+}
+
+/// PKIStatusInfo DER.
+pub fn status_info(status: Status, text: Option<&str>, fail: Option<FailInfo>) -> Vec<u8> {
+    let mut parts = vec![int(status as u64)];
+    if let Some(t) = text {
+        parts.push(seq(&[&utf8(t)]));
+    }
+    if let Some(f) = fail {
+        parts.push(f.bit_string_der());
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    seq(&refs)
+}
+
+/// Body tag of ip, cp and kup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertRepKind {
+    /// ip [1].
+    Ip = 1,
+    /// cp [3].
+    Cp = 3,
+    /// kup [8].
+    Kup = 8,
+}
+
+/// ip/cp/kup carrying one accepted certificate (certReqId 0) and optional caPubs.
+pub fn cert_rep(kind: CertRepKind, cert_der: &[u8], ca_pubs: &[Vec<u8>]) -> Vec<u8> {
+    let ckp = seq(&[&explicit(0, cert_der)]);
+    let resp = seq(&[&int(0), &status_info(Status::Accepted, None, None), &ckp]);
+    let responses = seq(&[&resp]);
+    let mut content = Vec::new();
+    if !ca_pubs.is_empty() {
+        content.extend(explicit(1, &tlv(0x30, &ca_pubs.concat())));
+    }
+    content.extend(responses);
+    explicit(kind as u8, &tlv(0x30, &content))
+}
+
+/// rp with one status.
+pub fn rev_rep(status: Status, text: Option<&str>, fail: Option<FailInfo>) -> Vec<u8> {
+    explicit(12, &seq(&[&seq(&[&status_info(status, text, fail)])]))
+}
+
+/// pkiConf.
+pub fn pki_conf() -> Vec<u8> {
+    explicit(19, &[0x05, 0x00])
+}
+
+/// genp with (infoType, value DER) pairs; `None` value = absent.
+pub fn genp(itavs: &[(ObjectIdentifier, Option<Vec<u8>>)]) -> Result<Vec<u8>, CmpError> {
+    let mut content = Vec::new();
+    for (oid, value) in itavs {
+        let oid = oid
+            .to_der()
+            .map_err(|_| CmpError::new(FailInfo::SystemFailure, "oid"))?;
+        match value {
+            Some(v) => content.extend(seq(&[&oid, v])),
+            None => content.extend(seq(&[&oid])),
+        }
+    }
+    Ok(explicit(22, &tlv(0x30, &content)))
+}
+
+/// The value of an id-it-caCerts ITAV: SEQUENCE OF CMPCertificate.
+pub fn ca_certs_value(certs: &[Vec<u8>]) -> Vec<u8> {
+    tlv(0x30, &certs.concat())
+}
+
+/// error body: rejection with the failInfo bit and text.
+pub fn error_body(err: &CmpError) -> Vec<u8> {
+    explicit(
+        23,
+        &seq(&[&status_info(
+            Status::Rejection,
+            Some(&err.text),
+            Some(err.fail),
+        )]),
+    )
+}
+
+/// ProtectedPart DER: what the MAC or signature covers.
+pub fn protected_part(header_der: &[u8], body_der: &[u8]) -> Vec<u8> {
+    seq(&[header_der, body_der])
+}
+
+/// The final PKIMessage.
+pub fn assemble(
+    header_der: &[u8],
+    body_der: &[u8],
+    protection: Option<&[u8]>,
+    extra_certs: &[Vec<u8>],
+) -> Vec<u8> {
+    let mut content = Vec::with_capacity(header_der.len() + body_der.len() + 256);
+    content.extend_from_slice(header_der);
+    content.extend_from_slice(body_der);
+    if let Some(p) = protection {
+        content.extend(explicit(0, &bits(p)));
+    }
+    if !extra_certs.is_empty() {
+        content.extend(explicit(1, &tlv(0x30, &extra_certs.concat())));
+    }
+    tlv(0x30, &content)
+}
+
+/// The request's MAC protectionAlg with the salt replaced by `salt` (RFC 9483 §3.2: a fresh
+/// salt for the response, same algorithm and parameters otherwise). Handles PasswordBasedMac
+/// (PBMParameter.salt) and PBMAC1 (PBKDF2-params.salt). `None` for anything else.
+pub fn mac_alg_with_salt(alg_der: &[u8], salt: &[u8]) -> Option<Vec<u8>> {
+    let (alg, _) = read_tlv(alg_der)?;
+    let parts = read_all(alg.content)?;
+    let [oid_tlv, params] = parts.as_slice() else {
+        return None;
+    };
+    let oid = ObjectIdentifier::from_bytes(oid_tlv.content).ok()?;
+    let new_params = if oid == PASSWORD_BASED_MAC {
+        replace_first(params.raw, &octets(salt))?
+    } else if oid == PBMAC1 {
+        // PBMAC1-params { keyDerivationFunc AlgId { pbkdf2, PBKDF2-params { salt, ... } }, mac }
+        let (p, _) = read_tlv(params.raw)?;
+        let fields = read_all(p.content)?;
+        let [kdf, mac] = fields.as_slice() else {
+            return None;
+        };
+        let (k, _) = read_tlv(kdf.raw)?;
+        let kf = read_all(k.content)?;
+        let [kdf_oid, kdf_params] = kf.as_slice() else {
+            return None;
+        };
+        let new_kdf_params = replace_first(kdf_params.raw, &octets(salt))?;
+        let new_kdf = seq(&[kdf_oid.raw, &new_kdf_params]);
+        seq(&[&new_kdf, mac.raw])
+    } else {
+        return None;
+    };
+    Some(seq(&[oid_tlv.raw, &new_params]))
+}
+
+/// A SEQUENCE with its first element (an OCTET STRING) replaced.
+fn replace_first(seq_der: &[u8], first: &[u8]) -> Option<Vec<u8>> {
+    let (s, _) = read_tlv(seq_der)?;
+    if s.tag != 0x30 {
+        return None;
+    }
+    let fields = read_all(s.content)?;
+    let (head, rest) = fields.split_first()?;
+    if head.tag != 0x04 {
+        return None;
+    }
+    let mut parts: Vec<&[u8]> = vec![first];
+    parts.extend(rest.iter().map(|f| f.raw));
+    Some(seq(&parts))
+}
