@@ -627,6 +627,23 @@ fn metric(fleet: &Fleet, name: &str, must_contain: &[&str]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_the_right_problem_and_nothing_is_issued() {
     let mut fleet = Fleet::init();
+    // `certgate init` made the fleet nonce key: 32 bytes, owner-only.
+    let key = fleet.data_dir().join("edge/nonce.key");
+    let meta = std::fs::metadata(&key).expect("edge/nonce.key");
+    assert_eq!(meta.len(), 32);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    let edge_toml = std::fs::read_to_string(fleet.edge_config()).expect("edge.toml");
+    assert!(
+        edge_toml.contains("nonce_key_file = \"nonce.key\""),
+        "{edge_toml}"
+    );
+    assert!(
+        edge_toml.contains(&format!("base_url = \"https://{}\"", fleet.https)),
+        "{edge_toml}"
+    );
     // A small new-accounts-per-IP quota, to see the rate limit answer (edge.toml, per tenant).
     let cfg = std::fs::read_to_string(fleet.edge_config()).expect("edge.toml");
     std::fs::write(
