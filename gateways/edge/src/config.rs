@@ -179,6 +179,9 @@ pub struct EdgeConfig {
     /// The ACME server.
     #[serde(default)]
     pub acme: crate::acme::AcmeConfig,
+    /// The CMP gateway (issue 7).
+    #[serde(default)]
+    pub cmp: crate::cmp::CmpConfig,
 }
 
 /// OCSP and CRL serving: the status cache, its miss path and the `WatchStatus` task.
@@ -274,6 +277,9 @@ impl EdgeConfig {
             abs(k);
         }
         cfg.acme.validate().map_err(ConfigError::Invalid)?;
+        for p in &mut cfg.cmp.trust_anchors {
+            abs(p);
+        }
         let st = &cfg.status;
         if st.cache_max_bytes == 0
             || st.max_miss_in_flight == 0

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use certgate_proto::RpcError;
 use certgate_proto::acme::acme_client::AcmeClient as GrpcAcme;
+use certgate_proto::cmp::cmp_client::CmpClient as GrpcCmp;
 use certgate_proto::core::core_client::CoreClient as GrpcCore;
 use certgate_proto::core::{
     GetCaChainRequest, GetCaChainResponse, IssueRequest, IssueResponse, RevokeRequest,
@@ -32,6 +33,7 @@ const RETRY_BASE: Duration = Duration::from_millis(50);
 pub struct CoreClient {
     inner: GrpcCore<Channel>,
     acme: GrpcAcme<Channel>,
+    cmp: GrpcCmp<Channel>,
     deadline: Duration,
 }
 
@@ -52,7 +54,8 @@ impl CoreClient {
     pub fn from_channel(channel: Channel, deadline: Duration) -> Self {
         Self {
             inner: GrpcCore::new(channel.clone()),
-            acme: GrpcAcme::new(channel),
+            acme: GrpcAcme::new(channel.clone()),
+            cmp: GrpcCmp::new(channel),
             deadline,
         }
     }
@@ -388,6 +391,61 @@ impl CoreClient {
         self.call("acme_revoke_certificate", Idempotent::No, req, |r| {
             let mut c = c.clone();
             async move { c.revoke_certificate(r).await }
+        })
+        .await
+    }
+
+    /// `Cmp.ComputeMac` (a pure function of its input: retried).
+    pub async fn cmp_compute_mac(
+        &self,
+        req: certgate_proto::cmp::ComputeMacRequest,
+    ) -> Result<certgate_proto::cmp::ComputeMacResponse, RpcError> {
+        let c = self.cmp.clone();
+        self.call("cmp_compute_mac", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.compute_mac(r).await }
+        })
+        .await
+    }
+
+    /// `Cmp.SignProtection` (retried: signing the same bytes again changes nothing).
+    pub async fn cmp_sign_protection(
+        &self,
+        req: certgate_proto::cmp::SignProtectionRequest,
+    ) -> Result<certgate_proto::cmp::SignProtectionResponse, RpcError> {
+        let c = self.cmp.clone();
+        self.call("cmp_sign_protection", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.sign_protection(r).await }
+        })
+        .await
+    }
+
+    /// `Cmp.GetProtectionChain`.
+    pub async fn cmp_protection_chain(
+        &self,
+        tenant: &str,
+    ) -> Result<certgate_proto::cmp::GetProtectionChainResponse, RpcError> {
+        let c = self.cmp.clone();
+        let req = certgate_proto::cmp::GetProtectionChainRequest {
+            tenant: tenant.to_owned(),
+        };
+        self.call("cmp_get_protection_chain", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.get_protection_chain(r).await }
+        })
+        .await
+    }
+
+    /// `Cmp.Confirm` (idempotent by contract: confirming twice answers `already`).
+    pub async fn cmp_confirm(
+        &self,
+        req: certgate_proto::cmp::ConfirmRequest,
+    ) -> Result<certgate_proto::cmp::ConfirmResponse, RpcError> {
+        let c = self.cmp.clone();
+        self.call("cmp_confirm", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.confirm(r).await }
         })
         .await
     }

@@ -10,6 +10,7 @@ pub mod acme;
 pub mod admin;
 pub mod bulkhead;
 pub mod ca;
+pub mod cmp;
 pub mod config;
 pub mod core_client;
 pub mod error;
@@ -53,6 +54,9 @@ pub enum StartError {
     /// The ACME handler could not be built.
     #[error("ACME: {0}")]
     Acme(String),
+    /// The CMP handler could not be built (trust anchors).
+    #[error("CMP: {0}")]
+    Cmp(String),
     /// Metrics recorder.
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
@@ -110,11 +114,17 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         .map_err(|e| StartError::Acme(e.to_string()))?,
     );
     drop(nonce_key);
+    let cmp_handler = Arc::new(
+        cmp::CmpHandler::new(&cfg.cmp).map_err(|e| StartError::Cmp(e.to_string()))?,
+    );
     let pipeline = |_: ()| {
         Arc::new(server::Pipeline {
-            router: acme::mount(
-                status::handler::mount(router::Router::standard(), &status_cache),
-                acme_handler.clone(),
+            router: cmp::mount(
+                acme::mount(
+                    status::handler::mount(router::Router::standard(), &status_cache),
+                    acme_handler.clone(),
+                ),
+                cmp_handler.clone(),
             ),
             ctx: ctx.clone(),
             limits: cfg.limits.clone(),
