@@ -1001,6 +1001,79 @@ mod tests {
         assert_eq!(Route::parse("nope"), None);
     }
 
+    fn handler() -> AcmeHandler {
+        let core = crate::core_client::CoreClient::unix("/nonexistent", Duration::from_secs(1));
+        AcmeHandler::new(
+            AcmeConfig::default(),
+            &zeroize::Zeroizing::new(vec![7u8; 32]),
+            Arc::new(certgate_acme::nonce::MemoryNonceStore::new(16)),
+            TenantDirectory::new(core, &crate::tenant::TenantConfig::default()),
+            Arc::new(crate::ratelimit::GovernorLimiter::new(
+                crate::ratelimit::RateLimitConfig::default(),
+            )),
+        )
+        .expect("handler")
+    }
+
+    /// Refusals decided by the shared plumbing are ACME problems with a fresh nonce.
+    #[tokio::test]
+    async fn plumbing_refusals_are_acme_problems_with_a_nonce() {
+        let h = handler();
+        for (err, status, ptype, retry) in [
+            (EdgeError::Overloaded, 503, "serverInternal", true),
+            (EdgeError::Timeout, 503, "serverInternal", true),
+            (EdgeError::BodyTooLarge, 413, "malformed", false),
+            (EdgeError::NotFound, 404, "malformed", false),
+        ] {
+            let name = format!("{err:?}");
+            let r = h.render_error("corp", err);
+            assert_eq!(r.status().as_u16(), status, "{name}");
+            assert_eq!(
+                r.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+                Some(PROBLEM_CONTENT_TYPE.as_bytes()),
+                "{name}"
+            );
+            let nonce = r
+                .headers()
+                .get(REPLAY_NONCE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .expect("Replay-Nonce");
+            assert!(h.nonces.check(nonce, SystemTime::now()).is_ok(), "{name}");
+            assert_eq!(
+                r.headers().contains_key(header::RETRY_AFTER),
+                retry,
+                "{name}"
+            );
+            let link = r
+                .headers()
+                .get(header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            assert!(link.contains("/t/corp/acme/directory"), "{name}: {link}");
+            let body = format!("{:?}", r.body());
+            assert!(body.contains(ptype), "{name}: {body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn rate_limited_problems_carry_a_jittered_retry_after() {
+        let h = handler();
+        let r = h.fail(
+            "default",
+            "new-order",
+            &Fail::RateLimited(Rule::AcmeNewOrders, Duration::from_secs(600)),
+        );
+        assert_eq!(r.status().as_u16(), 429);
+        let after: u64 = r
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After");
+        assert!((600..=618).contains(&after), "{after}");
+        assert!(format!("{:?}", r.body()).contains("rateLimited"));
+    }
+
     #[test]
     fn jitter_stays_within_three_percent() {
         for _ in 0..100 {
