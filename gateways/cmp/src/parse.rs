@@ -291,8 +291,13 @@ fn parse_inner(input: &[u8], limits: &Limits, salvage: &mut Salvage) -> Result<R
             format!("pvno {pvno} is not supported (2 or 3)"),
         ));
     }
-    let body_decoded = PkiBody::from_der(body_tlv.raw).map_err(|_| malformed("body"))?;
-    let body = body_from(&body_decoded, body_tlv.content)?;
+    // An error body is never processed; cmpv2 0.2 cannot decode failInfo bits above 15.
+    let body = if body_tlv.tag == 0xb7 {
+        Body::Other("error")
+    } else {
+        let body_decoded = PkiBody::from_der(body_tlv.raw).map_err(|_| malformed("body"))?;
+        body_from(&body_decoded, body_tlv.content)?
+    };
 
     let message_time = header.message_time.map(|t| t.to_unix_duration().as_secs());
     let implicit_confirm = header

@@ -1,0 +1,449 @@
+//! The CMP glue against an in-memory fake core (real tonic over a duplex, real HTTP listener):
+//! requests captured from `openssl cmp` are POSTed to the edge; the fake core computes real
+//! PasswordBasedMac values (RFC 4210 §5.1.3.1) with the secret the vectors were made with.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use certgate_cmp::{Body, FailInfo, Limits};
+use certgate_edge::ca::CaCerts;
+use certgate_edge::cmp::{CmpConfig, CmpHandler};
+use certgate_edge::config::Limits as EdgeLimits;
+use certgate_edge::core_client::CoreClient;
+use certgate_edge::router::{EdgeContext, Listener, Router};
+use certgate_edge::server::{Pipeline, serve_listener};
+use certgate_proto::RpcError;
+use certgate_proto::cmp::cmp_server::{Cmp, CmpServer};
+use certgate_proto::cmp::*;
+use certgate_proto::core::core_server::{Core, CoreServer};
+use certgate_proto::core::{
+    CertificateRecord, GetCaChainRequest, GetCaChainResponse, GetCertificateRequest, IssueRequest,
+    IssueResponse, RevokeRequest, RevokeResponse, StatusEvent, WatchStatusRequest,
+};
+use der::{Decode, DecodePem, Encode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Semaphore, watch};
+use tonic::transport::{Endpoint, Server};
+use tonic::{Request, Response, Status};
+use x509_cert::Certificate;
+
+const SECRET: &[u8] = b"sec123";
+
+fn data(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/../cmp/tests/data/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("vector")
+}
+
+fn pem_der(name: &str) -> Vec<u8> {
+    Certificate::from_pem(data(name))
+        .expect("pem")
+        .to_der()
+        .expect("der")
+}
+
+/// PasswordBasedMac: key = OWF^iterationCount(secret ‖ salt), MAC = HMAC(key, data).
+fn pbm(alg_der: &[u8], secret: &[u8], msg: &[u8]) -> Option<Vec<u8>> {
+    let alg = spki::AlgorithmIdentifierOwned::from_der(alg_der).ok()?;
+    let params = crmf::pop::PbmParameter::from_der(&alg.parameters?.to_der().ok()?).ok()?;
+    let owf = match params.owf.oid.to_string().as_str() {
+        "2.16.840.1.101.3.4.2.1" => &aws_lc_rs::digest::SHA256,
+        "1.3.14.3.2.26" => &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        _ => return None,
+    };
+    let mut k = [secret, params.salt.as_bytes()].concat();
+    for _ in 0..params.iteration_count {
+        k = aws_lc_rs::digest::digest(owf, &k).as_ref().to_vec();
+    }
+    let mac = match params.mac.oid.to_string().as_str() {
+        "1.3.6.1.5.5.8.1.2" => aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        "1.2.840.113549.2.9" => aws_lc_rs::hmac::HMAC_SHA256,
+        _ => return None,
+    };
+    let key = aws_lc_rs::hmac::Key::new(mac, &k);
+    Some(aws_lc_rs::hmac::sign(&key, msg).as_ref().to_vec())
+}
+
+#[derive(Default)]
+struct State {
+    issued: Mutex<Vec<IssueRequest>>,
+    confirmed: Mutex<Vec<ConfirmRequest>>,
+    revoked: Mutex<Vec<RevokeRequest>>,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<State>);
+
+type Events = Pin<Box<dyn futures::Stream<Item = Result<StatusEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Core for Fake {
+    async fn issue(&self, req: Request<IssueRequest>) -> Result<Response<IssueResponse>, Status> {
+        let r = req.into_inner();
+        let mut issued = self.0.issued.lock().expect("lock");
+        if let Some(prev) = issued
+            .iter()
+            .find(|p| p.idempotency_key == r.idempotency_key)
+            && prev.request != r.request
+        {
+            return Err(RpcError::new(
+                certgate_proto::ErrorKind::AlreadyExists,
+                "idempotency.conflict",
+                "key reused",
+            )
+            .into());
+        }
+        issued.push(r);
+        let ee = Certificate::from_pem(data("ee.pem")).expect("ee");
+        Ok(Response::new(IssueResponse {
+            certificate_der: ee.to_der().expect("der"),
+            chain_der: vec![pem_der("ca.pem")],
+            serial_hex: certgate_cmp::parse::serial_hex(&ee),
+            profile: "default".into(),
+            profile_version: 1,
+            issuer_id: "issuing-1".into(),
+        }))
+    }
+    async fn revoke(
+        &self,
+        req: Request<RevokeRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
+        let r = req.into_inner();
+        let serial = match &r.target {
+            Some(certgate_proto::core::revoke_request::Target::SerialHex(s)) => s.clone(),
+            _ => String::new(),
+        };
+        self.0.revoked.lock().expect("lock").push(r);
+        Ok(Response::new(RevokeResponse {
+            serial_hex: serial,
+            revoked_at_unix: 1,
+            reason: 0,
+            already_revoked: false,
+        }))
+    }
+    async fn get_certificate(
+        &self,
+        req: Request<GetCertificateRequest>,
+    ) -> Result<Response<CertificateRecord>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(CertificateRecord {
+            tenant: r.tenant,
+            serial_hex: r.serial_hex,
+            certificate_der: pem_der("ee.pem"),
+            ..Default::default()
+        }))
+    }
+    async fn get_ca_chain(
+        &self,
+        _: Request<GetCaChainRequest>,
+    ) -> Result<Response<GetCaChainResponse>, Status> {
+        Ok(Response::new(GetCaChainResponse {
+            issuer_id: "issuing-1".into(),
+            chain_der: vec![pem_der("ca.pem")],
+            ..Default::default()
+        }))
+    }
+    async fn get_ocsp(
+        &self,
+        _: Request<certgate_proto::core::GetOcspRequest>,
+    ) -> Result<Response<certgate_proto::core::OcspEntry>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+    async fn get_crl(
+        &self,
+        _: Request<certgate_proto::core::GetCrlRequest>,
+    ) -> Result<Response<certgate_proto::core::CrlEntry>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+    type WatchStatusStream = Events;
+    async fn watch_status(
+        &self,
+        _: Request<WatchStatusRequest>,
+    ) -> Result<Response<Events>, Status> {
+        Ok(Response::new(Box::pin(futures::stream::empty())))
+    }
+}
+
+#[tonic::async_trait]
+impl Cmp for Fake {
+    async fn compute_mac(
+        &self,
+        req: Request<ComputeMacRequest>,
+    ) -> Result<Response<ComputeMacResponse>, Status> {
+        let r = req.into_inner();
+        if r.sender_kid != b"ref123" {
+            return Err(RpcError::not_found("cmp.unknown_sender", "unknown reference").into());
+        }
+        let mac = pbm(&r.protection_alg_der, SECRET, &r.protected_part_der)
+            .ok_or_else(|| Status::from(RpcError::malformed("cmp.bad_mac_params", "params")))?;
+        Ok(Response::new(ComputeMacResponse { mac }))
+    }
+    async fn sign_protection(
+        &self,
+        _: Request<SignProtectionRequest>,
+    ) -> Result<Response<SignProtectionResponse>, Status> {
+        Err(Status::unimplemented("no RA key in this fake"))
+    }
+    async fn get_protection_chain(
+        &self,
+        _: Request<GetProtectionChainRequest>,
+    ) -> Result<Response<GetProtectionChainResponse>, Status> {
+        Err(Status::unimplemented("no RA key in this fake"))
+    }
+    async fn confirm(
+        &self,
+        req: Request<ConfirmRequest>,
+    ) -> Result<Response<ConfirmResponse>, Status> {
+        self.0
+            .confirmed
+            .lock()
+            .expect("lock")
+            .push(req.into_inner());
+        Ok(Response::new(ConfirmResponse::default()))
+    }
+}
+
+async fn edge(fake: Fake) -> (std::net::SocketAddr, watch::Sender<bool>) {
+    let f = fake.clone();
+    let channel = Endpoint::from_static("http://fake")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let fake = f.clone();
+            async move {
+                let (client, server) = tokio::io::duplex(64 * 1024);
+                tokio::spawn(
+                    Server::builder()
+                        .add_service(CoreServer::new(fake.clone()))
+                        .add_service(CmpServer::new(fake))
+                        .serve_with_incoming(futures::stream::once(async move {
+                            Ok::<_, std::io::Error>(server)
+                        })),
+                );
+                Ok::<_, std::io::Error>(TokioIo::new(client))
+            }
+        }))
+        .await
+        .expect("in-memory channel");
+    let core = CoreClient::from_channel(channel, Duration::from_secs(5));
+    // The vectors were captured once; their messageTime is old, so the window is wide here
+    // (the badTime check has its own unit test).
+    let cfg = CmpConfig {
+        max_clock_skew_seconds: 100 * 365 * 86400,
+        ..CmpConfig::default()
+    };
+    let handler = Arc::new(CmpHandler::new(&cfg).expect("handler"));
+    let pipeline = Arc::new(Pipeline {
+        router: certgate_edge::cmp::mount(Router::standard(), handler),
+        ctx: EdgeContext {
+            core,
+            ca: CaCerts::new(16, Duration::from_secs(60)),
+        },
+        limits: EdgeLimits::default(),
+        in_flight: Semaphore::new(8),
+        guard: Default::default(),
+    });
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(serve_listener(tcp, Listener::Http, None, pipeline, rx));
+    (addr, tx)
+}
+
+async fn post(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    ct: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, head, raw[split + 4..].to_vec())
+}
+
+const CT: &str = "application/pkixcmp";
+
+async fn cmp(addr: std::net::SocketAddr, body: &[u8]) -> certgate_cmp::Request {
+    let (status, head, resp) = post(addr, "POST", "/.well-known/cmp", CT, body).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains(CT), "{head}");
+    certgate_cmp::parse(&resp, &Limits::default())
+        .unwrap_or_else(|(e, _)| panic!("response parses: {e}"))
+}
+
+fn has_fail_bit(resp: &certgate_cmp::Request, fail: FailInfo) -> bool {
+    let bits = fail.bit_string_der();
+    resp.protected_part_der
+        .windows(bits.len())
+        .any(|w| w == bits.as_slice())
+}
+
+#[tokio::test]
+async fn ir_with_mac_is_issued_once_and_the_answer_is_mac_protected() {
+    let fake = Fake::default();
+    let (addr, _stop) = edge(fake.clone()).await;
+    let raw = data("ir_mac.der");
+    let req = certgate_cmp::parse(&raw, &Limits::default()).expect("vector");
+    let resp = cmp(addr, &raw).await;
+    assert_eq!(resp.body, Body::Other("ip"));
+    assert_eq!(resp.transaction_id, req.transaction_id);
+    assert_eq!(
+        resp.recip_nonce.as_deref(),
+        Some(req.sender_nonce.as_slice())
+    );
+    assert!(resp.sender_nonce.len() > 16, "nonce carries the serial");
+    assert_ne!(
+        resp.protection_alg_der, req.protection_alg_der,
+        "fresh salt"
+    );
+    let mac = pbm(
+        resp.protection_alg_der.as_deref().expect("alg"),
+        SECRET,
+        &resp.protected_part_der,
+    );
+    assert_eq!(
+        mac, resp.protection,
+        "response MAC verifies with the shared secret"
+    );
+    assert!(!resp.implicit_confirm);
+    {
+        let issued = fake.0.issued.lock().expect("lock");
+        assert_eq!(issued.len(), 1);
+        let i = &issued[0];
+        assert!(i.await_confirmation, "no implicitConfirm → await certConf");
+        assert_eq!(
+            i.idempotency_key,
+            format!("cmp:ref:ref123:{}", hex::encode(&req.transaction_id))
+        );
+        assert_eq!(i.protocol, "cmp");
+    }
+    // The same request again: the same transaction (idempotent), still one key.
+    let again = cmp(addr, &raw).await;
+    assert_eq!(again.body, Body::Other("ip"));
+}
+
+#[tokio::test]
+async fn certconf_confirms_the_serial_carried_in_the_nonce() {
+    let fake = Fake::default();
+    let (addr, _stop) = edge(fake.clone()).await;
+    // The captured certConf answers the mock server's ip whose senderNonce had no serial:
+    // refused with badRecipientNonce, nothing confirmed.
+    let resp = cmp(addr, &data("certconf_mac.der")).await;
+    assert_eq!(resp.body, Body::Other("error"));
+    assert!(has_fail_bit(&resp, FailInfo::BadRecipientNonce));
+    assert!(fake.0.confirmed.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn implicit_confirm_is_granted() {
+    let fake = Fake::default();
+    let (addr, _stop) = edge(fake.clone()).await;
+    let resp = cmp(addr, &data("ir_mac_implicit.der")).await;
+    assert_eq!(resp.body, Body::Other("ip"));
+    assert!(resp.implicit_confirm);
+    assert!(!fake.0.issued.lock().expect("lock")[0].await_confirmation);
+}
+
+#[tokio::test]
+async fn wrong_secret_unknown_sender_and_bad_input() {
+    let fake = Fake::default();
+    let (addr, _stop) = edge(fake.clone()).await;
+    // A flipped byte inside the protected part → MAC mismatch → badMessageCheck.
+    let mut raw = data("ir_mac.der");
+    let n = raw.len();
+    raw[n - 5] ^= 0x01; // inside the protection BIT STRING (no extraCerts)
+    let resp = cmp(addr, &raw).await;
+    assert_eq!(resp.body, Body::Other("error"));
+    assert!(has_fail_bit(&resp, FailInfo::BadMessageCheck));
+    // Unknown reference.
+    let raw = data("ir_mac.der");
+    let pos = raw.windows(6).position(|w| w == b"ref123").expect("kid");
+    let mut other = raw.clone();
+    other[pos..pos + 6].copy_from_slice(b"ref999");
+    let resp = cmp(addr, &other).await;
+    assert!(has_fail_bit(&resp, FailInfo::SignerNotTrusted));
+    // Garbage.
+    let resp = cmp(addr, b"\x30\x03\x02\x01\x02").await;
+    assert!(has_fail_bit(&resp, FailInfo::BadDataFormat));
+    assert!(
+        fake.0.issued.lock().expect("lock").is_empty(),
+        "nothing issued"
+    );
+    // HTTP level: wrong content type, wrong method, unknown sub-path.
+    let (s, _, _) = post(addr, "POST", "/.well-known/cmp", "text/plain", &raw).await;
+    assert_eq!(s, 415);
+    let (s, _, _) = post(addr, "GET", "/.well-known/cmp", CT, b"").await;
+    assert_eq!(s, 405);
+    let (s, _, _) = post(addr, "POST", "/.well-known/cmpx", CT, &raw).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn replayed_transaction_id_with_another_request_is_transaction_id_in_use() {
+    let fake = Fake::default();
+    let (addr, _stop) = edge(fake.clone()).await;
+    // The implicit-confirm vector has another transactionID; seed the fake with a different
+    // request under ir_mac's key.
+    let req = certgate_cmp::parse(&data("ir_mac.der"), &Limits::default()).expect("vector");
+    fake.0.issued.lock().expect("lock").push(IssueRequest {
+        idempotency_key: format!("cmp:ref:ref123:{}", hex::encode(&req.transaction_id)),
+        request: Some(certgate_proto::core::issue_request::Request::CsrDer(vec![
+            1,
+        ])),
+        ..Default::default()
+    });
+    let resp = cmp(addr, &data("ir_mac.der")).await;
+    assert!(has_fail_bit(&resp, FailInfo::TransactionIdInUse));
+    assert_eq!(
+        fake.0.issued.lock().expect("lock").len(),
+        1,
+        "nothing issued twice"
+    );
+}
+
+#[tokio::test]
+async fn genm_ca_certs_rr_and_p10cr() {
+    let fake = Fake::default();
+    let (addr, _stop) = edge(fake.clone()).await;
+    let resp = cmp(addr, &data("genm_cacerts.der")).await;
+    assert_eq!(resp.body, Body::Other("other"), "genp (not a request type)");
+    let ca = pem_der("ca.pem");
+    assert!(
+        resp.protected_part_der
+            .windows(ca.len())
+            .any(|w| w == ca.as_slice()),
+        "genp carries the CA certificate"
+    );
+    let resp = cmp(addr, &data("rr_mac.der")).await;
+    assert_eq!(resp.body, Body::Other("other"), "rp");
+    assert_eq!(fake.0.revoked.lock().expect("lock").len(), 1);
+    let resp = cmp(addr, &data("p10cr_mac.der")).await;
+    assert_eq!(resp.body, Body::Other("cp"));
+    let issued = fake.0.issued.lock().expect("lock");
+    assert!(matches!(
+        issued[0].request,
+        Some(certgate_proto::core::issue_request::Request::CsrDer(_))
+    ));
+}
