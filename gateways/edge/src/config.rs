@@ -182,6 +182,9 @@ pub struct EdgeConfig {
     /// The CMP gateway (issue 7).
     #[serde(default)]
     pub cmp: crate::cmp::CmpConfig,
+    /// The EST gateway (issue 6): labels, Basic credentials, TLS client-certificate anchors.
+    #[serde(default)]
+    pub est: crate::est::EstConfig,
 }
 
 /// OCSP and CRL serving: the status cache, its miss path and the `WatchStatus` task.
@@ -280,6 +283,10 @@ impl EdgeConfig {
         for p in &mut cfg.cmp.trust_anchors {
             abs(p);
         }
+        for p in &mut cfg.est.client_ca_files {
+            abs(p);
+        }
+        cfg.est.settings().map_err(ConfigError::Invalid)?;
         let st = &cfg.status;
         if st.cache_max_bytes == 0
             || st.max_miss_in_flight == 0

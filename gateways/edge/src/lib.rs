@@ -14,6 +14,7 @@ pub mod cmp;
 pub mod config;
 pub mod core_client;
 pub mod error;
+pub mod est;
 pub mod metrics;
 pub mod ratelimit;
 pub mod router;
@@ -68,8 +69,10 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         .map_err(|e| StartError::Tls(format!("{}: {e}", cfg.tls.cert.display())))?;
     let key = std::fs::read(&cfg.tls.key)
         .map_err(|e| StartError::Tls(format!("{}: {e}", cfg.tls.key.display())))?;
+    let client_anchors = cfg.est.client_anchors().map_err(StartError::Tls)?;
     let tls = TlsAcceptor::from(Arc::new(
-        server::tls_config(&cert, &key).map_err(StartError::Tls)?,
+        server::tls_config_with_client_anchors(&cert, &key, &client_anchors)
+            .map_err(StartError::Tls)?,
     ));
     let handle = metrics::install()?;
 
@@ -117,14 +120,22 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let cmp_handler = Arc::new(
         cmp::CmpHandler::new(&cfg.cmp).map_err(|e| StartError::Cmp(e.to_string()))?,
     );
+    let est_handler = Arc::new(est::EstHandler::new(
+        cfg.est
+            .settings()
+            .map_err(|e| StartError::Config(config::ConfigError::Invalid(e)))?,
+    ));
     let pipeline = |_: ()| {
         Arc::new(server::Pipeline {
-            router: cmp::mount(
+            router: est::mount(
+                cmp::mount(
                 acme::mount(
                     status::handler::mount(router::Router::standard(), &status_cache),
                     acme_handler.clone(),
                 ),
                 cmp_handler.clone(),
+                ),
+                est_handler.clone(),
             ),
             ctx: ctx.clone(),
             limits: cfg.limits.clone(),

@@ -48,6 +48,10 @@ pub struct EdgeRequest {
     pub listener: Listener,
     /// The TCP peer.
     pub peer: SocketAddr,
+    /// The TLS client certificate chain (leaf first) rustls verified against the configured
+    /// client trust anchors (`[est] client_ca_files`); `None` without one (plain HTTP, or a
+    /// client that sent no certificate).
+    pub peer_certs: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
 }
 
 /// Shared, cheap-to-clone state handlers use: the core client and edge-local caches. Holds no

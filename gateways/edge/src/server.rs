@@ -136,7 +136,9 @@ impl Pipeline {
                 .await
                 .map_err(|_| EdgeError::BodyTooLarge)?
                 .to_bytes();
+            let peer_certs = parts.extensions.get::<PeerCerts>().map(|p| p.0.clone());
             let edge_req = EdgeRequest {
+                peer_certs,
                 tenant: tenant.clone(),
                 method: parts.method,
                 path: sub,
@@ -175,15 +177,48 @@ impl Pipeline {
     }
 }
 
+/// The verified TLS client certificate chain of a connection (leaf first), when the client
+/// sent one; a request extension between the listener and [`Pipeline::serve`].
+#[derive(Clone, Debug)]
+pub struct PeerCerts(pub Arc<Vec<rustls_pki_types::CertificateDer<'static>>>);
+
 /// The HTTPS server configuration: aws-lc-rs provider, TLS 1.2/1.3, ALPN h2 and http/1.1.
 pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerConfig, String> {
+    tls_config_with_client_anchors(cert_pem, key_pem, &[])
+}
+
+/// [`tls_config`] with OPTIONAL client authentication when `client_anchors_pem` (PEM bundles)
+/// is not empty: a client certificate, if sent, must chain to one of the anchors (EST: an
+/// IDevID CA, this CA's root for re-enrollment); clients that send none (ACME, curl) are served
+/// as before.
+pub fn tls_config_with_client_anchors(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_anchors_pem: &[Vec<u8>],
+) -> Result<rustls::ServerConfig, String> {
     let certs = certgate_proto::transport::certs_from_pem(cert_pem).map_err(|e| e.to_string())?;
     let key = certgate_proto::transport::key_from_pem(key_pem).map_err(|e| e.to_string())?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = if client_anchors_pem.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for pem in client_anchors_pem {
+            for c in certgate_proto::transport::certs_from_pem(pem).map_err(|e| e.to_string())? {
+                roots.add(c).map_err(|e| format!("client trust anchor: {e}"))?;
+            }
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| format!("client verifier: {e}"))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let mut cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| e.to_string())?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -242,20 +277,34 @@ pub async fn serve_listener(
             let _permit = permit;
             ::metrics::gauge!(metrics::CONNECTIONS_OPEN, "listener" => label).increment(1.0);
             let b = builder(&pipeline.limits);
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let pipeline = pipeline.clone();
-                async move { Ok::<_, std::convert::Infallible>(pipeline.serve(which, peer, req).await) }
-            });
+            // The client certificate chain rustls verified (optional client auth, EST), handed
+            // to every request of the connection as an extension.
+            let mut peer_certs: Option<PeerCerts> = None;
             let io: Result<Box<dyn Io>, String> = match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => Ok(Box::new(s)),
+                        Ok(Ok(s)) => {
+                            peer_certs = s
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .filter(|c| !c.is_empty())
+                                .map(|c| PeerCerts(Arc::new(c.to_vec())));
+                            Ok(Box::new(s))
+                        }
                         Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
                         Err(_) => Err("TLS handshake timed out".into()),
                     }
                 }
                 None => Ok(Box::new(stream)),
             };
+            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                let pipeline = pipeline.clone();
+                if let Some(pc) = &peer_certs {
+                    req.extensions_mut().insert(pc.clone());
+                }
+                async move { Ok::<_, std::convert::Infallible>(pipeline.serve(which, peer, req).await) }
+            });
             let result = match io {
                 Ok(io) => {
                     let conn = b.serve_connection(TokioIo::new(io), svc);
