@@ -47,6 +47,8 @@ struct RawConfig {
     acme: crate::acme::AcmeConfig,
     #[serde(default)]
     status: crate::status::StatusConfig,
+    #[serde(default)]
+    cmp: crate::cmp::CmpConfig,
 }
 
 fn one() -> u32 {
@@ -208,6 +210,8 @@ pub struct Config {
     pub acme: crate::acme::AcmeConfig,
     /// `[status]`: OCSP precomputation, CRLs and the status stream (docs/status.md).
     pub status: crate::status::StatusConfig,
+    /// `[cmp]`: the CMP support's confirmation window (docs/cmp.md).
+    pub cmp: crate::cmp::CmpConfig,
 }
 
 /// A configuration error, shown to the operator.
@@ -306,6 +310,7 @@ impl Config {
         }
         raw.acme.check(raw.mode).map_err(ConfigError)?;
         raw.status.check().map_err(ConfigError)?;
+        raw.cmp.check().map_err(ConfigError)?;
         Ok(Self {
             mode: raw.mode,
             socket: resolve(base, &raw.socket),
@@ -329,6 +334,7 @@ impl Config {
             limits: raw.limits,
             acme: raw.acme,
             status: raw.status,
+            cmp: raw.cmp,
         })
     }
 }

@@ -81,6 +81,9 @@ pub struct Issuer {
     fault: Fault,
     /// The revocation-status engine, attached once at start-up (docs/status.md).
     status: std::sync::OnceLock<Arc<crate::status::StatusEngine>>,
+    /// `[cmp] confirm_window_seconds`, attached at start-up (default 300 s): how long a
+    /// certificate issued with `await_confirmation` may stay unconfirmed (docs/cmp.md).
+    cmp_confirm_window: std::sync::OnceLock<i64>,
 }
 
 /// SHA-256 over the canonical request: everything that decides the certificate, without the
@@ -159,7 +162,13 @@ impl Issuer {
             keys: Mutex::new(HashMap::new()),
             fault,
             status: std::sync::OnceLock::new(),
+            cmp_confirm_window: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the CMP confirmation window (once); later calls are ignored.
+    pub fn attach_cmp_confirm_window(&self, seconds: i64) {
+        let _ = self.cmp_confirm_window.set(seconds);
     }
 
     /// Attaches the status engine (once); later calls are ignored.
@@ -244,6 +253,16 @@ impl Issuer {
                    "profile_version": intent.profile_version,
                    "protocol": req.protocol, "client": req.client_identity}),
         );
+        if req.await_confirmation {
+            // Recorded before the intent (and so before signing): a crash after signing cannot
+            // leave an unconfirmed certificate the confirmation sweep does not know about.
+            let cmp = self.store.as_cmp().ok_or_else(|| {
+                CoreError::Internal("this store cannot track CMP confirmations".into())
+            })?;
+            let window = self.cmp_confirm_window.get().copied().unwrap_or(300);
+            let deadline = crate::now_unix().saturating_add(window);
+            blocking(|| cmp.await_confirm(&req.tenant, &intent.idem_key, deadline))?;
+        }
         match blocking(|| self.store.insert_intent(&intent, &audit))? {
             IntentOutcome::Inserted => self.sign_and_store(intent, issuer, caller).await,
             IntentOutcome::Exists(existing) => self.resume(existing, &hash, caller, &req).await,

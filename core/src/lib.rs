@@ -8,6 +8,7 @@
 pub mod acme;
 pub mod audit;
 pub mod ca;
+pub mod cmp;
 pub mod config;
 pub mod csr;
 pub mod error;

@@ -18,6 +18,8 @@ use certgate_core::signer_client::Signer;
 use certgate_core::store::{SqliteStore, Store};
 use certgate_proto::acme::acme_server::AcmeServer;
 use certgate_proto::admin::admin_server::AdminServer;
+use certgate_proto::cmp::cmp_admin_server::CmpAdminServer;
+use certgate_proto::cmp::cmp_server::CmpServer;
 use certgate_proto::core::core_server::CoreServer;
 use clap::{Parser, Subcommand};
 
@@ -149,6 +151,15 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
         state.clone(),
         config.acme.clone(),
     ));
+    state
+        .issuer
+        .attach_cmp_confirm_window(config.cmp.confirm_window_seconds);
+    let cmp = Arc::new(certgate_core::cmp::CmpState::new(
+        state.clone(),
+        signer.clone(),
+        config.cmp.clone(),
+    ));
+    tokio::spawn(cmp.clone().run_sweep());
     let max = config.limits.max_message_bytes;
     let router = |state: &Arc<State>| {
         tonic::transport::Server::builder()
@@ -167,6 +178,16 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
             )
             .add_service(
                 AcmeServer::new(certgate_core::acme::AcmeService(acme.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(16 * 1024 * 1024),
+            )
+            .add_service(
+                CmpServer::new(certgate_core::cmp::CmpService(cmp.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(16 * 1024 * 1024),
+            )
+            .add_service(
+                CmpAdminServer::new(certgate_core::cmp::CmpAdminService(cmp.clone()))
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(16 * 1024 * 1024),
             )

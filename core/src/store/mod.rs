@@ -7,8 +7,10 @@
 //! and its audit record commit or vanish together.
 
 pub mod acme;
+pub mod cmp;
 pub mod sqlite;
 mod sqlite_acme;
+mod sqlite_cmp;
 mod sqlite_status;
 pub mod status;
 
@@ -172,6 +174,12 @@ pub trait Store: Send + Sync {
     /// The ACME state store, when this backend has one (the ACME service and its Admin RPCs
     /// use it; a backend without it answers them UNIMPLEMENTED).
     fn as_acme(&self) -> Option<&dyn acme::AcmeStore> {
+        None
+    }
+
+    /// The CMP state store, when this backend has one (the CMP services use it; a backend
+    /// without it answers them UNIMPLEMENTED).
+    fn as_cmp(&self) -> Option<&dyn cmp::CmpStore> {
         None
     }
 

@@ -371,6 +371,7 @@ impl SqliteStore {
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(super::sqlite_acme::SCHEMA)?;
         writer.execute_batch(super::sqlite_status::SCHEMA)?;
+        writer.execute_batch(super::sqlite_cmp::SCHEMA)?;
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         // 64 MiB page cache (negative = KiB) for the reader: lookups of recent certificates and
@@ -453,6 +454,10 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn as_acme(&self) -> Option<&dyn super::acme::AcmeStore> {
+        Some(self)
+    }
+
+    fn as_cmp(&self) -> Option<&dyn super::cmp::CmpStore> {
         Some(self)
     }
 

@@ -29,6 +29,10 @@ use certgate_proto::admin::{
     ApproveCeremonyRequest, CeremonyAction, CreateIssuingCaRequest, CreateRoot,
     ExecuteCeremonyRequest, StartCeremonyRequest, Tenant, ceremony_action,
 };
+use certgate_proto::cmp::cmp_admin_client::CmpAdminClient;
+use certgate_proto::cmp::cmp_admin_server::CmpAdminServer;
+use certgate_proto::cmp::cmp_client::CmpClient;
+use certgate_proto::cmp::cmp_server::CmpServer;
 use certgate_proto::core::core_client::CoreClient;
 use certgate_proto::core::core_server::CoreServer;
 use certgate_proto::signer::signer_server::{Signer, SignerServer};
@@ -171,6 +175,10 @@ pub struct Fleet {
     pub core: CoreClient<tonic::transport::Channel>,
     pub admin: AdminClient<tonic::transport::Channel>,
     pub acme: AcmeClient<tonic::transport::Channel>,
+    /// The CMP services (tests/cmp_service.rs).
+    pub cmp: CmpClient<tonic::transport::Channel>,
+    pub cmp_admin: CmpAdminClient<tonic::transport::Channel>,
+    pub cmp_state: Arc<certgate_core::cmp::CmpState>,
     custodian: Ed25519KeyPair,
 }
 
@@ -223,6 +231,11 @@ pub async fn fleet(acme: AcmeConfig) -> Fleet {
     status.spawn();
     state.issuer.attach_status(status);
     let acme_state = Arc::new(AcmeState::new(state.clone(), acme));
+    let cmp_state = Arc::new(certgate_core::cmp::CmpState::new(
+        state.clone(),
+        signer.clone(),
+        certgate_core::cmp::CmpConfig::default(),
+    ));
     let core_sock = dir.join("core.sock");
     let listener = bind_unix(&core_sock).unwrap();
     tokio::spawn(
@@ -231,6 +244,12 @@ pub async fn fleet(acme: AcmeConfig) -> Fleet {
             .add_service(AdminServer::new(AdminService(state.clone())))
             .add_service(AcmeServer::new(certgate_core::acme::AcmeService(
                 acme_state,
+            )))
+            .add_service(CmpServer::new(certgate_core::cmp::CmpService(
+                cmp_state.clone(),
+            )))
+            .add_service(CmpAdminServer::new(certgate_core::cmp::CmpAdminService(
+                cmp_state.clone(),
             )))
             .serve_with_incoming(unix_incoming(listener)),
     );
@@ -241,7 +260,10 @@ pub async fn fleet(acme: AcmeConfig) -> Fleet {
         store,
         core: CoreClient::new(ch.clone()),
         admin: AdminClient::new(ch.clone()),
-        acme: AcmeClient::new(ch),
+        acme: AcmeClient::new(ch.clone()),
+        cmp: CmpClient::new(ch.clone()),
+        cmp_admin: CmpAdminClient::new(ch),
+        cmp_state,
         custodian,
     }
 }
