@@ -1155,3 +1155,34 @@ async fn a_silent_stream_is_reopened_after_the_idle_timeout_from_its_cursor() {
     assert_eq!(fake.cursors()[1], 6, "resumed from the last cursor");
     drop(tx);
 }
+
+#[tokio::test]
+async fn a_push_racing_a_miss_wins_over_the_miss_answer() {
+    let fake = FakeCore::default();
+    let w = world(&fake).await;
+    let req_c = w.pki.request("req-c.der", &["c"]);
+    let good = w
+        .pki
+        .respond("req-c.der", "resp-c-good.der", &[("1003", 'V')]);
+    let revoked = w
+        .pki
+        .respond("req-c.der", "resp-c-revoked.der", &[("1003", 'R')]);
+    fake.answer_ocsp("default", &["1003"], good.clone());
+    fake.0.ocsp_delay_ms.store(400, Ordering::SeqCst);
+    let edge = start_edge(&fake).await;
+    wait_until("snapshot complete", || edge.cache.snapshot_complete()).await;
+    let addr = edge.addr;
+    let req = req_c.clone();
+    let miss = tokio::spawn(async move { post_ocsp(addr, "/ocsp", &req).await });
+    wait_until("miss in flight", || fake.ocsp_calls() == 1).await;
+    // The revocation is pushed while the (older) lookup is still on its way back.
+    w.tx.send(ev(4, ocsp("default", revoked.clone())))
+        .await
+        .expect("open");
+    // The waiting client gets the pushed revocation, not the lookup's older answer…
+    assert_eq!(miss.await.expect("task").body, revoked);
+    assert_ne!(good, revoked);
+    // …and the cache keeps it.
+    assert_eq!(post_ocsp(addr, "/ocsp", &req_c).await.body, revoked);
+    assert_eq!(fake.ocsp_calls(), 1);
+}

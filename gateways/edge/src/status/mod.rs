@@ -216,11 +216,13 @@ impl StatusCache {
             .insert(key, Arc::new(Entry { resp, generation }));
     }
 
-    /// Stores a response fetched on a miss, unless the cache meanwhile holds a newer one (a
-    /// `WatchStatus` push racing the lookup must win: it may be a revocation).
-    fn insert_unless_newer(&self, key: CacheKey, resp: CachedResponse) {
+    /// Stores a response fetched on a miss, unless the cache meanwhile holds a fresh one that is
+    /// at least as new: a `WatchStatus` push racing the lookup must win, also when both carry the
+    /// same thisUpdate second (a certificate revoked within the second it was issued).
+    fn insert_unless_newer(&self, key: CacheKey, resp: CachedResponse, now: SystemTime) {
         if let Some(existing) = self.inner.cache.get(&key)
-            && existing.resp.this_update > resp.this_update
+            && existing.resp.is_fresh(now)
+            && existing.resp.this_update >= resp.this_update
         {
             return;
         }
@@ -388,7 +390,7 @@ impl StatusCache {
                         let _permit = permit;
                         let r = this.fetch(&core, &k).await;
                         if let Ok(resp) = &r {
-                            this.insert_unless_newer(k.clone(), resp.clone());
+                            this.insert_unless_newer(k.clone(), resp.clone(), SystemTime::now());
                         }
                         this.inner
                             .in_flight
@@ -407,7 +409,11 @@ impl StatusCache {
             }
         };
         match fut.await {
-            Ok(resp) => Ok(resp),
+            // A push that landed while the lookup was on its way back is at least as current.
+            Ok(resp) => Ok(self
+                .fresh(&key, now)
+                .filter(|cached| cached.this_update >= resp.this_update)
+                .unwrap_or(resp)),
             Err(MissError::NotFound) => Err(MissError::NotFound),
             Err(e) => self.fresh(&key, now).ok_or(e),
         }
