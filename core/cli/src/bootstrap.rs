@@ -367,6 +367,7 @@ pub async fn bootstrap(dd: &DataDir, clients: &Clients, ports: Ports) -> Result<
     write_trust_files(dd, clients).await?;
     ensure_edge_cert(dd, clients).await?;
     ensure_dev_credentials(dd)?;
+    ensure_edge_est(dd)?;
     Ok(())
 }
 
@@ -618,6 +619,65 @@ pub fn ensure_dev_credentials(dd: &DataDir) -> Result<()> {
     Ok(())
 }
 
+/// The quoted value of `key = "…"` in the dev credentials file, kept in `Zeroizing`.
+fn dev_credential(text: &str, key: &str) -> Option<zeroize::Zeroizing<String>> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        if k.trim() != key {
+            return None;
+        }
+        let v = v.trim().strip_prefix('"')?.strip_suffix('"')?;
+        Some(zeroize::Zeroizing::new(v.to_owned()))
+    })
+}
+
+/// Adds the dev `[est]` section to edge.toml (once): the default label's HTTP Basic user from
+/// dev-credentials.toml with its PBKDF2 hash (never the password), and this CA's root as the
+/// TLS client-certificate anchor so `simplereenroll` can authenticate with the certificate
+/// being renewed (docs/est.md).
+pub fn ensure_edge_est(dd: &DataDir) -> Result<()> {
+    let path = dd.edge_config();
+    let edge = std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+    if edge.contains("[est]") || !dd.dev_credentials().exists() {
+        return Ok(());
+    }
+    let creds = zeroize::Zeroizing::new(
+        std::fs::read_to_string(dd.dev_credentials())
+            .map_err(io(format!("reading {}", dd.dev_credentials().display())))?,
+    );
+    let (Some(user), Some(password)) = (
+        dev_credential(&creds, "est_username"),
+        dev_credential(&creds, "est_password"),
+    ) else {
+        return Err(CliError::Process(
+            "dev-credentials.toml has no est_username/est_password".into(),
+        ));
+    };
+    let hash = certgate_est::auth::hash_password(
+        password.as_bytes(),
+        certgate_est::auth::DEFAULT_ITERATIONS,
+    )
+    .map_err(|e| CliError::Process(format!("hashing the EST password: {e}")))?;
+    let section = format!(
+        r#"
+[est]
+# TLS client certificates chained to this CA's root may re-enroll (simplereenroll).
+client_ca_files = ["../ca/root.pem"]
+
+# /.well-known/est/ : tenant `default`, its default profile; HTTP Basic (dev-credentials.toml).
+[est.labels.default]
+basic_username = "{}"
+basic_password_hash = "{hash}"
+# csrattrs: an EC key on P-256, signed with ecdsa-with-SHA256.
+csr_attrs = ["1.2.840.10045.2.1=1.2.840.10045.3.1.7", "1.2.840.10045.4.3.2"]
+"#,
+        user.as_str()
+    );
+    write_file(&path, format!("{edge}{section}").as_bytes(), 0o600)?;
+    progress("added the dev [est] section to edge/edge.toml");
+    Ok(())
+}
+
 /// `certgate init`: files, then a temporary signer + core to bootstrap through, then stop them.
 /// Returns the still-running backends when `keep_running` (used by `up`).
 pub async fn init(dd: &DataDir, ports: Ports, keep_running: bool) -> Result<Option<Backends>> {
@@ -644,6 +704,14 @@ pub async fn init(dd: &DataDir, ports: Ports, keep_running: bool) -> Result<Opti
             0o644,
         )?;
         println!("initialised {}", dd.root().display());
+    }
+    // CMP dev credentials and RA for the default tenant, on every start (idempotent), so data
+    // dirs initialised before CMP existed get them too.
+    if dd.dev_credentials().exists()
+        && let Err(e) = crate::cmp::provision_dev(dd, &backends.clients, DEFAULT_TENANT).await
+    {
+        backends.stop().await;
+        return Err(e);
     }
     if keep_running {
         Ok(Some(backends))

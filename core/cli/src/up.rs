@@ -32,6 +32,7 @@ pub async fn up(dd: &DataDir, ports: Ports, ports_given: bool) -> Result<()> {
         if ports_given {
             bootstrap::write_edge_config(dd, ports, true)?;
         }
+        bootstrap::ensure_edge_est(dd)?;
         println!("  · starting certgate-edge");
         let cfg = dd.edge_config();
         let mut edge = match Proc::spawn(
@@ -132,7 +133,7 @@ fn print_banner(dd: &DataDir, ports: Ports, issuer: &str, procs: [&Proc; 3]) {
     println!();
     println!("certgate is up");
     println!("  ACME directory   https://{https}/acme/directory");
-    println!("  EST              https://{https}/.well-known/est/{NOT_YET}");
+    println!("  EST              https://{https}/.well-known/est/");
     println!("  SCEP             http://{http}/scep{NOT_YET}");
     println!("  CMP              http://{http}/.well-known/cmp{NOT_YET}");
     println!("  OCSP             http://{http}/ocsp");
