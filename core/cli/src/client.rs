@@ -19,6 +19,8 @@ pub struct Clients {
     pub admin: AdminClient<Channel>,
     /// `certgate.core.v1.Core`.
     pub core: CoreClient<Channel>,
+    /// `certgate.cmp.v1.CmpAdmin`.
+    pub cmp_admin: certgate_proto::cmp::cmp_admin_client::CmpAdminClient<Channel>,
 }
 
 impl Clients {
@@ -27,6 +29,7 @@ impl Clients {
         let ch = unix_channel(socket.to_path_buf());
         Self {
             admin: AdminClient::new(ch.clone()),
+            cmp_admin: certgate_proto::cmp::cmp_admin_client::CmpAdminClient::new(ch.clone()),
             core: CoreClient::new(ch),
         }
     }

@@ -8,6 +8,7 @@
 mod acme;
 mod bootstrap;
 mod client;
+mod cmp;
 mod commands;
 mod datadir;
 mod error;
@@ -158,6 +159,61 @@ enum Command {
         dir: DirArg,
         #[command(subcommand)]
         command: AcmeCommand,
+    },
+    /// CMP: MAC shared secrets and the tenant's RA (docs/cmp.md).
+    Cmp {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(subcommand)]
+        command: CmpCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CmpCommand {
+    /// MAC shared secrets (PasswordBasedMac / PBMAC1), one per (tenant, reference).
+    Secret {
+        #[command(subcommand)]
+        command: CmpSecretCommand,
+    },
+    /// The tenant's RA key and certificate that sign CMP responses.
+    Ra {
+        #[command(subcommand)]
+        command: CmpRaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CmpSecretCommand {
+    /// Create or replace a secret: generated and printed once, or read from --secret-file.
+    Put {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// The reference (senderKID) clients send, e.g. `openssl cmp -ref`.
+        #[arg(long)]
+        reference: String,
+        /// Read the secret from this file (trailing newline ignored) instead of generating one.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// Delete a reference; its later MAC-protected requests are refused.
+    Delete {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[arg(long)]
+        reference: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CmpRaCommand {
+    /// Create the RA (no-op when it exists, unless --rotate); prints its chain as PEM.
+    Create {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Replace the existing RA key and certificate.
+        #[arg(long)]
+        rotate: bool,
     },
 }
 
@@ -561,6 +617,26 @@ async fn run(command: Command) -> Result<()> {
                     )
                     .await
                 }
+            }
+        }
+        Command::Cmp { dir, command } => {
+            let dd = DataDir::existing(&dir.data_dir)?;
+            let clients = Clients::for_dir(&dd);
+            match command {
+                CmpCommand::Secret {
+                    command:
+                        CmpSecretCommand::Put {
+                            tenant,
+                            reference,
+                            secret_file,
+                        },
+                } => cmp::secret_put(&clients, &tenant, &reference, secret_file.as_deref()).await,
+                CmpCommand::Secret {
+                    command: CmpSecretCommand::Delete { tenant, reference },
+                } => cmp::secret_delete(&clients, &tenant, &reference).await,
+                CmpCommand::Ra {
+                    command: CmpRaCommand::Create { tenant, rotate },
+                } => cmp::ra_create(&clients, &tenant, rotate).await,
             }
         }
     }
