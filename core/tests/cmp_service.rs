@@ -447,7 +447,7 @@ async fn ra_certificate_verifies_passes_pkilint_and_signs_protection() {
     assert_eq!(*created.chain_der.last().unwrap(), f.root_der(T));
     // the signer key has role RA
     let signer = certgate_core::signer_client::Signer::new(
-        certgate_proto::transport::unix_channel(&f.dir.join("signer.sock")),
+        certgate_proto::transport::unix_channel(f.dir.join("signer.sock")),
         std::time::Duration::from_secs(5),
     );
     let info = signer
