@@ -127,7 +127,9 @@ impl StatusConfig {
             || self.subscriber_timeout_ms == 0
         {
             return Err(
-                "[status] event_retention ≥ 100, heartbeat_secs and sweep_interval_secs > 0".into(),
+                "[status] event_retention ≥ 100; heartbeat_secs, sweep_interval_secs and \
+                 subscriber_timeout_ms > 0"
+                    .into(),
             );
         }
         Ok(())
@@ -149,7 +151,8 @@ pub struct IssuerCtx {
     pub cert: Certificate,
     /// Name, key id, key type.
     pub info: IssuerInfo,
-    /// The tenant's public base URL (CRL URLs).
+    /// The tenant's public base URL when the issuer was first loaded (CRL builds read the
+    /// current one).
     pub base_url: String,
 }
 
@@ -580,6 +583,13 @@ impl StatusEngine {
         let revoked = blocking(move || status.revoked_of(&id, now)).await?;
         let (alg, sig_alg) = x509::signing_algorithm(issuer.info.key_type)?;
         let next_update = now.saturating_add(self.cfg.crl_validity_secs as i64);
+        // The tenant's current base URL (it may have changed since the issuer was cached).
+        let store = self.store.clone();
+        let tenant = issuer.ca.tenant.clone();
+        let base_url = blocking(move || store.get_tenant(&tenant))
+            .await?
+            .map(|t| t.public_base_url)
+            .unwrap_or_else(|| issuer.base_url.clone());
         let mut tbs = Vec::new();
         for shard in shards {
             let entries: Vec<_> = if shard == crl::FULL {
@@ -596,7 +606,7 @@ impl StatusEngine {
             let status = self.status.clone();
             let (id, sh) = (issuer_id.to_owned(), shard.clone());
             let number = blocking(move || status.next_crl_number(&id, &sh)).await?;
-            let urls = crl::idp_urls(&issuer.base_url, issuer_id, shard);
+            let urls = crl::idp_urls(&base_url, issuer_id, shard);
             let t = crl::build_tbs(&crl::CrlSpec {
                 issuer_name: &issuer.info.name,
                 issuer_key_id: &issuer.info.key_id,
