@@ -35,11 +35,23 @@ pub(crate) struct AcmeArgs {
     /// Skip Pebble (certgate only).
     #[arg(long)]
     no_pebble: bool,
+    /// Issuances in flight against Pebble. Pebble 2.4 (Debian) stops answering mid-run with 32
+    /// or more orders in flight (a deadlock: no log line, no reply); 16 is its best stable rate
+    /// here (latency-bound, ~0.2 s per issuance whatever the load).
+    #[arg(long, default_value_t = 16)]
+    pebble_concurrency: usize,
+    /// Keep the data dirs and logs here (must not exist yet) instead of a removed temp dir.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
     /// Directory with `certgate`, `certgate-signer`, `certgate-core`, `certgate-edge` (default:
     /// next to this executable).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
 }
+
+/// One issuance that takes longer counts as failed (a server that stops answering must not hang
+/// the bench).
+const ISSUANCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Tokens → key authorizations the responder serves (bounded: each issuance removes its own).
 type Tokens = Arc<Mutex<HashMap<String, String>>>;
@@ -70,6 +82,11 @@ impl Proc {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The exit status, if the process has already exited.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 }
 
@@ -238,6 +255,27 @@ struct Outcome {
     p99_ms: f64,
     ok: usize,
     errors: u64,
+    /// CPU ms per issued certificate, per server process and for this client.
+    cpu_ms: Vec<(String, f64)>,
+}
+
+impl Outcome {
+    fn summary(&self) -> String {
+        let cpu: Vec<String> = self
+            .cpu_ms
+            .iter()
+            .map(|(n, ms)| format!("{n} {ms:.2}"))
+            .collect();
+        format!(
+            "{:.1} issuances/s, p50 {:.1} ms, p99 {:.1} ms, {} issued, {} failed; CPU ms per issuance: {}",
+            self.rate,
+            self.p50_ms,
+            self.p99_ms,
+            self.ok,
+            self.errors,
+            cpu.join(", ")
+        )
+    }
 }
 
 fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
@@ -254,7 +292,9 @@ async fn measure(
     directory: &str,
     client_ca: &Path,
     tokens: &Tokens,
-    args: &AcmeArgs,
+    concurrency: usize,
+    seconds: u64,
+    pids: &[(String, u32)],
 ) -> anyhow::Result<Outcome> {
     let (account, _) = Account::builder_with_root(client_ca)?
         .create(
@@ -282,13 +322,19 @@ async fn measure(
 
     println!(
         "measuring {label}: {} issuances in flight for {} s …",
-        args.concurrency, args.seconds
+        concurrency, seconds
     );
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicU64::new(0));
     let shown = Arc::new(AtomicBool::new(false));
+    let mut procs: Vec<(String, String)> = pids
+        .iter()
+        .map(|(n, p)| (n.clone(), p.to_string()))
+        .collect();
+    procs.push(("bench client".into(), "self".into()));
+    let cpu0: Vec<Option<f64>> = procs.iter().map(|(_, p)| crate::cpu_seconds(p)).collect();
     let start = Instant::now();
-    let workers: Vec<_> = (0..args.concurrency)
+    let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let (account, key, tokens) = (account.clone(), key.clone(), tokens.clone());
             let (stop, next, shown) = (stop.clone(), next.clone(), shown.clone());
@@ -302,7 +348,15 @@ async fn measure(
                         next.fetch_add(1, Ordering::Relaxed)
                     );
                     let t = Instant::now();
-                    match issue_one(&account, &name, &key, &tokens).await {
+                    let one = tokio::time::timeout(
+                        ISSUANCE_TIMEOUT,
+                        issue_one(&account, &name, &key, &tokens),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!("no result within {ISSUANCE_TIMEOUT:?}"))
+                    });
+                    match one {
                         Ok(_) => lat.push(t.elapsed()),
                         Err(e) => {
                             errors += 1;
@@ -316,7 +370,7 @@ async fn measure(
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let (mut lat, mut errors) = (Vec::new(), 0);
     for w in workers {
@@ -327,7 +381,16 @@ async fn measure(
     // Issuances finished while the workers drained count over the time they took.
     let elapsed = start.elapsed();
     lat.sort();
+    let cpu_ms = procs
+        .iter()
+        .zip(cpu0)
+        .filter_map(|((name, pid), before)| {
+            let used = crate::cpu_seconds(pid)? - before?;
+            Some((name.clone(), used * 1000.0 / lat.len().max(1) as f64))
+        })
+        .collect();
     Ok(Outcome {
+        cpu_ms,
         rate: lat.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: quantile_ms(&lat, 0.50),
         p99_ms: quantile_ms(&lat, 0.99),
@@ -337,7 +400,10 @@ async fn measure(
 }
 
 /// `certgate up` in a fresh data dir on free ports: (directory URL, dev root, process).
-fn start_certgate(dir: &Path, bin_dir: &Path) -> anyhow::Result<(String, PathBuf, Proc)> {
+fn start_certgate(
+    dir: &Path,
+    bin_dir: &Path,
+) -> anyhow::Result<(String, PathBuf, Proc, Vec<(String, u32)>)> {
     let (https, http, admin) = (free_addr()?, free_addr()?, free_addr()?);
     let data = dir.join("certgate");
     let mut cmd = Command::new(bin_dir.join("certgate"));
@@ -353,10 +419,28 @@ fn start_certgate(dir: &Path, bin_dir: &Path) -> anyhow::Result<(String, PathBuf
         up.log().contains("Press Ctrl-C to stop.")
     })
     .with_context(|| up.log())?;
+    // "  processes        certgate-signer=PID certgate-core=PID certgate-edge=PID"
+    let log = up.log();
+    let pids = log
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("processes"))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|kv| {
+                    let (name, pid) = kv.split_once('=')?;
+                    Some((
+                        name.trim_start_matches("certgate-").to_owned(),
+                        pid.parse().ok()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Ok((
         format!("https://{https}/acme/directory"),
         data.join("ca/root.pem"),
         up,
+        pids,
     ))
 }
 
@@ -467,7 +551,14 @@ pub(crate) fn acme(args: AcmeArgs) -> anyhow::Result<()> {
         .write(true)
         .open(std::env::temp_dir().join("certgate-acme-dev-ports-5001-5002.lock"))?;
     lock.lock()?;
-    let dir = tempfile::tempdir()?;
+    let temp = tempfile::tempdir()?;
+    let dir = match &args.work_dir {
+        Some(d) => {
+            std::fs::create_dir(d).with_context(|| format!("create {}", d.display()))?;
+            d.clone()
+        }
+        None => temp.path().to_path_buf(),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -479,21 +570,47 @@ pub(crate) fn acme(args: AcmeArgs) -> anyhow::Result<()> {
     let tokens: Tokens = Arc::new(Mutex::new(HashMap::new()));
     let _responder = rt.block_on(responder(tokens.clone()))?;
 
-    let (directory, root, up) = start_certgate(dir.path(), &bin_dir)?;
+    let (directory, root, up, pids) = start_certgate(dir.as_path(), &bin_dir)?;
     let certgate = rt
-        .block_on(measure("certgate", &directory, &root, &tokens, &args))
+        .block_on(measure(
+            "certgate",
+            &directory,
+            &root,
+            &tokens,
+            args.concurrency,
+            args.seconds,
+            &pids,
+        ))
         .with_context(|| up.log())?;
     drop(up);
+    println!("  certgate: {}", certgate.summary());
 
     let pebble = if args.no_pebble {
         None
     } else {
-        let pdir = dir.path().join("pebble");
+        let pdir = dir.as_path().join("pebble");
         std::fs::create_dir_all(&pdir)?;
-        let (directory, ca, procs) = start_pebble(&pdir)?;
+        let (directory, ca, mut procs) = start_pebble(&pdir)?;
         let out = rt
-            .block_on(measure("pebble", &directory, &ca, &tokens, &args))
+            .block_on(measure(
+                "pebble",
+                &directory,
+                &ca,
+                &tokens,
+                args.pebble_concurrency,
+                args.seconds,
+                &[("pebble".to_owned(), procs[0].child.id())],
+            ))
             .with_context(|| procs.iter().map(Proc::log).collect::<String>())?;
+        println!("  pebble: {}", out.summary());
+        for p in procs.iter_mut() {
+            if let Some(status) = p.exited() {
+                eprintln!(
+                    "warning: a pebble process exited during the run ({status}):\n{}",
+                    p.log().lines().rev().take(5).collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
         drop(procs);
         Some(out)
     };
