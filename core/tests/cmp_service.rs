@@ -87,8 +87,8 @@ fn split_message(msg: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     (alg, protected, protection)
 }
 
-/// An `ir` written by OpenSSL's CMP client with MAC protection (the server is a closed port,
-/// so the client stops after saving the request).
+/// An `ir` written by OpenSSL's CMP client with MAC protection (the server hangs up, so the
+/// client stops after saving the request).
 fn openssl_ir(dir: &Path, reference: &str, secret: &str, mac: &str, owf: &str) -> Vec<u8> {
     let key = dir.join("k.pem");
     if !key.exists() {
@@ -107,10 +107,15 @@ fn openssl_ir(dir: &Path, reference: &str, secret: &str, mac: &str, owf: &str) -
         assert!(out.status.success());
     }
     let req = dir.join(format!("req-{mac}-{owf}.der"));
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A "server" that takes the request and hangs up: the client has saved it by then.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+        }
+    });
     let _ = Command::new("openssl")
         .args(["cmp", "-cmd", "ir", "-server"])
         .arg(format!("127.0.0.1:{port}"))
@@ -714,4 +719,42 @@ async fn confirm_accepts_rejects_is_idempotent_and_the_sweep_revokes_the_unconfi
     ] {
         assert!(kinds.iter().any(|x| x == k), "audit has {k}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_task_revokes_after_a_short_window() {
+    let f = setup().await;
+    // A 3 s window and a 100 ms sweep, as `[cmp]` in core.toml would set them.
+    let config: certgate_core::cmp::CmpConfig =
+        toml::from_str("confirm_window_seconds = 3\nsweep_interval_ms = 100").unwrap();
+    config.check().unwrap();
+    f.cmp_state
+        .core
+        .issuer
+        .attach_cmp_confirm_window(config.confirm_window_seconds);
+    let state = std::sync::Arc::new(certgate_core::cmp::CmpState::new(
+        f.cmp_state.core.clone(),
+        f.cmp_state.signer.clone(),
+        config,
+    ));
+    let sweeper = tokio::spawn(state.run_sweep());
+    let unconfirmed = issue_awaiting(&f, "cmp:late", true).await;
+    let confirmed = issue_awaiting(&f, "cmp:ontime", true).await;
+    assert_eq!(confirm(&f, &confirmed, true).await, (false, false));
+    assert!(!revoked(&f, &unconfirmed).await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !revoked(&f, &unconfirmed).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep did not revoke the unconfirmed certificate"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!revoked(&f, &confirmed).await);
+    let rec = f.store.get_cert(T, &unconfirmed).unwrap().unwrap();
+    assert_eq!(rec.revocation_reason, 5, "cessationOfOperation");
+    sweeper.abort();
+    // bad settings are refused
+    let bad: certgate_core::cmp::CmpConfig = toml::from_str("confirm_window_seconds = 0").unwrap();
+    assert!(bad.check().is_err());
 }
