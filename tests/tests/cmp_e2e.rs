@@ -2,7 +2,7 @@
 //! and edge processes on loopback), with the dev MAC credentials from dev-credentials.toml.
 //! Every certificate is checked with `openssl verify` against the dev root and chain.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -270,6 +270,8 @@ fn openssl_cmp_against_certgate_up() {
         &k4,
         "-subject",
         "/CN=bad",
+        "-certout",
+        &c.p("bad.pem"),
     ]);
     assert!(!ok, "wrong secret accepted: {out}");
     assert!(
@@ -287,6 +289,8 @@ fn openssl_cmp_against_certgate_up() {
         &k4,
         "-subject",
         "/CN=bad",
+        "-certout",
+        &c.p("bad.pem"),
     ]);
     assert!(!ok, "unknown sender accepted: {out}");
     assert!(
@@ -383,6 +387,5 @@ fn openssl_cmp_against_certgate_up() {
     assert!(ok, "kur: {out}");
     c.verify(&c.p("kur.pem"));
 
-    let _ = Path::new("");
     up.terminate(Duration::from_secs(20));
 }
