@@ -270,6 +270,29 @@ fn strongswan_enrolls_and_reenrolls_curl_covers_csrattrs_serverkeygen_and_refusa
         &est.p("c3.pem"),
     );
     assert!(!ok, "re-enroll with another subject was accepted");
+    // A certificate from another CA (same names, self-signed) does not even get through TLS.
+    let foreign = est.p("foreign.pem");
+    let (ok, _, err) = run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-key",
+        &s(&key1),
+        "-subj",
+        "/CN=est1.example",
+        "-addext",
+        "subjectAltName=DNS:est1.example",
+        "-days",
+        "1",
+        "-out",
+        &s(&foreign),
+    ]));
+    assert!(ok, "{err}");
+    let (ok, _) = est.enroll(
+        &csr2,
+        &["--cert", &s(&foreign), "--key", &s(&key1)],
+        &est.p("cf.pem"),
+    );
+    assert!(!ok, "re-enroll with a foreign certificate was accepted");
     // and without any client certificate, simplereenroll is 401.
     let b64_3 = csr_b64(&fleet, &csr3, "r3");
     let (code, hdrs, _) = est.curl(
