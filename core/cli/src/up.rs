@@ -135,7 +135,7 @@ fn print_banner(dd: &DataDir, ports: Ports, issuer: &str, procs: [&Proc; 3]) {
     println!("  ACME directory   https://{https}/acme/directory");
     println!("  EST              https://{https}/.well-known/est/");
     println!("  SCEP             http://{http}/scep{NOT_YET}");
-    println!("  CMP              http://{http}/.well-known/cmp{NOT_YET}");
+    println!("  CMP              http://{http}/.well-known/cmp");
     println!("  OCSP             http://{http}/ocsp");
     println!("  CRL              http://{http}/crl/{issuer}/full.crl");
     println!("  CA certificate   http://{http}/ca/{issuer}.der");
