@@ -417,3 +417,34 @@ fn strongswan_enrolls_and_reenrolls_curl_covers_csrattrs_serverkeygen_and_refusa
 
     up.terminate(Duration::from_secs(30));
 }
+
+/// With the core down, EST answers 503 with Retry-After (and the edge keeps serving).
+#[test]
+fn core_down_gives_503_with_retry_after() {
+    let mut fleet = Fleet::init();
+    fleet.start_all();
+    let creds = fleet.credentials();
+    let est = Est {
+        fleet: &fleet,
+        url: format!("https://{}", fleet.https),
+        user: creds.get("est_username").expect("est_username").clone(),
+        password: creds.get("est_password").expect("est_password").clone(),
+    };
+    let (_k, csr) = openssl_csr(&fleet.scratch(), "down", "down.example");
+    let b64 = csr_b64(&fleet, &csr, "down");
+    let (code, _, _) = est.curl("GET", "cacerts", None, None);
+    assert_eq!(code, 200);
+    drop(est);
+    fleet.stop_core();
+    let est = Est {
+        fleet: &fleet,
+        url: format!("https://{}", fleet.https),
+        user: creds.get("est_username").expect("est_username").clone(),
+        password: creds.get("est_password").expect("est_password").clone(),
+    };
+    let (code, hdrs, body) = est.curl("POST", "simpleenroll", Some(&est.userpass()), Some(&b64));
+    assert_eq!(code, 503, "{hdrs}{}", String::from_utf8_lossy(&body));
+    assert!(hdrs.to_ascii_lowercase().contains("retry-after:"), "{hdrs}");
+    let (code, hdrs, _) = est.curl("GET", "cacerts", None, None);
+    assert_eq!(code, 503, "{hdrs}");
+}
