@@ -638,7 +638,8 @@ fn dev_credential(text: &str, key: &str) -> Option<zeroize::Zeroizing<String>> {
 pub fn ensure_edge_est(dd: &DataDir) -> Result<()> {
     let path = dd.edge_config();
     let edge = std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
-    if edge.contains("[est]") || !dd.dev_credentials().exists() {
+    if edge.contains("[est]") || !edge.contains("mode = \"dev\"") || !dd.dev_credentials().exists()
+    {
         return Ok(());
     }
     let creds = zeroize::Zeroizing::new(
