@@ -117,23 +117,21 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         .map_err(|e| StartError::Acme(e.to_string()))?,
     );
     drop(nonce_key);
-    let cmp_handler = Arc::new(
-        cmp::CmpHandler::new(&cfg.cmp).map_err(|e| StartError::Cmp(e.to_string()))?,
-    );
-    let est_handler = Arc::new(est::EstHandler::new(
-        cfg.est
-            .settings()
-            .map_err(|e| StartError::Config(config::ConfigError::Invalid(e)))?,
-    ));
+    let cmp_handler =
+        Arc::new(cmp::CmpHandler::new(&cfg.cmp).map_err(|e| StartError::Cmp(e.to_string()))?);
+    let est_handler =
+        Arc::new(est::EstHandler::new(cfg.est.settings().map_err(|e| {
+            StartError::Config(config::ConfigError::Invalid(e))
+        })?));
     let pipeline = |_: ()| {
         Arc::new(server::Pipeline {
             router: est::mount(
                 cmp::mount(
-                acme::mount(
-                    status::handler::mount(router::Router::standard(), &status_cache),
-                    acme_handler.clone(),
-                ),
-                cmp_handler.clone(),
+                    acme::mount(
+                        status::handler::mount(router::Router::standard(), &status_cache),
+                        acme_handler.clone(),
+                    ),
+                    cmp_handler.clone(),
                 ),
                 est_handler.clone(),
             ),

@@ -208,7 +208,9 @@ pub fn tls_config_with_client_anchors(
         let mut roots = rustls::RootCertStore::empty();
         for pem in client_anchors_pem {
             for c in certgate_proto::transport::certs_from_pem(pem).map_err(|e| e.to_string())? {
-                roots.add(c).map_err(|e| format!("client trust anchor: {e}"))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("client trust anchor: {e}"))?;
             }
         }
         let verifier =
