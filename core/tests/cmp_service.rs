@@ -561,6 +561,31 @@ async fn ra_certificate_verifies_passes_pkilint_and_signs_protection() {
         .into_inner()
         .chain_der;
     assert_eq!(chain, created.chain_der);
+    // rotation: a new key and certificate; the old certificate is revoked (superseded)
+    let rotated = f
+        .cmp_admin
+        .clone()
+        .create_ra(CreateRaRequest {
+            tenant: T.into(),
+            rotate: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(rotated.created);
+    assert_ne!(rotated.signer_key_id, created.signer_key_id);
+    assert_ne!(rotated.chain_der[0], created.chain_der[0]);
+    let old = f.store.get_cert(T, &serial).unwrap().unwrap();
+    assert!(old.revoked && old.revocation_reason == 4);
+    let chain = f
+        .cmp
+        .clone()
+        .get_protection_chain(GetProtectionChainRequest { tenant: T.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .chain_der;
+    assert_eq!(chain, rotated.chain_der);
     assert!(
         f.store
             .audit_records()

@@ -28,6 +28,8 @@ use crate::x509::{self, IssuerInfo, LeafSpec};
 pub const ID_KP_CMC_RA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.28");
 /// The profile name recorded on RA certificates (internal; not a tenant profile).
 pub const RA_PROFILE: &str = "certgate-cmp-ra";
+/// RFC 5280 CRLReason superseded, for a rotated RA certificate.
+const SUPERSEDED: u32 = 4;
 /// Validity of an RA certificate (one year; rotate with `certgate cmp ra create --rotate`).
 pub const RA_VALIDITY_SECONDS: u64 = 365 * 24 * 3600;
 
@@ -56,7 +58,8 @@ pub async fn ensure_ra(
     // One creation per process at a time; re-check under the lock so concurrent first uses
     // converge on one RA.
     let _g = st.ra_lock.lock().await;
-    if !rotate && let Some(ra) = blocking(|| store.cmp_ra(tenant))? {
+    let old = blocking(|| store.cmp_ra(tenant))?;
+    if !rotate && let Some(ra) = old {
         return Ok((ra, false));
     }
     let t = blocking(|| st.core.store.get_tenant(tenant))?
@@ -183,6 +186,18 @@ pub async fn ensure_ra(
                "rotated": rotate}),
     );
     blocking(|| store.put_cmp_ra(&ra, &audit))?;
+    // The replaced RA certificate is revoked (superseded) so relying clients stop trusting it.
+    if let Some(old) = old {
+        let old_serial = x509::serial_hex(&x509::serial_of(&old.cert_der)?);
+        st.revoke(
+            tenant,
+            &old_serial,
+            SUPERSEDED,
+            &format!("cmp-ra-rotated:{old_serial}"),
+            &caller.to_string(),
+            "CMP RA rotated",
+        )?;
+    }
     tracing::info!(tenant, serial = %serial_hex, "CMP RA created");
     Ok((ra, true))
 }

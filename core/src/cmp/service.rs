@@ -94,10 +94,11 @@ impl CmpState {
 
     /// Revokes through the store's one revocation path (it queues the OCSP re-signing in the
     /// same transaction) and wakes the status worker. Idempotent under `idem_key`.
-    fn revoke(
+    pub(crate) fn revoke(
         &self,
         tenant: &str,
         serial_hex: &str,
+        reason: u32,
         idem_key: &str,
         caller: &str,
         why: &str,
@@ -105,10 +106,10 @@ impl CmpState {
         let mut hashed = b"certgate-revoke-request-v1\0".to_vec();
         hashed.extend_from_slice(serial_hex.as_bytes());
         hashed.push(0);
-        hashed.extend_from_slice(&UNCONFIRMED_REASON.to_be_bytes());
+        hashed.extend_from_slice(&reason.to_be_bytes());
         let op = RevokeOp {
             serial_hex: serial_hex.to_owned(),
-            reason: UNCONFIRMED_REASON,
+            reason,
             now: crate::now_unix(),
             idem_key: idem_key.to_owned(),
             request_hash: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &hashed)
@@ -119,7 +120,7 @@ impl CmpState {
             "revoke",
             tenant,
             caller,
-            json!({"serial": serial_hex, "reason": UNCONFIRMED_REASON, "idempotency_key": idem_key,
+            json!({"serial": serial_hex, "reason": reason, "idempotency_key": idem_key,
                    "protocol": "cmp", "client": why}),
         );
         let out = blocking(|| self.core.store.revoke(tenant, &op, &audit))?;
@@ -158,7 +159,14 @@ impl CmpState {
                 } else {
                     "certConf missing past the confirmation window"
                 };
-                if self.revoke(&p.tenant, &cert.serial_hex, &key, "core", why)? {
+                if self.revoke(
+                    &p.tenant,
+                    &cert.serial_hex,
+                    UNCONFIRMED_REASON,
+                    &key,
+                    "core",
+                    why,
+                )? {
                     revoked += 1;
                     metrics::counter!("certgate_cmp_unconfirmed_revoked_total",
                         "protocol" => "cmp", "tenant" => p.tenant.clone(), "outcome" => "revoked")
@@ -359,6 +367,7 @@ impl CmpService {
         self.0.revoke(
             &r.tenant,
             &serial,
+            UNCONFIRMED_REASON,
             &key,
             &caller.to_string(),
             "certConf rejected",
