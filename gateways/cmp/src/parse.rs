@@ -211,9 +211,9 @@ fn malformed(what: &str) -> CmpError {
 
 /// Decodes one PKIMessage. Errors carry the failInfo to answer with; `Salvage` what the
 /// header offered for the error response.
-pub fn parse(input: &[u8], limits: &Limits) -> Result<Request, (CmpError, Salvage)> {
+pub fn parse(input: &[u8], limits: &Limits) -> Result<Request, (CmpError, Box<Salvage>)> {
     let mut salvage = Salvage::default();
-    parse_inner(input, limits, &mut salvage).map_err(|e| (e, salvage))
+    parse_inner(input, limits, &mut salvage).map_err(|e| (e, Box::new(salvage)))
 }
 
 fn parse_inner(input: &[u8], limits: &Limits, salvage: &mut Salvage) -> Result<Request, CmpError> {

@@ -238,7 +238,7 @@ fn responses_decode_with_the_cmpv2_types() {
         pki_conf(),
         genp(&[(
             certgate_cmp::parse::ID_IT_CA_CERTS,
-            Some(ca_certs_value(&[ee_der.clone()])),
+            Some(ca_certs_value(std::slice::from_ref(&ee_der))),
         )])
         .expect("genp"),
         error_body(&certgate_cmp::CmpError::new(FailInfo::BadTime, "late")),

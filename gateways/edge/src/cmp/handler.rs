@@ -219,7 +219,7 @@ impl CmpHandler {
         let tenant = req.tenant.clone();
         let now = now_unix();
         let (label, result) = match certgate_cmp::parse(&req.body, &self.limits) {
-            Err((e, salvage)) => ("invalid", Err((e, Some(salvage), None))),
+            Err((e, salvage)) => ("invalid", Err((e, Some(*salvage), None))),
             Ok(msg) => {
                 let label = msg.body.label();
                 let r = self.process(ctx, &tenant, &profile, &msg, now).await;
