@@ -349,6 +349,46 @@ fn openssl_cmp_against_certgate_up() {
     let (ok, out) = c.run(&c.mac(&["-cmd", "rr", "-oldcert", &c.p("implicit.pem")]));
     assert!(ok, "rr: {out}");
 
+    // A signature-protected cr by a certificate of no trusted CA: signerNotTrusted, nothing issued.
+    let stranger_key = c.key("stranger.key");
+    let (ok, _, err) = run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-key",
+        &stranger_key,
+        "-subj",
+        "/CN=stranger",
+        "-days",
+        "1",
+        "-out",
+        &c.p("stranger.pem"),
+    ]));
+    assert!(ok, "self-signed: {err}");
+    let before = issued(&fleet);
+    let (ok, out) = c.run(&[
+        "-cert",
+        &c.p("stranger.pem"),
+        "-key",
+        &stranger_key,
+        // OpenSSL leaves a self-signed -cert out of extraCerts; name it explicitly.
+        "-extracerts",
+        &c.p("stranger.pem"),
+        "-cmd",
+        "cr",
+        "-newkey",
+        &k4,
+        "-subject",
+        "/CN=stranger-cr",
+        "-certout",
+        &c.p("bad.pem"),
+    ]);
+    assert!(!ok, "untrusted signer accepted: {out}");
+    assert!(
+        out.contains("signerNotTrusted"),
+        "untrusted signer → signerNotTrusted: {out}"
+    );
+    assert_eq!(issued(&fleet), before, "nothing issued for the stranger");
+
     // cr and kur signature-protected by the ir certificate (RA-signed responses).
     let k5 = c.key("k5.pem");
     let (ok, out) = c.run(&[
