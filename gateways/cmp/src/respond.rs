@@ -240,3 +240,43 @@ fn replace_first(seq_der: &[u8], first: &[u8]) -> Option<Vec<u8>> {
     parts.extend(rest.iter().map(|f| f.raw));
     Some(seq(&parts))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oid(s: &str) -> Vec<u8> {
+        ObjectIdentifier::new_unwrap(s).to_der().expect("oid")
+    }
+
+    #[test]
+    fn pbmac1_salt_is_replaced_and_everything_else_kept() {
+        let hmac256 = seq(&[&oid("1.2.840.113549.2.9"), &[0x05, 0x00]]);
+        let kdf_params = seq(&[&octets(&[1u8; 16]), &int(10_000), &int(32), &hmac256]);
+        let kdf = seq(&[&oid("1.2.840.113549.1.5.12"), &kdf_params]);
+        let alg = seq(&[&oid("1.2.840.113549.1.5.14"), &seq(&[&kdf, &hmac256])]);
+        let fresh = mac_alg_with_salt(&alg, &[2u8; 16]).expect("PBMAC1 handled");
+        let kdf_params2 = seq(&[&octets(&[2u8; 16]), &int(10_000), &int(32), &hmac256]);
+        let kdf2 = seq(&[&oid("1.2.840.113549.1.5.12"), &kdf_params2]);
+        let want = seq(&[&oid("1.2.840.113549.1.5.14"), &seq(&[&kdf2, &hmac256])]);
+        assert_eq!(fresh, want);
+        // Unknown algorithm: not touched.
+        let other = seq(&[&oid("1.2.3.4"), &kdf_params]);
+        assert_eq!(mac_alg_with_salt(&other, &[2u8; 16]), None);
+    }
+
+    #[test]
+    fn error_body_carries_rejection_text_and_one_bit() {
+        let body = error_body(&CmpError::new(FailInfo::BadPop, "no"));
+        let want_status = status_info(Status::Rejection, Some("no"), Some(FailInfo::BadPop));
+        assert_eq!(body, explicit(23, &seq(&[&want_status])));
+        assert_eq!(
+            want_status,
+            seq(&[
+                &int(2),
+                &seq(&[&utf8("no")]),
+                &[0x03, 0x03, 0x06, 0x00, 0x40]
+            ])
+        );
+    }
+}

@@ -447,3 +447,23 @@ async fn genm_ca_certs_rr_and_p10cr() {
         Some(certgate_proto::core::issue_request::Request::CsrDer(_))
     ));
 }
+
+#[tokio::test]
+async fn the_profile_path_and_tenant_prefix_select_profile_and_tenant() {
+    let fake = Fake::default();
+    let (addr, _stop) = edge(fake.clone()).await;
+    let (status, head, resp) = post(
+        addr,
+        "POST",
+        "/t/acme-corp/.well-known/cmp/p/iot",
+        CT,
+        &data("p10cr_mac.der"),
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    let resp = certgate_cmp::parse(&resp, &Limits::default()).expect("response");
+    assert_eq!(resp.body, Body::Other("cp"));
+    let issued = fake.0.issued.lock().expect("lock");
+    assert_eq!(issued[0].profile, "iot");
+    assert_eq!(issued[0].tenant, "acme-corp");
+}
