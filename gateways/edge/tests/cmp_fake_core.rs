@@ -208,6 +208,18 @@ impl Cmp for Fake {
 }
 
 async fn edge(fake: Fake) -> (std::net::SocketAddr, watch::Sender<bool>) {
+    // The vectors were captured once; their messageTime is old, so the window is wide here.
+    edge_with(
+        fake,
+        CmpConfig {
+            max_clock_skew_seconds: 100 * 365 * 86400,
+            ..CmpConfig::default()
+        },
+    )
+    .await
+}
+
+async fn edge_with(fake: Fake, cfg: CmpConfig) -> (std::net::SocketAddr, watch::Sender<bool>) {
     let f = fake.clone();
     let channel = Endpoint::from_static("http://fake")
         .connect_with_connector(tower::service_fn(move |_| {
@@ -228,12 +240,6 @@ async fn edge(fake: Fake) -> (std::net::SocketAddr, watch::Sender<bool>) {
         .await
         .expect("in-memory channel");
     let core = CoreClient::from_channel(channel, Duration::from_secs(5));
-    // The vectors were captured once; their messageTime is old, so the window is wide here
-    // (the badTime check has its own unit test).
-    let cfg = CmpConfig {
-        max_clock_skew_seconds: 100 * 365 * 86400,
-        ..CmpConfig::default()
-    };
     let handler = Arc::new(CmpHandler::new(&cfg).expect("handler"));
     let pipeline = Arc::new(Pipeline {
         router: certgate_edge::cmp::mount(Router::standard(), handler),
@@ -466,4 +472,18 @@ async fn the_profile_path_and_tenant_prefix_select_profile_and_tenant() {
     let issued = fake.0.issued.lock().expect("lock");
     assert_eq!(issued[0].profile, "iot");
     assert_eq!(issued[0].tenant, "acme-corp");
+}
+
+#[tokio::test]
+async fn stale_message_time_is_bad_time_and_oversized_is_413() {
+    let fake = Fake::default();
+    // Default window (300 s): the captured request is hours old.
+    let (addr, _stop) = edge_with(fake.clone(), CmpConfig::default()).await;
+    let resp = cmp(addr, &data("ir_mac.der")).await;
+    assert_eq!(resp.body, Body::Other("error"));
+    assert!(has_fail_bit(&resp, FailInfo::BadTime));
+    assert!(fake.0.issued.lock().expect("lock").is_empty());
+    let big = vec![0x30u8; 70 * 1024];
+    let (status, head, _) = post(addr, "POST", "/.well-known/cmp", CT, &big).await;
+    assert_eq!(status, 413, "{head}");
 }
