@@ -192,14 +192,17 @@ async fn issue_one(
     name: &str,
     key: &rcgen::KeyPair,
     tokens: &Tokens,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Steps)> {
+    let mut steps = Steps::new();
     let ids = [Identifier::Dns(name.to_owned())];
     let mut order = account.new_order(&NewOrder::new(&ids)).await?;
+    steps.mark("newOrder");
     let mut mine = Vec::new();
     {
         let mut authzs = order.authorizations();
         while let Some(authz) = authzs.next().await {
             let mut authz = authz?;
+            steps.mark("authorization");
             if authz.status == AuthorizationStatus::Valid {
                 continue;
             }
@@ -213,6 +216,7 @@ async fn issue_one(
                 .insert(token.clone(), ch.key_authorization().as_str().to_owned());
             mine.push(token);
             ch.set_ready().await?;
+            steps.mark("challenge");
         }
     }
     let result = async {
@@ -224,10 +228,12 @@ async fn issue_one(
                 other => anyhow::bail!("order became {other:?}: {:?}", order.state().error),
             }
         }
+        steps.mark("poll until ready");
         let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
         params.distinguished_name = rcgen::DistinguishedName::new();
         let csr = params.serialize_request(key)?;
         order.finalize_csr(csr.der()).await?;
+        steps.mark("finalize");
         let mut backoff = Backoff::new();
         loop {
             if let Some(pem) = order.certificate().await? {
@@ -235,6 +241,7 @@ async fn issue_one(
                     pem.contains("-----BEGIN CERTIFICATE-----"),
                     "download is not a PEM chain"
                 );
+                steps.mark("poll + download");
                 return Ok(pem);
             }
             backoff.wait().await;
@@ -246,7 +253,27 @@ async fn issue_one(
             t.remove(token);
         }
     }
-    result
+    result.map(|pem| (pem, steps))
+}
+
+/// Wall time of each step of one issuance, in order.
+struct Steps {
+    last: Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Steps {
+    fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+    fn mark(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.done.push((step, now - self.last));
+        self.last = now;
+    }
 }
 
 struct Outcome {
@@ -257,6 +284,8 @@ struct Outcome {
     errors: u64,
     /// CPU ms per issued certificate, per server process and for this client.
     cpu_ms: Vec<(String, f64)>,
+    /// Mean ms per step of a serial issuance (nothing else in flight).
+    serial: Vec<(&'static str, f64)>,
 }
 
 impl Outcome {
@@ -266,14 +295,20 @@ impl Outcome {
             .iter()
             .map(|(n, ms)| format!("{n} {ms:.2}"))
             .collect();
+        let serial: Vec<String> = self
+            .serial
+            .iter()
+            .map(|(n, ms)| format!("{n} {ms:.1}"))
+            .collect();
         format!(
-            "{:.1} issuances/s, p50 {:.1} ms, p99 {:.1} ms, {} issued, {} failed; CPU ms per issuance: {}",
+            "{:.1} issuances/s, p50 {:.1} ms, p99 {:.1} ms, {} issued, {} failed\n    CPU ms per issuance: {}\n    one issuance alone, ms per step: {}",
             self.rate,
             self.p50_ms,
             self.p99_ms,
             self.ok,
             self.errors,
-            cpu.join(", ")
+            cpu.join(", "),
+            serial.join(", ")
         )
     }
 }
@@ -286,6 +321,43 @@ fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
+/// instant-acme's HTTPS client, but with TCP_NODELAY: its default connector leaves Nagle on, and
+/// Nagle with delayed ACKs adds ~40 ms to every request (TLS writes a request in several
+/// segments), which would measure the client, not the server.
+fn https_client(
+    ca: &Path,
+) -> anyhow::Result<
+    hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        instant_acme::BodyWrapper<bytes::Bytes>,
+    >,
+> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(tcp);
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https),
+    )
+}
+
 /// A pre-created account, a warm-up issuance, then `concurrency` workers in a closed loop.
 async fn measure(
     label: &str,
@@ -296,7 +368,7 @@ async fn measure(
     seconds: u64,
     pids: &[(String, u32)],
 ) -> anyhow::Result<Outcome> {
-    let (account, _) = Account::builder_with_root(client_ca)?
+    let (account, _) = Account::builder_with_http(Box::new(https_client(client_ca)?))
         .create(
             &NewAccount {
                 contact: &[],
@@ -357,7 +429,7 @@ async fn measure(
                         Err(anyhow::anyhow!("no result within {ISSUANCE_TIMEOUT:?}"))
                     });
                     match one {
-                        Ok(_) => lat.push(t.elapsed()),
+                        Ok(_) => lat.push((t.elapsed(), start.elapsed())),
                         Err(e) => {
                             errors += 1;
                             if !shown.swap(true, Ordering::Relaxed) {
@@ -378,8 +450,10 @@ async fn measure(
         lat.extend(l);
         errors += e;
     }
-    // Issuances finished while the workers drained count over the time they took.
-    let elapsed = start.elapsed();
+    // The rate counts issuances completed inside the window; latencies include the drain.
+    let window = Duration::from_secs(seconds);
+    let in_window = lat.iter().filter(|(_, done)| *done <= window).count();
+    let mut lat: Vec<Duration> = lat.into_iter().map(|(l, _)| l).collect();
     lat.sort();
     let cpu_ms = procs
         .iter()
@@ -389,9 +463,28 @@ async fn measure(
             Some((name.clone(), used * 1000.0 / lat.len().max(1) as f64))
         })
         .collect();
+    // Where one issuance's time goes when nothing else is in flight (5 serial issuances).
+    let mut serial: Vec<(&'static str, f64)> = Vec::new();
+    for i in 0..5 {
+        let name = format!("serial{i}-{run}-{label}.test");
+        let Ok(Ok((_, steps))) =
+            tokio::time::timeout(ISSUANCE_TIMEOUT, issue_one(&account, &name, &key, tokens)).await
+        else {
+            eprintln!("{label}: a serial issuance failed; no per-step times");
+            serial.clear();
+            break;
+        };
+        for (j, (step, d)) in steps.done.into_iter().enumerate() {
+            match serial.get_mut(j) {
+                Some(s) => s.1 += d.as_secs_f64() * 200.0,
+                None => serial.push((step, d.as_secs_f64() * 200.0)),
+            }
+        }
+    }
     Ok(Outcome {
+        serial,
         cpu_ms,
-        rate: lat.len() as f64 / elapsed.as_secs_f64(),
+        rate: in_window as f64 / window.as_secs_f64(),
         p50_ms: quantile_ms(&lat, 0.50),
         p99_ms: quantile_ms(&lat, 0.99),
         ok: lat.len(),
