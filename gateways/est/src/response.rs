@@ -86,16 +86,32 @@ pub enum CsrAttr {
     Attribute(ObjectIdentifier, Vec<ObjectIdentifier>),
 }
 
+/// Dotted-decimal OID text → OID. Arcs longer than 9 digits are refused before const-oid sees
+/// them: const-oid 0.9's parser overflows (panics in debug builds) on longer arcs (found by the
+/// `est_request` fuzz target).
+fn parse_oid(s: &str) -> Option<ObjectIdentifier> {
+    let s = s.trim();
+    if s.is_empty()
+        || s.len() > 200
+        || !s
+            .split('.')
+            .all(|arc| !arc.is_empty() && arc.len() <= 9 && arc.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    ObjectIdentifier::new(s).ok()
+}
+
 impl CsrAttr {
     /// Parses the edge.toml form: `"OID"` or `"OID=VALUE-OID[,VALUE-OID…]"`.
     pub fn parse(s: &str) -> Option<Self> {
         match s.split_once('=') {
-            None => ObjectIdentifier::new(s.trim()).ok().map(CsrAttr::Oid),
+            None => parse_oid(s).map(CsrAttr::Oid),
             Some((oid, values)) => {
-                let oid = ObjectIdentifier::new(oid.trim()).ok()?;
+                let oid = parse_oid(oid)?;
                 let values = values
                     .split(',')
-                    .map(|v| ObjectIdentifier::new(v.trim()).ok())
+                    .map(parse_oid)
                     .collect::<Option<Vec<_>>>()?;
                 if values.is_empty() {
                     return None;
@@ -234,6 +250,9 @@ mod tests {
         assert_eq!(attr.values.len(), 1);
         assert!(CsrAttr::parse("not-an-oid").is_none());
         assert!(CsrAttr::parse("1.2.3=").is_none());
+        // fuzz regression: const-oid overflows on long arcs
+        assert!(CsrAttr::parse("888888888888888888888888884 at all!!").is_none());
+        assert!(CsrAttr::parse("1.2.99999999999999999999").is_none());
         assert_eq!(csrattrs(&[]).expect("empty"), vec![0x30, 0x00]);
     }
 
