@@ -389,6 +389,55 @@ fn openssl_cmp_against_certgate_up() {
     );
     assert_eq!(issued(&fleet), before, "nothing issued for the stranger");
 
+    // certConf rejecting: the client cannot validate the new certificate (wrong -out_trusted),
+    // answers certConf with rejection; the core revokes it (OCSP says revoked).
+    let k7 = c.key("k7.pem");
+    let (ok, out) = c.run(&c.mac(&[
+        "-cmd",
+        "ir",
+        "-newkey",
+        &k7,
+        "-subject",
+        "/CN=cmp-rejected",
+        "-out_trusted",
+        &c.p("stranger.pem"),
+        "-certout",
+        &c.p("rejected.pem"),
+        "-rspout",
+        &c.p("rejected-ip.der,rejected-pkiconf.der"),
+    ]));
+    assert!(!ok, "client rejected the certificate: {out}");
+    assert!(out.contains("sending CERTCONF"), "{out}");
+    assert!(out.contains("received PKICONF"), "{out}");
+    let ip = std::fs::read(c.path("rejected-ip.der")).expect("ip captured");
+    let ip = certgate_cmp::parse(&ip, &certgate_cmp::Limits::default()).expect("ip parses");
+    let serial = hex::encode(&ip.sender_nonce[16..]);
+    let mut status = String::new();
+    for _ in 0..50 {
+        let (_, out, err) = run(Command::new("openssl").args([
+            "ocsp",
+            "-issuer",
+            &fleet.chain_pem().to_string_lossy(),
+            "-serial",
+            &format!("0x{serial}"),
+            "-url",
+            &format!("http://{}/ocsp", fleet.http),
+            "-CAfile",
+            &fleet.root_pem().to_string_lossy(),
+            "-verify_other",
+            &fleet.chain_pem().to_string_lossy(),
+        ]));
+        status = format!("{out}{err}");
+        if status.contains("revoked") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        status.contains(": revoked"),
+        "a rejected certificate is revoked: {status}"
+    );
+
     // cr and kur signature-protected by the ir certificate (RA-signed responses).
     let k5 = c.key("k5.pem");
     let (ok, out) = c.run(&[
