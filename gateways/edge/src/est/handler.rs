@@ -178,7 +178,12 @@ impl EstHandler {
     }
 
     /// HTTP Basic or (when the label allows) a verified TLS client certificate.
-    fn authenticate(&self, label: &Label, req: &EdgeRequest) -> Result<Client, Refusal> {
+    fn authenticate(
+        &self,
+        label: &Label,
+        tenant: &str,
+        req: &EdgeRequest,
+    ) -> Result<Client, Refusal> {
         if label.client_cert
             && let Some(leaf) = req.peer_certs.as_ref().and_then(|c| c.first())
         {
@@ -195,7 +200,8 @@ impl EstHandler {
                 identity: format!("basic:{}", creds.username),
             })
         } else {
-            ::metrics::counter!(REFUSALS, "reason" => "bad_credentials").increment(1);
+            ::metrics::counter!(REFUSALS, "tenant" => tenant.to_owned(), "reason" => "bad_credentials")
+                .increment(1);
             Err(Refusal::Unauthenticated)
         }
     }
@@ -247,7 +253,7 @@ impl EstHandler {
                 "fullcmc is not implemented",
             )),
             Op::SimpleEnroll => {
-                let client = self.authenticate(label, req)?;
+                let client = self.authenticate(label, tenant, req)?;
                 let csr = decode_csr(&req.body, self.settings.max_body_bytes)?;
                 let issued = issue(ctx, tenant, label, &client, &csr.der, "").await?;
                 let der = certs_only(&[issued.certificate_der])?;
@@ -281,7 +287,7 @@ impl EstHandler {
                         "serverkeygen is not enabled for this label",
                     ));
                 }
-                let client = self.authenticate(label, req)?;
+                let client = self.authenticate(label, tenant, req)?;
                 let csr = decode_csr(&req.body, self.settings.max_body_bytes)?;
                 let key = certgate_est::keygen::generate(&csr.req)?;
                 let issued = issue(ctx, tenant, label, &client, &key.csr_der, "").await?;
@@ -330,7 +336,8 @@ async fn reenroll_target(
         .map_err(|_| Refusal::Status(StatusCode::FORBIDDEN, "client certificate not usable"))?;
     let serial = serial_hex(cert.tbs_certificate.serial_number.as_bytes());
     let not_ours = || {
-        ::metrics::counter!(REFUSALS, "reason" => "reenroll_foreign_cert").increment(1);
+        ::metrics::counter!(REFUSALS, "tenant" => tenant.to_owned(), "reason" => "reenroll_foreign_cert")
+            .increment(1);
         Refusal::Status(
             StatusCode::FORBIDDEN,
             "the client certificate is not a current certificate of this CA",
@@ -345,7 +352,8 @@ async fn reenroll_target(
         return Err(not_ours());
     }
     if let Err(e) = certgate_est::reenroll::check_reenroll(&csr.req, leaf) {
-        ::metrics::counter!(REFUSALS, "reason" => "reenroll_mismatch").increment(1);
+        ::metrics::counter!(REFUSALS, "tenant" => tenant.to_owned(), "reason" => "reenroll_mismatch")
+            .increment(1);
         return Err(e.into());
     }
     Ok(serial)
@@ -411,12 +419,14 @@ impl Handler for EstHandler {
             let mut r = match self.serve(ctx, &req, op, &label, &tenant).await {
                 Ok(r) => r,
                 Err(Refusal::Unauthenticated) => {
-                    ::metrics::counter!(REFUSALS, "reason" => "unauthenticated").increment(1);
+                    ::metrics::counter!(REFUSALS, "tenant" => tenant.clone(), "reason" => "unauthenticated")
+                        .increment(1);
                     unauthorized()
                 }
                 Err(Refusal::Status(status, msg)) => {
                     debug!(op = op.name(), %status, msg, "EST request refused");
-                    ::metrics::counter!(REFUSALS, "reason" => "bad_request").increment(1);
+                    ::metrics::counter!(REFUSALS, "tenant" => tenant.clone(), "reason" => "bad_request")
+                        .increment(1);
                     text(status, msg)
                 }
                 Err(Refusal::Edge(e)) => return Err(e),
