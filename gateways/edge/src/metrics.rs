@@ -5,6 +5,9 @@
 //! [`Endpoint`]) or from tenant names the core confirmed exist (unknown ones are labelled
 //! `unknown`), so cardinality stays bounded (I-8).
 
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -48,6 +51,7 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         .map_err(|e| MetricsError(e.to_string()))?
         .install_recorder()
         .map_err(|e| MetricsError(e.to_string()))?;
+    INSTALLED.store(true, Ordering::Relaxed);
     metrics::describe_counter!(REQUESTS_TOTAL, "Requests served by the edge");
     metrics::describe_histogram!(
         REQUEST_SECONDS,
@@ -96,14 +100,94 @@ pub fn record_endpoint(
     outcome: &'static str,
     elapsed: Duration,
 ) {
-    let labels = [
-        ("protocol", protocol.to_owned()),
-        ("tenant", tenant.to_owned()),
-        ("endpoint", endpoint.to_owned()),
-        ("outcome", outcome.to_owned()),
-    ];
-    metrics::counter!(REQUESTS_TOTAL, &labels).increment(1);
-    metrics::histogram!(REQUEST_SECONDS, &labels).record(elapsed.as_secs_f64());
+    static HANDLES: HandleCache = HandleCache::new();
+    HANDLES.with(
+        [protocol, endpoint, outcome],
+        tenant,
+        || {
+            let labels = [
+                ("protocol", protocol.to_owned()),
+                ("tenant", tenant.to_owned()),
+                ("endpoint", endpoint.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ];
+            (
+                metrics::counter!(REQUESTS_TOTAL, &labels),
+                metrics::histogram!(REQUEST_SECONDS, &labels),
+            )
+        },
+        |counter, histogram| {
+            counter.increment(1);
+            histogram.record(elapsed.as_secs_f64());
+        },
+    );
+}
+
+/// Most label sets a [`HandleCache`] keeps registered handles for; beyond, requests are still
+/// counted, through the registry lookup (bounded memory, I-8).
+const MAX_CACHED_HANDLES: usize = 4096;
+
+/// Registered counter and histogram handles per label set (three static labels plus the
+/// tenant), so the per-request path skips building the label `String`s, hashing the key and the
+/// recorder's registry lookup: a read lock and two atomic updates. Filled only once
+/// [`install`] has run (a handle taken before would stay a no-op); bounded by
+/// [`MAX_CACHED_HANDLES`].
+pub struct HandleCache {
+    map: std::sync::OnceLock<RwLock<HashMap<[&'static str; 3], HashMap<Box<str>, Handles>>>>,
+    len: AtomicUsize,
+}
+
+type Handles = (metrics::Counter, metrics::Histogram);
+
+/// Set by [`install`]: handles registered from now on reach the Prometheus recorder.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+impl HandleCache {
+    /// An empty cache (usable as a `static`).
+    pub const fn new() -> Self {
+        Self {
+            map: std::sync::OnceLock::new(),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs `f` on the handles for (`statics`, `tenant`), registering them with `make` first if
+    /// they are not cached yet.
+    pub fn with(
+        &self,
+        statics: [&'static str; 3],
+        tenant: &str,
+        make: impl FnOnce() -> Handles,
+        f: impl FnOnce(&metrics::Counter, &metrics::Histogram),
+    ) {
+        if !INSTALLED.load(Ordering::Relaxed) {
+            let (c, h) = make();
+            return f(&c, &h);
+        }
+        let map = self.map.get_or_init(Default::default);
+        if let Ok(m) = map.read()
+            && let Some((c, h)) = m.get(&statics).and_then(|t| t.get(tenant))
+        {
+            return f(c, h);
+        }
+        let (c, h) = make();
+        f(&c, &h);
+        if self.len.load(Ordering::Relaxed) < MAX_CACHED_HANDLES
+            && let Ok(mut m) = map.write()
+        {
+            let per_tenant = m.entry(statics).or_default();
+            if !per_tenant.contains_key(tenant) {
+                per_tenant.insert(tenant.into(), (c, h));
+                self.len.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Default for HandleCache {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Records one core RPC.

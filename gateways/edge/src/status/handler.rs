@@ -294,14 +294,29 @@ fn ocsp_error(_status: OcspStatus, body: Bytes) -> EdgeResponse {
 }
 
 fn record(protocol: &'static str, tenant: &str, outcome: &'static str, start: Instant) {
-    // Static labels borrow; only the tenant is copied.
-    metrics::counter!(
-        STATUS_REQUESTS_TOTAL,
-        "protocol" => protocol,
-        "tenant" => tenant.to_owned(),
-        "outcome" => outcome
-    )
-    .increment(1);
-    metrics::histogram!(STATUS_REQUEST_SECONDS, "protocol" => protocol, "outcome" => outcome)
-        .record(start.elapsed().as_secs_f64());
+    // Registered handles are cached per label set: no label copies, no registry lookup.
+    static HANDLES: crate::metrics::HandleCache = crate::metrics::HandleCache::new();
+    HANDLES.with(
+        [protocol, outcome, ""],
+        tenant,
+        || {
+            (
+                metrics::counter!(
+                    STATUS_REQUESTS_TOTAL,
+                    "protocol" => protocol,
+                    "tenant" => tenant.to_owned(),
+                    "outcome" => outcome
+                ),
+                metrics::histogram!(
+                    STATUS_REQUEST_SECONDS,
+                    "protocol" => protocol,
+                    "outcome" => outcome
+                ),
+            )
+        },
+        |counter, histogram| {
+            counter.increment(1);
+            histogram.record(start.elapsed().as_secs_f64());
+        },
+    );
 }
