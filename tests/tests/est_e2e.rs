@@ -261,6 +261,16 @@ fn strongswan_enrolls_and_reenrolls_curl_covers_csrattrs_serverkeygen_and_refusa
     assert_ne!(x509_field(&c1, "-serial"), x509_field(&c2, "-serial"));
     assert_eq!(x509_field(&c1, "-subject"), x509_field(&c2, "-subject"));
     assert_eq!(est_issued(&fleet), 2);
+    // The core audited the re-enrollment under the TLS client certificate's identity, replacing c1.
+    let audit = Command::new("sqlite3")
+        .arg("-readonly")
+        .arg(fleet.data_dir().join("core/core.db"))
+        .arg("SELECT details FROM audit WHERE kind = 'issue.intent' AND details LIKE '%\"client\":\"cert:%'")
+        .output()
+        .expect("sqlite3 runs");
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert_eq!(audit.lines().count(), 1, "{audit}");
+    assert!(audit.contains("est1.example"), "{audit}");
 
     // Re-enrolling with a CSR naming another subject is refused; nothing issued.
     let (_k3, csr3) = openssl_csr(&fleet.scratch(), "dev3", "someone-else.example");
