@@ -404,7 +404,8 @@ fn openssl_cmp_against_certgate_up() {
         "-certout",
         &c.p("rejected.pem"),
         "-rspout",
-        &c.p("rejected-ip.der,rejected-pkiconf.der"),
+        // Both paths absolute: a bare second name would land in the test's working directory.
+        &format!("{},{}", c.p("rejected-ip.der"), c.p("rejected-pkiconf.der")),
     ]));
     assert!(!ok, "client rejected the certificate: {out}");
     assert!(out.contains("sending CERTCONF"), "{out}");
