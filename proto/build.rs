@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/admin.proto",
                 "proto/acme.proto",
                 "proto/cmp.proto",
+                "proto/scep.proto",
             ],
             &["proto"],
         )?;

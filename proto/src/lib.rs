@@ -38,6 +38,11 @@ mod generated {
                 tonic::include_proto!("certgate.cmp.v1");
             }
         }
+        pub mod scep {
+            pub mod v1 {
+                tonic::include_proto!("certgate.scep.v1");
+            }
+        }
         pub mod errors {
             pub mod v1 {
                 tonic::include_proto!("certgate.errors.v1");
@@ -48,6 +53,8 @@ mod generated {
 
 /// `proto/acme.proto`: the core's ACME state service edges call.
 pub use generated::certgate::acme::v1 as acme;
+/// `proto/scep.proto`: the core's SCEP support (RA decryption and signing, challenges).
+pub use generated::certgate::scep::v1 as scep;
 /// `proto/admin.proto`: the core's administration service.
 pub use generated::certgate::admin::v1 as admin;
 /// `proto/cmp.proto`: the core's CMP support (MACs, RA protection, confirmation).
