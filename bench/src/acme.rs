@@ -58,13 +58,13 @@ type Tokens = Arc<Mutex<HashMap<String, String>>>;
 
 /// A child process stopped with SIGTERM (then SIGKILL) on drop, so `certgate up` can stop its
 /// own children.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     log: PathBuf,
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
         let out =
             std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let err = out.try_clone()?;
@@ -80,7 +80,7 @@ impl Proc {
         })
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -107,11 +107,15 @@ impl Drop for Proc {
     }
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub(crate) fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut ok: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while !ok() {
         anyhow::ensure!(Instant::now() < deadline, "{what}: timed out");
@@ -492,11 +496,14 @@ async fn measure(
     })
 }
 
+/// Named server processes (name, pid), for CPU accounting.
+type Pids = Vec<(String, u32)>;
+
 /// `certgate up` in a fresh data dir on free ports: (directory URL, dev root, process).
-fn start_certgate(
+pub(crate) fn start_certgate(
     dir: &Path,
     bin_dir: &Path,
-) -> anyhow::Result<(String, PathBuf, Proc, Vec<(String, u32)>)> {
+) -> anyhow::Result<(String, PathBuf, Proc, Pids)> {
     let (https, http, admin) = (free_addr()?, free_addr()?, free_addr()?);
     let data = dir.join("certgate");
     let mut cmd = Command::new(bin_dir.join("certgate"));

@@ -111,7 +111,7 @@ impl ChallTestSrv {
 
 enum Server {
     Certgate {
-        fleet: Fleet,
+        fleet: Box<Fleet>,
         up: Option<ChildGuard>,
     },
     Pebble {
@@ -188,7 +188,7 @@ impl Target {
             client_ca: fleet.root_pem(),
             issuer_root: fleet.root_pem(),
             server: Server::Certgate {
-                fleet,
+                fleet: Box::new(fleet),
                 up: Some(up),
             },
             dns,
