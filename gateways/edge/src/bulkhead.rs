@@ -84,6 +84,10 @@ pub struct Bulkheads {
     cfg: BulkheadConfig,
     protocols: RwLock<HashMap<&'static str, Arc<Semaphore>>>,
     tenants: moka::sync::Cache<String, Arc<Semaphore>>,
+    /// The `default` tenant's pool, held outside the cache: every plain-path request (all of
+    /// OCSP and CRL unless Host-mapped) takes it, so it skips the moka probe. One extra pool
+    /// beyond `max_tenant_pools`, never evicted.
+    default_tenant: Arc<Semaphore>,
 }
 
 impl Default for Bulkheads {
@@ -97,6 +101,7 @@ impl Bulkheads {
     pub fn new(cfg: BulkheadConfig) -> Self {
         Self {
             tenants: moka::sync::Cache::new(cfg.max_tenant_pools),
+            default_tenant: Arc::new(Semaphore::new(cfg.per_tenant)),
             protocols: RwLock::new(HashMap::new()),
             cfg,
         }
@@ -130,11 +135,15 @@ impl Bulkheads {
             .protocol_pool(protocol)
             .try_acquire_owned()
             .map_err(|_| Pool::Protocol)?;
-        let per_tenant = self.cfg.per_tenant;
-        let pool = self
-            .tenants
-            .get_with_by_ref(tenant, || Arc::new(Semaphore::new(per_tenant)));
-        let t = pool.try_acquire_owned().map_err(|_| Pool::Tenant)?;
+        let t = if tenant == crate::tenant::DEFAULT_TENANT {
+            self.default_tenant.clone()
+        } else {
+            let per_tenant = self.cfg.per_tenant;
+            self.tenants
+                .get_with_by_ref(tenant, || Arc::new(Semaphore::new(per_tenant)))
+        }
+        .try_acquire_owned()
+        .map_err(|_| Pool::Tenant)?;
         Ok(Admission {
             _protocol: p,
             _tenant: t,
@@ -179,6 +188,23 @@ mod tests {
         assert_eq!(b.admit("cmp", "busy").err(), Some(Pool::Tenant));
         assert!(b.admit("cmp", "quiet").is_ok());
     }
+
+    #[test]
+    fn the_default_tenant_pool_is_bounded_like_the_others() {
+        let b = small();
+        let a = b.admit("acme", DEFAULT).expect("1");
+        let _b = b.admit("est", DEFAULT).expect("2");
+        let _c = b.admit("cmp", DEFAULT).expect("3");
+        assert_eq!(b.admit("crl", DEFAULT).err(), Some(Pool::Tenant));
+        assert!(
+            b.admit("crl", "other").is_ok(),
+            "other tenants keep their own pools"
+        );
+        drop(a);
+        assert!(b.admit("crl", DEFAULT).is_ok(), "freed on drop");
+    }
+
+    const DEFAULT: &str = crate::tenant::DEFAULT_TENANT;
 
     #[test]
     fn tenant_pools_are_bounded() {
