@@ -7,7 +7,7 @@
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self as sig, KeyPair};
-use certgate_proto::signer::{Algorithm, KeyType};
+use certgate_proto::signer::{Algorithm, KeyTransport, KeyType};
 use zeroize::Zeroizing;
 
 /// A signing failure inside a key store; never carries key material.
@@ -30,6 +30,10 @@ pub enum CryptoError {
     /// The crypto library refused to sign.
     #[error("signing failed")]
     Sign,
+    /// Key-transport decryption failed (wrong key, bad padding, wrong length). Deliberately
+    /// uninformative: a padding oracle must not learn which check failed.
+    #[error("decryption failed")]
+    Decrypt,
 }
 
 /// Whether `alg` may be used with a key of type `key_type`.
@@ -222,6 +226,64 @@ impl SoftwareKey {
             }
             Self::Ed25519(k) => Ok(k.sign(msg).as_ref().to_vec()),
         }
+    }
+}
+
+/// An RSA private key for key-transport decryption (SCEP_RA keys only), held by aws-lc.
+pub struct RsaDecryptKey(aws_lc_rs::rsa::PrivateDecryptingKey);
+
+impl std::fmt::Debug for RsaDecryptKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RsaDecryptKey({} bits)", self.0.key_size_bits())
+    }
+}
+
+impl RsaDecryptKey {
+    /// Parses an RSA PKCS#8 private key.
+    pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Self, CryptoError> {
+        aws_lc_rs::rsa::PrivateDecryptingKey::from_pkcs8(pkcs8)
+            .map(Self)
+            .map_err(|_| CryptoError::BadKey)
+    }
+
+    /// The modulus length in bytes (the only valid ciphertext length).
+    pub fn modulus_len(&self) -> usize {
+        self.0.key_size_bytes()
+    }
+
+    /// Unwraps `ciphertext` with `scheme`. The plaintext is returned in a zeroizing buffer.
+    pub fn decrypt(
+        &self,
+        scheme: KeyTransport,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        use aws_lc_rs::rsa::{
+            OAEP_SHA1_MGF1SHA1, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey,
+            Pkcs1PrivateDecryptingKey,
+        };
+        if ciphertext.len() != self.modulus_len() {
+            return Err(CryptoError::Decrypt);
+        }
+        let mut out = Zeroizing::new(vec![0u8; self.modulus_len()]);
+        let n = match scheme {
+            KeyTransport::RsaPkcs1V15 => Pkcs1PrivateDecryptingKey::new(self.0.clone())
+                .and_then(|k| k.decrypt(ciphertext, &mut out[..]).map(|p| p.len())),
+            KeyTransport::RsaOaepSha1 | KeyTransport::RsaOaepSha256 => {
+                let alg = if scheme == KeyTransport::RsaOaepSha1 {
+                    &OAEP_SHA1_MGF1SHA1
+                } else {
+                    &OAEP_SHA256_MGF1SHA256
+                };
+                OaepPrivateDecryptingKey::new(self.0.clone()).and_then(|k| {
+                    k.decrypt(alg, ciphertext, &mut out[..], None)
+                        .map(|p| p.len())
+                })
+            }
+            KeyTransport::Unspecified => return Err(CryptoError::Decrypt),
+        }
+        .map_err(|_| CryptoError::Decrypt)?;
+        out.truncate(n);
+        Ok(out)
     }
 }
 

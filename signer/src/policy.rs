@@ -13,13 +13,15 @@
 //! | CRL | TBSCertLists only |
 //! | AUDIT | messages starting with `CERTGATE-AUDIT-V1\0` only |
 //! | RA | protocol-message protection: bytes that parse as none of TBSCertificate, TBSCertList, ResponseData |
+//! | SCEP_RA | DER CMS SignedAttributes (SET OF Attribute) with RSA PKCS#1 v1.5 only; the only role allowed to decrypt ([`check_decrypt`]) |
 
-use certgate_proto::signer::{Algorithm, KeyRole};
+use certgate_proto::signer::{Algorithm, KeyRole, KeyType};
 use const_oid::ObjectIdentifier;
 use const_oid::db::rfc5280::ID_KP_OCSP_SIGNING;
 use der::{Decode, Sequence, Tagged};
 use spki::AlgorithmIdentifierOwned;
 use x509_cert::TbsCertificate;
+use x509_cert::attr::Attributes;
 use x509_cert::crl::TbsCertList;
 use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
 use x509_ocsp::ResponseData;
@@ -77,6 +79,7 @@ pub fn role_name(role: KeyRole) -> &'static str {
         KeyRole::Crl => "crl",
         KeyRole::Audit => "audit",
         KeyRole::Ra => "ra",
+        KeyRole::ScepRa => "scep_ra",
         KeyRole::RoleUnspecified => "unspecified",
     }
 }
@@ -142,6 +145,36 @@ pub fn check(meta: &KeyMeta, alg: Algorithm, msg: &[u8]) -> Result<Signed, Refus
                 Ok(Signed::Protection)
             }
         }
+        KeyRole::ScepRa => {
+            if !matches!(
+                alg,
+                Algorithm::RsaPkcs1Sha256 | Algorithm::RsaPkcs1Sha384 | Algorithm::RsaPkcs1Sha512
+            ) {
+                return Err(refuse(
+                    role,
+                    "algorithm_not_allowed",
+                    "a SCEP RA key signs with RSA PKCS#1 v1.5 only",
+                ));
+            }
+            if TbsCertificate::from_der(msg).is_ok()
+                || TbsCertList::from_der(msg).is_ok()
+                || ResponseData::from_der(msg).is_ok()
+            {
+                return Err(refuse(
+                    role,
+                    "pki_object",
+                    "a SCEP RA key never signs certificates, CRLs or OCSP responses",
+                ));
+            }
+            match Attributes::from_der(msg) {
+                Ok(attrs) if !attrs.is_empty() => Ok(Signed::Protection),
+                _ => Err(refuse(
+                    role,
+                    "not_signed_attributes",
+                    "a SCEP RA key signs only DER CMS SignedAttributes (a non-empty SET OF Attribute)",
+                )),
+            }
+        }
         KeyRole::Issuing | KeyRole::Root | KeyRole::Intermediate => {
             if let Ok(tbs) = TbsCertificate::from_der(msg) {
                 check_alg_id(role, alg, &tbs.signature)?;
@@ -162,6 +195,25 @@ pub fn check(meta: &KeyMeta, alg: Algorithm, msg: &[u8]) -> Result<Signed, Refus
         }
         KeyRole::RoleUnspecified => Err(refuse(role, "no_role", "the key has no role")),
     }
+}
+
+/// Checks that a key with `meta` may decrypt (key transport): SCEP_RA keys only, RSA only.
+pub fn check_decrypt(meta: &KeyMeta) -> Result<(), Refusal> {
+    let role = meta.role;
+    if role != KeyRole::ScepRa {
+        return Err(refuse(
+            role,
+            "decrypt_not_allowed",
+            "only SCEP_RA keys may decrypt",
+        ));
+    }
+    if !matches!(
+        meta.key_type,
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096
+    ) {
+        return Err(refuse(role, "not_rsa", "SCEP_RA keys are RSA keys"));
+    }
+    Ok(())
 }
 
 fn check_certificate(meta: &KeyMeta, tbs: &TbsCertificate) -> Result<(), Refusal> {
@@ -599,6 +651,41 @@ mod tests {
     }
 
     #[test]
+    fn scep_ra_key_signs_only_signed_attributes_and_alone_may_decrypt() {
+        let mut m = meta(KeyRole::ScepRa, Policy::default());
+        m.key_type = KeyType::Rsa2048;
+        let rsa = Algorithm::RsaPkcs1Sha256;
+        // SET OF { Attribute { contentType, SET { id-data } } }
+        let attrs = hex::decode(
+            "311a30180609 2a864886f70d010903 310b 06092a864886f70d010701".replace(' ', ""),
+        )
+        .expect("hex");
+        assert_eq!(check(&m, rsa, &attrs), Ok(Signed::Protection));
+        assert_eq!(
+            rule(check(&m, Algorithm::RsaPssSha256, &attrs)),
+            "policy.scep_ra.algorithm_not_allowed"
+        );
+        assert_eq!(
+            rule(check(&m, rsa, b"cmp protected part")),
+            "policy.scep_ra.not_signed_attributes"
+        );
+        for msg in [tbs_cert_list(), response_data()] {
+            assert_eq!(rule(check(&m, rsa, &msg)), "policy.scep_ra.pki_object");
+        }
+        assert_eq!(check_decrypt(&m), Ok(()));
+        m.key_type = KeyType::EcP256;
+        assert_eq!(
+            check_decrypt(&m).expect_err("EC").rule,
+            "policy.scep_ra.not_rsa"
+        );
+        for role in [KeyRole::Ra, KeyRole::Issuing, KeyRole::Audit] {
+            let mut other = meta(role, Policy::default());
+            other.key_type = KeyType::Rsa2048;
+            assert!(check_decrypt(&other).is_err());
+        }
+    }
+
+    #[test]
     fn ca_keys_sign_ca_certificates_within_path_len() {
         let root = meta(
             KeyRole::Root,
@@ -648,6 +735,7 @@ mod tests {
             KeyRole::Crl,
             KeyRole::Audit,
             KeyRole::Ra,
+            KeyRole::ScepRa,
         ];
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         for input in &inputs {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use certgate_proto::signer::decrypter_server::DecrypterServer;
 use certgate_proto::signer::signer_server::SignerServer;
 use certgate_proto::transport::{bind_unix, server_tls_config, tls_incoming, unix_incoming};
 use tokio::sync::watch;
@@ -110,6 +111,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         SignerServer::new(service.clone())
             .max_decoding_message_size(config.limits.max_request_bytes)
     };
+    let decrypter = || {
+        DecrypterServer::new(service.clone())
+            .max_decoding_message_size(config.limits.max_request_bytes)
+    };
     let (stop, rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -123,10 +128,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         )?;
     }
     let svc = grpc();
+    let dec = decrypter();
     let signal = shutdown_signal(rx.clone());
     tasks.push(tokio::spawn(async move {
         builder()
             .add_service(svc)
+            .add_service(dec)
             .serve_with_incoming_shutdown(unix_incoming(listener), signal)
             .await
     }));
@@ -144,10 +151,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         tls_addr = Some(listener.local_addr()?);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
         let svc = grpc();
+        let dec = decrypter();
         let signal = shutdown_signal(rx.clone());
         tasks.push(tokio::spawn(async move {
             builder()
                 .add_service(svc)
+                .add_service(dec)
                 .serve_with_incoming_shutdown(tls_incoming(listener, acceptor), signal)
                 .await
         }));

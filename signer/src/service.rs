@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use certgate_proto::signer::decrypter_server::Decrypter;
 use certgate_proto::signer::signer_server::Signer;
 use certgate_proto::signer::{
-    Algorithm, GenerateKeyRequest, KeyBackend, KeyInfo, KeyRole, KeyType, ListKeysRequest,
-    ListKeysResponse, PublicKeyRequest, SignBatchRequest, SignBatchResponse, SignRequest,
-    SignResponse,
+    Algorithm, DecryptRequest, DecryptResponse, GenerateKeyRequest, KeyBackend, KeyInfo, KeyRole,
+    KeyTransport, KeyType, ListKeysRequest, ListKeysResponse, PublicKeyRequest, SignBatchRequest,
+    SignBatchResponse, SignRequest, SignResponse,
 };
 use certgate_proto::transport::caller_of;
 use certgate_proto::{AllowList, Caller, ErrorKind, RpcError};
@@ -28,6 +29,8 @@ pub const NOT_ADMIN: &str = "caller is not allowed to administer signer keys";
 
 /// Batches smaller than this are signed on the calling task (fast keys only).
 const INLINE_BATCH: usize = 32;
+/// Longest ciphertext Decrypt accepts: the modulus of an RSA-4096 key.
+pub const MAX_CIPHERTEXT_BYTES: usize = 512;
 /// Longest key id written to the audit log (a denied caller must not be able to flood it).
 const AUDIT_KEY_ID_MAX: usize = 128;
 
@@ -357,6 +360,17 @@ impl SignerService {
                 format!("backend {} is not configured", backend.as_str_name()),
             ));
         }
+        if role == KeyRole::ScepRa
+            && !matches!(
+                key_type,
+                KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096
+            )
+        {
+            return Err(RpcError::malformed(
+                "signer.key_type_invalid",
+                "SCEP_RA keys are RSA (2048 bits or more)",
+            ));
+        }
         let new = NewKey {
             key_id: r.key_id,
             tenant: r.tenant,
@@ -384,6 +398,77 @@ impl SignerService {
         tracing::info!(key_id = %meta.key_id, tenant = %meta.tenant, role = meta.role.as_str_name(),
             key_type = meta.key_type.as_str_name(), backend = meta.backend.as_str_name(), "key generated");
         Ok(meta.to_info())
+    }
+}
+
+impl SignerService {
+    async fn do_decrypt(
+        &self,
+        caller: &Caller,
+        r: DecryptRequest,
+    ) -> Result<DecryptResponse, RpcError> {
+        let _permit = self.authorize(caller, false)?;
+        let scheme = match KeyTransport::try_from(r.scheme) {
+            Ok(KeyTransport::Unspecified) | Err(_) => {
+                return Err(RpcError::malformed(
+                    "signer.scheme_invalid",
+                    "a key-transport scheme is required",
+                ));
+            }
+            Ok(s) => s,
+        };
+        if r.ciphertext.is_empty() || r.ciphertext.len() > MAX_CIPHERTEXT_BYTES {
+            return Err(RpcError::malformed(
+                "signer.ciphertext_size",
+                format!("ciphertexts are 1..={MAX_CIPHERTEXT_BYTES} bytes"),
+            ));
+        }
+        let key = self
+            .inner
+            .keys
+            .get(&r.key_id)
+            .ok_or_else(|| RpcError::not_found("signer.key_unknown", "no such key"))?;
+        policy::check_decrypt(key.meta()).map_err(|f| RpcError::policy(f.rule, f.message))?;
+        let ciphertext = r.ciphertext;
+        let plaintext = tokio::task::spawn_blocking(move || key.decrypt(scheme, &ciphertext))
+            .await
+            .map_err(|_| RpcError::unavailable("decryption task failed", Duration::from_secs(1)))?
+            .map_err(|e| match e {
+                StoreError::Crypto(_) => RpcError::malformed(
+                    "signer.decrypt_failed",
+                    "the ciphertext does not decrypt under this key",
+                ),
+                StoreError::Unsupported(what) => RpcError::malformed(
+                    "signer.decrypt_unsupported",
+                    format!("{what} is not supported by this backend"),
+                ),
+                other => internal(other),
+            })?;
+        // prost needs an owned Vec; the zeroizing buffer is wiped when it drops here.
+        Ok(DecryptResponse {
+            plaintext: plaintext.to_vec(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Decrypter for SignerService {
+    async fn decrypt(
+        &self,
+        request: Request<DecryptRequest>,
+    ) -> Result<Response<DecryptResponse>, Status> {
+        let caller = caller_of(&request);
+        let r = request.into_inner();
+        let mut ctx = Ctx::new("Decrypt", &r.key_id);
+        ctx.algorithm = KeyTransport::try_from(r.scheme).map_or("UNKNOWN", |s| s.as_str_name());
+        ctx.count = 1;
+        ctx.digest = Some(sha256(&r.ciphertext));
+        let this = self.clone();
+        detached(async move {
+            let result = this.do_decrypt(&caller, r).await;
+            this.finish(&caller, &ctx, result)
+        })
+        .await
     }
 }
 

@@ -274,8 +274,9 @@ fn i1_signer_source_routes_only_its_grpc_service() {
         for (i, _) in text.match_indices(".add_service(") {
             services += 1;
             let arg = &text[i..(i + 40).min(text.len())];
+            // the signer's two gRPC services: Signer (svc) and Decrypter (dec, SCEP_RA only)
             assert!(
-                arg.starts_with(".add_service(svc)"),
+                arg.starts_with(".add_service(svc)") || arg.starts_with(".add_service(dec)"),
                 "{}: unexpected service {arg}",
                 f.display()
             );
@@ -290,6 +291,17 @@ fn i1_signer_source_routes_only_its_grpc_service() {
         }
         if text.contains("let grpc = ") {
             assert!(text.contains("SignerServer::new(service.clone())"));
+        }
+        for (i, _) in text.match_indices("let dec = ") {
+            let arg = &text[i..(i + 25).min(text.len())];
+            assert!(
+                arg.starts_with("let dec = decrypter()"),
+                "{}: dec must be the DecrypterServer",
+                f.display()
+            );
+        }
+        if text.contains("let decrypter = ") {
+            assert!(text.contains("DecrypterServer::new(service.clone())"));
         }
     }
     assert!(services >= 1, "the server registers its service somewhere");

@@ -10,7 +10,9 @@ pub mod sealed;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use certgate_proto::signer::{Algorithm, KeyBackend, KeyInfo, KeyPolicy, KeyRole, KeyType};
+use certgate_proto::signer::{
+    Algorithm, KeyBackend, KeyInfo, KeyPolicy, KeyRole, KeyTransport, KeyType,
+};
 use zeroize::Zeroizing;
 
 use crate::algo::CryptoError;
@@ -173,6 +175,15 @@ pub trait KeyHandle: Send + Sync {
     /// ECDSA/Ed25519) instead of the blocking pool (RSA, HSM round trips).
     fn is_fast(&self) -> bool {
         false
+    }
+    /// Key-transport decryption (SCEP_RA keys only; the caller has checked the role). Backends
+    /// that cannot decrypt answer `Unsupported`.
+    fn decrypt(
+        &self,
+        _scheme: KeyTransport,
+        _ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        Err(StoreError::Unsupported("decryption"))
     }
 }
 

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use certgate_proto::signer::{Algorithm, KeyBackend, KeyRole, KeyType};
+use certgate_proto::signer::{Algorithm, KeyBackend, KeyRole, KeyTransport, KeyType};
 use zeroize::Zeroizing;
 
 use super::{Kek, KeyHandle, KeyMeta, KeyStore, NewKey, Policy, StoreError, valid_key_id};
-use crate::algo::SoftwareKey;
+use crate::algo::{RsaDecryptKey, SoftwareKey};
 
 const FORMAT: &str = "certgate-sealed-key/1";
 const SUFFIX: &str = ".key.json";
@@ -61,6 +61,21 @@ impl std::fmt::Debug for SealedStore {
 struct SealedKey {
     meta: KeyMeta,
     key: SoftwareKey,
+    /// Present for SCEP_RA keys only: the same RSA key, loaded for key-transport decryption.
+    decrypt: Option<RsaDecryptKey>,
+}
+
+/// The decryption half of a SCEP_RA key (RSA only); `None` for every other role.
+fn decrypt_key(meta: &KeyMeta, pkcs8: &[u8]) -> Result<Option<RsaDecryptKey>, StoreError> {
+    if meta.role != KeyRole::ScepRa {
+        return Ok(None);
+    }
+    match meta.key_type {
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
+            Ok(Some(RsaDecryptKey::from_pkcs8(pkcs8)?))
+        }
+        _ => Err(StoreError::Unsupported("SCEP_RA keys other than RSA")),
+    }
 }
 
 impl KeyHandle for SealedKey {
@@ -74,6 +89,17 @@ impl KeyHandle for SealedKey {
 
     fn is_fast(&self) -> bool {
         !matches!(self.key, SoftwareKey::Rsa(..))
+    }
+
+    fn decrypt(
+        &self,
+        scheme: KeyTransport,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        match &self.decrypt {
+            Some(k) => Ok(k.decrypt(scheme, ciphertext)?),
+            None => Err(StoreError::Unsupported("decryption with this key")),
+        }
     }
 }
 
@@ -190,7 +216,8 @@ impl SealedStore {
         if key.public_key_der()? != meta.public_key_der {
             return Err(StoreError::Unauthentic { file: name });
         }
-        Ok(SealedKey { meta, key })
+        let decrypt = decrypt_key(&meta, &pkcs8)?;
+        Ok(SealedKey { meta, key, decrypt })
     }
 
     fn write(&self, meta: &KeyMeta, pkcs8: &[u8]) -> Result<(), StoreError> {
@@ -265,8 +292,9 @@ impl KeyStore for SealedStore {
             public_key_der: key.public_key_der()?,
             created_unix,
         };
+        let decrypt = decrypt_key(&meta, &pkcs8)?;
         self.write(&meta, &pkcs8)?;
-        Ok(Arc::new(SealedKey { meta, key }))
+        Ok(Arc::new(SealedKey { meta, key, decrypt }))
     }
 }
 
