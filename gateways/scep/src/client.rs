@@ -1,0 +1,297 @@
+//! The client side of SCEP, for tests, the bench and fuzz seeds: builds PKIOperation requests
+//! and reads CertRep replies. Not used by the edge.
+
+use crate::message::DigestAlg;
+use crate::reply::{AttrSet, assemble, envelope, signed_attributes};
+use crate::{FailInfo, PkiStatus, ScepError, oids};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::{Pkcs1PrivateDecryptingKey, PrivateDecryptingKey};
+use aws_lc_rs::signature::{self, RsaKeyPair, UnparsedPublicKey};
+use cms::cert::CertificateChoices;
+use cms::content_info::ContentInfo;
+use cms::enveloped_data::{EnvelopedData, RecipientInfo};
+use cms::signed_data::SignedData;
+use der::asn1::{OctetString, PrintableString};
+use der::{Decode, Encode};
+use x509_cert::Certificate;
+use zeroize::Zeroizing;
+
+/// What a client puts in a PKIOperation request.
+pub struct Request<'a> {
+    /// "19" PKCSReq, "17" RenewalReq, "20" CertPoll, "21" GetCert, "22" GetCRL.
+    pub message_type: &'static str,
+    /// transactionID.
+    pub transaction_id: &'a str,
+    /// senderNonce (16 bytes).
+    pub sender_nonce: [u8; 16],
+    /// The plaintext content (PKCS#10, IssuerAndSubject or IssuerAndSerialNumber), DER.
+    pub content_der: &'a [u8],
+    /// The signer certificate (self-signed for PKCSReq), DER.
+    pub signer_cert_der: &'a [u8],
+    /// The signer's RSA private key, PKCS#8 DER.
+    pub signer_key_pkcs8: &'a [u8],
+    /// The RA certificate to encrypt to, DER.
+    pub ra_cert_der: &'a [u8],
+}
+
+fn err(why: &str) -> ScepError {
+    ScepError::new(FailInfo::BadRequest, why)
+}
+
+/// Builds a PKIOperation message (DER), signed with SHA-256 and sha256WithRSAEncryption.
+pub fn build_request(r: &Request<'_>) -> Result<Vec<u8>, ScepError> {
+    let env = envelope(r.content_der, r.ra_cert_der)?;
+    let set = AttrSet {
+        message_type: r.message_type,
+        transaction_id: r.transaction_id.to_owned(),
+        sender_nonce: r.sender_nonce.to_vec(),
+        recipient_nonce: None,
+        status: None,
+        fail_info: None,
+    };
+    let attrs = signed_attributes(&set, DigestAlg::Sha256, Some(&env))?;
+    let tbs = attrs.to_der().map_err(|_| err("encoding"))?;
+    let kp = RsaKeyPair::from_pkcs8(r.signer_key_pkcs8).map_err(|_| err("signer key"))?;
+    let mut sig = vec![0u8; kp.public_modulus_len()];
+    kp.sign(
+        &signature::RSA_PKCS1_SHA256,
+        &SystemRandom::new(),
+        &tbs,
+        &mut sig,
+    )
+    .map_err(|_| err("sign"))?;
+    assemble(
+        attrs,
+        DigestAlg::Sha256,
+        oids::SHA256_WITH_RSA,
+        &sig,
+        r.signer_cert_der,
+        Some(&env),
+    )
+}
+
+/// A CertRep as the client sees it.
+#[derive(Debug)]
+pub struct Reply {
+    /// pkiStatus.
+    pub status: PkiStatus,
+    /// failInfo, when FAILURE.
+    pub fail_info: Option<FailInfo>,
+    /// transactionID.
+    pub transaction_id: String,
+    /// recipientNonce.
+    pub recipient_nonce: Vec<u8>,
+    /// The certificates of the decrypted degenerate SignedData (SUCCESS), DER.
+    pub certs: Vec<Vec<u8>>,
+    /// The RA certificate that signed it, DER.
+    pub ra_cert_der: Vec<u8>,
+}
+
+/// Reads a CertRep: checks the RA signature (rsaEncryption, SHA-256 or SHA-512) with the RA
+/// certificate inside, and decrypts the content with the client key.
+pub fn read_reply(der_bytes: &[u8], client_key_pkcs8: &[u8]) -> Result<Reply, ScepError> {
+    let ci = ContentInfo::from_der(der_bytes).map_err(|_| err("not ContentInfo"))?;
+    let sd: SignedData = ci.content.decode_as().map_err(|_| err("not SignedData"))?;
+    let si = sd
+        .signer_infos
+        .0
+        .iter()
+        .next()
+        .ok_or_else(|| err("no signer"))?;
+    let attrs = si.signed_attrs.as_ref().ok_or_else(|| err("no attrs"))?;
+    let ra = sd
+        .certificates
+        .as_ref()
+        .and_then(|s| {
+            s.0.iter().find_map(|c| match c {
+                CertificateChoices::Certificate(c) => Some(c.clone()),
+                _ => None,
+            })
+        })
+        .ok_or_else(|| err("no RA cert"))?;
+    let alg = match si.digest_alg.oid {
+        oids::SHA256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        oids::SHA512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+        _ => return Err(err("digest")),
+    };
+    if si.signature_algorithm.oid != oids::RSA_ENCRYPTION {
+        return Err(err("signature algorithm is not rsaEncryption"));
+    }
+    UnparsedPublicKey::new(
+        alg,
+        ra.tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes(),
+    )
+    .verify(
+        &attrs.to_der().map_err(|_| err("encoding"))?,
+        si.signature.as_bytes(),
+    )
+    .map_err(|_| err("RA signature does not verify"))?;
+    let mut status = None;
+    let mut fail_info = None;
+    let mut tid = String::new();
+    let mut rnonce = Vec::new();
+    for a in attrs.iter() {
+        let Some(v) = a.values.iter().next() else {
+            continue;
+        };
+        let text = || {
+            v.decode_as::<PrintableString>()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        match a.oid {
+            oids::PKI_STATUS => {
+                status = match text().as_str() {
+                    "0" => Some(PkiStatus::Success),
+                    "2" => Some(PkiStatus::Failure),
+                    "3" => Some(PkiStatus::Pending),
+                    _ => None,
+                }
+            }
+            oids::FAIL_INFO => {
+                fail_info = match text().as_str() {
+                    "0" => Some(FailInfo::BadAlg),
+                    "1" => Some(FailInfo::BadMessageCheck),
+                    "2" => Some(FailInfo::BadRequest),
+                    "3" => Some(FailInfo::BadTime),
+                    "4" => Some(FailInfo::BadCertId),
+                    _ => None,
+                }
+            }
+            oids::TRANSACTION_ID => tid = text(),
+            oids::RECIPIENT_NONCE => {
+                rnonce = v
+                    .decode_as::<OctetString>()
+                    .map(|o| o.as_bytes().to_vec())
+                    .unwrap_or_default()
+            }
+            _ => {}
+        }
+    }
+    let status = status.ok_or_else(|| err("no pkiStatus"))?;
+    let mut certs = Vec::new();
+    if let Some(ec) = &sd.encap_content_info.econtent {
+        let env_der = ec
+            .decode_as::<OctetString>()
+            .map_err(|_| err("econtent"))?
+            .as_bytes()
+            .to_vec();
+        let plain = decrypt_enveloped(&env_der, client_key_pkcs8)?;
+        let ci = ContentInfo::from_der(&plain).map_err(|_| err("inner ContentInfo"))?;
+        let inner: SignedData = ci
+            .content
+            .decode_as()
+            .map_err(|_| err("inner SignedData"))?;
+        if let Some(set) = inner.certificates {
+            for c in set.0.iter() {
+                if let CertificateChoices::Certificate(c) = c {
+                    certs.push(c.to_der().map_err(|_| err("encoding"))?);
+                }
+            }
+        }
+    }
+    Ok(Reply {
+        status,
+        fail_info,
+        transaction_id: tid,
+        recipient_nonce: rnonce,
+        certs,
+        ra_cert_der: ra.to_der().map_err(|_| err("encoding"))?,
+    })
+}
+
+/// Decrypts an EnvelopedData (first KeyTransRecipientInfo, RSA PKCS#1 v1.5, AES-CBC) with an
+/// RSA key — the client's side, and the local stand-in for the RA in tests.
+pub fn decrypt_enveloped(env_der: &[u8], key_pkcs8: &[u8]) -> Result<Vec<u8>, ScepError> {
+    let ci = ContentInfo::from_der(env_der).map_err(|_| err("not ContentInfo"))?;
+    let ed: EnvelopedData = ci
+        .content
+        .decode_as()
+        .map_err(|_| err("not EnvelopedData"))?;
+    let ktri = ed
+        .recip_infos
+        .0
+        .iter()
+        .find_map(|r| match r {
+            RecipientInfo::Ktri(k) => Some(k),
+            _ => None,
+        })
+        .ok_or_else(|| err("no ktri"))?;
+    let cek = rsa_decrypt_key(key_pkcs8, ktri.enc_key.as_bytes())?;
+    // Reuse the server-side content decryption through a throwaway PkiMessage-free path.
+    let eci = &ed.encrypted_content;
+    let alg = match eci.content_enc_alg.oid {
+        oids::AES128_CBC => &aws_lc_rs::cipher::AES_128,
+        oids::AES256_CBC => &aws_lc_rs::cipher::AES_256,
+        _ => return Err(err("content alg")),
+    };
+    let iv: [u8; 16] = eci
+        .content_enc_alg
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<OctetString>().ok())
+        .and_then(|o| o.as_bytes().try_into().ok())
+        .ok_or_else(|| err("iv"))?;
+    let mut buf = eci
+        .encrypted_content
+        .as_ref()
+        .ok_or_else(|| err("no content"))?
+        .as_bytes()
+        .to_vec();
+    let key = aws_lc_rs::cipher::UnboundCipherKey::new(alg, &cek).map_err(|_| err("cek"))?;
+    let dec =
+        aws_lc_rs::cipher::PaddedBlockDecryptingKey::cbc_pkcs7(key).map_err(|_| err("aes"))?;
+    Ok(dec
+        .decrypt(
+            &mut buf,
+            aws_lc_rs::cipher::DecryptionContext::Iv128(iv.into()),
+        )
+        .map_err(|_| err("decrypt"))?
+        .to_vec())
+}
+
+/// RSA PKCS#1 v1.5 key unwrap with a PKCS#8 key: what the RA does in the signer; here for
+/// tests and as the local stand-in for the RA.
+pub fn rsa_decrypt_key(
+    key_pkcs8: &[u8],
+    encrypted_key: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, ScepError> {
+    let key = PrivateDecryptingKey::from_pkcs8(key_pkcs8).map_err(|_| err("rsa key"))?;
+    let key = Pkcs1PrivateDecryptingKey::new(key).map_err(|_| err("rsa key"))?;
+    let mut out = Zeroizing::new(vec![0u8; key.min_output_size()]);
+    let n = key
+        .decrypt(encrypted_key, &mut out)
+        .map_err(|_| ScepError::new(FailInfo::BadMessageCheck, "key unwrap failed"))?
+        .len();
+    out.truncate(n);
+    Ok(out)
+}
+
+/// Signs `data` with an RSA PKCS#8 key (PKCS#1 v1.5, given digest): the RA's signing step, for
+/// tests.
+pub fn rsa_sign(key_pkcs8: &[u8], digest: DigestAlg, data: &[u8]) -> Result<Vec<u8>, ScepError> {
+    let kp = RsaKeyPair::from_pkcs8(key_pkcs8).map_err(|_| err("rsa key"))?;
+    let alg: &'static dyn signature::RsaEncoding = match digest {
+        DigestAlg::Sha256 => &signature::RSA_PKCS1_SHA256,
+        DigestAlg::Sha384 => &signature::RSA_PKCS1_SHA384,
+        DigestAlg::Sha512 => &signature::RSA_PKCS1_SHA512,
+        DigestAlg::Sha1 => return Err(err("sha1 signing not offered")),
+    };
+    let mut sig = vec![0u8; kp.public_modulus_len()];
+    kp.sign(alg, &SystemRandom::new(), data, &mut sig)
+        .map_err(|_| err("sign"))?;
+    Ok(sig)
+}
+
+/// Parses a certificate, for callers that only hold DER.
+pub fn cert_serial(cert_der: &[u8]) -> Result<Vec<u8>, ScepError> {
+    Ok(Certificate::from_der(cert_der)
+        .map_err(|_| err("certificate"))?
+        .tbs_certificate
+        .serial_number
+        .as_bytes()
+        .to_vec())
+}
