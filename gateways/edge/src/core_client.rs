@@ -20,6 +20,7 @@ use certgate_proto::core::{
     GetCaChainRequest, GetCaChainResponse, IssueRequest, IssueResponse, RevokeRequest,
     RevokeResponse,
 };
+use certgate_proto::scep::scep_client::ScepClient as GrpcScep;
 use certgate_proto::transport::unix_channel;
 use tonic::transport::Channel;
 
@@ -34,6 +35,7 @@ pub struct CoreClient {
     inner: GrpcCore<Channel>,
     acme: GrpcAcme<Channel>,
     cmp: GrpcCmp<Channel>,
+    scep: GrpcScep<Channel>,
     deadline: Duration,
 }
 
@@ -55,7 +57,8 @@ impl CoreClient {
         Self {
             inner: GrpcCore::new(channel.clone()),
             acme: GrpcAcme::new(channel.clone()),
-            cmp: GrpcCmp::new(channel),
+            cmp: GrpcCmp::new(channel.clone()),
+            scep: GrpcScep::new(channel),
             deadline,
         }
     }
@@ -446,6 +449,61 @@ impl CoreClient {
         self.call("cmp_confirm", Idempotent::Yes, req, |r| {
             let mut c = c.clone();
             async move { c.confirm(r).await }
+        })
+        .await
+    }
+
+    /// `Scep.GetRaChain`: the tenant's RA certificate, then its issuers up to the root.
+    pub async fn scep_ra_chain(
+        &self,
+        tenant: &str,
+    ) -> Result<certgate_proto::scep::GetRaChainResponse, RpcError> {
+        let c = self.scep.clone();
+        let req = certgate_proto::scep::GetRaChainRequest {
+            tenant: tenant.to_owned(),
+        };
+        self.call("scep_get_ra_chain", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.get_ra_chain(r).await }
+        })
+        .await
+    }
+
+    /// `Scep.DecryptKey` (a pure function of its input: retried).
+    pub async fn scep_decrypt_key(
+        &self,
+        req: certgate_proto::scep::DecryptKeyRequest,
+    ) -> Result<certgate_proto::scep::DecryptKeyResponse, RpcError> {
+        let c = self.scep.clone();
+        self.call("scep_decrypt_key", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.decrypt_key(r).await }
+        })
+        .await
+    }
+
+    /// `Scep.SignAttributes` (retried: signing the same bytes again changes nothing).
+    pub async fn scep_sign_attributes(
+        &self,
+        req: certgate_proto::scep::SignAttributesRequest,
+    ) -> Result<certgate_proto::scep::SignAttributesResponse, RpcError> {
+        let c = self.scep.clone();
+        self.call("scep_sign_attributes", Idempotent::Yes, req, |r| {
+            let mut c = c.clone();
+            async move { c.sign_attributes(r).await }
+        })
+        .await
+    }
+
+    /// `Scep.CheckChallenge` (not retried: a one-time challenge is consumed).
+    pub async fn scep_check_challenge(
+        &self,
+        req: certgate_proto::scep::CheckChallengeRequest,
+    ) -> Result<certgate_proto::scep::CheckChallengeResponse, RpcError> {
+        let c = self.scep.clone();
+        self.call("scep_check_challenge", Idempotent::No, req, |r| {
+            let mut c = c.clone();
+            async move { c.check_challenge(r).await }
         })
         .await
     }

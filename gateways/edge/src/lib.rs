@@ -18,6 +18,7 @@ pub mod est;
 pub mod metrics;
 pub mod ratelimit;
 pub mod router;
+pub mod scep;
 pub mod server;
 pub mod status;
 pub mod tenant;
@@ -123,17 +124,21 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         Arc::new(est::EstHandler::new(cfg.est.settings().map_err(|e| {
             StartError::Config(config::ConfigError::Invalid(e))
         })?));
+    let scep_handler = Arc::new(scep::ScepHandler::new());
     let pipeline = |_: ()| {
         Arc::new(server::Pipeline {
-            router: est::mount(
-                cmp::mount(
-                    acme::mount(
-                        status::handler::mount(router::Router::standard(), &status_cache),
-                        acme_handler.clone(),
+            router: scep::mount(
+                est::mount(
+                    cmp::mount(
+                        acme::mount(
+                            status::handler::mount(router::Router::standard(), &status_cache),
+                            acme_handler.clone(),
+                        ),
+                        cmp_handler.clone(),
                     ),
-                    cmp_handler.clone(),
+                    est_handler.clone(),
                 ),
-                est_handler.clone(),
+                scep_handler.clone(),
             ),
             ctx: ctx.clone(),
             limits: cfg.limits.clone(),

@@ -1,0 +1,340 @@
+//! The SCEP handler: HTTP in, `certgate-scep` logic, core calls, CertRep out.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use certgate_proto::RpcError;
+use certgate_proto::core::{GetCrlRequest, IssueRequest, issue_request};
+use certgate_proto::scep::{CheckChallengeRequest, DecryptKeyRequest, SignAttributesRequest};
+use certgate_scep::{CertRep, FailInfo, MessageType, PkiMessage, RequestContent};
+use http::{HeaderValue, Method, StatusCode, header};
+use http_body_util::Full;
+use sha2::Digest as _;
+use tracing::{info, warn};
+
+use crate::error::{EdgeError, EdgeResponse};
+use crate::router::{EdgeContext, EdgeRequest, Handler, HandlerFuture};
+
+/// Counter of PKIOperation messages by tenant, message type and outcome.
+pub const SCEP_MESSAGES_TOTAL: &str = "certgate_scep_messages_total";
+
+/// The SCEP handler (stateless: every pending fact lives in the core).
+#[derive(Debug, Default)]
+pub struct ScepHandler;
+
+impl ScepHandler {
+    /// A handler.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl Handler for ScepHandler {
+    fn protocol(&self) -> &'static str {
+        "scep"
+    }
+
+    fn max_body_bytes(&self) -> Option<usize> {
+        Some(certgate_scep::MAX_MESSAGE_LEN)
+    }
+
+    fn handle<'a>(&'a self, ctx: &'a EdgeContext, req: EdgeRequest) -> HandlerFuture<'a> {
+        Box::pin(serve(ctx, req))
+    }
+}
+
+fn response(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> EdgeResponse {
+    let mut resp = http::Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    resp
+}
+
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 3;
+            }
+            // base64's '+' arrives unescaped from some clients; never turn it into a space.
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<Vec<u8>> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| percent_decode(v)).flatten()
+    })
+}
+
+fn bad_request(why: &str) -> EdgeResponse {
+    response(StatusCode::BAD_REQUEST, "text/plain", why.to_owned())
+}
+
+async fn serve(ctx: &EdgeContext, req: EdgeRequest) -> Result<EdgeResponse, EdgeError> {
+    if !matches!(req.path.as_str(), "" | "/" | "/pkiclient.exe") {
+        return Err(EdgeError::NotFound);
+    }
+    let op = query_param(req.query.as_deref(), "operation").unwrap_or_default();
+    match (req.method.clone(), op.as_slice()) {
+        (Method::GET, b"GetCACaps") => Ok(response(
+            StatusCode::OK,
+            "text/plain",
+            certgate_scep::ca_caps(),
+        )),
+        (Method::GET, b"GetCACert") => {
+            let chain = ctx.core.scep_ra_chain(&req.tenant).await?;
+            let der = certgate_scep::ca_cert_response(&chain.chain_der)
+                .map_err(|e| EdgeError::Malformed(e.to_string()))?;
+            Ok(response(
+                StatusCode::OK,
+                "application/x-x509-ca-ra-cert",
+                der,
+            ))
+        }
+        // No CA rollover is ever staged here yet: RFC 8894 §3.5.2 says answer "none".
+        (Method::GET, b"GetNextCACert") => Err(EdgeError::NotFound),
+        (Method::GET, b"PKIOperation") => {
+            let Some(b64) = query_param(req.query.as_deref(), "message") else {
+                return Ok(bad_request("missing message"));
+            };
+            let b64: Vec<u8> = b64
+                .into_iter()
+                .filter(|c| !c.is_ascii_whitespace())
+                .map(|c| if c == b' ' { b'+' } else { c })
+                .collect();
+            let Ok(der) = base64::engine::general_purpose::STANDARD.decode(&b64) else {
+                return Ok(bad_request("message is not base64"));
+            };
+            pki_operation(ctx, &req.tenant, &der).await
+        }
+        (Method::POST, b"PKIOperation") => pki_operation(ctx, &req.tenant, &req.body).await,
+        (Method::GET | Method::POST, _) => Ok(bad_request("unknown operation")),
+        _ => Err(EdgeError::MethodNotAllowed),
+    }
+}
+
+fn type_label(t: MessageType) -> &'static str {
+    match t {
+        MessageType::PkcsReq => "PKCSReq",
+        MessageType::RenewalReq => "RenewalReq",
+        MessageType::CertPoll => "CertPoll",
+        MessageType::GetCert => "GetCert",
+        MessageType::GetCrl => "GetCRL",
+        MessageType::CertRep => "CertRep",
+    }
+}
+
+fn fail_label(f: FailInfo) -> &'static str {
+    match f {
+        FailInfo::BadAlg => "badAlg",
+        FailInfo::BadMessageCheck => "badMessageCheck",
+        FailInfo::BadRequest => "badRequest",
+        FailInfo::BadTime => "badTime",
+        FailInfo::BadCertId => "badCertId",
+    }
+}
+
+/// A core refusal that the client caused becomes a failInfo; a core that is down or broken
+/// stays an edge error (HTTP 5xx), so the client retries instead of giving up.
+fn core_fail(e: RpcError) -> Result<FailInfo, EdgeError> {
+    use certgate_proto::ErrorKind;
+    match e.rule.as_str() {
+        "scep.decrypt_failed" => return Ok(FailInfo::BadMessageCheck),
+        "scep.unsupported_alg" => return Ok(FailInfo::BadAlg),
+        "scep.bad_challenge" => return Ok(FailInfo::BadRequest),
+        _ => {}
+    }
+    match e.kind {
+        ErrorKind::Malformed
+        | ErrorKind::PolicyRefused
+        | ErrorKind::Unauthorized
+        | ErrorKind::AlreadyExists => Ok(FailInfo::BadRequest),
+        ErrorKind::NotFound => Ok(FailInfo::BadCertId),
+        _ => Err(EdgeError::Core(e)),
+    }
+}
+
+fn serial_hex(serial: &[u8]) -> String {
+    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
+    hex::encode(&serial[start..])
+}
+
+async fn pki_operation(
+    ctx: &EdgeContext,
+    tenant: &str,
+    der: &[u8],
+) -> Result<EdgeResponse, EdgeError> {
+    let msg = match certgate_scep::parse_pki_message(der) {
+        Ok(m) => m,
+        Err(e) => {
+            // Without a verified transactionID, nonce and signer certificate there is nobody to
+            // address a CertRep to.
+            metrics::counter!(SCEP_MESSAGES_TOTAL, "tenant" => tenant.to_owned(), "type" => "unknown", "outcome" => fail_label(e.fail_info)).increment(1);
+            warn!(tenant, reason = %e.reason, "SCEP message refused");
+            return Ok(bad_request("malformed or unverifiable SCEP message"));
+        }
+    };
+    let label = type_label(msg.message_type);
+    let ra = ctx.core.scep_ra_chain(tenant).await?;
+    let Some(ra_cert) = ra.chain_der.first() else {
+        return Err(EdgeError::Malformed("tenant has no SCEP RA".into()));
+    };
+    let rep = match decide(ctx, tenant, &msg, ra_cert, &ra.chain_der).await? {
+        Ok(rep) => {
+            metrics::counter!(SCEP_MESSAGES_TOTAL, "tenant" => tenant.to_owned(), "type" => label, "outcome" => "ok").increment(1);
+            rep
+        }
+        Err(fail) => {
+            metrics::counter!(SCEP_MESSAGES_TOTAL, "tenant" => tenant.to_owned(), "type" => label, "outcome" => fail_label(fail)).increment(1);
+            info!(tenant, tx = %msg.transaction_id, r#type = label, fail = fail_label(fail), "SCEP FAILURE");
+            CertRep::failure(&msg, fail).map_err(|e| EdgeError::Malformed(e.to_string()))?
+        }
+    };
+    let signed = ctx
+        .core
+        .scep_sign_attributes(SignAttributesRequest {
+            tenant: tenant.to_owned(),
+            signed_attributes_der: rep.signed_attributes_der().to_vec(),
+            digest: rep.digest().name().to_owned(),
+        })
+        .await?;
+    let body = rep
+        .finish(&signed.signature, &signed.ra_cert_der)
+        .map_err(|e| EdgeError::Malformed(e.to_string()))?;
+    Ok(response(StatusCode::OK, "application/x-pki-message", body))
+}
+
+type Decision = Result<CertRep, FailInfo>;
+
+async fn decide(
+    ctx: &EdgeContext,
+    tenant: &str,
+    msg: &PkiMessage,
+    ra_cert: &[u8],
+    _ra_chain: &[Vec<u8>],
+) -> Result<Decision, EdgeError> {
+    let kt = match msg.key_transport(ra_cert) {
+        Ok(kt) => kt,
+        Err(e) => return Ok(Err(e.fail_info)),
+    };
+    let cek = match ctx
+        .core
+        .scep_decrypt_key(DecryptKeyRequest {
+            tenant: tenant.to_owned(),
+            encrypted_key: kt.encrypted_key,
+            key_encryption_alg_der: kt.key_encryption_alg_der,
+        })
+        .await
+    {
+        Ok(r) => zeroize::Zeroizing::new(r.content_encryption_key),
+        Err(e) => return core_fail(e).map(Err),
+    };
+    let content = match msg.decrypt_content(&cek) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e.fail_info)),
+    };
+    drop(cek);
+    let enc = |e: certgate_scep::ScepError| EdgeError::Malformed(e.to_string());
+    match (msg.message_type, content) {
+        (
+            t @ (MessageType::PkcsReq | MessageType::RenewalReq),
+            RequestContent::CertRequest { csr_der, challenge },
+        ) => {
+            let mut replaces = String::new();
+            if t == MessageType::PkcsReq {
+                let Some(challenge) = challenge else {
+                    return Ok(Err(FailInfo::BadRequest));
+                };
+                let ok = ctx
+                    .core
+                    .scep_check_challenge(CheckChallengeRequest {
+                        tenant: tenant.to_owned(),
+                        profile: String::new(),
+                        challenge: challenge.to_vec(),
+                    })
+                    .await;
+                match ok {
+                    Ok(r) if r.ok => {}
+                    Ok(_) => return Ok(Err(FailInfo::BadRequest)),
+                    Err(e) => return core_fail(e).map(Err),
+                }
+            } else {
+                // RenewalReq: signed by a current certificate of this CA (checked by the core's
+                // record, byte for byte, and not revoked).
+                let serial = serial_hex(&msg.signer_id.serial);
+                match ctx.core.get_certificate(tenant, &serial).await {
+                    Ok(rec) if rec.certificate_der == msg.signer_cert_der && !rec.revoked => {
+                        replaces = serial;
+                    }
+                    Ok(_) => return Ok(Err(FailInfo::BadRequest)),
+                    Err(e) => return core_fail(e).map(Err),
+                }
+            }
+            let key = format!(
+                "scep:{}:{}",
+                msg.transaction_id,
+                hex::encode(sha2::Sha256::digest(&msg.signer_spki_der))
+            );
+            let issued = ctx
+                .core
+                .issue(IssueRequest {
+                    tenant: tenant.to_owned(),
+                    request: Some(issue_request::Request::CsrDer(csr_der)),
+                    protocol: "scep".into(),
+                    client_identity: format!("scep:{}", msg.transaction_id),
+                    idempotency_key: key,
+                    replaces_serial: replaces,
+                    ..Default::default()
+                })
+                .await;
+            match issued {
+                Ok(r) => {
+                    let mut certs = vec![r.certificate_der];
+                    certs.extend(r.chain_der);
+                    Ok(Ok(CertRep::success(msg, &certs, &[]).map_err(enc)?))
+                }
+                Err(e) => core_fail(e).map(Err),
+            }
+        }
+        // No pending state exists (no profile needs manual approval yet): nothing to poll for.
+        (MessageType::CertPoll, RequestContent::Poll { .. }) => Ok(Err(FailInfo::BadCertId)),
+        (MessageType::GetCert, RequestContent::IssuerSerial(ias)) => {
+            match ctx
+                .core
+                .get_certificate(tenant, &serial_hex(&ias.serial))
+                .await
+            {
+                Ok(rec) => Ok(Ok(
+                    CertRep::success(msg, &[rec.certificate_der], &[]).map_err(enc)?
+                )),
+                Err(e) => core_fail(e).map(Err),
+            }
+        }
+        (MessageType::GetCrl, RequestContent::IssuerSerial(_)) => {
+            let crl = ctx
+                .core
+                .get_crl(GetCrlRequest {
+                    tenant: tenant.to_owned(),
+                    ..Default::default()
+                })
+                .await;
+            match crl {
+                Ok(c) => Ok(Ok(CertRep::success(msg, &[], &[c.crl_der]).map_err(enc)?)),
+                Err(e) => core_fail(e).map(Err),
+            }
+        }
+        _ => Ok(Err(FailInfo::BadRequest)),
+    }
+}
