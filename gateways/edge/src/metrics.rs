@@ -133,11 +133,13 @@ const MAX_CACHED_HANDLES: usize = 4096;
 /// [`install`] has run (a handle taken before would stay a no-op); bounded by
 /// [`MAX_CACHED_HANDLES`].
 pub struct HandleCache {
-    map: std::sync::OnceLock<RwLock<HashMap<[&'static str; 3], HashMap<Box<str>, Handles>>>>,
+    map: std::sync::OnceLock<RwLock<HandleMap>>,
     len: AtomicUsize,
 }
 
 type Handles = (metrics::Counter, metrics::Histogram);
+/// Static labels → tenant → handles.
+type HandleMap = HashMap<[&'static str; 3], HashMap<Box<str>, Handles>>;
 
 /// Set by [`install`]: handles registered from now on reach the Prometheus recorder.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
