@@ -20,6 +20,8 @@ use certgate_proto::acme::acme_server::AcmeServer;
 use certgate_proto::admin::admin_server::AdminServer;
 use certgate_proto::cmp::cmp_admin_server::CmpAdminServer;
 use certgate_proto::cmp::cmp_server::CmpServer;
+use certgate_proto::scep::scep_admin_server::ScepAdminServer;
+use certgate_proto::scep::scep_server::ScepServer;
 use certgate_proto::core::core_server::CoreServer;
 use clap::{Parser, Subcommand};
 
@@ -160,6 +162,10 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
         config.cmp.clone(),
     ));
     tokio::spawn(cmp.clone().run_sweep());
+    let scep = Arc::new(certgate_core::scep::ScepState::new(
+        state.clone(),
+        signer.clone(),
+    ));
     let max = config.limits.max_message_bytes;
     let router = |state: &Arc<State>| {
         tonic::transport::Server::builder()
@@ -188,6 +194,16 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
             )
             .add_service(
                 CmpAdminServer::new(certgate_core::cmp::CmpAdminService(cmp.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(16 * 1024 * 1024),
+            )
+            .add_service(
+                ScepServer::new(certgate_core::scep::ScepService(scep.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(16 * 1024 * 1024),
+            )
+            .add_service(
+                ScepAdminServer::new(certgate_core::scep::ScepAdminService(scep.clone()))
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(16 * 1024 * 1024),
             )

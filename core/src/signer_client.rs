@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use certgate_proto::signer::decrypter_client::DecrypterClient;
 use certgate_proto::signer::signer_client::SignerClient;
 use certgate_proto::signer::{
     Algorithm, GenerateKeyRequest, KeyInfo, KeyPolicy, KeyRole, KeyType, PublicKeyRequest,
@@ -19,6 +20,7 @@ use crate::error::{CoreError, Result};
 #[derive(Clone)]
 pub struct Signer {
     client: SignerClient<Channel>,
+    decrypter: DecrypterClient<Channel>,
     timeout: Duration,
 }
 
@@ -36,7 +38,8 @@ impl Signer {
     /// A client on an existing channel.
     pub fn new(channel: Channel, timeout: Duration) -> Self {
         Self {
-            client: SignerClient::new(channel).max_decoding_message_size(16 * 1024 * 1024),
+            client: SignerClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024),
+            decrypter: DecrypterClient::new(channel),
             timeout,
         }
     }
@@ -80,6 +83,27 @@ impl Signer {
         let mut c = self.client.clone();
         match tokio::time::timeout(self.timeout, c.sign(r)).await {
             Ok(Ok(resp)) => Ok(resp.into_inner().signature),
+            Ok(Err(s)) => Err(map_status(s)),
+            Err(_) => Err(CoreError::SignerUnavailable("deadline".into())),
+        }
+    }
+
+    /// Key-transport decryption with a SCEP_RA key (the signer's Decrypter service). The
+    /// plaintext is a secret: it comes back in a zeroizing buffer.
+    pub async fn decrypt(
+        &self,
+        key_id: &str,
+        scheme: certgate_proto::signer::KeyTransport,
+        ciphertext: Vec<u8>,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        let r = self.req(certgate_proto::signer::DecryptRequest {
+            key_id: key_id.to_owned(),
+            scheme: scheme as i32,
+            ciphertext,
+        });
+        let mut c = self.decrypter.clone();
+        match tokio::time::timeout(self.timeout, c.decrypt(r)).await {
+            Ok(Ok(resp)) => Ok(zeroize::Zeroizing::new(resp.into_inner().plaintext)),
             Ok(Err(s)) => Err(map_status(s)),
             Err(_) => Err(CoreError::SignerUnavailable("deadline".into())),
         }

@@ -8,9 +8,11 @@
 
 pub mod acme;
 pub mod cmp;
+pub mod scep;
 pub mod sqlite;
 mod sqlite_acme;
 mod sqlite_cmp;
+mod sqlite_scep;
 mod sqlite_status;
 pub mod status;
 
@@ -180,6 +182,12 @@ pub trait Store: Send + Sync {
     /// The CMP state store, when this backend has one (the CMP services use it; a backend
     /// without it answers them UNIMPLEMENTED).
     fn as_cmp(&self) -> Option<&dyn cmp::CmpStore> {
+        None
+    }
+
+    /// The SCEP state store, when this backend has one (the SCEP services use it; a backend
+    /// without it answers them with an internal error).
+    fn as_scep(&self) -> Option<&dyn scep::ScepStore> {
         None
     }
 

@@ -372,6 +372,7 @@ impl SqliteStore {
         writer.execute_batch(super::sqlite_acme::SCHEMA)?;
         writer.execute_batch(super::sqlite_status::SCHEMA)?;
         writer.execute_batch(super::sqlite_cmp::SCHEMA)?;
+        writer.execute_batch(super::sqlite_scep::SCHEMA)?;
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         // 64 MiB page cache (negative = KiB) for the reader: lookups of recent certificates and
@@ -458,6 +459,10 @@ impl Store for SqliteStore {
     }
 
     fn as_cmp(&self) -> Option<&dyn super::cmp::CmpStore> {
+        Some(self)
+    }
+
+    fn as_scep(&self) -> Option<&dyn super::scep::ScepStore> {
         Some(self)
     }
 
