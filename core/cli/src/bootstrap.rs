@@ -714,6 +714,14 @@ pub async fn init(dd: &DataDir, ports: Ports, keep_running: bool) -> Result<Opti
         backends.stop().await;
         return Err(e);
     }
+    // The SCEP dev challenge (`scep_challenge`) as the default tenant's static challenge, on
+    // every start (idempotent) like the CMP credentials above.
+    if dd.dev_credentials().exists()
+        && let Err(e) = crate::scep::provision_dev(dd, &backends.clients, DEFAULT_TENANT).await
+    {
+        backends.stop().await;
+        return Err(e);
+    }
     if keep_running {
         Ok(Some(backends))
     } else {

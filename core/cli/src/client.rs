@@ -21,6 +21,8 @@ pub struct Clients {
     pub core: CoreClient<Channel>,
     /// `certgate.cmp.v1.CmpAdmin`.
     pub cmp_admin: certgate_proto::cmp::cmp_admin_client::CmpAdminClient<Channel>,
+    /// `certgate.scep.v1.ScepAdmin`.
+    pub scep_admin: certgate_proto::scep::scep_admin_client::ScepAdminClient<Channel>,
 }
 
 impl Clients {
@@ -30,6 +32,7 @@ impl Clients {
         Self {
             admin: AdminClient::new(ch.clone()),
             cmp_admin: certgate_proto::cmp::cmp_admin_client::CmpAdminClient::new(ch.clone()),
+            scep_admin: certgate_proto::scep::scep_admin_client::ScepAdminClient::new(ch.clone()),
             core: CoreClient::new(ch),
         }
     }

@@ -15,6 +15,7 @@ mod error;
 mod keys;
 mod pem;
 mod procs;
+mod scep;
 mod up;
 
 use std::net::SocketAddr;
@@ -166,6 +167,41 @@ enum Command {
         dir: DirArg,
         #[command(subcommand)]
         command: CmpCommand,
+    },
+    /// SCEP: challenge passwords (docs/scep.md).
+    Scep {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(subcommand)]
+        command: ScepCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScepCommand {
+    /// Challenge passwords (PKCS#10 challengePassword), per tenant and optionally profile.
+    Challenge {
+        #[command(subcommand)]
+        command: ScepChallengeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScepChallengeCommand {
+    /// Set the static challenge (--secret-file), or add a one-time challenge (--one-time;
+    /// generated and printed once unless --secret-file is given).
+    Put {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Restrict the challenge to this profile (empty = every profile of the tenant).
+        #[arg(long, default_value = "")]
+        profile: String,
+        /// A one-time challenge, consumed by the first enrollment that uses it.
+        #[arg(long)]
+        one_time: bool,
+        /// Read the challenge from this file (trailing newline ignored).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
     },
 }
 
@@ -637,6 +673,30 @@ async fn run(command: Command) -> Result<()> {
                 CmpCommand::Ra {
                     command: CmpRaCommand::Create { tenant, rotate },
                 } => cmp::ra_create(&clients, &tenant, rotate).await,
+            }
+        }
+        Command::Scep { dir, command } => {
+            let dd = DataDir::existing(&dir.data_dir)?;
+            let clients = Clients::for_dir(&dd);
+            match command {
+                ScepCommand::Challenge {
+                    command:
+                        ScepChallengeCommand::Put {
+                            tenant,
+                            profile,
+                            one_time,
+                            secret_file,
+                        },
+                } => {
+                    scep::challenge_put(
+                        &clients,
+                        &tenant,
+                        &profile,
+                        one_time,
+                        secret_file.as_deref(),
+                    )
+                    .await
+                }
             }
         }
     }
