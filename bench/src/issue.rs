@@ -75,7 +75,7 @@ fn wait_socket(path: &Path, what: &str) -> anyhow::Result<()> {
 }
 
 /// `n` DER CSRs for `h{i}.bench.example`, all under one P-256 key (only names must differ).
-fn make_csrs(n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+pub(crate) fn make_csrs(n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     (0..n)
         .map(|i| {
@@ -90,12 +90,12 @@ fn make_csrs(n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-struct Caller {
-    channels: Vec<CoreClient<Channel>>,
-    csrs: Vec<Vec<u8>>,
-    run: String,
-    next: AtomicU64,
-    uid: String,
+pub(crate) struct Caller {
+    pub(crate) channels: Vec<CoreClient<Channel>>,
+    pub(crate) csrs: Vec<Vec<u8>>,
+    pub(crate) run: String,
+    pub(crate) next: AtomicU64,
+    pub(crate) uid: String,
 }
 
 impl Caller {
@@ -131,7 +131,7 @@ impl Caller {
 }
 
 /// Latencies in µs, sorted; the `q` quantile.
-fn quantile(sorted: &[u64], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[u64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -139,15 +139,15 @@ fn quantile(sorted: &[u64], q: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
-struct Run {
-    rate: f64,
-    lat_us: Vec<u64>,
-    errors: u64,
-    elapsed: Duration,
+pub(crate) struct Run {
+    pub(crate) rate: f64,
+    pub(crate) lat_us: Vec<u64>,
+    pub(crate) errors: u64,
+    pub(crate) elapsed: Duration,
 }
 
 /// `workers` callers in a closed loop for `d`.
-async fn closed_loop(caller: Arc<Caller>, workers: usize, d: Duration) -> Run {
+pub(crate) async fn closed_loop(caller: Arc<Caller>, workers: usize, d: Duration) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let tasks: Vec<_> = (0..workers)

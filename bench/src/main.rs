@@ -14,9 +14,13 @@
 //!
 //! `certgate-bench acme` measures complete ACME issuances per second under `certgate up` next to
 //! Pebble in the same run, with the same client and http-01 responder (`acme.rs`).
+//!
+//! `certgate-bench cmp` measures MAC-protected CMP ir+certConf transactions per second under
+//! `certgate up` next to OpenSSL's mock CMP server and the core's direct Issue rate (`cmp.rs`).
 #![forbid(unsafe_code)]
 
 mod acme;
+mod cmp;
 mod issue;
 mod ocsp;
 
@@ -54,6 +58,9 @@ enum Cmd {
     Ocsp(ocsp::OcspArgs),
     /// Complete ACME issuances per second and latency: certgate up vs Pebble.
     Acme(acme::AcmeArgs),
+    /// CMP ir+certConf transactions per second (MAC): certgate up vs OpenSSL's mock server vs
+    /// the core's direct Issue rate.
+    Cmp(cmp::CmpArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -488,5 +495,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Issue(args) => issue::issue(args),
         Cmd::Ocsp(args) => ocsp::ocsp(args),
         Cmd::Acme(args) => acme::acme(args),
+        Cmd::Cmp(args) => cmp::cmp(args),
     }
 }
