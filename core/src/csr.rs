@@ -9,7 +9,7 @@ use aws_lc_rs::signature::{self as sig, UnparsedPublicKey, VerificationAlgorithm
 use const_oid::ObjectIdentifier;
 use const_oid::db::{rfc5280, rfc5912, rfc8410};
 use der::asn1::UintRef;
-use der::{Decode, Encode};
+use der::Decode;
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{ExtendedKeyUsage, SubjectAltName};
@@ -152,7 +152,15 @@ pub fn parse_csr(der_bytes: &[u8]) -> Result<Requested> {
             "CSR signature algorithm does not match its key or is not supported",
         )
     })?;
-    let info = csr.info.to_der()?;
+    // The exact CertificationRequestInfo bytes as sent: re-encoding would re-sort an attribute
+    // SET that is not in DER order (strongSwan puts extensionRequest before challengePassword),
+    // and the signature covers what the client sent.
+    let info = {
+        use der::Reader as _;
+        let mut r = der::SliceReader::new(der_bytes)?;
+        der::Header::decode(&mut r)?;
+        r.tlv_bytes()?.to_vec()
+    };
     let signature = csr
         .signature
         .as_bytes()
