@@ -44,6 +44,11 @@ use tonic::{Request, Response, Status};
 enum FakeKey {
     Ec(EcdsaKeyPair),
     Ed(Ed25519KeyPair),
+    /// RSA (SCEP_RA keys): signs PKCS#1 v1.5 and decrypts key transport.
+    Rsa(
+        aws_lc_rs::signature::RsaKeyPair,
+        aws_lc_rs::rsa::PrivateDecryptingKey,
+    ),
 }
 
 #[derive(Default)]
@@ -78,6 +83,24 @@ impl Signer for FakeSigner {
                 .as_ref()
                 .to_vec(),
             FakeKey::Ed(k) => k.sign(&r.message).as_ref().to_vec(),
+            FakeKey::Rsa(k, _) => {
+                let enc: &'static dyn aws_lc_rs::signature::RsaEncoding =
+                    match Algorithm::try_from(r.algorithm) {
+                        Ok(Algorithm::RsaPkcs1Sha256) => &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                        Ok(Algorithm::RsaPkcs1Sha512) => &aws_lc_rs::signature::RSA_PKCS1_SHA512,
+                        _ => {
+                            return Err(RpcError::malformed(
+                                "signer.algorithm_mismatch",
+                                "fake signer: RSA PKCS#1 SHA-256/512 only",
+                            )
+                            .into());
+                        }
+                    };
+                let mut out = vec![0u8; k.public_modulus_len()];
+                k.sign(enc, &SystemRandom::new(), &r.message, &mut out)
+                    .unwrap();
+                out
+            }
         };
         if self.0.fail_next.load(Ordering::SeqCst) > 0 {
             self.0.fail_next.fetch_sub(1, Ordering::SeqCst);
@@ -150,6 +173,16 @@ impl Signer for FakeSigner {
                 let spki = k.public_key().as_der().unwrap().as_ref().to_vec();
                 (FakeKey::Ed(k), spki)
             }
+            KeyType::Rsa2048 => {
+                let k = aws_lc_rs::rsa::PrivateDecryptingKey::generate(
+                    aws_lc_rs::rsa::KeySize::Rsa2048,
+                )
+                .unwrap();
+                let pkcs8 = k.as_der().unwrap();
+                let s = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+                let spki = s.public_key().as_der().unwrap().as_ref().to_vec();
+                (FakeKey::Rsa(s, k), spki)
+            }
             other => return Err(Status::invalid_argument(format!("fake signer: {other:?}"))),
         };
         let info = KeyInfo {
@@ -167,6 +200,66 @@ impl Signer for FakeSigner {
     }
 }
 
+/// The signer's Decrypter service: SCEP_RA (RSA) keys only, like the real signer's policy.
+#[tonic::async_trait]
+impl certgate_proto::signer::decrypter_server::Decrypter for FakeSigner {
+    async fn decrypt(
+        &self,
+        r: Request<DecryptRequest>,
+    ) -> Result<Response<DecryptResponse>, Status> {
+        let r = r.into_inner();
+        let entry = self.0.keys.lock().unwrap().get(&r.key_id).cloned();
+        let (info, key) = entry
+            .ok_or_else(|| Status::from(RpcError::not_found("signer.key_unknown", "no key")))?;
+        let FakeKey::Rsa(_, k) = &*key else {
+            return Err(RpcError::policy("policy.decrypt_not_allowed", "not an RSA key").into());
+        };
+        if info.role != KeyRole::ScepRa as i32 {
+            return Err(RpcError::policy("policy.decrypt_not_allowed", "not SCEP_RA").into());
+        }
+        let mut out = vec![0u8; k.key_size_bytes()];
+        let n = match KeyTransport::try_from(r.scheme) {
+            Ok(KeyTransport::RsaPkcs1V15) => {
+                aws_lc_rs::rsa::Pkcs1PrivateDecryptingKey::new(k.clone())
+                    .unwrap()
+                    .decrypt(&r.ciphertext, &mut out)
+                    .map(|p| p.len())
+            }
+            Ok(KeyTransport::RsaOaepSha1) => {
+                aws_lc_rs::rsa::OaepPrivateDecryptingKey::new(k.clone())
+                    .unwrap()
+                    .decrypt(
+                        &aws_lc_rs::rsa::OAEP_SHA1_MGF1SHA1,
+                        &r.ciphertext,
+                        &mut out,
+                        None,
+                    )
+                    .map(|p| p.len())
+            }
+            Ok(KeyTransport::RsaOaepSha256) => {
+                aws_lc_rs::rsa::OaepPrivateDecryptingKey::new(k.clone())
+                    .unwrap()
+                    .decrypt(
+                        &aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256,
+                        &r.ciphertext,
+                        &mut out,
+                        None,
+                    )
+                    .map(|p| p.len())
+            }
+            _ => return Err(RpcError::malformed("signer.scheme_invalid", "scheme").into()),
+        }
+        .map_err(|_| {
+            Status::from(RpcError::malformed(
+                "signer.decrypt_failed",
+                "does not decrypt",
+            ))
+        })?;
+        out.truncate(n);
+        Ok(Response::new(DecryptResponse { plaintext: out }))
+    }
+}
+
 /// A running core (Core, Admin, Acme on one Unix socket) over a fake signer.
 pub struct Fleet {
     _dir: tempfile::TempDir,
@@ -179,6 +272,10 @@ pub struct Fleet {
     pub cmp: CmpClient<tonic::transport::Channel>,
     pub cmp_admin: CmpAdminClient<tonic::transport::Channel>,
     pub cmp_state: Arc<certgate_core::cmp::CmpState>,
+    /// The SCEP services (tests/scep_service.rs).
+    pub scep: certgate_proto::scep::scep_client::ScepClient<tonic::transport::Channel>,
+    pub scep_admin:
+        certgate_proto::scep::scep_admin_client::ScepAdminClient<tonic::transport::Channel>,
     custodian: Ed25519KeyPair,
 }
 
@@ -186,7 +283,8 @@ fn serve_signer(path: &Path, fake: FakeSigner) {
     let listener = bind_unix(path).unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(SignerServer::new(fake))
+            .add_service(SignerServer::new(fake.clone()))
+            .add_service(certgate_proto::signer::decrypter_server::DecrypterServer::new(fake))
             .serve_with_incoming(unix_incoming(listener)),
     );
 }
@@ -236,6 +334,10 @@ pub async fn fleet(acme: AcmeConfig) -> Fleet {
         signer.clone(),
         certgate_core::cmp::CmpConfig::default(),
     ));
+    let scep_state = Arc::new(certgate_core::scep::ScepState::new(
+        state.clone(),
+        signer.clone(),
+    ));
     let core_sock = dir.join("core.sock");
     let listener = bind_unix(&core_sock).unwrap();
     tokio::spawn(
@@ -251,6 +353,14 @@ pub async fn fleet(acme: AcmeConfig) -> Fleet {
             .add_service(CmpAdminServer::new(certgate_core::cmp::CmpAdminService(
                 cmp_state.clone(),
             )))
+            .add_service(certgate_proto::scep::scep_server::ScepServer::new(
+                certgate_core::scep::ScepService(scep_state.clone()),
+            ))
+            .add_service(
+                certgate_proto::scep::scep_admin_server::ScepAdminServer::new(
+                    certgate_core::scep::ScepAdminService(scep_state),
+                ),
+            )
             .serve_with_incoming(unix_incoming(listener)),
     );
     let ch = unix_channel(&core_sock);
@@ -262,8 +372,10 @@ pub async fn fleet(acme: AcmeConfig) -> Fleet {
         admin: AdminClient::new(ch.clone()),
         acme: AcmeClient::new(ch.clone()),
         cmp: CmpClient::new(ch.clone()),
-        cmp_admin: CmpAdminClient::new(ch),
+        cmp_admin: CmpAdminClient::new(ch.clone()),
         cmp_state,
+        scep: certgate_proto::scep::scep_client::ScepClient::new(ch.clone()),
+        scep_admin: certgate_proto::scep::scep_admin_client::ScepAdminClient::new(ch),
         custodian,
     }
 }
