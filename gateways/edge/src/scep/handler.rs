@@ -150,6 +150,7 @@ fn fail_label(f: FailInfo) -> &'static str {
 /// stays an edge error (HTTP 5xx), so the client retries instead of giving up.
 fn core_fail(e: RpcError) -> Result<FailInfo, EdgeError> {
     use certgate_proto::ErrorKind;
+    info!(rule = %e.rule, message = %e.message, "SCEP request refused by the core");
     match e.rule.as_str() {
         "scep.decrypt_failed" => return Ok(FailInfo::BadMessageCheck),
         "scep.unsupported_alg" => return Ok(FailInfo::BadAlg),
@@ -255,6 +256,7 @@ async fn decide(
             let mut replaces = String::new();
             if t == MessageType::PkcsReq {
                 let Some(challenge) = challenge else {
+                    info!(tenant, tx = %msg.transaction_id, "PKCSReq without challengePassword");
                     return Ok(Err(FailInfo::BadRequest));
                 };
                 let ok = ctx
@@ -267,7 +269,10 @@ async fn decide(
                     .await;
                 match ok {
                     Ok(r) if r.ok => {}
-                    Ok(_) => return Ok(Err(FailInfo::BadRequest)),
+                    Ok(_) => {
+                        info!(tenant, tx = %msg.transaction_id, "SCEP challenge refused");
+                        return Ok(Err(FailInfo::BadRequest));
+                    }
                     Err(e) => return core_fail(e).map(Err),
                 }
             } else {

@@ -1,0 +1,247 @@
+//! SCEP end to end: strongSwan's real `pki --scepca` / `pki --scep` client against
+//! `certgate up` (real signer, core and edge processes on loopback): fetch the CA/RA
+//! certificates, enroll with the dev challenge (`scep_challenge` in dev-credentials.toml), renew
+//! with the issued certificate, and check every certificate with `openssl verify` against the
+//! dev root and chain. A wrong challenge is refused (FAILURE) and issues nothing (core audit).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use certgate_e2e::{ChildGuard, Fleet, bin, run};
+
+fn wait_for_log(up: &ChildGuard, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = up.log();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{needle}` not printed within {timeout:?}; log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_up(fleet: &Fleet) -> ChildGuard {
+    for b in ["certgate-signer", "certgate-core", "certgate-edge"] {
+        bin(b);
+    }
+    let mut cmd = Command::new(bin("certgate"));
+    cmd.arg("up")
+        .arg("--data-dir")
+        .arg(fleet.data_dir())
+        .args(fleet.port_args());
+    let up = ChildGuard::spawn("certgate up", cmd, &fleet.scratch().join("up.log"));
+    wait_for_log(&up, "Press Ctrl-C to stop.", Duration::from_secs(180));
+    up
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn verify(fleet: &Fleet, cert: &Path) {
+    let (ok, out, err) = run(Command::new("openssl").args([
+        "verify",
+        "-CAfile",
+        &s(&fleet.root_pem()),
+        "-untrusted",
+        &s(&fleet.chain_pem()),
+        &s(cert),
+    ]));
+    assert!(
+        ok && out.contains(": OK"),
+        "openssl verify failed: {out}{err}"
+    );
+}
+
+fn x509_field(cert: &Path, flag: &str) -> String {
+    let (ok, out, err) =
+        run(Command::new("openssl").args(["x509", "-noout", flag, "-in", &s(cert)]));
+    assert!(ok, "openssl x509 {flag}: {err}");
+    out.trim().to_owned()
+}
+
+/// Issuances the core recorded for SCEP (`issue.intent` audit entries with protocol scep).
+fn scep_issued(fleet: &Fleet) -> usize {
+    let db = fleet.data_dir().join("core/core.db");
+    let out = Command::new("sqlite3")
+        .arg("-readonly")
+        .arg(&db)
+        .arg("SELECT count(*) FROM audit WHERE kind = 'issue.intent' AND details LIKE '%\"protocol\":\"scep\"%'")
+        .output()
+        .expect("sqlite3 runs");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+/// `pki` with `args`; (success, stdout, stderr).
+fn pki(args: &[&str]) -> (bool, Vec<u8>, String) {
+    let out = Command::new("pki")
+        .args(args)
+        .output()
+        .expect("pki runs (apt-get install strongswan-pki libstrongswan-extra-plugins)");
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn rsa_key(path: &Path) {
+    let (ok, out, err) = pki(&[
+        "--gen",
+        "--type",
+        "rsa",
+        "--size",
+        "2048",
+        "--outform",
+        "pem",
+    ]);
+    assert!(ok, "pki --gen: {err}");
+    std::fs::write(path, out).expect("write key");
+}
+
+#[test]
+fn strongswan_enrolls_renews_and_wrong_challenge_is_refused() {
+    let fleet = Fleet::init();
+    let up = start_up(&fleet);
+    let challenge = fleet
+        .credentials()
+        .get("scep_challenge")
+        .cloned()
+        .expect("scep_challenge in dev-credentials.toml");
+    let url = format!("http://{}/scep", fleet.http);
+    let p = |n: &str| -> PathBuf { fleet.scratch().join(n) };
+
+    // GetCACaps / GetCACert through the real client.
+    let (ok, _, err) = pki(&[
+        "--scepca",
+        "--url",
+        &url,
+        "--caout",
+        &s(&p("ca.pem")),
+        "--raout",
+        &s(&p("ra.pem")),
+        "--outform",
+        "pem",
+        "--force",
+    ]);
+    assert!(ok, "pki --scepca: {err}");
+    assert!(p("ra.pem").exists(), "no RA certificate written: {err}");
+    let ra = s(&p("ra.pem"));
+
+    // The RA certificate (created on first use) may be audited as an issuance of its own.
+    let base = scep_issued(&fleet);
+
+    // PKCSReq with the dev challenge.
+    rsa_key(&p("dev.key"));
+    let (ok, cert, err) = pki(&[
+        "--scep",
+        "--url",
+        &url,
+        "--in",
+        &s(&p("dev.key")),
+        "--dn",
+        "CN=scep-device",
+        "--san",
+        "scep-device.example",
+        "--password",
+        &challenge,
+        "--cacert-enc",
+        &ra,
+        "--cacert-sig",
+        &ra,
+        "--cacert",
+        &s(&fleet.root_pem()),
+        "--cacert",
+        &s(&fleet.chain_pem()),
+        "--maxpolltime",
+        "10",
+        "--interval",
+        "2",
+        "--outform",
+        "pem",
+    ]);
+    assert!(ok, "pki --scep enroll: {err}\n{}", up.log());
+    std::fs::write(p("dev.pem"), cert).expect("write cert");
+    verify(&fleet, &p("dev.pem"));
+    assert!(x509_field(&p("dev.pem"), "-subject").contains("scep-device"));
+    assert_eq!(scep_issued(&fleet), base + 1);
+
+    // RenewalReq signed with the issued certificate and its key, for a new key.
+    rsa_key(&p("dev2.key"));
+    let (ok, cert, err) = pki(&[
+        "--scep",
+        "--url",
+        &url,
+        "--in",
+        &s(&p("dev2.key")),
+        "--dn",
+        "CN=scep-device",
+        "--san",
+        "scep-device.example",
+        "--cert",
+        &s(&p("dev.pem")),
+        "--key",
+        &s(&p("dev.key")),
+        "--cacert-enc",
+        &ra,
+        "--cacert-sig",
+        &ra,
+        "--cacert",
+        &s(&fleet.root_pem()),
+        "--cacert",
+        &s(&fleet.chain_pem()),
+        "--maxpolltime",
+        "10",
+        "--interval",
+        "2",
+        "--outform",
+        "pem",
+    ]);
+    assert!(ok, "pki --scep renew: {err}\n{}", up.log());
+    std::fs::write(p("dev2.pem"), cert).expect("write cert");
+    verify(&fleet, &p("dev2.pem"));
+    assert_ne!(
+        x509_field(&p("dev.pem"), "-serial"),
+        x509_field(&p("dev2.pem"), "-serial")
+    );
+    assert_eq!(scep_issued(&fleet), base + 2);
+
+    // A wrong challenge: FAILURE, nothing issued.
+    rsa_key(&p("bad.key"));
+    let (ok, _, err) = pki(&[
+        "--scep",
+        "--url",
+        &url,
+        "--in",
+        &s(&p("bad.key")),
+        "--dn",
+        "CN=intruder",
+        "--password",
+        "not-the-challenge",
+        "--cacert-enc",
+        &ra,
+        "--cacert-sig",
+        &ra,
+        "--cacert",
+        &s(&fleet.root_pem()),
+        "--cacert",
+        &s(&fleet.chain_pem()),
+        "--maxpolltime",
+        "10",
+        "--interval",
+        "2",
+        "--outform",
+        "pem",
+    ]);
+    assert!(!ok, "a wrong challenge must be refused");
+    assert!(err.to_lowercase().contains("fail"), "{err}");
+    assert_eq!(scep_issued(&fleet), base + 2);
+}
