@@ -50,6 +50,7 @@ pub trait ScepStore: Send + Sync {
     ) -> Result<bool>;
     /// Adds a one-time challenge valid until `expires`; refused (false) when the tenant already
     /// has `max_outstanding` unexpired one-time challenges (bounded, I-8).
+    #[allow(clippy::too_many_arguments)] // one transaction, its inputs and its audit entry
     fn add_scep_one_time_challenge(
         &self,
         tenant: &str,

@@ -119,6 +119,7 @@ impl ScepStore for SqliteStore {
         })
     }
 
+    #[allow(clippy::too_many_arguments)] // one transaction, its inputs and its audit entry
     fn add_scep_one_time_challenge(
         &self,
         tenant: &str,
