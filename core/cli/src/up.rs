@@ -122,10 +122,6 @@ pub async fn up(dd: &DataDir, ports: Ports, ports_given: bool) -> Result<()> {
     }
 }
 
-/// Marks the stable-interface URLs whose protocol gateway is not mounted on the edge yet, so the
-/// banner never promises a service that answers 404 (docs/conformance.md tracks them).
-const NOT_YET: &str = "   (reserved: gateway not built yet)";
-
 fn print_banner(dd: &DataDir, ports: Ports, issuer: &str, procs: [&Proc; 3]) {
     let https = ports.https;
     let http = ports.http;
@@ -134,7 +130,7 @@ fn print_banner(dd: &DataDir, ports: Ports, issuer: &str, procs: [&Proc; 3]) {
     println!("certgate is up");
     println!("  ACME directory   https://{https}/acme/directory");
     println!("  EST              https://{https}/.well-known/est/");
-    println!("  SCEP             http://{http}/scep{NOT_YET}");
+    println!("  SCEP             http://{http}/scep");
     println!("  CMP              http://{http}/.well-known/cmp");
     println!("  OCSP             http://{http}/ocsp");
     println!("  CRL              http://{http}/crl/{issuer}/full.crl");
