@@ -287,6 +287,12 @@ impl CertRep {
         fail_info: Option<FailInfo>,
         econtent: Option<Vec<u8>>,
     ) -> Result<Self, ScepError> {
+        // The RA signs with SHA-256 or SHA-512 only (no SHA-1 in the signer): answer SHA-512
+        // requests in kind and everything else with SHA-256.
+        let digest = match digest {
+            DigestAlg::Sha512 => DigestAlg::Sha512,
+            _ => DigestAlg::Sha256,
+        };
         let mut nonce = vec![0u8; 16];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -358,7 +364,7 @@ impl CertRep {
         &self.attrs_der
     }
 
-    /// The digest the RA must sign with (the client's).
+    /// The digest the RA must sign with (SHA-512 for SHA-512 requests, otherwise SHA-256).
     pub fn digest(&self) -> DigestAlg {
         self.digest
     }
