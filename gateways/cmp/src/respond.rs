@@ -279,4 +279,31 @@ mod tests {
             ])
         );
     }
+
+    #[test]
+    fn genp_with_absent_values_decodes_as_a_genp_with_no_info_value() {
+        use crate::parse::{ID_IT_CA_CERTS, ID_IT_CERT_REQ_TEMPLATE, ID_IT_ROOT_CA_KEY_UPDATE};
+        use der::Decode;
+        let ca = ca_certs_value(&[]);
+        let body = genp(&[
+            (ID_IT_CA_CERTS, Some(ca.clone())),
+            (ID_IT_ROOT_CA_KEY_UPDATE, None),
+            (ID_IT_CERT_REQ_TEMPLATE, None),
+        ])
+        .expect("genp encodes");
+        let decoded = cmpv2::body::PkiBody::from_der(&body).expect("a PKIBody");
+        let cmpv2::body::PkiBody::GenP(itavs) = decoded else {
+            panic!("genp expected, got {decoded:?}");
+        };
+        assert_eq!(itavs.len(), 3);
+        assert_eq!(itavs[0].oid, ID_IT_CA_CERTS);
+        assert_eq!(
+            itavs[0].value.as_ref().map(|v| v.to_der().expect("any")),
+            Some(ca)
+        );
+        assert_eq!(itavs[1].oid, ID_IT_ROOT_CA_KEY_UPDATE);
+        assert!(itavs[1].value.is_none(), "rootCaKeyUpdate value absent");
+        assert_eq!(itavs[2].oid, ID_IT_CERT_REQ_TEMPLATE);
+        assert!(itavs[2].value.is_none(), "certReqTemplate value absent");
+    }
 }

@@ -488,9 +488,13 @@ impl CmpHandler {
                             .map_err(|e| core_fail(&e, "caCerts"))?;
                         out.push((*t, Some(respond::ca_certs_value(&chain.chain_der))));
                     } else if *t == ID_IT_ROOT_CA_KEY_UPDATE {
-                        missing.push("rootCaKeyUpdate");
+                        // RFC 9483 §4.3.2: absent infoValue = no root CA key update available.
+                        // The core has no root rollover, so none is ever staged.
+                        out.push((*t, None));
                     } else if *t == ID_IT_CERT_REQ_TEMPLATE {
-                        missing.push("certReqTemplate");
+                        // RFC 9483 §4.3.3: absent infoValue = the CA publishes no template; the
+                        // profile's constraints are enforced by the core at issuance instead.
+                        out.push((*t, None));
                     } else if *t == ID_IT_CRL_STATUS_LIST {
                         missing.push("crlStatusList");
                     } else {
@@ -501,7 +505,7 @@ impl CmpHandler {
                     return Err(CmpError::new(
                         FailInfo::BadRequest,
                         format!(
-                            "genm: not supported by this server: {} (supported: caCerts)",
+                            "genm: not supported by this server: {} (supported: caCerts, rootCaKeyUpdate, certReqTemplate)",
                             missing.join(", ")
                         ),
                     ));
