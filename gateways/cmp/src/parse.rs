@@ -29,6 +29,8 @@ pub const ID_IT_CERT_REQ_TEMPLATE: ObjectIdentifier =
 /// id-it-crlStatusList (RFC 9483 §4.3.4).
 pub const ID_IT_CRL_STATUS_LIST: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.4.22");
+/// id-it-crls (RFC 9483 §4.3.4): the genp answer to crlStatusList.
+pub const ID_IT_CRLS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.4.23");
 /// PasswordBasedMac (RFC 4210 §5.1.3.1).
 pub const PASSWORD_BASED_MAC: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.113533.7.66.13");

@@ -156,6 +156,11 @@ pub fn ca_certs_value(certs: &[Vec<u8>]) -> Vec<u8> {
     tlv(0x30, &certs.concat())
 }
 
+/// The value of an id-it-crls ITAV (RFC 9483 §4.3.4): SEQUENCE SIZE (1..MAX) OF CertificateList.
+pub fn crls_value(crls: &[Vec<u8>]) -> Vec<u8> {
+    tlv(0x30, &crls.concat())
+}
+
 /// error body: rejection with the failInfo bit and text.
 pub fn error_body(err: &CmpError) -> Vec<u8> {
     explicit(
@@ -305,5 +310,29 @@ mod tests {
         assert!(itavs[1].value.is_none(), "rootCaKeyUpdate value absent");
         assert_eq!(itavs[2].oid, ID_IT_CERT_REQ_TEMPLATE);
         assert!(itavs[2].value.is_none(), "certReqTemplate value absent");
+    }
+
+    #[test]
+    fn crls_value_is_a_sequence_of_the_crls_as_given() {
+        // A minimal CertificateList-shaped element; the value wraps the DER untouched.
+        let crl = seq(&[
+            &seq(&[&int(1)]),
+            &seq(&[&oid("1.2.840.10045.4.3.2")]),
+            &bits(&[1, 2]),
+        ]);
+        let v = crls_value(std::slice::from_ref(&crl));
+        assert_eq!(v, seq(&[&crl]));
+        let body = genp(&[(crate::parse::ID_IT_CRLS, Some(v.clone()))]).expect("genp encodes");
+        use der::Decode;
+        let cmpv2::body::PkiBody::GenP(itavs) =
+            cmpv2::body::PkiBody::from_der(&body).expect("a PKIBody")
+        else {
+            panic!("genp expected");
+        };
+        assert_eq!(itavs[0].oid.to_string(), "1.3.6.1.5.5.7.4.23");
+        assert_eq!(
+            itavs[0].value.as_ref().map(|x| x.to_der().expect("any")),
+            Some(v)
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use certgate_cmp::crypto;
 use certgate_cmp::parse::{
-    CertReqKind, ID_IT_CA_CERTS, ID_IT_CERT_REQ_TEMPLATE, ID_IT_CRL_STATUS_LIST,
+    CertReqKind, ID_IT_CA_CERTS, ID_IT_CERT_REQ_TEMPLATE, ID_IT_CRL_STATUS_LIST, ID_IT_CRLS,
     ID_IT_ROOT_CA_KEY_UPDATE, Salvage, serial_hex,
 };
 use certgate_cmp::respond::{self, CertRepKind, Header, Status};
@@ -496,7 +496,23 @@ impl CmpHandler {
                         // profile's constraints are enforced by the core at issuance instead.
                         out.push((*t, None));
                     } else if *t == ID_IT_CRL_STATUS_LIST {
-                        missing.push("crlStatusList");
+                        // RFC 9483 §4.3.4: answered with id-it-crls carrying the tenant's current
+                        // full CRL (the client's thisUpdate is not compared: always the latest).
+                        let chain = ctx
+                            .core
+                            .ca_chain(tenant, "")
+                            .await
+                            .map_err(|e| core_fail(&e, "crlStatusList"))?;
+                        let crl = ctx
+                            .core
+                            .get_crl(certgate_proto::core::GetCrlRequest {
+                                tenant: tenant.to_owned(),
+                                issuer_id: chain.issuer_id,
+                                shard: "full".into(),
+                            })
+                            .await
+                            .map_err(|e| core_fail(&e, "crlStatusList"))?;
+                        out.push((ID_IT_CRLS, Some(respond::crls_value(&[crl.crl_der]))));
                     } else {
                         missing.push("unknown infoType");
                     }
@@ -505,7 +521,7 @@ impl CmpHandler {
                     return Err(CmpError::new(
                         FailInfo::BadRequest,
                         format!(
-                            "genm: not supported by this server: {} (supported: caCerts, rootCaKeyUpdate, certReqTemplate)",
+                            "genm: not supported by this server: {} (supported: caCerts, rootCaKeyUpdate, certReqTemplate, crlStatusList)",
                             missing.join(", ")
                         ),
                     ));
