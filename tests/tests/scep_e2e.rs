@@ -244,4 +244,129 @@ fn strongswan_enrolls_renews_and_wrong_challenge_is_refused() {
     assert!(!ok, "a wrong challenge must be refused");
     assert!(err.to_lowercase().contains("fail"), "{err}");
     assert_eq!(scep_issued(&fleet), base + 2);
+
+    get_cert_get_crl_and_malformed(&fleet, &url, &p("ra.pem"), &p("dev.pem"), &p("dev.key"));
+}
+
+fn der_of(pem: &Path, kind: &str) -> Vec<u8> {
+    let args: Vec<String> = match kind {
+        "cert" => ["x509", "-outform", "DER", "-in"]
+            .map(String::from)
+            .to_vec(),
+        _ => ["pkcs8", "-topk8", "-nocrypt", "-outform", "DER", "-in"]
+            .map(String::from)
+            .to_vec(),
+    };
+    let out = Command::new("openssl")
+        .args(&args)
+        .arg(pem)
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success(), "openssl {kind} to DER");
+    out.stdout
+}
+
+/// POSTs a PKIOperation with curl; (HTTP status, body).
+fn post(fleet: &Fleet, url: &str, msg: &[u8], name: &str) -> (u16, Vec<u8>) {
+    let req = fleet.scratch().join(format!("{name}.req"));
+    let rep = fleet.scratch().join(format!("{name}.rep"));
+    std::fs::write(&req, msg).expect("write request");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            &s(&rep),
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Content-Type: application/x-pki-message",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", s(&req)))
+        .arg(format!("{url}?operation=PKIOperation"))
+        .output()
+        .expect("curl runs");
+    let code = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("http code");
+    (code, std::fs::read(&rep).unwrap_or_default())
+}
+
+/// GetCert and GetCRL built with the crate's client side (signed by the enrolled device),
+/// GetCACaps text, and a tampered message.
+fn get_cert_get_crl_and_malformed(fleet: &Fleet, url: &str, ra: &Path, cert: &Path, key: &Path) {
+    use certgate_scep::client::{
+        Request, build_request, issuer_and_serial, issuer_and_subject, read_reply,
+    };
+    let ra = der_of(ra, "cert");
+    let cert = der_of(cert, "cert");
+    let key = der_of(key, "key");
+    let ias = issuer_and_serial(&cert).expect("IssuerAndSerialNumber");
+    let iasub = issuer_and_subject(&cert).expect("IssuerAndSubject");
+    let msg = |mt: &'static str, tid: &str| {
+        build_request(&Request {
+            message_type: mt,
+            transaction_id: tid,
+            sender_nonce: [9u8; 16],
+            content_der: if mt == "20" { &iasub } else { &ias },
+            signer_cert_der: &cert,
+            signer_key_pkcs8: &key,
+            ra_cert_der: &ra,
+        })
+        .expect("build request")
+    };
+
+    let (code, body) = post(fleet, url, &msg("21", "getcert-1"), "getcert");
+    assert_eq!(code, 200);
+    let reply = read_reply(&body, &key).expect("GetCert reply");
+    assert_eq!(reply.status, certgate_scep::PkiStatus::Success);
+    assert_eq!(reply.recipient_nonce, vec![9u8; 16]);
+    assert_eq!(reply.certs, vec![cert.clone()]);
+
+    let (code, body) = post(fleet, url, &msg("22", "getcrl-1"), "getcrl");
+    assert_eq!(code, 200);
+    let reply = read_reply(&body, &key).expect("GetCRL reply");
+    assert_eq!(
+        reply.status,
+        certgate_scep::PkiStatus::Success,
+        "GetCRL: {:?}\n{}",
+        reply.fail_info,
+        std::fs::read_to_string(fleet.data_dir().join("logs/edge.log")).unwrap_or_default()
+    );
+    assert_eq!(reply.crls.len(), 1);
+    let crl = fleet.scratch().join("scep.crl");
+    std::fs::write(&crl, &reply.crls[0]).expect("write crl");
+    let (ok, _, err) = run(Command::new("openssl").args([
+        "crl",
+        "-inform",
+        "DER",
+        "-noout",
+        "-in",
+        &s(&crl),
+        "-CAfile",
+        &s(&fleet.chain_pem()),
+    ]));
+    assert!(ok, "openssl crl: {err}");
+
+    // CertPoll: no pending state → FAILURE badCertId.
+    let (code, body) = post(fleet, url, &msg("20", "poll-1"), "poll");
+    assert_eq!(code, 200);
+    let reply = read_reply(&body, &key).expect("CertPoll reply");
+    assert_eq!(reply.status, certgate_scep::PkiStatus::Failure);
+    assert_eq!(reply.fail_info, Some(certgate_scep::FailInfo::BadCertId));
+
+    // A tampered signature: nothing verified to answer to → HTTP 400.
+    let mut bad = msg("21", "getcert-2");
+    let n = bad.len();
+    bad[n - 5] ^= 0x55;
+    assert_eq!(post(fleet, url, &bad, "tampered").0, 400);
+
+    let (ok, caps, err) =
+        run(Command::new("curl").args(["-s", "-f", &format!("{url}?operation=GetCACaps")]));
+    assert!(ok, "GetCACaps: {err}");
+    assert_eq!(
+        caps,
+        "AES\nDES3\nSHA-256\nSHA-384\nSHA-512\nPOSTPKIOperation\nRenewal\nSCEPStandard\n"
+    );
 }

@@ -83,6 +83,8 @@ pub struct Reply {
     pub recipient_nonce: Vec<u8>,
     /// The certificates of the decrypted degenerate SignedData (SUCCESS), DER.
     pub certs: Vec<Vec<u8>>,
+    /// The CRLs of the decrypted degenerate SignedData (GetCRL), DER.
+    pub crls: Vec<Vec<u8>>,
     /// The RA certificate that signed it, DER.
     pub ra_cert_der: Vec<u8>,
 }
@@ -173,6 +175,7 @@ pub fn read_reply(der_bytes: &[u8], client_key_pkcs8: &[u8]) -> Result<Reply, Sc
     }
     let status = status.ok_or_else(|| err("no pkiStatus"))?;
     let mut certs = Vec::new();
+    let mut crls = Vec::new();
     if let Some(ec) = &sd.encap_content_info.econtent {
         let env_der = ec
             .decode_as::<OctetString>()
@@ -192,6 +195,13 @@ pub fn read_reply(der_bytes: &[u8], client_key_pkcs8: &[u8]) -> Result<Reply, Sc
                 }
             }
         }
+        if let Some(set) = inner.crls {
+            for c in set.0.iter() {
+                if let cms::revocation::RevocationInfoChoice::Crl(c) = c {
+                    crls.push(c.to_der().map_err(|_| err("encoding"))?);
+                }
+            }
+        }
     }
     Ok(Reply {
         status,
@@ -199,6 +209,7 @@ pub fn read_reply(der_bytes: &[u8], client_key_pkcs8: &[u8]) -> Result<Reply, Sc
         transaction_id: tid,
         recipient_nonce: rnonce,
         certs,
+        crls,
         ra_cert_der: ra.to_der().map_err(|_| err("encoding"))?,
     })
 }
@@ -286,7 +297,37 @@ pub fn rsa_sign(key_pkcs8: &[u8], digest: DigestAlg, data: &[u8]) -> Result<Vec<
     Ok(sig)
 }
 
-/// Parses a certificate, for callers that only hold DER.
+/// The IssuerAndSerialNumber (DER) naming `cert_der`: the content of GetCert and GetCRL.
+pub fn issuer_and_serial(cert_der: &[u8]) -> Result<Vec<u8>, ScepError> {
+    let c = Certificate::from_der(cert_der).map_err(|_| err("certificate"))?;
+    cms::cert::IssuerAndSerialNumber {
+        issuer: c.tbs_certificate.issuer,
+        serial_number: c.tbs_certificate.serial_number,
+    }
+    .to_der()
+    .map_err(|_| err("encoding"))
+}
+
+/// The IssuerAndSubject (DER) of `cert_der`: the content of CertPoll (GetCertInitial).
+pub fn issuer_and_subject(cert_der: &[u8]) -> Result<Vec<u8>, ScepError> {
+    let c = Certificate::from_der(cert_der).map_err(|_| err("certificate"))?;
+    let mut body = c
+        .tbs_certificate
+        .issuer
+        .to_der()
+        .map_err(|_| err("encoding"))?;
+    body.extend(
+        c.tbs_certificate
+            .subject
+            .to_der()
+            .map_err(|_| err("encoding"))?,
+    );
+    der::asn1::AnyRef::new(der::Tag::Sequence, &body)
+        .and_then(|a| a.to_der())
+        .map_err(|_| err("encoding"))
+}
+
+/// The serial number bytes of a certificate, for callers that only hold DER.
 pub fn cert_serial(cert_der: &[u8]) -> Result<Vec<u8>, ScepError> {
     Ok(Certificate::from_der(cert_der)
         .map_err(|_| err("certificate"))?

@@ -327,12 +327,22 @@ async fn decide(
                 Err(e) => core_fail(e).map(Err),
             }
         }
-        (MessageType::GetCrl, RequestContent::IssuerSerial(_)) => {
+        (MessageType::GetCrl, RequestContent::IssuerSerial(ias)) => {
+            // The full CRL of the issuer of the named certificate (a certificate of this CA).
+            let rec = match ctx
+                .core
+                .get_certificate(tenant, &serial_hex(&ias.serial))
+                .await
+            {
+                Ok(rec) => rec,
+                Err(e) => return core_fail(e).map(Err),
+            };
             let crl = ctx
                 .core
                 .get_crl(GetCrlRequest {
                     tenant: tenant.to_owned(),
-                    ..Default::default()
+                    issuer_id: rec.issuer_id,
+                    shard: "full".into(),
                 })
                 .await;
             match crl {
