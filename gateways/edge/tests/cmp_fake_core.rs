@@ -30,6 +30,8 @@ use tonic::{Request, Response, Status};
 use x509_cert::Certificate;
 
 const SECRET: &[u8] = b"sec123";
+/// What the fake core answers to GetCrl (a DER SEQUENCE, carried untouched).
+const FAKE_CRL: &[u8] = &[0x30, 0x03, 0x02, 0x01, 0x07];
 
 fn data(name: &str) -> Vec<u8> {
     std::fs::read(format!(
@@ -155,9 +157,19 @@ impl Core for Fake {
     }
     async fn get_crl(
         &self,
-        _: Request<certgate_proto::core::GetCrlRequest>,
+        req: Request<certgate_proto::core::GetCrlRequest>,
     ) -> Result<Response<certgate_proto::core::CrlEntry>, Status> {
-        Err(Status::unimplemented("not in this fake"))
+        let r = req.into_inner();
+        if r.issuer_id != "issuing-1" || r.shard != "full" {
+            return Err(Status::not_found("no such issuer or shard"));
+        }
+        Ok(Response::new(certgate_proto::core::CrlEntry {
+            tenant: r.tenant,
+            issuer_id: r.issuer_id,
+            shard: r.shard,
+            crl_der: FAKE_CRL.to_vec(),
+            ..Default::default()
+        }))
     }
     type WatchStatusStream = Events;
     async fn watch_status(
@@ -486,4 +498,70 @@ async fn stale_message_time_is_bad_time_and_oversized_is_413() {
     let big = vec![0x30u8; 70 * 1024];
     let (status, head, _) = post(addr, "POST", "/.well-known/cmp", CT, &big).await;
     assert_eq!(status, 413, "{head}");
+}
+
+/// RFC 9483 §4.3.2–4.3.4: a genm (the captured caCerts genm's header, a new body, MAC recomputed
+/// with the vectors' secret) asking for rootCaKeyUpdate, certReqTemplate and crlStatusList.
+#[tokio::test]
+async fn genm_root_ca_key_update_cert_req_template_and_crl_status_list() {
+    use certgate_cmp::der_util::{bits, read_all, read_tlv, seq, tlv};
+    let fake = Fake::default();
+    let (addr, _stop) = edge(fake.clone()).await;
+    let raw = data("genm_cacerts.der");
+    let (msg, _) = read_tlv(&raw).expect("a SEQUENCE");
+    let parts = read_all(msg.content).expect("fields");
+    let header = parts[0].raw;
+    let oid = |s: &str| {
+        const_oid::ObjectIdentifier::new_unwrap(s)
+            .to_der()
+            .expect("oid")
+    };
+    let itavs = [
+        seq(&[&oid("1.3.6.1.5.5.7.4.20")]),
+        seq(&[&oid("1.3.6.1.5.5.7.4.19")]),
+        seq(&[&oid("1.3.6.1.5.5.7.4.22")]),
+    ];
+    let body = tlv(0xb5, &seq(&[&itavs[0], &itavs[1], &itavs[2]]));
+    let req = certgate_cmp::parse(&raw, &Limits::default()).expect("vector");
+    let alg = req
+        .protection_alg_der
+        .clone()
+        .expect("MAC-protected vector");
+    let mac = pbm(&alg, SECRET, &seq(&[header, &body])).expect("pbm");
+    let genm = seq(&[header, &body, &tlv(0xa0, &bits(&mac))]);
+
+    let (status, head, resp) = post(addr, "POST", "/.well-known/cmp", CT, &genm).await;
+    assert_eq!(status, 200, "{head}");
+    // PKIMessage { header, body [22] genp SEQUENCE OF ITAV, ... }.
+    let (m, _) = read_tlv(&resp).expect("a PKIMessage");
+    let fields = read_all(m.content).expect("fields");
+    assert_eq!(fields[1].tag, 0xb6, "genp");
+    let (list, _) = read_tlv(fields[1].content).expect("GenRepContent");
+    let itavs: Vec<Vec<Vec<u8>>> = read_all(list.content)
+        .expect("ITAVs")
+        .iter()
+        .map(|i| {
+            read_all(i.content)
+                .expect("ITAV fields")
+                .iter()
+                .map(|f| f.raw.to_vec())
+                .collect()
+        })
+        .collect();
+    assert_eq!(itavs.len(), 3);
+    assert_eq!(
+        itavs[0],
+        vec![oid("1.3.6.1.5.5.7.4.20")],
+        "no root CA key update staged"
+    );
+    assert_eq!(
+        itavs[1],
+        vec![oid("1.3.6.1.5.5.7.4.19")],
+        "no template published"
+    );
+    assert_eq!(
+        itavs[2],
+        vec![oid("1.3.6.1.5.5.7.4.23"), seq(&[FAKE_CRL])],
+        "id-it-crls carries the core's current CRL"
+    );
 }
