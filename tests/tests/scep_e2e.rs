@@ -214,6 +214,40 @@ fn strongswan_enrolls_renews_and_wrong_challenge_is_refused() {
     );
     assert_eq!(scep_issued(&fleet), base + 2);
 
+    // An old client's DES-EDE3-CBC content (strongSwan `--cipher des3`).
+    rsa_key(&p("des.key"));
+    let (ok, cert, err) = pki(&[
+        "--scep",
+        "--url",
+        &url,
+        "--in",
+        &s(&p("des.key")),
+        "--dn",
+        "CN=scep-des3",
+        "--password",
+        &challenge,
+        "--cipher",
+        "des3",
+        "--cacert-enc",
+        &ra,
+        "--cacert-sig",
+        &ra,
+        "--cacert",
+        &s(&fleet.root_pem()),
+        "--cacert",
+        &s(&fleet.chain_pem()),
+        "--maxpolltime",
+        "10",
+        "--interval",
+        "2",
+        "--outform",
+        "pem",
+    ]);
+    assert!(ok, "pki --scep --cipher des3: {err}");
+    std::fs::write(p("des.pem"), cert).expect("write cert");
+    verify(&fleet, &p("des.pem"));
+    assert_eq!(scep_issued(&fleet), base + 3);
+
     // A wrong challenge: FAILURE, nothing issued.
     rsa_key(&p("bad.key"));
     let (ok, _, err) = pki(&[
@@ -243,7 +277,7 @@ fn strongswan_enrolls_renews_and_wrong_challenge_is_refused() {
     ]);
     assert!(!ok, "a wrong challenge must be refused");
     assert!(err.to_lowercase().contains("fail"), "{err}");
-    assert_eq!(scep_issued(&fleet), base + 2);
+    assert_eq!(scep_issued(&fleet), base + 3);
 
     get_cert_get_crl_and_malformed(&fleet, &url, &p("ra.pem"), &p("dev.pem"), &p("dev.key"));
 }

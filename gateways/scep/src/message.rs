@@ -389,6 +389,10 @@ impl PkiMessage {
     pub fn decrypt_content(&self, cek: &[u8]) -> Result<RequestContent, ScepError> {
         let env = self.enveloped_data()?;
         let eci = &env.encrypted_content;
+        if eci.content_enc_alg.oid == oids::DES_EDE3_CBC {
+            let plain = decrypt_des3(eci, cek)?;
+            return self.decode_content(&plain);
+        }
         let alg = match eci.content_enc_alg.oid {
             oids::AES128_CBC => &AES_128,
             oids::AES192_CBC => &AES_192,
@@ -422,10 +426,14 @@ impl PkiMessage {
             .map_err(|_| bad(FailInfo::BadMessageCheck, "decryption failed"))?
             .to_vec();
         let plain = Zeroizing::new(plain);
+        self.decode_content(&plain)
+    }
+
+    fn decode_content(&self, plain: &[u8]) -> Result<RequestContent, ScepError> {
         match self.message_type {
-            MessageType::PkcsReq | MessageType::RenewalReq => self.cert_request(&plain),
+            MessageType::PkcsReq | MessageType::RenewalReq => self.cert_request(plain),
             MessageType::CertPoll => {
-                let ias = IssuerAndSubject::from_der(&plain)
+                let ias = IssuerAndSubject::from_der(plain)
                     .map_err(|_| bad(FailInfo::BadRequest, "malformed IssuerAndSubject"))?;
                 let enc = |_| bad(FailInfo::BadRequest, "encoding");
                 Ok(RequestContent::Poll {
@@ -434,7 +442,7 @@ impl PkiMessage {
                 })
             }
             MessageType::GetCert | MessageType::GetCrl => {
-                let ias = cms::cert::IssuerAndSerialNumber::from_der(&plain)
+                let ias = cms::cert::IssuerAndSerialNumber::from_der(plain)
                     .map_err(|_| bad(FailInfo::BadRequest, "malformed IssuerAndSerialNumber"))?;
                 Ok(RequestContent::IssuerSerial(IssuerAndSerial {
                     issuer_der: ias
@@ -480,6 +488,38 @@ impl PkiMessage {
             challenge,
         })
     }
+}
+
+/// DES-EDE3-CBC (8-byte IV, PKCS#7 padding): only for old clients that offer nothing better.
+fn decrypt_des3(
+    eci: &cms::enveloped_data::EncryptedContentInfo,
+    cek: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, ScepError> {
+    use cbc::cipher::{BlockDecryptMut, KeyIvInit, block_padding::Pkcs7};
+    let iv: [u8; 8] = eci
+        .content_enc_alg
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<OctetString>().ok())
+        .and_then(|o| o.as_bytes().try_into().ok())
+        .ok_or_else(|| bad(FailInfo::BadRequest, "bad CBC IV"))?;
+    let mut buf = Zeroizing::new(
+        eci.encrypted_content
+            .as_ref()
+            .ok_or_else(|| bad(FailInfo::BadRequest, "no encrypted content"))?
+            .as_bytes()
+            .to_vec(),
+    );
+    let dec = cbc::Decryptor::<des::TdesEde3>::new_from_slices(cek, &iv).map_err(|_| {
+        bad(
+            FailInfo::BadMessageCheck,
+            "content key has the wrong length",
+        )
+    })?;
+    let plain = dec
+        .decrypt_padded_mut::<Pkcs7>(&mut buf)
+        .map_err(|_| bad(FailInfo::BadMessageCheck, "decryption failed"))?;
+    Ok(Zeroizing::new(plain.to_vec()))
 }
 
 /// IssuerAndSubject (RFC 8894 §3.3.3).
