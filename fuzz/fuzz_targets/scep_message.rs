@@ -1,7 +1,8 @@
 //! SCEP PKIOperation bytes from a client: ContentInfo/SignedData decode, signed attributes,
 //! signer certificate lookup and RSA signature check (`parse_pki_message`); for messages that
 //! pass, the EnvelopedData recipient lookup and content decryption/decoding with a fixed key
-//! (padding errors and content decoding are exercised, not the key unwrap, which is the RA's).
+//! (AES and DES-EDE3 padding errors and content decoding are exercised, not the key unwrap,
+//! which is the RA's).
 //! Seeds: requests built by gateways/scep/tests/messages.rs (SCEP_WRITE_SEEDS=DIR) in
 //! corpus/scep_message/.
 #![no_main]
@@ -13,5 +14,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = msg.key_transport(&msg.signer_cert_der);
         let _ = msg.decrypt_content(&[0x42; 16]);
         let _ = msg.decrypt_content(&[0x42; 32]);
+        let _ = msg.decrypt_content(&[0x42; 24]);
     }
 });
