@@ -20,9 +20,9 @@ use certgate_proto::acme::acme_server::AcmeServer;
 use certgate_proto::admin::admin_server::AdminServer;
 use certgate_proto::cmp::cmp_admin_server::CmpAdminServer;
 use certgate_proto::cmp::cmp_server::CmpServer;
+use certgate_proto::core::core_server::CoreServer;
 use certgate_proto::scep::scep_admin_server::ScepAdminServer;
 use certgate_proto::scep::scep_server::ScepServer;
-use certgate_proto::core::core_server::CoreServer;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

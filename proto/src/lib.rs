@@ -53,8 +53,6 @@ mod generated {
 
 /// `proto/acme.proto`: the core's ACME state service edges call.
 pub use generated::certgate::acme::v1 as acme;
-/// `proto/scep.proto`: the core's SCEP support (RA decryption and signing, challenges).
-pub use generated::certgate::scep::v1 as scep;
 /// `proto/admin.proto`: the core's administration service.
 pub use generated::certgate::admin::v1 as admin;
 /// `proto/cmp.proto`: the core's CMP support (MACs, RA protection, confirmation).
@@ -63,6 +61,8 @@ pub use generated::certgate::cmp::v1 as cmp;
 pub use generated::certgate::core::v1 as core;
 /// `proto/errors.proto`: the error detail crossing every hop.
 pub use generated::certgate::errors::v1 as errors;
+/// `proto/scep.proto`: the core's SCEP support (RA decryption and signing, challenges).
+pub use generated::certgate::scep::v1 as scep;
 /// `proto/signer.proto`: the signer service.
 pub use generated::certgate::signer::v1 as signer;
 
