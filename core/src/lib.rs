@@ -14,6 +14,7 @@ pub mod csr;
 pub mod error;
 pub mod issue;
 pub mod profile;
+pub(crate) mod ra;
 pub mod scep;
 pub mod service;
 pub mod signer_client;

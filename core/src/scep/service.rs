@@ -128,15 +128,7 @@ impl ScepState {
     }
 }
 
-/// Runs store or CPU work without stalling the async workers.
-pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
+pub(crate) use crate::ra::blocking;
 
 fn count(rpc: &'static str, tenant: &str, outcome: &'static str) {
     metrics::counter!("certgate_scep_core_requests_total",
