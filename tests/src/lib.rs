@@ -146,8 +146,10 @@ impl ChildGuard {
 }
 
 impl Drop for ChildGuard {
+    /// SIGTERM first, so a supervisor (`certgate up`) stops its own children instead of leaving
+    /// them orphaned, as a SIGKILL would; SIGKILL if it has not exited within a few seconds.
     fn drop(&mut self) {
-        self.kill();
+        let _ = self.terminate(Duration::from_secs(10));
     }
 }
 
