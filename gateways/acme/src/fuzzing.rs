@@ -34,7 +34,9 @@ pub fn acme_jws(data: &[u8]) {
             if let Ok(verifier) = NonceVerifier::new(1, &key, Duration::from_secs(60)) {
                 let store = MemoryNonceStore::new(4);
                 let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-                let _ = verifier.redeem(v.nonce(), now, &store);
+                if let Ok(id) = verifier.check(v.nonce(), now) {
+                    let _ = NonceVerifier::redemption(store.redeem(&id, 1_800_000_000));
+                }
             }
             if let Ok(Value::Object(obj)) = v.json::<Value>()
                 && let Some(eab) = obj.get("externalAccountBinding")

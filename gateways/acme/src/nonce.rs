@@ -14,6 +14,8 @@
 //! then [`NonceVerifier::check`] refuses them on expiry alone, so eviction never re-opens a replay.
 
 use std::collections::{BTreeSet, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -68,12 +70,17 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// What [`NonceStore::redeem`] returns: a future, because a shared store (Redis) answers over the
+/// network; the in-process store answers at once (`std::future::ready`). Boxed so the trait
+/// stays usable as `dyn NonceStore`.
+pub type RedeemFuture<'a> = Pin<Box<dyn Future<Output = Result<bool, StoreError>> + Send + 'a>>;
+
 /// Redeem-once storage shared by the edges.
 pub trait NonceStore: Send + Sync {
     /// Records `nonce` as used. `Ok(true)` the first time, `Ok(false)` on every later call.
     /// `now` (unix seconds) lets a bounded store drop entries that have expired; a store with its
     /// own TTL (Redis `SET NX EXAT expiry`) may ignore it.
-    fn redeem(&self, nonce: &NonceId, now: u64) -> Result<bool, StoreError>;
+    fn redeem<'a>(&'a self, nonce: &'a NonceId, now: u64) -> RedeemFuture<'a>;
 }
 
 /// A bounded in-process [`NonceStore`] for a single edge (the embedded default).
@@ -110,7 +117,16 @@ impl MemoryNonceStore {
 }
 
 impl NonceStore for MemoryNonceStore {
-    fn redeem(&self, nonce: &NonceId, now: u64) -> Result<bool, StoreError> {
+    fn redeem<'a>(&'a self, nonce: &'a NonceId, now: u64) -> RedeemFuture<'a> {
+        Box::pin(std::future::ready(MemoryNonceStore::redeem(
+            self, nonce, now,
+        )))
+    }
+}
+
+impl MemoryNonceStore {
+    /// [`NonceStore::redeem`] without the future: the in-process store never waits.
+    pub fn redeem(&self, nonce: &NonceId, now: u64) -> Result<bool, StoreError> {
         let mut inner = self
             .inner
             .lock()
@@ -225,14 +241,20 @@ impl NonceVerifier {
     }
 
     /// Checks and redeems: the only way a request's nonce should be accepted.
-    pub fn redeem(
+    pub async fn redeem(
         &self,
         nonce: &str,
         now: SystemTime,
         store: &dyn NonceStore,
     ) -> Result<(), Error> {
         let id = self.check(nonce, now)?;
-        match store.redeem(&id, unix(now)) {
+        Self::redemption(store.redeem(&id, unix(now)).await)
+    }
+
+    /// The wire meaning of a store's answer (sans-I/O half of [`NonceVerifier::redeem`]): only a
+    /// first redemption is accepted; a store that is full or unreachable refuses (fail closed).
+    pub fn redemption(outcome: Result<bool, StoreError>) -> Result<(), Error> {
+        match outcome {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::BadNonce("nonce already used")),
             Err(StoreError::Full) => Err(Error::NonceStoreFull),
@@ -251,6 +273,16 @@ mod tests {
 
     fn t(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// Runs a future that completes without waiting (the in-process store's).
+    fn now<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the in-process store never waits"),
+        }
     }
 
     fn verifier() -> NonceVerifier {
@@ -310,9 +342,9 @@ mod tests {
         let v = verifier();
         let store = MemoryNonceStore::new(10);
         let n = v.mint(t(1000), [1; 16]);
-        v.redeem(&n, t(1001), &store).unwrap();
+        now(v.redeem(&n, t(1001), &store)).unwrap();
         assert_eq!(
-            v.redeem(&n, t(1002), &store),
+            now(v.redeem(&n, t(1002), &store)),
             Err(Error::BadNonce("nonce already used"))
         );
     }
@@ -321,17 +353,15 @@ mod tests {
     fn full_store_fails_closed_and_frees_space_only_on_expiry() {
         let v = verifier();
         let store = MemoryNonceStore::new(2);
-        v.redeem(&v.mint(t(1000), [1; 16]), t(1000), &store)
-            .unwrap();
-        v.redeem(&v.mint(t(1000), [2; 16]), t(1000), &store)
-            .unwrap();
+        now(v.redeem(&v.mint(t(1000), [1; 16]), t(1000), &store)).unwrap();
+        now(v.redeem(&v.mint(t(1000), [2; 16]), t(1000), &store)).unwrap();
         let third = v.mint(t(1010), [3; 16]);
         assert_eq!(
-            v.redeem(&third, t(1010), &store),
+            now(v.redeem(&third, t(1010), &store)),
             Err(Error::NonceStoreFull)
         );
         // The refused nonce was not recorded: it works once the old ones have expired.
-        v.redeem(&third, t(1060), &store).unwrap();
+        now(v.redeem(&third, t(1060), &store)).unwrap();
         assert_eq!(store.len(), 1);
     }
 
@@ -356,8 +386,10 @@ mod tests {
 
     struct DownStore;
     impl NonceStore for DownStore {
-        fn redeem(&self, _: &NonceId, _: u64) -> Result<bool, StoreError> {
-            Err(StoreError::Unavailable("down".into()))
+        fn redeem<'a>(&'a self, _: &'a NonceId, _: u64) -> RedeemFuture<'a> {
+            Box::pin(std::future::ready(Err(StoreError::Unavailable(
+                "down".into(),
+            ))))
         }
     }
 
@@ -366,7 +398,7 @@ mod tests {
         let v = verifier();
         let n = v.mint(t(1000), [1; 16]);
         assert_eq!(
-            v.redeem(&n, t(1001), &DownStore),
+            now(v.redeem(&n, t(1001), &DownStore)),
             Err(Error::NonceStoreUnavailable)
         );
     }

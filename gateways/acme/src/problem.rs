@@ -162,7 +162,9 @@ impl Error {
             Error::UrlMismatch => (P::Unauthorized, 403),
             Error::BadNonce(_) => (P::BadNonce, 400),
             Error::NonceStoreFull => (P::BadNonce, 400),
-            Error::NonceStoreUnavailable => (P::ServerInternal, 503),
+            // Fail closed (issue 8): without the shared store a replay cannot be ruled out, so
+            // the nonce is refused as a badNonce; 503 (with Retry-After) says why it is temporary.
+            Error::NonceStoreUnavailable => (P::BadNonce, 503),
             Error::WrongPayloadKind(_) => (P::Malformed, 400),
             Error::AccountDoesNotExist => (P::AccountDoesNotExist, 400),
             Error::Unauthorized(_) => (P::Unauthorized, 403),
@@ -405,9 +407,9 @@ mod tests {
         400
     );
     row!(
-        nonce_store_down_is_503,
+        nonce_store_down_is_bad_nonce_503,
         Error::NonceStoreUnavailable,
-        "serverInternal",
+        "badNonce",
         503
     );
     row!(

@@ -185,6 +185,9 @@ pub struct EdgeConfig {
     /// The EST gateway (issue 6): labels, Basic credentials, TLS client-certificate anchors.
     #[serde(default)]
     pub est: crate::est::EstConfig,
+    /// Fleet state shared through Redis (nonces, rate limits, OCSP tier); absent = in process.
+    #[serde(default)]
+    pub redis: Option<crate::shared::RedisConfig>,
 }
 
 /// OCSP and CRL serving: the status cache, its miss path and the `WatchStatus` task.
@@ -280,6 +283,18 @@ impl EdgeConfig {
             abs(k);
         }
         cfg.acme.validate().map_err(ConfigError::Invalid)?;
+        if let Some(r) = cfg.redis.as_mut() {
+            r.resolve_paths(base);
+            r.validate().map_err(ConfigError::Invalid)?;
+            // Edges sharing Redis must share the nonce key, or one edge's nonces are badNonce
+            // at every other.
+            if cfg.acme.nonce_key_file.is_none() {
+                return Err(ConfigError::Invalid(
+                    "[redis] needs [acme] nonce_key_file: every edge of the fleet must share the nonce key"
+                        .into(),
+                ));
+            }
+        }
         for p in &mut cfg.cmp.trust_anchors {
             abs(p);
         }

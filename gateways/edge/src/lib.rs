@@ -20,6 +20,7 @@ pub mod ratelimit;
 pub mod router;
 pub mod scep;
 pub mod server;
+pub mod shared;
 pub mod status;
 pub mod tenant;
 
@@ -62,6 +63,9 @@ pub enum StartError {
     /// Metrics recorder.
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    /// The Redis client for the fleet's shared state (`[redis]`).
+    #[error(transparent)]
+    Shared(#[from] shared::SharedError),
 }
 
 /// Binds every listener and serves until `shutdown` flips to true.
@@ -103,15 +107,45 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let admin = bind(cfg.listen.admin).await?;
 
     let nonce_key = acme::load_nonce_key(&cfg.acme)?;
-    let limiter: Arc<dyn ratelimit::RateLimiter> =
-        Arc::new(ratelimit::GovernorLimiter::new(cfg.rate_limits.clone()));
+    // Fleet state in Redis when `[redis]` is configured; in process otherwise.
+    let (limiter, nonce_store): (
+        Arc<dyn ratelimit::RateLimiter>,
+        Arc<dyn certgate_acme::nonce::NonceStore>,
+    ) = match &cfg.redis {
+        Some(rc) => {
+            let pool = shared::RedisPool::new(rc)?;
+            if rc.ocsp_tier {
+                status_cache.set_shared_tier(shared::redis_ocsp::OcspTier::new(
+                    pool.clone(),
+                    rc.ocsp_max_value_bytes,
+                    rc.ocsp_max_ttl_seconds,
+                ));
+            }
+            info!(prefix = pool.prefix(), fallback = ?rc.rate_limit_fallback, ocsp_tier = rc.ocsp_tier, "shared edge state in Redis");
+            (
+                Arc::new(shared::redis_ratelimit::RedisLimiter::new(
+                    pool.clone(),
+                    cfg.rate_limits.clone(),
+                    rc.rate_limit_fallback,
+                )),
+                Arc::new(shared::redis_nonce::RedisNonceStore::new(
+                    pool,
+                    rc.nonce_clock_skew_seconds,
+                )),
+            )
+        }
+        None => (
+            Arc::new(ratelimit::GovernorLimiter::new(cfg.rate_limits.clone())),
+            Arc::new(certgate_acme::nonce::MemoryNonceStore::new(
+                cfg.acme.nonce_store_capacity,
+            )),
+        ),
+    };
     let acme_handler = Arc::new(
         acme::AcmeHandler::new(
             cfg.acme.clone(),
             &nonce_key,
-            Arc::new(certgate_acme::nonce::MemoryNonceStore::new(
-                cfg.acme.nonce_store_capacity,
-            )),
+            nonce_store,
             tenants.clone(),
             limiter,
         )

@@ -16,7 +16,9 @@
 //! bounded moka cache that expire with the quota period.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,12 +67,21 @@ pub struct RateLimited {
     pub retry_after: Duration,
 }
 
+/// What [`RateLimiter`] methods return: a future, because the fleet-wide limiter (Redis) answers
+/// over the network; the in-process one answers at once. Boxed so `dyn RateLimiter` works.
+pub type LimitFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// A keyed limiter with refunds. Implementations must be bounded in memory.
 pub trait RateLimiter: Send + Sync {
     /// Takes one unit of `rule` for `subject` within `tenant`, or refuses.
-    fn check(&self, tenant: &str, rule: Rule, subject: &str) -> Result<(), RateLimited>;
+    fn check<'a>(
+        &'a self,
+        tenant: &'a str,
+        rule: Rule,
+        subject: &'a str,
+    ) -> LimitFuture<'a, Result<(), RateLimited>>;
     /// Gives back one unit taken by a successful [`RateLimiter::check`].
-    fn refund(&self, tenant: &str, rule: Rule, subject: &str);
+    fn refund<'a>(&'a self, tenant: &'a str, rule: Rule, subject: &'a str) -> LimitFuture<'a, ()>;
 }
 
 /// Quotas of one tenant (units per the rule's period). 0 disables a rule.
@@ -150,7 +161,8 @@ impl RateLimitConfig {
         Ok(())
     }
 
-    fn quota(&self, tenant: &str, rule: Rule) -> u32 {
+    /// Units of `rule` per its period for `tenant` (0: the rule is off).
+    pub fn quota(&self, tenant: &str, rule: Rule) -> u32 {
         self.tenants.get(tenant).unwrap_or(&self.default).get(rule)
     }
 }
@@ -208,7 +220,27 @@ fn key(tenant: &str, subject: &str) -> String {
 }
 
 impl RateLimiter for GovernorLimiter {
-    fn check(&self, tenant: &str, rule: Rule, subject: &str) -> Result<(), RateLimited> {
+    fn check<'a>(
+        &'a self,
+        tenant: &'a str,
+        rule: Rule,
+        subject: &'a str,
+    ) -> LimitFuture<'a, Result<(), RateLimited>> {
+        Box::pin(std::future::ready(GovernorLimiter::check(
+            self, tenant, rule, subject,
+        )))
+    }
+
+    fn refund<'a>(&'a self, tenant: &'a str, rule: Rule, subject: &'a str) -> LimitFuture<'a, ()> {
+        GovernorLimiter::refund(self, tenant, rule, subject);
+        Box::pin(std::future::ready(()))
+    }
+}
+
+impl GovernorLimiter {
+    /// [`RateLimiter::check`] without the future: the in-process limiter never waits (also the
+    /// Redis limiter's `fallback = "local"`).
+    pub fn check(&self, tenant: &str, rule: Rule, subject: &str) -> Result<(), RateLimited> {
         let Some(per_period) = NonZeroU32::new(self.cfg.quota(tenant, rule)) else {
             return Ok(());
         };
@@ -234,7 +266,8 @@ impl RateLimiter for GovernorLimiter {
         })
     }
 
-    fn refund(&self, tenant: &str, rule: Rule, subject: &str) {
+    /// [`RateLimiter::refund`] without the future.
+    pub fn refund(&self, tenant: &str, rule: Rule, subject: &str) {
         if self.cfg.quota(tenant, rule) == 0 {
             return;
         }

@@ -395,7 +395,8 @@ impl AcmeHandler {
             }
         };
         self.nonces
-            .redeem(verified.nonce(), SystemTime::now(), self.store.as_ref())?;
+            .redeem(verified.nonce(), SystemTime::now(), self.store.as_ref())
+            .await?;
         Ok(Authed { verified, account })
     }
 
@@ -495,6 +496,7 @@ impl AcmeHandler {
         if limited {
             self.limiter
                 .check(&req.tenant, Rule::AcmeNewAccounts, &ip)
+                .await
                 .map_err(|e| Fail::RateLimited(Rule::AcmeNewAccounts, e.retry_after))?;
         }
         let eab = match &na.external_account_binding {
@@ -517,13 +519,17 @@ impl AcmeHandler {
             Ok(r) => r,
             Err(e) => {
                 if limited {
-                    self.limiter.refund(&req.tenant, Rule::AcmeNewAccounts, &ip);
+                    self.limiter
+                        .refund(&req.tenant, Rule::AcmeNewAccounts, &ip)
+                        .await;
                 }
                 return Err(e.into());
             }
         };
         if limited && !resp.created {
-            self.limiter.refund(&req.tenant, Rule::AcmeNewAccounts, &ip);
+            self.limiter
+                .refund(&req.tenant, Rule::AcmeNewAccounts, &ip)
+                .await;
         }
         let acc = resp.account.ok_or(certgate_acme::Error::ServerInternal)?;
         let status = if resp.created {
@@ -649,6 +655,7 @@ impl AcmeHandler {
                 if !renewal {
                     self.limiter
                         .check(&tenant, Rule::AcmeNewOrders, &account_id)
+                        .await
                         .map_err(|e| Fail::RateLimited(Rule::AcmeNewOrders, e.retry_after))?;
                 }
                 let unix = |t: Option<time::OffsetDateTime>| t.map_or(0, |t| t.unix_timestamp());
@@ -672,7 +679,8 @@ impl AcmeHandler {
                     Err(e) => {
                         if !renewal {
                             self.limiter
-                                .refund(&tenant, Rule::AcmeNewOrders, &account_id);
+                                .refund(&tenant, Rule::AcmeNewOrders, &account_id)
+                                .await;
                         }
                         return Err(e.into());
                     }
@@ -742,6 +750,7 @@ impl AcmeHandler {
                         let _: serde_json::Map<String, serde_json::Value> = v.json()?;
                         self.limiter
                             .check(&tenant, Rule::AcmeFailedValidations, &account_id)
+                            .await
                             .map_err(|e| {
                                 Fail::RateLimited(Rule::AcmeFailedValidations, e.retry_after)
                             })?;
@@ -757,7 +766,8 @@ impl AcmeHandler {
                         let failed = matches!(&r, Ok(x) if x.challenge.as_ref().is_some_and(|c| c.status == "invalid"));
                         if !failed {
                             self.limiter
-                                .refund(&tenant, Rule::AcmeFailedValidations, &account_id);
+                                .refund(&tenant, Rule::AcmeFailedValidations, &account_id)
+                                .await;
                         }
                         let r = r?;
                         if r.authz_id != *authz_id {
@@ -797,13 +807,15 @@ impl AcmeHandler {
                     domains.sort();
                     domains.dedup();
                     for d in domains {
-                        if let Err(e) =
-                            self.limiter
-                                .check(&tenant, Rule::AcmeCertificatesPerDomain, &d)
+                        if let Err(e) = self
+                            .limiter
+                            .check(&tenant, Rule::AcmeCertificatesPerDomain, &d)
+                            .await
                         {
                             for t in &taken {
                                 self.limiter
-                                    .refund(&tenant, Rule::AcmeCertificatesPerDomain, t);
+                                    .refund(&tenant, Rule::AcmeCertificatesPerDomain, t)
+                                    .await;
                             }
                             return Err(Fail::RateLimited(
                                 Rule::AcmeCertificatesPerDomain,
@@ -826,7 +838,8 @@ impl AcmeHandler {
                     other => {
                         for t in &taken {
                             self.limiter
-                                .refund(&tenant, Rule::AcmeCertificatesPerDomain, t);
+                                .refund(&tenant, Rule::AcmeCertificatesPerDomain, t)
+                                .await;
                         }
                         other?
                     }

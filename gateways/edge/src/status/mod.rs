@@ -107,6 +107,8 @@ struct Inner {
     cursor: AtomicU64,
     in_flight: Mutex<HashMap<CacheKey, InFlight>>,
     miss_permits: Arc<Semaphore>,
+    /// The fleet's Redis OCSP tier, consulted on misses (set once at start, `[redis]`).
+    shared_tier: std::sync::OnceLock<crate::shared::redis_ocsp::OcspTier>,
 }
 
 /// The edge's status cache: cheap to clone, shared by the handlers and the watch task.
@@ -138,6 +140,7 @@ impl StatusCache {
                 cursor: AtomicU64::new(0),
                 in_flight: Mutex::new(HashMap::new()),
                 miss_permits: Arc::new(Semaphore::new(settings.max_miss_in_flight.max(1))),
+                shared_tier: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -358,6 +361,12 @@ impl StatusCache {
         Applied::Other
     }
 
+    /// Puts the fleet's shared OCSP tier between this cache and the core (see
+    /// [`crate::shared::redis_ocsp`]); only the first call has an effect.
+    pub fn set_shared_tier(&self, tier: crate::shared::redis_ocsp::OcspTier) {
+        let _ = self.inner.shared_tier.set(tier);
+    }
+
     /// Resolves a cache miss: one core call per key however many requests miss at once
     /// (single-flight), at most `max_miss_in_flight` distinct keys at once, the answer cached.
     /// If the core cannot answer, a still-fresh cached response (a push that raced the miss)
@@ -388,7 +397,13 @@ impl StatusCache {
                     // client goes away; it removes its own in-flight entry.
                     let task = tokio::spawn(async move {
                         let _permit = permit;
-                        let r = this.fetch(&core, &k).await;
+                        let r = match this.inner.shared_tier.get() {
+                            Some(tier) => {
+                                let check = |der| this.check_ocsp(k.tenant(), &k, der);
+                                tier.fetch_through(&k, check, this.fetch(&core, &k)).await
+                            }
+                            None => this.fetch(&core, &k).await,
+                        };
                         if let Ok(resp) = &r {
                             this.insert_unless_newer(k.clone(), resp.clone(), SystemTime::now());
                         }
