@@ -58,6 +58,10 @@ pub struct Listen {
     /// Admin: /healthz, /readyz, /metrics. Default 127.0.0.1:9090.
     #[serde(default = "default_admin")]
     pub admin: SocketAddr,
+    /// HTTP/3 (QUIC) on UDP at the HTTPS port number, advertised with `Alt-Svc`. Default on;
+    /// bounds in `[http3]`.
+    #[serde(default = "default_http3")]
+    pub http3: bool,
 }
 
 impl Default for Listen {
@@ -66,8 +70,13 @@ impl Default for Listen {
             https: default_https(),
             http: default_http(),
             admin: default_admin(),
+            http3: default_http3(),
         }
     }
+}
+
+fn default_http3() -> bool {
+    true
 }
 
 fn default_https() -> SocketAddr {
@@ -161,6 +170,9 @@ pub struct EdgeConfig {
     /// Bounds.
     #[serde(default)]
     pub limits: Limits,
+    /// HTTP/3 listener bounds (`[listen] http3` turns it on or off).
+    #[serde(default)]
+    pub http3: crate::h3::Http3Config,
     /// Caches.
     #[serde(default)]
     pub cache: Cache,

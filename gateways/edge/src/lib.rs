@@ -15,6 +15,7 @@ pub mod config;
 pub mod core_client;
 pub mod error;
 pub mod est;
+pub mod h3;
 pub mod metrics;
 pub mod ratelimit;
 pub mod router;
@@ -63,6 +64,9 @@ pub enum StartError {
     /// Metrics recorder.
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    /// The HTTP/3 listener (`[listen] http3`).
+    #[error(transparent)]
+    Http3(#[from] crate::h3::H3Error),
     /// The Redis client for the fleet's shared state (`[redis]`).
     #[error(transparent)]
     Shared(#[from] shared::SharedError),
@@ -103,6 +107,17 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             .map_err(|source| StartError::Bind { addr, source })
     };
     let https = bind(cfg.listen.https).await?;
+    // HTTP/3 on UDP at the HTTPS listener's (bound) port number, advertised by Alt-Svc.
+    let quic = if cfg.listen.http3 {
+        let addr = https.local_addr().unwrap_or(cfg.listen.https);
+        let quic_tls = server::tls_config_with_client_anchors(&cert, &key, &client_anchors)
+            .map_err(StartError::Tls)?;
+        let endpoint = crate::h3::bind(addr, crate::h3::server_config(quic_tls, &cfg.http3)?)?;
+        let alt_svc = crate::h3::alt_svc_value(addr.port(), cfg.http3.alt_svc_max_age_seconds);
+        Some((endpoint, alt_svc))
+    } else {
+        None
+    };
     let http = bind(cfg.listen.http).await?;
     let admin = bind(cfg.listen.admin).await?;
 
@@ -184,14 +199,19 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             },
         })
     };
-    let tasks = vec![
+    let alt_svc = quic.as_ref().map(|(_, v)| v.clone());
+    // HTTP/3 shares the HTTPS listener's pipeline: one set of in-flight cap and bulkheads for
+    // the same routes, whichever transport a request came over.
+    let https_pipeline = pipeline(());
+    let mut tasks = vec![
         status_watch,
-        tokio::spawn(server::serve_listener(
+        tokio::spawn(server::serve_listener_with(
             https,
             router::Listener::Https,
             Some(tls),
-            pipeline(()),
+            https_pipeline.clone(),
             shutdown.clone(),
+            alt_svc,
         )),
         tokio::spawn(server::serve_listener(
             http,
@@ -209,8 +229,17 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             shutdown.clone(),
         )),
     ];
+    if let Some((endpoint, _)) = quic {
+        tasks.push(tokio::spawn(crate::h3::serve_h3(
+            endpoint,
+            cfg.http3.clone(),
+            https_pipeline,
+            shutdown.clone(),
+        )));
+    }
     info!(
         https = %cfg.listen.https,
+        http3 = cfg.listen.http3,
         http = %cfg.listen.http,
         admin = %cfg.listen.admin,
         core = %cfg.core_socket.display(),

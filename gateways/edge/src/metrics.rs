@@ -26,6 +26,10 @@ pub const RATE_LIMITED_TOTAL: &str = "certgate_edge_rate_limited_total";
 pub const CORE_RETRIES_TOTAL: &str = "certgate_edge_core_retries_total";
 /// Connections currently open, by listener.
 pub const CONNECTIONS_OPEN: &str = "certgate_edge_connections_open";
+/// Responses sent, by `http_version` (`1.0`, `1.1`, `2`, `3`), listener and status class.
+pub const HTTP_REQUESTS_TOTAL: &str = "certgate_edge_http_requests_total";
+/// QUIC connections refused before the handshake (HTTP/3 connection cap), by reason.
+pub const H3_REFUSED_TOTAL: &str = "certgate_edge_h3_refused_total";
 
 /// Why the recorder could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -196,4 +200,30 @@ impl Default for HandleCache {
 pub fn record_core_call(method: &'static str, outcome: &'static str, elapsed: Duration) {
     metrics::histogram!(CORE_CALL_SECONDS, "method" => method, "outcome" => outcome)
         .record(elapsed.as_secs_f64());
+}
+
+/// Records one response by transport: `http_version` (`1.0`, `1.1`, `2`, `3`), listener and
+/// status class (`2xx` … `5xx`); all label values come from fixed sets.
+pub fn record_http_version(
+    version: http::Version,
+    listener: &'static str,
+    status: http::StatusCode,
+) {
+    let v = match version {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_11 => "1.1",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "other",
+    };
+    let class = match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!(HTTP_REQUESTS_TOTAL, "http_version" => v, "listener" => listener, "status" => class)
+        .increment(1);
 }

@@ -64,12 +64,19 @@ pub struct Guard {
 impl Pipeline {
     /// Serves one request end to end; never fails (errors become the protocol's error document
     /// here, the single rescue point).
-    pub async fn serve(
+    ///
+    /// Generic over the body so HTTP/3 request streams ([`crate::h3`]) go through the same
+    /// bounded read as hyper's `Incoming`.
+    pub async fn serve<B>(
         &self,
         listener: Listener,
         peer: SocketAddr,
-        req: Request<Incoming>,
-    ) -> EdgeResponse {
+        req: Request<B>,
+    ) -> EdgeResponse
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let start = Instant::now();
         let path = req.uri().path().to_owned();
         let Some((tenant, rest)) = split_tenant(&path) else {
@@ -248,7 +255,20 @@ pub async fn serve_listener(
     which: Listener,
     tls: Option<TlsAcceptor>,
     pipeline: Arc<Pipeline>,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_listener_with(tcp, which, tls, pipeline, shutdown, None).await;
+}
+
+/// [`serve_listener`] that adds `alt_svc` as an `Alt-Svc` header to every response (the HTTPS
+/// listener advertising HTTP/3 on the same port, [`crate::h3`]).
+pub async fn serve_listener_with(
+    tcp: TcpListener,
+    which: Listener,
+    tls: Option<TlsAcceptor>,
+    pipeline: Arc<Pipeline>,
     mut shutdown: watch::Receiver<bool>,
+    alt_svc: Option<http::HeaderValue>,
 ) {
     let conns = Arc::new(Semaphore::new(pipeline.limits.max_connections));
     let label = match which {
@@ -274,6 +294,7 @@ pub async fn serve_listener(
         let _ = stream.set_nodelay(true);
         let pipeline = pipeline.clone();
         let tls = tls.clone();
+        let alt_svc = alt_svc.clone();
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -305,7 +326,16 @@ pub async fn serve_listener(
                 if let Some(pc) = &peer_certs {
                     req.extensions_mut().insert(pc.clone());
                 }
-                async move { Ok::<_, std::convert::Infallible>(pipeline.serve(which, peer, req).await) }
+                let alt_svc = alt_svc.clone();
+                async move {
+                    let version = req.version();
+                    let mut resp = pipeline.serve(which, peer, req).await;
+                    metrics::record_http_version(version, label, resp.status());
+                    if let Some(v) = alt_svc {
+                        resp.headers_mut().insert(http::header::ALT_SVC, v);
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
             });
             let result = match io {
                 Ok(io) => {
