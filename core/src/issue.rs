@@ -84,6 +84,9 @@ pub struct Issuer {
     /// `[cmp] confirm_window_seconds`, attached at start-up (default 300 s): how long a
     /// certificate issued with `await_confirmation` may stay unconfirmed (docs/cmp.md).
     cmp_confirm_window: std::sync::OnceLock<i64>,
+    /// `[approval]`, attached at start-up (defaults otherwise): bounds and timing of requests
+    /// held for manual approval (crate::approval).
+    approval: std::sync::OnceLock<crate::approval::ApprovalConfig>,
 }
 
 /// SHA-256 over the canonical request: everything that decides the certificate, without the
@@ -163,7 +166,17 @@ impl Issuer {
             fault,
             status: std::sync::OnceLock::new(),
             cmp_confirm_window: std::sync::OnceLock::new(),
+            approval: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the manual-approval settings (once); later calls are ignored.
+    pub fn attach_approval(&self, config: crate::approval::ApprovalConfig) {
+        let _ = self.approval.set(config);
+    }
+
+    fn approval_config(&self) -> crate::approval::ApprovalConfig {
+        self.approval.get().cloned().unwrap_or_default()
     }
 
     /// Sets the CMP confirmation window (once); later calls are ignored.
@@ -226,6 +239,27 @@ impl Issuer {
             return self.resume(intent, &hash, caller, &req).await;
         }
 
+        // A request held for approval: its decision, not the profile, says what happens now.
+        let mut approved = false;
+        if let Some(ps) = self.store.as_pending()
+            && let Some(rec) = blocking(|| ps.pending_by_key(&req.tenant, &req.idempotency_key))?
+        {
+            if rec.request_hash != hash {
+                return Err(self.key_reused(&req, caller)?);
+            }
+            let rec = blocking(|| crate::approval::expire_if_due(self.store.as_ref(), rec))?;
+            match rec.state.as_str() {
+                crate::store::pending::STATE_PENDING => {
+                    return Ok(crate::approval::pending_response(
+                        &rec,
+                        self.approval_config().retry_after_seconds,
+                    ));
+                }
+                crate::store::pending::STATE_APPROVED => approved = true,
+                _ => return Err(crate::approval::refusal(&rec)),
+            }
+        }
+
         let prepared = match blocking(|| self.prepare(&req, &tenant, caller)) {
             Ok(p) => p,
             Err(e) => {
@@ -243,7 +277,10 @@ impl Issuer {
                 return Err(e);
             }
         };
-        let (intent, issuer) = prepared;
+        let (intent, issuer, approval) = prepared;
+        if approval == crate::profile::Approval::Manual && !approved {
+            return blocking(|| self.hold(&req, &hash, &intent, caller));
+        }
         let audit = AuditEntry::new(
             "issue.intent",
             &req.tenant,
@@ -277,16 +314,7 @@ impl Issuer {
         req: &IssueRequest,
     ) -> Result<IssueResponse> {
         if intent.request_hash != hash {
-            self.store.append_audit(&AuditEntry::new(
-                "issue.refused",
-                &req.tenant,
-                caller,
-                json!({"idempotency_key": req.idempotency_key, "rule": "idempotency.key_reused"}),
-            ))?;
-            return Err(CoreError::exists(
-                "idempotency.key_reused",
-                "this idempotency key was already used for a different request",
-            ));
+            return Err(self.key_reused(req, caller)?);
         }
         if let Some(cert) = blocking(|| self.store.cert_by_key(&intent.tenant, &intent.idem_key))? {
             return blocking(|| self.respond(&cert));
@@ -298,12 +326,166 @@ impl Issuer {
         self.sign_and_store(intent, ca, caller).await
     }
 
+    /// Audits and builds the refusal of a key used for a different request (I-3).
+    fn key_reused(&self, req: &IssueRequest, caller: &Caller) -> Result<CoreError> {
+        self.store.append_audit(&AuditEntry::new(
+            "issue.refused",
+            &req.tenant,
+            caller,
+            json!({"idempotency_key": req.idempotency_key, "rule": "idempotency.key_reused"}),
+        ))?;
+        Ok(CoreError::exists(
+            "idempotency.key_reused",
+            "this idempotency key was already used for a different request",
+        ))
+    }
+
+    /// Records a request that passed its manual-approval profile as pending (nothing signed)
+    /// and answers PENDING; refuses it when the tenant's bound of open requests is reached.
+    fn hold(
+        &self,
+        req: &IssueRequest,
+        hash: &[u8],
+        intent: &IntentRec,
+        caller: &Caller,
+    ) -> Result<IssueResponse> {
+        use crate::store::pending::{PendingInsert, PendingRec};
+        let ps = crate::approval::pending_store(self.store.as_ref())?;
+        let cfg = self.approval_config();
+        let now = crate::now_unix();
+        let rec = PendingRec {
+            tenant: req.tenant.clone(),
+            id: crate::approval::new_id()?,
+            idem_key: req.idempotency_key.clone(),
+            request_hash: hash.to_vec(),
+            request_pb: req.encode_to_vec(),
+            protocol: req.protocol.clone(),
+            client_identity: req.client_identity.clone(),
+            profile: intent.profile.clone(),
+            summary: crate::approval::summary_of(&intent.tbs_der),
+            state: crate::store::pending::STATE_PENDING.to_owned(),
+            created_unix: now,
+            expires_unix: now.saturating_add(cfg.ttl_seconds),
+            decided_by: String::new(),
+            decided_unix: 0,
+            reason: String::new(),
+        };
+        let audit = AuditEntry::new(
+            "approval.requested",
+            &req.tenant,
+            caller,
+            json!({"id": rec.id, "idempotency_key": rec.idem_key, "profile": rec.profile,
+                   "profile_version": intent.profile_version, "summary": rec.summary,
+                   "protocol": req.protocol, "client": req.client_identity}),
+        );
+        match ps.insert_pending(&rec, cfg.max_open_per_tenant, &audit)? {
+            PendingInsert::Inserted => {
+                tracing::info!(tenant = %rec.tenant, id = %rec.id, protocol = %rec.protocol, "request held for approval");
+                Ok(crate::approval::pending_response(&rec, cfg.retry_after_seconds))
+            }
+            PendingInsert::Exists(existing) if existing.request_hash != hash => {
+                Err(self.key_reused(req, caller)?)
+            }
+            PendingInsert::Exists(existing) => match existing.state.as_str() {
+                crate::store::pending::STATE_PENDING => Ok(crate::approval::pending_response(
+                    &existing,
+                    cfg.retry_after_seconds,
+                )),
+                // Decided between our look-up and now: the client's next poll sees it.
+                crate::store::pending::STATE_APPROVED => Ok(crate::approval::pending_response(
+                    &existing, 1,
+                )),
+                _ => Err(crate::approval::refusal(&existing)),
+            },
+            PendingInsert::Full => {
+                self.store.append_audit(&AuditEntry::new(
+                    "issue.refused",
+                    &req.tenant,
+                    caller,
+                    json!({"idempotency_key": req.idempotency_key, "rule": "approval.queue_full",
+                           "protocol": req.protocol, "client": req.client_identity}),
+                ))?;
+                Err(CoreError::policy(
+                    "approval.queue_full",
+                    format!(
+                        "the tenant already holds {} requests awaiting approval; ask an operator",
+                        cfg.max_open_per_tenant
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Issues a request an operator approved (RequestAdmin.ApproveRequest): the held request,
+    /// through the one path, under its own key.
+    pub async fn issue_held(
+        &self,
+        rec: &crate::store::pending::PendingRec,
+        caller: &Caller,
+    ) -> Result<IssueResponse> {
+        let req = IssueRequest::decode(rec.request_pb.as_slice())
+            .map_err(|e| CoreError::Store(format!("held request: {e}")))?;
+        if req.tenant != rec.tenant || req.idempotency_key != rec.idem_key {
+            return Err(CoreError::Store("held request names another key".into()));
+        }
+        self.issue(req, caller).await
+    }
+
+    /// Pending.Poll: the outcome of the Issue made under (tenant, key), for polls that do not
+    /// repeat the request (SCEP CertPoll, CMP pollReq).
+    pub async fn poll(
+        &self,
+        p: &certgate_proto::core::PollRequest,
+        caller: &Caller,
+    ) -> Result<IssueResponse> {
+        if p.idempotency_key.is_empty() || p.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(CoreError::malformed(
+                "request.idempotency_key",
+                format!("an idempotency key of 1 to {MAX_IDEMPOTENCY_KEY} bytes is required"),
+            ));
+        }
+        let unknown =
+            || CoreError::not_found("approval.unknown", "nothing was requested under this key");
+        let held = {
+            let lock = self.key_lock(&p.tenant, &p.idempotency_key);
+            let _guard = lock.lock().await;
+            if let Some(intent) = blocking(|| self.store.get_intent(&p.tenant, &p.idempotency_key))?
+            {
+                let hash = intent.request_hash.clone();
+                let stub = IssueRequest {
+                    tenant: p.tenant.clone(),
+                    idempotency_key: p.idempotency_key.clone(),
+                    ..Default::default()
+                };
+                return self.resume(intent, &hash, caller, &stub).await;
+            }
+            let Some(ps) = self.store.as_pending() else {
+                return Err(unknown());
+            };
+            let rec = blocking(|| ps.pending_by_key(&p.tenant, &p.idempotency_key))?
+                .ok_or_else(unknown)?;
+            let rec = blocking(|| crate::approval::expire_if_due(self.store.as_ref(), rec))?;
+            match rec.state.as_str() {
+                crate::store::pending::STATE_PENDING => {
+                    return Ok(crate::approval::pending_response(
+                        &rec,
+                        self.approval_config().retry_after_seconds,
+                    ));
+                }
+                crate::store::pending::STATE_APPROVED => rec,
+                _ => return Err(crate::approval::refusal(&rec)),
+            }
+        };
+        // Approved but not issued yet (the approval's own attempt failed): issue it now, once.
+        self.issue_held(&held, caller).await
+    }
+
     fn prepare(
         &self,
         req: &IssueRequest,
         tenant: &crate::store::TenantRec,
         _caller: &Caller,
-    ) -> Result<(IntentRec, CaRec)> {
+    ) -> Result<(IntentRec, CaRec, crate::profile::Approval)> {
         let requested: Requested = match &req.request {
             Some(issue_request::Request::CsrDer(der)) => csr::parse_csr(der)?,
             Some(issue_request::Request::KeyRequest(k)) => {
@@ -432,6 +614,7 @@ impl Issuer {
                 created_unix: now,
             },
             ca,
+            profile.approval,
         ))
     }
 
@@ -504,6 +687,7 @@ impl Issuer {
             profile: cert.profile.clone(),
             profile_version: cert.profile_version,
             issuer_id: cert.issuer_id.clone(),
+            ..Default::default()
         })
     }
 }

@@ -6,6 +6,7 @@
 //! (I-1). This crate must never depend on the signer crate or on PKCS#11 code.
 
 pub mod acme;
+pub mod approval;
 pub mod audit;
 pub mod ca;
 pub mod cmp;

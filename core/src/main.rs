@@ -207,6 +207,20 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(16 * 1024 * 1024),
             )
+            .add_service(
+                certgate_proto::core::pending_server::PendingServer::new(
+                    certgate_core::approval::PendingService(state.clone()),
+                )
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(16 * 1024 * 1024),
+            )
+            .add_service(
+                certgate_proto::admin::request_admin_server::RequestAdminServer::new(
+                    certgate_core::approval::RequestAdminService(state.clone()),
+                )
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(16 * 1024 * 1024),
+            )
     };
 
     let listener = certgate_proto::transport::bind_unix(&config.socket)

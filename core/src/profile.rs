@@ -103,6 +103,29 @@ pub struct Profile {
     pub allow_wildcards: bool,
     /// Most SANs in one certificate.
     pub max_sans: u32,
+    /// Whether a request that passes the profile is issued at once (`auto`, the default) or
+    /// held as a pending request until an operator approves it (`manual`, docs/profiles.md).
+    #[serde(default, skip_serializing_if = "Approval::is_auto")]
+    pub approval: Approval,
+}
+
+/// How a request that passes the profile gets issued.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    /// Issued at once.
+    #[default]
+    Auto,
+    /// Held as a pending request until an operator approves it with `certgate request approve`
+    /// (EST 202 + Retry-After, SCEP PENDING, CMP waiting/pollRep meanwhile).
+    Manual,
+}
+
+impl Approval {
+    /// True for the default (kept out of the stored JSON so older documents stay unchanged).
+    pub fn is_auto(&self) -> bool {
+        *self == Approval::Auto
+    }
 }
 
 fn default_min_rsa() -> u32 {
@@ -141,6 +164,7 @@ impl Profile {
             allowed_ip_ranges: vec![],
             allow_wildcards: false,
             max_sans: 100,
+            approval: Approval::Auto,
         })
     }
 
@@ -444,6 +468,7 @@ mod tests {
             allowed_ip_ranges: vec!["10.0.0.0/8".into()],
             allow_wildcards: false,
             max_sans: 2,
+            approval: Approval::Auto,
         }
     }
 
@@ -572,5 +597,17 @@ mod tests {
         );
         body = BUILTIN_TLS_SERVER_TOML.to_owned() + "\nunknown = 1\n";
         assert!(Profile::parse(&body, "toml").is_err());
+    }
+
+    #[test]
+    fn approval_defaults_to_auto_and_parses_manual() {
+        assert_eq!(Profile::builtin_tls_server().approval, Approval::Auto);
+        assert!(!Profile::builtin_tls_server().to_json().contains("approval"));
+        let body = BUILTIN_TLS_SERVER_TOML.to_owned() + "\napproval = \"manual\"\n";
+        let p = Profile::parse(&body, "toml").expect("manual parses");
+        assert_eq!(p.approval, Approval::Manual);
+        assert_eq!(Profile::from_json(&p.to_json()).expect("round trip"), p);
+        let bad = BUILTIN_TLS_SERVER_TOML.to_owned() + "\napproval = \"maybe\"\n";
+        assert!(Profile::parse(&bad, "toml").is_err());
     }
 }

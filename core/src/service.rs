@@ -77,6 +77,16 @@ fn check(
     Err(CoreError::Unauthorized { rule })
 }
 
+/// Admits a caller of an edge-facing service (the Core allow-list), auditing a denial.
+pub(crate) fn check_core_caller(state: &State, caller: &Caller, rpc: &str) -> Result<()> {
+    check(state, &state.allow, caller, rpc, "core.caller_not_allowed")
+}
+
+/// Admits a caller of an operator service (the admin allow-list), auditing a denial.
+pub(crate) fn check_admin_caller(state: &State, caller: &Caller, rpc: &str) -> Result<()> {
+    check(state, &state.admin_allow, caller, rpc, "admin.caller_not_allowed")
+}
+
 /// Runs blocking store work off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)

@@ -23,6 +23,8 @@ pub struct Clients {
     pub cmp_admin: certgate_proto::cmp::cmp_admin_client::CmpAdminClient<Channel>,
     /// `certgate.scep.v1.ScepAdmin`.
     pub scep_admin: certgate_proto::scep::scep_admin_client::ScepAdminClient<Channel>,
+    /// `certgate.admin.v1.RequestAdmin` (requests held for manual approval).
+    pub request_admin: certgate_proto::admin::request_admin_client::RequestAdminClient<Channel>,
 }
 
 impl Clients {
@@ -33,6 +35,9 @@ impl Clients {
             admin: AdminClient::new(ch.clone()),
             cmp_admin: certgate_proto::cmp::cmp_admin_client::CmpAdminClient::new(ch.clone()),
             scep_admin: certgate_proto::scep::scep_admin_client::ScepAdminClient::new(ch.clone()),
+            request_admin: certgate_proto::admin::request_admin_client::RequestAdminClient::new(
+                ch.clone(),
+            ),
             core: CoreClient::new(ch),
         }
     }

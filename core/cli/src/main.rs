@@ -15,6 +15,7 @@ mod error;
 mod keys;
 mod pem;
 mod procs;
+mod request;
 mod scep;
 mod up;
 
@@ -174,6 +175,45 @@ enum Command {
         dir: DirArg,
         #[command(subcommand)]
         command: ScepCommand,
+    },
+    /// Certificate requests held for manual approval (profiles with `approval = "manual"`).
+    Request {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(subcommand)]
+        command: RequestCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RequestCommand {
+    /// The tenant's requests, oldest first.
+    List {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Only requests in this state: pending, approved, denied, expired.
+        #[arg(long, default_value = "")]
+        state: String,
+    },
+    /// Approve a pending request: it is issued now, once; the client's next poll gets it.
+    Approve {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// The request id (from `request list`).
+        id: String,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Deny a pending request: the client's polls are refused from now on.
+    Deny {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// The request id (from `request list`).
+        id: String,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -696,6 +736,21 @@ async fn run(command: Command) -> Result<()> {
                         secret_file.as_deref(),
                     )
                     .await
+                }
+            }
+        }
+        Command::Request { dir, command } => {
+            let dd = DataDir::existing(&dir.data_dir)?;
+            let clients = Clients::for_dir(&dd);
+            match command {
+                RequestCommand::List { tenant, state } => {
+                    request::list(&clients, &tenant, &state).await
+                }
+                RequestCommand::Approve { tenant, id, reason } => {
+                    request::approve(&clients, &tenant, &id, &reason).await
+                }
+                RequestCommand::Deny { tenant, id, reason } => {
+                    request::deny(&clients, &tenant, &id, &reason).await
                 }
             }
         }

@@ -8,10 +8,12 @@
 
 pub mod acme;
 pub mod cmp;
+pub mod pending;
 pub mod scep;
 pub mod sqlite;
 mod sqlite_acme;
 mod sqlite_cmp;
+mod sqlite_pending;
 mod sqlite_scep;
 mod sqlite_status;
 pub mod status;
@@ -188,6 +190,13 @@ pub trait Store: Send + Sync {
     /// The SCEP state store, when this backend has one (the SCEP services use it; a backend
     /// without it answers them with an internal error).
     fn as_scep(&self) -> Option<&dyn scep::ScepStore> {
+        None
+    }
+
+    /// The pending-request store (manual approval), when this backend has one; without it a
+    /// profile with `approval = "manual"` is refused (`approval.unsupported`) rather than issued
+    /// unapproved (I-5), and the approval Admin RPCs answer the same.
+    fn as_pending(&self) -> Option<&dyn pending::PendingStore> {
         None
     }
 

@@ -373,6 +373,7 @@ impl SqliteStore {
         writer.execute_batch(super::sqlite_status::SCHEMA)?;
         writer.execute_batch(super::sqlite_cmp::SCHEMA)?;
         writer.execute_batch(super::sqlite_scep::SCHEMA)?;
+        writer.execute_batch(super::sqlite_pending::SCHEMA)?;
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         // 64 MiB page cache (negative = KiB) for the reader: lookups of recent certificates and
@@ -463,6 +464,10 @@ impl Store for SqliteStore {
     }
 
     fn as_scep(&self) -> Option<&dyn super::scep::ScepStore> {
+        Some(self)
+    }
+
+    fn as_pending(&self) -> Option<&dyn super::pending::PendingStore> {
         Some(self)
     }
 
