@@ -108,6 +108,7 @@ impl Core for Fake {
             profile: "default".into(),
             profile_version: 1,
             issuer_id: "issuing-1".into(),
+            ..Default::default()
         }))
     }
     async fn revoke(
