@@ -37,6 +37,8 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     custodians: Vec<RawCustodian>,
+    #[serde(default)]
+    metrics_listen: Option<SocketAddr>,
     #[serde(default = "one")]
     quorum: u32,
     #[serde(default)]
@@ -80,6 +82,10 @@ struct RawTls {
     cert: PathBuf,
     key: PathBuf,
     client_ca: PathBuf,
+    /// SPIFFE IDs admitted at the handshake; default: the `spiffe://` entries of `allow` and
+    /// `admin_allow`.
+    #[serde(default)]
+    allow: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -160,6 +166,9 @@ pub struct TlsListener {
     pub key: PathBuf,
     /// Client CA bundle PEM.
     pub client_ca: PathBuf,
+    /// SPIFFE IDs admitted at the handshake (`[tls] allow`; default: the `spiffe://` entries of
+    /// `allow` and `admin_allow`). Never empty: a listener nobody may use is a config error.
+    pub allow: AllowList,
 }
 
 /// A ceremony custodian.
@@ -188,6 +197,9 @@ pub struct Config {
     pub signer: SignerEndpoint,
     /// Optional TLS listener.
     pub tls: Option<TlsListener>,
+    /// Optional plain-HTTP Prometheus `/metrics` listener (`metrics_listen`; loopback or a
+    /// private network: it carries counters, never secrets).
+    pub metrics_listen: Option<SocketAddr>,
     /// Custodians.
     pub custodians: Vec<Custodian>,
     /// Approvals needed.
@@ -251,6 +263,39 @@ fn ed25519_key(base: &Path, value: &str) -> Result<Vec<u8>, String> {
         .ok_or_else(|| "bad Ed25519 key".into())
 }
 
+/// The TLS listener's SPIFFE allow-list: `[tls] allow` if given (SPIFFE IDs only), else the
+/// SPIFFE entries of the per-RPC allow-lists; empty is refused (I-5: it would admit no one, which
+/// is never what an operator who configured the listener meant).
+fn tls_allow(
+    explicit: Option<Vec<String>>,
+    allow: &AllowList,
+    admin_allow: &AllowList,
+) -> Result<AllowList, ConfigError> {
+    let entries: Vec<String> = match explicit {
+        Some(list) => {
+            if let Some(bad) = list.iter().find(|e| !e.trim().starts_with("spiffe://")) {
+                return Err(ConfigError(format!(
+                    "[tls] allow: {bad:?} is not a spiffe:// ID"
+                )));
+            }
+            list
+        }
+        None => allow
+            .entries()
+            .into_iter()
+            .chain(admin_allow.entries())
+            .filter(|e| e.starts_with("spiffe://"))
+            .collect(),
+    };
+    let list = AllowList::parse(&entries).map_err(|e| ConfigError(format!("[tls] allow: {e}")))?;
+    if list.is_empty() {
+        return Err(ConfigError(
+            "[tls] needs at least one SPIFFE ID in [tls] allow (or in allow/admin_allow)".into(),
+        ));
+    }
+    Ok(list)
+}
+
 impl Config {
     /// Loads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -308,6 +353,16 @@ impl Config {
                 custodians.len()
             )));
         }
+        let tls = match raw.tls {
+            None => None,
+            Some(t) => Some(TlsListener {
+                listen: t.listen,
+                cert: resolve(base, &t.cert),
+                key: resolve(base, &t.key),
+                client_ca: resolve(base, &t.client_ca),
+                allow: tls_allow(t.allow, &allow, &admin_allow)?,
+            }),
+        };
         raw.acme.check(raw.mode).map_err(ConfigError)?;
         raw.status.check().map_err(ConfigError)?;
         raw.cmp.check().map_err(ConfigError)?;
@@ -318,12 +373,8 @@ impl Config {
             admin_allow,
             store: resolve(base, &raw.store),
             signer,
-            tls: raw.tls.map(|t| TlsListener {
-                listen: t.listen,
-                cert: resolve(base, &t.cert),
-                key: resolve(base, &t.key),
-                client_ca: resolve(base, &t.client_ca),
-            }),
+            tls,
+            metrics_listen: raw.metrics_listen,
             custodians,
             quorum: raw.quorum,
             audit_key_id: raw.audit.key_id.unwrap_or_else(|| "core-audit".into()),
@@ -362,6 +413,31 @@ socket = "../signer/signer.sock"
             matches!(c.signer, SignerEndpoint::Unix(ref p) if p == Path::new("/data/core/../signer/signer.sock"))
         );
         assert_eq!(c.audit_key_id, "core-audit");
+    }
+
+    #[test]
+    fn tls_listener_allow_list_is_spiffe_only_and_never_empty() {
+        let tls = "\n[tls]\nlisten = \"127.0.0.1:7443\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\n";
+        // No SPIFFE entry anywhere: refused.
+        assert!(Config::parse(&format!("{MIN}{tls}"), Path::new("/")).is_err());
+        // Default: the SPIFFE entries of allow/admin_allow.
+        let with_edge = MIN.replace(
+            "allow = [\"uid:1000\"]\nadmin",
+            "allow = [\"uid:1000\", \"spiffe://certgate.test/edge/1\"]\nadmin",
+        );
+        let c = Config::parse(&format!("{with_edge}{tls}"), Path::new("/")).expect("parses");
+        let l = c.tls.expect("tls");
+        assert_eq!(l.allow.entries(), vec!["spiffe://certgate.test/edge/1"]);
+        assert_eq!(l.cert, PathBuf::from("/c.pem"));
+        // Explicit list: uid entries are refused there.
+        let explicit = format!("{MIN}{tls}allow = [\"uid:1\"]\n");
+        assert!(Config::parse(&explicit, Path::new("/")).is_err());
+        let explicit = format!("{MIN}{tls}allow = [\"spiffe://certgate.test/edge/2\"]\n");
+        let c = Config::parse(&explicit, Path::new("/")).expect("parses");
+        assert_eq!(
+            c.tls.expect("tls").allow.entries(),
+            vec!["spiffe://certgate.test/edge/2"]
+        );
     }
 
     #[test]

@@ -243,9 +243,10 @@ fn san_from_general_name(name: &GeneralName) -> Result<San> {
     match name {
         GeneralName::DnsName(dns) => San::dns(dns.as_str()),
         GeneralName::IpAddress(ip) => ip_from_bytes(ip.as_bytes()),
+        GeneralName::UniformResourceIdentifier(uri) => San::spiffe(uri.as_str()),
         _ => Err(CoreError::policy(
             "profile.san_types",
-            "only DNS and IP subject alternative names are issued",
+            "only DNS, IP and SPIFFE URI subject alternative names are issued",
         )),
     }
 }

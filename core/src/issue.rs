@@ -147,9 +147,10 @@ fn identifiers(ids: &[certgate_proto::core::Identifier]) -> Result<Vec<San>> {
             Ok(identifier::Type::Ip) => id.value.parse().map(San::Ip).map_err(|_| {
                 CoreError::malformed("request.ip", format!("{:?} is not an IP address", id.value))
             }),
+            Ok(identifier::Type::Uri) => San::spiffe(&id.value),
             _ => Err(CoreError::policy(
                 "profile.san_types",
-                "only DNS and IP identifiers are issued",
+                "only DNS, IP and SPIFFE URI identifiers are issued",
             )),
         })
         .collect()
@@ -547,6 +548,7 @@ impl Issuer {
                 sans.iter().any(|s| match s {
                     San::Dns(d) => d == cn,
                     San::Ip(ip) => ip.to_string() == *cn,
+                    San::Uri(_) => false,
                 })
             })
             .or_else(|| {

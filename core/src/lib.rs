@@ -14,6 +14,7 @@ pub mod config;
 pub mod csr;
 pub mod error;
 pub mod issue;
+pub mod metrics_http;
 pub mod profile;
 pub(crate) mod ra;
 pub mod scep;
@@ -22,6 +23,7 @@ pub mod signer_client;
 pub mod status;
 pub mod store;
 pub mod tasks;
+pub mod tls_listener;
 pub mod x509;
 
 pub use error::CoreError;

@@ -167,11 +167,16 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
         signer.clone(),
     ));
     let max = config.limits.max_message_bytes;
+    // gRPC health (grpc.health.v1): edges probe it to balance across cores and eject dead ones;
+    // Kubernetes grpc probes can use it too. SERVING once every service is mounted.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<CoreServer<CoreService>>().await;
     let router = |state: &Arc<State>| {
         tonic::transport::Server::builder()
             .concurrency_limit_per_connection(config.limits.max_concurrent_per_connection)
             .max_concurrent_streams(Some(256))
             .timeout(Duration::from_secs(120))
+            .add_service(health_service.clone())
             .add_service(
                 CoreServer::new(CoreService(state.clone()))
                     .max_decoding_message_size(max)
@@ -239,26 +244,43 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
     }
     let mut tls_addr = None;
     if let Some(tls) = &config.tls {
-        let server_config = certgate_proto::transport::server_tls_config(
+        // Fleet mTLS: client certificates required, chained to client_ca, SPIFFE ID allow-listed
+        // at the handshake (core/src/tls_listener.rs).
+        let server_config = certgate_core::tls_listener::server_config(
             &std::fs::read(&tls.cert).context("TLS cert")?,
-            &std::fs::read(&tls.key).context("TLS key")?,
+            &zeroize::Zeroizing::new(std::fs::read(&tls.key).context("TLS key")?),
             &std::fs::read(&tls.client_ca).context("TLS client CA")?,
+            tls.allow.clone(),
         )?;
         let tcp = tokio::net::TcpListener::bind(tls.listen).await?;
         tls_addr = Some(tcp.local_addr()?);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
         let mut rx = stop_rx.clone();
         let server = router(&state).serve_with_incoming_shutdown(
-            certgate_proto::transport::tls_incoming(tcp, acceptor),
+            certgate_core::tls_listener::incoming(tcp, acceptor),
             async move {
                 let _ = rx.changed().await;
             },
         );
         servers.push(tokio::spawn(server));
     }
+    let mut metrics_addr = None;
+    if let Some(addr) = config.metrics_listen {
+        let handle = certgate_core::metrics_http::install().map_err(anyhow::Error::msg)?;
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics_listen {addr}"))?;
+        metrics_addr = Some(tcp.local_addr()?);
+        tokio::spawn(certgate_core::metrics_http::serve(
+            tcp,
+            handle,
+            stop_rx.clone(),
+        ));
+    }
     tracing::info!(
         socket = %config.socket.display(),
         tls = ?tls_addr,
+        metrics = ?metrics_addr,
         mode = ?config.mode,
         "certgate-core ready"
     );

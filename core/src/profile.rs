@@ -103,6 +103,11 @@ pub struct Profile {
     pub allow_wildcards: bool,
     /// Most SANs in one certificate.
     pub max_sans: u32,
+    /// SPIFFE URI SANs (`spiffe://trust-domain/path`) must start with one of these prefixes, each
+    /// a `spiffe://` URI ending in `/`; empty (the default) allows no URI SAN. Fleet mTLS
+    /// identities (docs/operations.md) are the only certificates that carry one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_uri_prefixes: Vec<String>,
     /// Whether a request that passes the profile is issued at once (`auto`, the default) or
     /// held as a pending request until an operator approves it (`manual`, docs/profiles.md).
     #[serde(default, skip_serializing_if = "Approval::is_auto")]
@@ -164,6 +169,7 @@ impl Profile {
             allowed_ip_ranges: vec![],
             allow_wildcards: false,
             max_sans: 100,
+            allowed_uri_prefixes: vec![],
             approval: Approval::Auto,
         })
     }
@@ -221,6 +227,16 @@ impl Profile {
         }
         for range in &self.allowed_ip_ranges {
             parse_cidr(range)?;
+        }
+        for prefix in &self.allowed_uri_prefixes {
+            let valid = prefix.ends_with('/')
+                && San::spiffe(&format!("{prefix}x")).is_ok()
+                && prefix.len() > "spiffe://".len() + 1;
+            if !valid {
+                return bad(&format!(
+                    "allowed_uri_prefixes entry {prefix:?} is not a spiffe://trust-domain/ prefix"
+                ));
+            }
         }
         for suffix in &self.allowed_dns_suffixes {
             if suffix != "." && check_dns_name(suffix, false).is_err() {
@@ -309,6 +325,7 @@ impl Profile {
             match san {
                 San::Dns(name) => self.check_dns(name)?,
                 San::Ip(ip) => self.check_ip(*ip)?,
+                San::Uri(uri) => self.check_uri(uri)?,
             }
         }
         Ok(())
@@ -339,6 +356,20 @@ impl Profile {
         Ok(())
     }
 
+    fn check_uri(&self, uri: &str) -> Result<()> {
+        if self
+            .allowed_uri_prefixes
+            .iter()
+            .any(|p| uri.starts_with(p.as_str()))
+        {
+            return Ok(());
+        }
+        Err(CoreError::policy(
+            "profile.allowed_uri_prefixes",
+            format!("URI {uri:?} is not under a prefix the profile allows"),
+        ))
+    }
+
     fn check_ip(&self, ip: IpAddr) -> Result<()> {
         for range in &self.allowed_ip_ranges {
             let (net, prefix) = parse_cidr(range)?;
@@ -360,6 +391,8 @@ pub enum San {
     Dns(String),
     /// An IP address.
     Ip(IpAddr),
+    /// A SPIFFE ID (`spiffe://trust-domain/path`), the only URI form issued.
+    Uri(String),
 }
 
 impl San {
@@ -368,6 +401,46 @@ impl San {
         let lower = name.to_ascii_lowercase();
         check_dns_name(&lower, true)?;
         Ok(San::Dns(lower))
+    }
+
+    /// Parses a SPIFFE ID as the SPIFFE ID spec defines it: `spiffe://`, a lower-case trust
+    /// domain of `[a-z0-9.-_]`, a non-empty path of segments of `[A-Za-z0-9.-_]` (no empty, `.`
+    /// or `..` segment), no query, fragment, port or user info, at most 2048 bytes.
+    pub fn spiffe(uri: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Err(CoreError::malformed(
+                "request.uri",
+                format!("{uri:?} is not a valid SPIFFE ID: {why}"),
+            ))
+        };
+        if uri.len() > 2048 {
+            return bad("length");
+        }
+        let Some(rest) = uri.strip_prefix("spiffe://") else {
+            return bad("only spiffe:// URIs are issued");
+        };
+        let Some((domain, path)) = rest.split_once('/') else {
+            return bad("no path");
+        };
+        if domain.is_empty()
+            || !domain.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+            })
+        {
+            return bad("trust domain");
+        }
+        for segment in path.split('/') {
+            if segment.is_empty() || segment == "." || segment == ".." {
+                return bad("path segment");
+            }
+            if !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+            {
+                return bad("path characters");
+            }
+        }
+        Ok(San::Uri(uri.to_owned()))
     }
 }
 
@@ -468,8 +541,44 @@ mod tests {
             allowed_ip_ranges: vec!["10.0.0.0/8".into()],
             allow_wildcards: false,
             max_sans: 2,
+            allowed_uri_prefixes: vec![],
             approval: Approval::Auto,
         }
+    }
+
+    #[test]
+    fn spiffe_uris_are_issued_only_under_an_allowed_prefix() {
+        assert!(San::spiffe("spiffe://certgate.local/edge/1").is_ok());
+        for bad in [
+            "https://certgate.local/edge",
+            "spiffe://certgate.local",
+            "spiffe://certgate.local/",
+            "spiffe://Certgate.local/edge",
+            "spiffe://certgate.local/a//b",
+            "spiffe://certgate.local/a/../b",
+            "spiffe://certgate.local/a?b",
+            "spiffe://user@certgate.local/a",
+        ] {
+            assert!(San::spiffe(bad).is_err(), "{bad}");
+        }
+        let uri = San::spiffe("spiffe://certgate.local/edge/1").unwrap();
+        // The built-in profile allows no URI SAN at all.
+        assert_eq!(
+            rule(Profile::builtin_tls_server().check_sans(std::slice::from_ref(&uri)).unwrap_err()),
+            "profile.allowed_uri_prefixes"
+        );
+        let body = BUILTIN_TLS_SERVER_TOML.to_owned()
+            + "\nallowed_uri_prefixes = [\"spiffe://certgate.local/\"]\n";
+        let p = Profile::parse(&body, "toml").expect("prefix parses");
+        p.check_sans(&[uri]).expect("allowed");
+        let other = San::spiffe("spiffe://certgate.localevil/edge").unwrap();
+        assert!(p.check_sans(&[other]).is_err());
+        for bad in ["spiffe://certgate.local", "https://x/", "spiffe:///"] {
+            let body = BUILTIN_TLS_SERVER_TOML.to_owned()
+                + &format!("\nallowed_uri_prefixes = [{bad:?}]\n");
+            assert!(Profile::parse(&body, "toml").is_err(), "{bad}");
+        }
+        assert!(!Profile::builtin_tls_server().to_json().contains("uri"));
     }
 
     #[test]

@@ -308,6 +308,10 @@ pub fn build_leaf_tbs(spec: &LeafSpec<'_>) -> Result<TbsCertificate> {
                 San::Ip(std::net::IpAddr::V6(v6)) => {
                     GeneralName::IpAddress(OctetString::new(v6.octets().to_vec())?)
                 }
+                San::Uri(u) => GeneralName::UniformResourceIdentifier(
+                    Ia5String::new(u)
+                        .map_err(|_| CoreError::malformed("request.uri", "not ASCII"))?,
+                ),
             });
         }
         // RFC 5280 §4.2.1.6: critical when the subject is empty.
