@@ -23,6 +23,7 @@ mod acme;
 mod cmp;
 mod issue;
 mod ocsp;
+mod ocsp_callgrind;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

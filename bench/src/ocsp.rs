@@ -48,6 +48,14 @@ pub(crate) struct OcspArgs {
     /// next to this executable).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Instead of the wrk runs: run the first edge under `valgrind --tool=callgrind` and count
+    /// the edge's instructions per request over this many sequential keep-alive GETs, POSTs and
+    /// unrouted requests (repeatable on a loaded machine, unlike req/s). Use with `--certs 1000`.
+    #[arg(long)]
+    callgrind_requests: Option<usize>,
+    /// Where the callgrind profiles go (default: the temporary work directory, deleted).
+    #[arg(long)]
+    callgrind_dir: Option<PathBuf>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -56,7 +64,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<ChildGuard> {
+pub(crate) fn spawn(bin: &Path, args: &[&str], log: &Path) -> anyhow::Result<ChildGuard> {
     let out = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
     let err = out.try_clone()?;
     let child = Command::new(bin)
@@ -100,13 +108,13 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> any
 }
 
 /// A keep-alive HTTP/1.1 connection that sends one request at a time.
-struct Conn {
+pub(crate) struct Conn {
     stream: tokio::net::TcpStream,
     buf: Vec<u8>,
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(crate) async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(Self {
@@ -116,7 +124,7 @@ impl Conn {
     }
 
     /// Sends `head` + `body`; returns (status, body).
-    async fn exchange(&mut self, head: &[u8], body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    pub(crate) async fn exchange(&mut self, head: &[u8], body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
         self.stream.write_all(head).await?;
         if !body.is_empty() {
             self.stream.write_all(body).await?;
@@ -152,7 +160,7 @@ impl Conn {
         }
     }
 
-    async fn post(&mut self, path: &str, der: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    pub(crate) async fn post(&mut self, path: &str, der: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/ocsp-request\r\nContent-Length: {}\r\n\r\n",
             der.len()
@@ -454,11 +462,24 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
     wait_until("core", Duration::from_secs(30), || {
         std::os::unix::net::UnixStream::connect(&core_sock).is_ok()
     })?;
-    let edge_child = spawn(
-        &bin_dir.join("certgate-edge"),
-        &["--config", &cfg("edge/edge.toml")],
-        &logs.join("edge.log"),
-    )?;
+    let edge_cfg = cfg("edge/edge.toml");
+    let callgrind_out = args
+        .callgrind_dir
+        .clone()
+        .unwrap_or_else(|| work.join("callgrind"));
+    let edge_child = match args.callgrind_requests {
+        None => spawn(
+            &bin_dir.join("certgate-edge"),
+            &["--config", &edge_cfg],
+            &logs.join("edge.log"),
+        )?,
+        Some(_) => crate::ocsp_callgrind::spawn_edge(
+            &bin_dir.join("certgate-edge"),
+            &edge_cfg,
+            &callgrind_out,
+            &logs.join("edge.log"),
+        )?,
+    };
     // A second edge on other ports (config next to the first one's).
     let (https2, http2, admin2) = (free_port()?, free_port()?, free_port()?);
     let edge2_cfg = dir.join("edge/edge2.toml");
@@ -538,6 +559,21 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
     let floor_lua = wrk_script(&scripts, "floor.lua", &floor_paths, None)?;
 
     let mut peers: Vec<TermGuard> = Vec::new();
+    if let Some(n) = args.callgrind_requests {
+        let floor: Vec<String> = paths
+            .iter()
+            .map(|p| p.replacen("/ocsp/", "/none/", 1))
+            .collect();
+        return rt.block_on(crate::ocsp_callgrind::measure(
+            edge_addr,
+            edge_child.0.id(),
+            &callgrind_out,
+            n,
+            &paths,
+            &requests,
+            &floor,
+        ));
+    }
     let (nginx_port, cfssl_port) = (free_port()?, free_port()?);
     if !args.no_peers {
         std::fs::create_dir_all(work.join("www"))?;
