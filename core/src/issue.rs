@@ -458,7 +458,10 @@ impl Issuer {
                     idempotency_key: p.idempotency_key.clone(),
                     ..Default::default()
                 };
-                return self.resume(intent, &hash, caller, &stub).await;
+                let mut out = self.resume(intent, &hash, caller, &stub).await?;
+                out.awaits_confirmation =
+                    self.awaits_confirmation(&p.tenant, &p.idempotency_key)?;
+                return Ok(out);
             }
             let Some(ps) = self.store.as_pending() else {
                 return Err(unknown());
@@ -478,7 +481,17 @@ impl Issuer {
             }
         };
         // Approved but not issued yet (the approval's own attempt failed): issue it now, once.
-        self.issue_held(&held, caller).await
+        let mut out = self.issue_held(&held, caller).await?;
+        out.awaits_confirmation = self.awaits_confirmation(&p.tenant, &p.idempotency_key)?;
+        Ok(out)
+    }
+
+    /// Whether the certificate under (tenant, key) was issued awaiting CMP confirmation.
+    fn awaits_confirmation(&self, tenant: &str, key: &str) -> Result<bool> {
+        match self.store.as_cmp() {
+            Some(cmp) => Ok(blocking(|| cmp.pending_confirm(tenant, key))?.is_some()),
+            None => Ok(false),
+        }
     }
 
     fn prepare(

@@ -130,8 +130,8 @@ pub enum Body {
     Rr(RevRequest),
     /// certConf (empty = the client confirms nothing, RFC 4210 allows it).
     CertConf(Vec<CertConfirm>),
-    /// pollReq.
-    PollReq,
+    /// pollReq: the certReqId polled for (RFC 9483: one request per transaction).
+    PollReq(u64),
     /// genm: the requested infoTypes.
     Genm(Vec<ObjectIdentifier>),
     /// Anything else (ip, error...), by name.
@@ -150,7 +150,7 @@ impl Body {
             Body::P10cr(_) => "p10cr",
             Body::Rr(_) => "rr",
             Body::CertConf(_) => "certConf",
-            Body::PollReq => "pollReq",
+            Body::PollReq(_) => "pollReq",
             Body::Genm(_) => "genm",
             Body::Other(n) => n,
         }
@@ -296,6 +296,9 @@ fn parse_inner(input: &[u8], limits: &Limits, salvage: &mut Salvage) -> Result<R
     // An error body is never processed; cmpv2 0.2 cannot decode failInfo bits above 15.
     let body = if body_tlv.tag == 0xb7 {
         Body::Other("error")
+    } else if body_tlv.tag == 0xb9 {
+        // cmpv2 0.2 decodes pollReq [25] with the pollRep type; read PollReqContent here.
+        poll_req(body_tlv.content)?
     } else {
         let body_decoded = PkiBody::from_der(body_tlv.raw).map_err(|_| malformed("body"))?;
         body_from(&body_decoded, body_tlv.content)?
@@ -337,6 +340,29 @@ fn parse_inner(input: &[u8], limits: &Limits, salvage: &mut Salvage) -> Result<R
         extra_certs,
         protected_part_der: der_util::seq(&[header_tlv.raw, body_tlv.raw]),
     })
+}
+
+/// PollReqContent ::= SEQUENCE OF SEQUENCE { certReqId INTEGER } (RFC 4210 §5.3.22), exactly
+/// one entry (RFC 9483 §4.4: one request per transaction).
+fn poll_req(content: &[u8]) -> Result<Body, CmpError> {
+    let bad = || malformed("pollReq");
+    let (outer, rest) = read_tlv(content).ok_or_else(bad)?;
+    if outer.tag != 0x30 || !rest.is_empty() {
+        return Err(bad());
+    }
+    let entries = read_all(outer.content).ok_or_else(bad)?;
+    let [entry] = entries.as_slice() else {
+        return Err(malformed("pollReq must name exactly one certReqId"));
+    };
+    if entry.tag != 0x30 {
+        return Err(bad());
+    }
+    let (id, rest) = read_tlv(entry.content).ok_or_else(bad)?;
+    if id.tag != 0x02 || !rest.is_empty() {
+        return Err(bad());
+    }
+    let id = der::asn1::Int::from_der(id.raw).map_err(|_| bad())?;
+    Ok(Body::PollReq(int_u64(&id).ok_or_else(|| malformed("pollReq certReqId"))?))
 }
 
 fn int_u64(i: &der::asn1::Int) -> Option<u64> {
@@ -407,7 +433,8 @@ fn body_from(body: &PkiBody<'_>, content: &[u8]) -> Result<Body, CmpError> {
             }
             Body::CertConf(out)
         }
-        PkiBody::PollReq(_) => Body::PollReq,
+        // Read from the raw bytes before decoding (see `poll_req`).
+        PkiBody::PollReq(_) => return Err(malformed("pollReq")),
         PkiBody::GenM(itavs) => Body::Genm(itavs.iter().map(|i| i.oid).collect()),
         PkiBody::Ip(_) => Body::Other("ip"),
         PkiBody::Cp(_) => Body::Other("cp"),
@@ -547,7 +574,7 @@ impl Request {
                 "senderNonce missing or shorter than 128 bits",
             ));
         }
-        if matches!(self.body, Body::CertConf(_) | Body::PollReq)
+        if matches!(self.body, Body::CertConf(_) | Body::PollReq(_))
             && self.recip_nonce.as_ref().is_none_or(|n| n.len() < 16)
         {
             return Err(CmpError::new(

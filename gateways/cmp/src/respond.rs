@@ -17,6 +17,8 @@ pub enum Status {
     Accepted = 0,
     /// rejection (2).
     Rejection = 2,
+    /// waiting (3): the request is held (manual approval); poll for the result.
+    Waiting = 3,
 }
 
 /// The response header's fields (RFC 9483 §3.1).
@@ -124,6 +126,23 @@ pub fn cert_rep(kind: CertRepKind, cert_der: &[u8], ca_pubs: &[Vec<u8>]) -> Vec<
     }
     content.extend(responses);
     explicit(kind as u8, &tlv(0x30, &content))
+}
+
+/// ip/cp/kup answering `waiting` for `cert_req_id` (RFC 4210 §5.3.22, RFC 9483 §4.4): no
+/// certificate yet, the client polls with pollReq.
+pub fn cert_rep_waiting(kind: CertRepKind, cert_req_id: u64, text: Option<&str>) -> Vec<u8> {
+    let resp = seq(&[&int(cert_req_id), &status_info(Status::Waiting, text, None)]);
+    explicit(kind as u8, &seq(&[&seq(&[&resp])]))
+}
+
+/// pollRep [26]: ask again for `cert_req_id` after `check_after` seconds.
+pub fn poll_rep(cert_req_id: u64, check_after: u64, reason: Option<&str>) -> Vec<u8> {
+    let mut parts = vec![int(cert_req_id), int(check_after)];
+    if let Some(r) = reason {
+        parts.push(seq(&[&utf8(r)]));
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    explicit(26, &seq(&[&seq(&refs)]))
 }
 
 /// rp with one status.
@@ -334,5 +353,25 @@ mod tests {
             itavs[0].value.as_ref().map(|x| x.to_der().expect("any")),
             Some(v)
         );
+    }
+
+    #[test]
+    fn waiting_and_poll_rep_decode_as_cmp_bodies() {
+        use der::Decode;
+        let body = cert_rep_waiting(CertRepKind::Ip, 0, Some("awaits approval"));
+        let cmpv2::body::PkiBody::Ip(rep) = cmpv2::body::PkiBody::from_der(&body).expect("ip")
+        else {
+            panic!("ip expected");
+        };
+        assert_eq!(rep.response.len(), 1);
+        assert_eq!(rep.response[0].cert_req_id.as_bytes(), &[0]);
+        assert_eq!(rep.response[0].status.status as u8, Status::Waiting as u8);
+        assert!(rep.response[0].certified_key_pair.is_none());
+
+        // pollRep [26] { SEQUENCE OF SEQUENCE { certReqId 0, checkAfter 7, reason } }
+        let body = poll_rep(0, 7, Some("awaits approval"));
+        let entry = seq(&[&int(0), &int(7), &seq(&[&utf8("awaits approval")])]);
+        assert_eq!(body, explicit(26, &seq(&[&entry])));
+        assert_eq!(&body[..2], &[0xba, body.len() as u8 - 2]);
     }
 }

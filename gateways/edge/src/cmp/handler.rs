@@ -20,7 +20,10 @@ use certgate_cmp::parse::{
 use certgate_cmp::respond::{self, CertRepKind, Header, Status};
 use certgate_cmp::{Body, CmpError, FailInfo, Limits, Protection, Request};
 use certgate_proto::cmp::{ComputeMacRequest, ConfirmRequest, SignProtectionRequest};
-use certgate_proto::core::{Identifier, IssueRequest, KeyRequest, RevokeRequest, issue_request};
+use certgate_proto::core::{
+    Identifier, IssueRequest, IssueResponse, KeyRequest, PollRequest, RevokeRequest, issue_request,
+    issue_response,
+};
 use certgate_proto::{ErrorKind, RpcError};
 use der::{Decode, Encode};
 use http::{HeaderValue, Method, StatusCode, header};
@@ -164,6 +167,15 @@ impl Reply {
             sender_nonce: random(NONCE_RANDOM),
         }
     }
+}
+
+/// The Issue idempotency key of a CMP transaction: the authenticated sender and transactionID.
+fn cmp_key(auth: &Authenticated, msg: &Request) -> String {
+    format!(
+        "cmp:{}:{}",
+        auth.identity,
+        hex::encode(&msg.transaction_id)
+    )
 }
 
 fn core_fail(e: &RpcError, context: &str) -> CmpError {
@@ -528,10 +540,7 @@ impl CmpHandler {
                 }
                 Ok(Reply::plain(respond::genp(&out)?))
             }
-            Body::PollReq => Err(CmpError::new(
-                FailInfo::BadRequest,
-                "pollReq: this server answers synchronously and has no delayed delivery",
-            )),
+            Body::PollReq(id) => self.poll(ctx, tenant, msg, auth, *id).await,
             Body::Other(name) => Err(CmpError::new(
                 FailInfo::BadRequest,
                 format!("{name} is not a request this server accepts"),
@@ -560,11 +569,7 @@ impl CmpHandler {
                 validated_identifiers: Vec::new(),
                 protocol: "cmp".into(),
                 client_identity: auth.identity.clone(),
-                idempotency_key: format!(
-                    "cmp:{}:{}",
-                    auth.identity,
-                    hex::encode(&msg.transaction_id)
-                ),
+                idempotency_key: cmp_key(auth, msg),
                 validity_seconds: 0,
                 issuer_id: String::new(),
                 replaces_serial,
@@ -572,7 +577,76 @@ impl CmpHandler {
             })
             .await
             .map_err(|e| core_fail(&e, "issuance"))?;
+        if resp.status == issue_response::Status::Pending as i32 {
+            // RFC 9483 §4.4: held for manual approval; the client polls with pollReq.
+            info!(tenant, pending = %resp.pending_id, identity = %auth.identity, "CMP request awaits approval");
+            ::metrics::counter!("certgate_cmp_pending_total", "tenant" => tenant.to_owned())
+                .increment(1);
+            return Ok(Reply::plain(respond::cert_rep_waiting(
+                kind,
+                0,
+                Some("the request awaits approval by an operator; poll with pollReq"),
+            )));
+        }
         info!(tenant, serial = %resp.serial_hex, identity = %auth.identity, implicit_confirm = msg.implicit_confirm, "CMP certificate issued");
+        Self::cert_reply(ctx, tenant, auth, resp, kind, msg.implicit_confirm).await
+    }
+
+    /// pollReq (RFC 4210 §5.3.22, RFC 9483 §4.4): the same sender and transactionID name the
+    /// same Issue; pollRep with checkAfter while it waits for an operator, then the certificate
+    /// (in an ip: the edge is stateless and OpenSSL accepts ip/cp/kup after polling), or an error
+    /// once denied (notAuthorized) or if nothing is pending (badCertId).
+    async fn poll(
+        &self,
+        ctx: &EdgeContext,
+        tenant: &str,
+        msg: &Request,
+        auth: &Authenticated,
+        cert_req_id: u64,
+    ) -> Result<Reply, CmpError> {
+        if cert_req_id != 0 {
+            return Err(CmpError::new(
+                FailInfo::BadCertId,
+                "pollReq: only certReqId 0 is ever answered with waiting",
+            ));
+        }
+        let resp = ctx
+            .core
+            .poll_issue(PollRequest {
+                tenant: tenant.to_owned(),
+                idempotency_key: cmp_key(auth, msg),
+                protocol: "cmp".into(),
+                client_identity: auth.identity.clone(),
+            })
+            .await
+            .map_err(|e| core_fail(&e, "pollReq"))?;
+        if resp.status == issue_response::Status::Pending as i32 {
+            return Ok(Reply::plain(respond::poll_rep(
+                cert_req_id,
+                u64::from(resp.retry_after_seconds.max(1)),
+                Some("the request awaits approval by an operator"),
+            )));
+        }
+        info!(tenant, serial = %resp.serial_hex, identity = %auth.identity, "CMP certificate delivered after polling");
+        let kind = if auth.mac_kid.is_some() {
+            CertRepKind::Ip
+        } else {
+            CertRepKind::Cp
+        };
+        let implicit = !resp.awaits_confirmation;
+        Self::cert_reply(ctx, tenant, auth, resp, kind, implicit).await
+    }
+
+    /// ip/cp/kup with the issued certificate; the senderNonce carries the serial so a stateless
+    /// edge can find it again on certConf.
+    async fn cert_reply(
+        ctx: &EdgeContext,
+        tenant: &str,
+        auth: &Authenticated,
+        resp: IssueResponse,
+        kind: CertRepKind,
+        implicit_confirm: bool,
+    ) -> Result<Reply, CmpError> {
         // caPubs: the root, for MAC-protected ir (RFC 9483 §4.1.1: trust bootstrapping).
         let mut ca_pubs = Vec::new();
         if kind == CertRepKind::Ip && auth.mac_kid.is_some() {
@@ -591,7 +665,7 @@ impl CmpHandler {
         })?);
         Ok(Reply {
             body: respond::cert_rep(kind, &resp.certificate_der, &ca_pubs),
-            implicit_confirm: msg.implicit_confirm,
+            implicit_confirm,
             extra_certs: resp.chain_der,
             sender_nonce: nonce,
         })

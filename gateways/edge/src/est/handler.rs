@@ -16,7 +16,7 @@ use certgate_est::auth::{check_basic, parse_basic};
 use certgate_est::request::{Pkcs10, decode_csr};
 use certgate_est::response::{self as resp, base64_unwrapped, certs_only};
 use certgate_proto::ErrorKind;
-use certgate_proto::core::{IssueRequest, issue_request};
+use certgate_proto::core::{IssueRequest, IssueResponse, issue_request, issue_response};
 use der::Decode;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::Full;
@@ -138,6 +138,27 @@ fn base64_body(status: StatusCode, content_type: &'static str, der: &[u8]) -> Ed
     r
 }
 
+/// RFC 7030 §4.2.3: the request is held for manual approval (the profile says so); the client
+/// re-sends the same request after Retry-After and gets the certificate once an operator
+/// approved it (`certgate request approve`).
+fn pending_reply(issued: &IssueResponse) -> Option<EdgeResponse> {
+    if issued.status != issue_response::Status::Pending as i32 {
+        return None;
+    }
+    let mut r = text(
+        StatusCode::ACCEPTED,
+        &format!(
+            "request {} awaits approval; retry the same request later",
+            issued.pending_id
+        ),
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(issued.retry_after_seconds.max(1)),
+    );
+    Some(r)
+}
+
 /// Lower-case hex of a serial's magnitude, no leading zero bytes (the core's `serial_hex`).
 fn serial_hex(bytes: &[u8]) -> String {
     let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
@@ -256,6 +277,9 @@ impl EstHandler {
                 let client = self.authenticate(label, tenant, req)?;
                 let csr = decode_csr(&req.body, self.settings.max_body_bytes)?;
                 let issued = issue(ctx, tenant, label, &client, &csr.der, "").await?;
+                if let Some(r) = pending_reply(&issued) {
+                    return Ok(r);
+                }
                 let der = certs_only(&[issued.certificate_der])?;
                 Ok(base64_body(
                     StatusCode::OK,
@@ -273,6 +297,9 @@ impl EstHandler {
                     identity: cert_identity(leaf.as_ref()),
                 };
                 let issued = issue(ctx, tenant, label, &client, &csr.der, &serial).await?;
+                if let Some(r) = pending_reply(&issued) {
+                    return Ok(r);
+                }
                 let der = certs_only(&[issued.certificate_der])?;
                 Ok(base64_body(
                     StatusCode::OK,
@@ -291,6 +318,14 @@ impl EstHandler {
                 let csr = decode_csr(&req.body, self.settings.max_body_bytes)?;
                 let key = certgate_est::keygen::generate(&csr.req)?;
                 let issued = issue(ctx, tenant, label, &client, &key.csr_der, "").await?;
+                if issued.status == issue_response::Status::Pending as i32 {
+                    // The key pair lives only in this request (it never touches the core), so a
+                    // retry could not collect it: serverkeygen cannot wait for an operator.
+                    return Err(Refusal::Status(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "serverkeygen is not available where the profile needs manual approval; use simpleenroll",
+                    ));
+                }
                 let cms = certs_only(&[issued.certificate_der])?;
                 let mut nonce = [0u8; 12];
                 aws_lc_rs::rand::fill(&mut nonce).map_err(|_| EstError::KeyGen)?;
@@ -389,6 +424,12 @@ async fn issue(
         })
         .await
         .map_err(EdgeError::from)?;
+    if resp.status == issue_response::Status::Pending as i32 {
+        info!(tenant, client = %client.identity, pending = %resp.pending_id, "EST request awaits approval");
+        ::metrics::counter!("certgate_est_pending_total", "tenant" => tenant.to_owned())
+            .increment(1);
+        return Ok(resp);
+    }
     info!(tenant, client = %client.identity, serial = %resp.serial_hex, "EST certificate issued");
     Ok(resp)
 }

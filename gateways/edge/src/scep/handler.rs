@@ -3,7 +3,9 @@
 use base64::Engine as _;
 use bytes::Bytes;
 use certgate_proto::RpcError;
-use certgate_proto::core::{GetCrlRequest, IssueRequest, issue_request};
+use certgate_proto::core::{
+    GetCrlRequest, IssueRequest, IssueResponse, PollRequest, issue_request, issue_response,
+};
 use certgate_proto::scep::{CheckChallengeRequest, DecryptKeyRequest, SignAttributesRequest};
 use certgate_scep::{CertRep, FailInfo, MessageType, PkiMessage, RequestContent};
 use http::{HeaderValue, Method, StatusCode, header};
@@ -219,6 +221,38 @@ async fn pki_operation(
 
 type Decision = Result<CertRep, FailInfo>;
 
+/// The Issue idempotency key of a SCEP transaction: its transactionID and the client's key.
+fn idempotency_key(msg: &PkiMessage) -> String {
+    format!(
+        "scep:{}:{}",
+        msg.transaction_id,
+        hex::encode(sha2::Sha256::digest(&msg.signer_spki_der))
+    )
+}
+
+/// The CertRep for an Issue (or a poll of one): SUCCESS with the certificate, PENDING while an
+/// operator has not approved it (RFC 8894 §3.3.2), FAILURE for a refusal (a denied request is a
+/// policy refusal → badRequest).
+fn issued_rep(
+    msg: &PkiMessage,
+    issued: Result<IssueResponse, RpcError>,
+) -> Result<Decision, EdgeError> {
+    let enc = |e: certgate_scep::ScepError| EdgeError::Malformed(e.to_string());
+    match issued {
+        Ok(r) if r.status == issue_response::Status::Pending as i32 => {
+            info!(tx = %msg.transaction_id, pending = %r.pending_id, "SCEP request awaits approval");
+            metrics::counter!("certgate_scep_pending_total").increment(1);
+            Ok(Ok(CertRep::pending(msg).map_err(enc)?))
+        }
+        Ok(r) => {
+            let mut certs = vec![r.certificate_der];
+            certs.extend(r.chain_der);
+            Ok(Ok(CertRep::success(msg, &certs, &[]).map_err(enc)?))
+        }
+        Err(e) => core_fail(e).map(Err),
+    }
+}
+
 async fn decide(
     ctx: &EdgeContext,
     tenant: &str,
@@ -287,11 +321,7 @@ async fn decide(
                     Err(e) => return core_fail(e).map(Err),
                 }
             }
-            let key = format!(
-                "scep:{}:{}",
-                msg.transaction_id,
-                hex::encode(sha2::Sha256::digest(&msg.signer_spki_der))
-            );
+            let key = idempotency_key(msg);
             let issued = ctx
                 .core
                 .issue(IssueRequest {
@@ -304,17 +334,23 @@ async fn decide(
                     ..Default::default()
                 })
                 .await;
-            match issued {
-                Ok(r) => {
-                    let mut certs = vec![r.certificate_der];
-                    certs.extend(r.chain_der);
-                    Ok(Ok(CertRep::success(msg, &certs, &[]).map_err(enc)?))
-                }
-                Err(e) => core_fail(e).map(Err),
-            }
+            issued_rep(msg, issued)
         }
-        // No pending state exists (no profile needs manual approval yet): nothing to poll for.
-        (MessageType::CertPoll, RequestContent::Poll { .. }) => Ok(Err(FailInfo::BadCertId)),
+        // RFC 8894 §3.3.3: polling a request held for manual approval. The poll is signed by the
+        // same client key under the same transactionID, so it names the same idempotency key;
+        // nothing requested under it → badCertId.
+        (MessageType::CertPoll, RequestContent::Poll { .. }) => {
+            let polled = ctx
+                .core
+                .poll_issue(PollRequest {
+                    tenant: tenant.to_owned(),
+                    idempotency_key: idempotency_key(msg),
+                    protocol: "scep".into(),
+                    client_identity: format!("scep:{}", msg.transaction_id),
+                })
+                .await;
+            issued_rep(msg, polled)
+        }
         (MessageType::GetCert, RequestContent::IssuerSerial(ias)) => {
             match ctx
                 .core
