@@ -31,7 +31,8 @@ struct RawConfig {
     allow: Vec<String>,
     #[serde(default)]
     admin_allow: Vec<String>,
-    store: PathBuf,
+    /// A SQLite file path, or a `[store]` table (`backend = "sqlite" | "postgres"`).
+    store: toml::Value,
     signer: RawSigner,
     #[serde(default)]
     tls: Option<RawTls>,
@@ -193,6 +194,9 @@ pub struct Config {
     pub admin_allow: AllowList,
     /// SQLite file.
     pub store: PathBuf,
+    /// `[store] backend = "postgres"`: the PostgreSQL store instead of the SQLite file
+    /// (docs/postgres.md); `store` is then empty.
+    pub postgres: Option<crate::store::PgConfig>,
     /// Signer endpoint.
     pub signer: SignerEndpoint,
     /// Optional TLS listener.
@@ -230,6 +234,50 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
+
+/// `[store]` as a table: which backend.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSqliteStore {
+    #[allow(dead_code)]
+    backend: String,
+    path: PathBuf,
+}
+
+fn store_err(e: toml::de::Error) -> ConfigError {
+    ConfigError(format!("[store]: {}", e.message()))
+}
+
+/// `store = "file.db"` (SQLite, the default), `[store] backend = "sqlite"` + `path`, or
+/// `[store] backend = "postgres"` + the [`crate::store::PgConfig`] keys.
+fn store_backend(
+    v: &toml::Value,
+    base: &Path,
+) -> Result<(PathBuf, Option<crate::store::PgConfig>), ConfigError> {
+    match v {
+        toml::Value::String(p) => Ok((resolve(base, Path::new(p)), None)),
+        toml::Value::Table(t) => match t.get("backend").and_then(toml::Value::as_str) {
+            Some("sqlite") => {
+                let raw: RawSqliteStore = v.clone().try_into().map_err(store_err)?;
+                Ok((resolve(base, &raw.path), None))
+            }
+            Some("postgres") => {
+                let mut t = t.clone();
+                t.remove("backend");
+                let pg: crate::store::PgConfig =
+                    toml::Value::Table(t).try_into().map_err(store_err)?;
+                pg.check().map_err(ConfigError)?;
+                Ok((PathBuf::new(), Some(pg.resolve(base))))
+            }
+            other => Err(ConfigError(format!(
+                "[store] backend must be \"sqlite\" or \"postgres\", not {other:?}"
+            ))),
+        },
+        _ => Err(ConfigError(
+            "store must be a SQLite file path or a [store] table".into(),
+        )),
+    }
+}
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
@@ -363,6 +411,7 @@ impl Config {
                 allow: tls_allow(t.allow, &allow, &admin_allow)?,
             }),
         };
+        let (store, postgres) = store_backend(&raw.store, base)?;
         raw.acme.check(raw.mode).map_err(ConfigError)?;
         raw.status.check().map_err(ConfigError)?;
         raw.cmp.check().map_err(ConfigError)?;
@@ -371,7 +420,8 @@ impl Config {
             socket: resolve(base, &raw.socket),
             allow,
             admin_allow,
-            store: resolve(base, &raw.store),
+            store,
+            postgres,
             signer,
             tls,
             metrics_listen: raw.metrics_listen,
@@ -445,5 +495,25 @@ socket = "../signer/signer.sock"
         assert!(Config::parse(&format!("{MIN}\nbogus = 1"), Path::new("/")).is_err());
         let text = MIN.replace("store = \"core.db\"", "store = \"core.db\"\nquorum = 2");
         assert!(Config::parse(&text, Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn store_backend_table_selects_postgres_and_refuses_passwords_in_urls() {
+        let pg = MIN.replace("store = \"core.db\"", "")
+            + "[store]\nbackend = \"postgres\"\nurl = \"postgres://app@127.0.0.1:5432/certgate\"\npassword_file = \"pw\"\n";
+        let c = Config::parse(&pg, Path::new("/data/core")).expect("parses");
+        let p = c.postgres.expect("postgres selected");
+        assert_eq!(p.password_file, Some(PathBuf::from("/data/core/pw")));
+        assert_eq!(p.pool_size, 16);
+        let bad = pg.replace("app@", "app:secret@");
+        let e = Config::parse(&bad, Path::new("/")).expect_err("password in URL refused");
+        assert!(e.0.contains("must not contain a password"), "{}", e.0);
+        let sqlite = MIN.replace("store = \"core.db\"", "")
+            + "[store]\nbackend = \"sqlite\"\npath = \"x.db\"\n";
+        let c = Config::parse(&sqlite, Path::new("/d")).expect("parses");
+        assert_eq!(c.store, PathBuf::from("/d/x.db"));
+        assert!(c.postgres.is_none());
+        let c = Config::parse(MIN, Path::new("/d")).expect("default");
+        assert!(c.postgres.is_none());
     }
 }

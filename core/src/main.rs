@@ -15,7 +15,8 @@ use certgate_core::config::{Config, Mode};
 use certgate_core::issue::{Fault, Issuer};
 use certgate_core::service::{AdminService, CoreService, State, verify_store};
 use certgate_core::signer_client::Signer;
-use certgate_core::store::{SqliteStore, Store};
+use certgate_core::store::status::StatusStore;
+use certgate_core::store::{PgStore, SqliteStore, Store};
 use certgate_proto::acme::acme_server::AcmeServer;
 use certgate_proto::admin::admin_server::AdminServer;
 use certgate_proto::cmp::cmp_admin_server::CmpAdminServer;
@@ -75,8 +76,11 @@ fn main() -> std::process::ExitCode {
 
 fn audit_verify(path: PathBuf) -> anyhow::Result<std::process::ExitCode> {
     let config = Config::load(&path)?;
-    let store = SqliteStore::open_read_only(&config.store).context("opening the store")?;
-    let v = verify_store(&store, config.audit_key_sha256.as_deref())?;
+    let store: Box<dyn Store> = match &config.postgres {
+        Some(pg) => Box::new(PgStore::connect(pg).context("connecting to PostgreSQL")?),
+        None => Box::new(SqliteStore::open_read_only(&config.store).context("opening the store")?),
+    };
+    let v = verify_store(store.as_ref(), config.audit_key_sha256.as_deref())?;
     if v.ok {
         let key = store
             .meta_get(certgate_core::tasks::META_AUDIT_KEY)?
@@ -108,8 +112,18 @@ fn serve(path: PathBuf) -> anyhow::Result<std::process::ExitCode> {
 
 async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let sqlite = Arc::new(SqliteStore::open(&config.store).context("opening the store")?);
-    let store: Arc<dyn Store> = sqlite.clone();
+    // SQLite by default; `[store] backend = "postgres"` shares one database between cores
+    // (docs/postgres.md).
+    let (store, status_store): (Arc<dyn Store>, Arc<dyn StatusStore>) = match &config.postgres {
+        Some(pg) => {
+            let pg = Arc::new(PgStore::connect(pg).context("connecting to PostgreSQL")?);
+            (pg.clone(), pg)
+        }
+        None => {
+            let sqlite = Arc::new(SqliteStore::open(&config.store).context("opening the store")?);
+            (sqlite.clone(), sqlite)
+        }
+    };
     let signer = Signer::connect(
         &config.signer,
         Duration::from_millis(config.limits.signer_timeout_ms),
@@ -134,7 +148,7 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
     });
     let status = certgate_core::status::StatusEngine::new(
         store.clone(),
-        sqlite.clone(),
+        status_store,
         signer.clone(),
         config.status.clone(),
     )?;

@@ -9,6 +9,9 @@
 pub mod acme;
 pub mod cmp;
 pub mod pending;
+pub mod pg;
+mod pg_schema;
+mod pg_status;
 pub mod scep;
 pub mod sqlite;
 mod sqlite_acme;
@@ -22,6 +25,7 @@ use crate::audit::{AuditEntry, AuditRecord};
 use crate::error::Result;
 
 pub use sqlite::SqliteStore;
+pub use pg::{PgConfig, PgStore};
 
 /// A tenant.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,272 @@
+//! The PostgreSQL schema as numbered migrations (docs/postgres.md). Each runs once, in order, in
+//! one transaction under an advisory lock, by the owner role (`[store] migrate_url`); the core's
+//! own app role only reads and writes rows. Never edit a shipped migration: add the next one.
+//!
+//! What the database itself enforces, whichever core (or bug) writes:
+//! - idempotency: `UNIQUE (tenant, idem_key)` on intents and certificates, `PRIMARY KEY (tenant,
+//!   op, idem_key)` on other idempotent operations;
+//! - serials: unique per tenant and per issuer;
+//! - CRL numbers and stored CRLs only move forward (triggers);
+//! - the audit log is append-only except for adding a signature once (trigger, no DELETE grant),
+//!   and its chain head is one row every append locks, so appends from all cores form one chain;
+//! - tenant isolation: row-level security on every tenant-owned table, against the
+//!   transaction-local setting `certgate.tenant`; unset (or empty) matches no row.
+
+/// The advisory lock key (two int4) that serialises migrations between cores starting together.
+pub(crate) const MIGRATION_LOCK: (i32, i32) = (0x6365_7274, 1);
+
+/// Migrations: (version, SQL). Applied in order; the latest version is the last entry's.
+pub(crate) const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+
+/// The tables row-level security applies to, with their tenant column.
+pub(crate) const TENANT_TABLES: &[(&str, &str)] = &[
+    ("tenants", "name"),
+    ("profiles", "tenant"),
+    ("cas", "tenant"),
+    ("intents", "tenant"),
+    ("certificates", "tenant"),
+    ("idempotency", "tenant"),
+    ("ceremonies", "tenant"),
+    ("status_pending", "tenant"),
+    ("status_events", "tenant"),
+    ("ocsp_responses", "tenant"),
+    ("crls", "tenant"),
+];
+
+const V1: &str = r#"
+-- The tenant of the current transaction, or NULL when unset or empty ("" is what a session
+-- shows after a transaction-local setting ended, so it must mean "none", not a tenant).
+CREATE OR REPLACE FUNCTION certgate_scope() RETURNS text
+    LANGUAGE sql STABLE AS $$ SELECT NULLIF(current_setting('certgate.tenant', true), '') $$;
+-- A row of tenant t is visible when the transaction is scoped to t, or to '*' (the store's
+-- cross-tenant maintenance calls set it explicitly). NULL scope: nothing (fail closed).
+CREATE OR REPLACE FUNCTION certgate_visible(t text) RETURNS boolean
+    LANGUAGE sql STABLE AS $$ SELECT COALESCE(certgate_scope() = '*' OR t = certgate_scope(), false) $$;
+
+CREATE TABLE tenants (
+    name TEXT PRIMARY KEY,
+    public_base_url TEXT NOT NULL,
+    default_profile TEXT NOT NULL,
+    active_issuer_id TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE profiles (
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    body_json TEXT NOT NULL,
+    created_unix BIGINT NOT NULL,
+    PRIMARY KEY (tenant, name, version)
+);
+CREATE TABLE cas (
+    ca_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    parent_ca_id TEXT NOT NULL,
+    cert_der BYTEA NOT NULL,
+    signer_key_id TEXT NOT NULL,
+    key_type INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    not_after_unix BIGINT NOT NULL,
+    created_unix BIGINT NOT NULL
+);
+CREATE TABLE intents (
+    tenant TEXT NOT NULL,
+    idem_key TEXT NOT NULL,
+    request_hash BYTEA NOT NULL,
+    serial_hex TEXT NOT NULL,
+    tbs_der BYTEA NOT NULL,
+    issuer_id TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    profile_version BIGINT NOT NULL,
+    created_unix BIGINT NOT NULL,
+    PRIMARY KEY (tenant, idem_key),
+    UNIQUE (tenant, serial_hex),
+    UNIQUE (issuer_id, serial_hex)
+);
+CREATE TABLE certificates (
+    tenant TEXT NOT NULL,
+    serial_hex TEXT NOT NULL,
+    cert_der BYTEA NOT NULL,
+    issuer_id TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    profile_version BIGINT NOT NULL,
+    not_before_unix BIGINT NOT NULL,
+    not_after_unix BIGINT NOT NULL,
+    idem_key TEXT NOT NULL,
+    revoked BOOLEAN NOT NULL DEFAULT false,
+    revoked_at_unix BIGINT NOT NULL DEFAULT 0,
+    revocation_reason BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, serial_hex),
+    UNIQUE (tenant, idem_key),
+    UNIQUE (issuer_id, serial_hex)
+);
+CREATE INDEX certificates_revoked ON certificates(issuer_id) WHERE revoked;
+CREATE TABLE idempotency (
+    tenant TEXT NOT NULL,
+    op TEXT NOT NULL,
+    idem_key TEXT NOT NULL,
+    request_hash BYTEA NOT NULL,
+    target TEXT NOT NULL,
+    created_unix BIGINT NOT NULL,
+    PRIMARY KEY (tenant, op, idem_key)
+);
+CREATE TABLE ceremonies (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL DEFAULT '',
+    action BYTEA NOT NULL,
+    digest BYTEA NOT NULL,
+    required BIGINT NOT NULL,
+    approved_by TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    result_ca_ids TEXT NOT NULL,
+    created_unix BIGINT NOT NULL
+);
+CREATE TABLE audit (
+    seq BIGINT PRIMARY KEY,
+    time TEXT NOT NULL,
+    prev BYTEA NOT NULL,
+    kind TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    details TEXT NOT NULL,
+    hash BYTEA NOT NULL,
+    signature BYTEA
+);
+CREATE INDEX audit_unsigned ON audit(seq) WHERE signature IS NULL;
+-- The chain head: every append locks this one row (FOR UPDATE) until its transaction ends, so
+-- appends from all cores are serialised and each links to the one committed before it.
+CREATE TABLE audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq BIGINT NOT NULL,
+    hash BYTEA NOT NULL
+);
+INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, decode(repeat('00', 32), 'hex'));
+CREATE FUNCTION certgate_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'audit records are append-only';
+    END IF;
+    IF OLD.signature IS NOT NULL
+       OR (NEW.seq, NEW.time, NEW.prev, NEW.kind, NEW.tenant, NEW.actor, NEW.details, NEW.hash)
+          IS DISTINCT FROM
+          (OLD.seq, OLD.time, OLD.prev, OLD.kind, OLD.tenant, OLD.actor, OLD.details, OLD.hash) THEN
+        RAISE EXCEPTION 'an audit record may only gain a signature, once';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
+    FOR EACH ROW EXECUTE FUNCTION certgate_audit_append_only();
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- Status (docs/status.md).
+CREATE TABLE status_pending (
+    id BIGSERIAL PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    serial_hex TEXT NOT NULL,
+    queued_unix BIGINT NOT NULL
+);
+CREATE FUNCTION certgate_queue_status() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR (NEW.revoked AND NOT OLD.revoked) THEN
+        INSERT INTO status_pending (tenant, serial_hex, queued_unix)
+        VALUES (NEW.tenant, NEW.serial_hex, extract(epoch FROM now())::bigint);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER status_on_issue AFTER INSERT ON certificates
+    FOR EACH ROW EXECUTE FUNCTION certgate_queue_status();
+CREATE TRIGGER status_on_revoke AFTER UPDATE OF revoked ON certificates
+    FOR EACH ROW EXECUTE FUNCTION certgate_queue_status();
+-- Event cursors come from this one row, locked until commit, so cursor order is commit order
+-- across cores (a sequence would let a later cursor commit first and a watcher skip the earlier).
+CREATE TABLE status_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    cursor BIGINT NOT NULL,
+    pruned_upto BIGINT NOT NULL
+);
+INSERT INTO status_head (id, cursor, pruned_upto) VALUES (1, 0, 0);
+CREATE TABLE status_events (
+    cursor BIGINT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    created_unix BIGINT NOT NULL
+);
+CREATE TABLE ocsp_responses (
+    id BIGSERIAL UNIQUE,
+    tenant TEXT NOT NULL,
+    issuer_id TEXT NOT NULL,
+    serial_hex TEXT NOT NULL,
+    hash_alg TEXT NOT NULL,
+    response_der BYTEA NOT NULL,
+    this_update_unix BIGINT NOT NULL,
+    next_update_unix BIGINT NOT NULL,
+    cursor BIGINT NOT NULL,
+    PRIMARY KEY (tenant, serial_hex, hash_alg)
+);
+CREATE INDEX ocsp_responses_cursor ON ocsp_responses(cursor);
+CREATE INDEX ocsp_responses_this_update ON ocsp_responses(this_update_unix);
+CREATE TABLE crls (
+    id BIGSERIAL UNIQUE,
+    tenant TEXT NOT NULL,
+    issuer_id TEXT NOT NULL,
+    shard TEXT NOT NULL,
+    crl_der BYTEA NOT NULL,
+    crl_number BIGINT NOT NULL,
+    this_update_unix BIGINT NOT NULL,
+    next_update_unix BIGINT NOT NULL,
+    cursor BIGINT NOT NULL,
+    PRIMARY KEY (issuer_id, shard)
+);
+CREATE INDEX crls_cursor ON crls(cursor);
+CREATE TABLE crl_numbers (
+    issuer_id TEXT NOT NULL,
+    shard TEXT NOT NULL,
+    last_number BIGINT NOT NULL,
+    PRIMARY KEY (issuer_id, shard)
+);
+-- CRL numbers (RFC 5280 5.2.3) and the stored CRL of a shard only move forward.
+CREATE FUNCTION certgate_crl_forward() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'crl_numbers' AND NEW.last_number <= OLD.last_number THEN
+        RAISE EXCEPTION 'CRL number of % / % would go from % to %',
+            OLD.issuer_id, OLD.shard, OLD.last_number, NEW.last_number;
+    END IF;
+    IF TG_TABLE_NAME = 'crls' AND NEW.crl_number <= OLD.crl_number THEN
+        RAISE EXCEPTION 'stored CRL of % / % would go from number % to %',
+            OLD.issuer_id, OLD.shard, OLD.crl_number, NEW.crl_number;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER crl_numbers_forward BEFORE UPDATE ON crl_numbers
+    FOR EACH ROW EXECUTE FUNCTION certgate_crl_forward();
+CREATE TRIGGER crls_forward BEFORE UPDATE ON crls
+    FOR EACH ROW EXECUTE FUNCTION certgate_crl_forward();
+CREATE TABLE ocsp_responders (
+    issuer_id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    cert_der BYTEA NOT NULL,
+    created_unix BIGINT NOT NULL
+);
+
+-- The audit log: anyone may append (a scoped change audits itself in its own transaction);
+-- reading and signing are cross-tenant maintenance ('*').
+ALTER TABLE audit ENABLE ROW LEVEL SECURITY;
+ALTER TABLE audit FORCE ROW LEVEL SECURITY;
+CREATE POLICY audit_append ON audit FOR INSERT WITH CHECK (true);
+CREATE POLICY audit_read ON audit FOR SELECT USING (COALESCE(certgate_scope() = '*', false));
+CREATE POLICY audit_sign ON audit FOR UPDATE USING (COALESCE(certgate_scope() = '*', false));
+"#;
+
+/// Row-level security statements for one tenant table (part of migration 1, generated so every
+/// table gets the same policy).
+pub(crate) fn rls_sql(table: &str, column: &str) -> String {
+    format!(
+        "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
+         CREATE POLICY tenant_isolation ON {table}
+             USING (certgate_visible({column})) WITH CHECK (certgate_visible({column}));"
+    )
+}
