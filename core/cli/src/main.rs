@@ -12,6 +12,7 @@ mod cmp;
 mod commands;
 mod datadir;
 mod error;
+mod fleet;
 mod keys;
 mod pem;
 mod procs;
@@ -176,6 +177,13 @@ enum Command {
         #[command(subcommand)]
         command: ScepCommand,
     },
+    /// Fleet mTLS identities for edges and cores on other hosts (docs/operations.md).
+    Fleet {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
     /// Certificate requests held for manual approval (profiles with `approval = "manual"`).
     Request {
         #[command(flatten)]
@@ -214,6 +222,31 @@ enum RequestCommand {
         /// Why (audited).
         #[arg(long, default_value = "")]
         reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Issue a certificate with one SPIFFE ID (TLS client + server auth) from the tenant's
+    /// issuing CA: writes OUT/NAME.pem (leaf + chain), OUT/NAME.key (0600), OUT/ca.pem.
+    Cert {
+        /// The SPIFFE ID, e.g. spiffe://certgate.local/edge/1.
+        #[arg(long)]
+        spiffe: String,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// File name stem (default: the SPIFFE ID's last path segment).
+        #[arg(long)]
+        name: Option<String>,
+        /// Extra DNS SAN (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Validity in days (0 = the profile default, 30 days).
+        #[arg(long, default_value_t = 0)]
+        days: u64,
     },
 }
 
@@ -713,6 +746,33 @@ async fn run(command: Command) -> Result<()> {
                 CmpCommand::Ra {
                     command: CmpRaCommand::Create { tenant, rotate },
                 } => cmp::ra_create(&clients, &tenant, rotate).await,
+            }
+        }
+        Command::Fleet { dir, command } => {
+            let dd = DataDir::existing(&dir.data_dir)?;
+            let clients = Clients::for_dir(&dd);
+            match command {
+                FleetCommand::Cert {
+                    spiffe,
+                    out,
+                    name,
+                    dns,
+                    tenant,
+                    days,
+                } => {
+                    fleet::fleet_cert(
+                        &clients,
+                        fleet::FleetCertArgs {
+                            spiffe,
+                            out,
+                            name,
+                            dns,
+                            tenant,
+                            validity_days: days,
+                        },
+                    )
+                    .await
+                }
             }
         }
         Command::Scep { dir, command } => {

@@ -153,6 +153,42 @@ impl Default for Cache {
     }
 }
 
+/// `[core_tls]`: mutual TLS towards cores on other hosts (docs/operations.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreTlsConfig {
+    /// The edge's certificate chain (PEM, leaf first) with its SPIFFE URI SAN.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA bundle cores' certificates chain to (PEM).
+    pub ca: PathBuf,
+    /// SPIFFE IDs a core may present; any other core is refused at the handshake. Never empty.
+    pub core_spiffe_ids: Vec<String>,
+}
+
+/// `[core_pool]`: health checks and retries across cores.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorePoolConfig {
+    /// Between two health probes of one core, ms (100..=60000). Default 1000.
+    pub health_interval_ms: u64,
+    /// Deadline of one probe, ms (50..=10000). Default 1000.
+    pub health_timeout_ms: u64,
+    /// Most attempts of one idempotent call across cores (1..=3). Default 3.
+    pub max_attempts: u32,
+}
+
+impl Default for CorePoolConfig {
+    fn default() -> Self {
+        Self {
+            health_interval_ms: 1000,
+            health_timeout_ms: 1000,
+            max_attempts: 3,
+        }
+    }
+}
+
 /// The whole edge configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,8 +196,22 @@ pub struct EdgeConfig {
     /// `dev` or `production`.
     #[serde(default)]
     pub mode: Mode,
-    /// The core's Unix socket.
-    pub core_socket: PathBuf,
+    /// The core's Unix socket: shorthand for `cores = ["unix:PATH"]`.
+    #[serde(default)]
+    pub core_socket: Option<PathBuf>,
+    /// The cores, balanced and health-checked: `unix:PATH` or `https://HOST:PORT` (mTLS, needs
+    /// `[core_tls]`). Exactly one of `core_socket` and `cores` is given.
+    #[serde(default)]
+    pub cores: Vec<String>,
+    /// The edge's mTLS identity towards `https://` cores and the SPIFFE IDs cores may present.
+    #[serde(default)]
+    pub core_tls: Option<CoreTlsConfig>,
+    /// Health checking and retry bounds of the core pool.
+    #[serde(default)]
+    pub core_pool: CorePoolConfig,
+    /// `cores` / `core_socket` parsed, paths resolved (filled by [`EdgeConfig::parse`]).
+    #[serde(skip)]
+    resolved_cores: Vec<crate::core_pool::CoreEndpoint>,
     /// Listener addresses.
     #[serde(default)]
     pub listen: Listen,
@@ -271,7 +321,46 @@ impl EdgeConfig {
                 *p = base.join(&*p);
             }
         };
-        abs(&mut cfg.core_socket);
+        if let Some(p) = cfg.core_socket.as_mut() {
+            abs(p);
+        }
+        if let Some(t) = cfg.core_tls.as_mut() {
+            abs(&mut t.cert);
+            abs(&mut t.key);
+            abs(&mut t.ca);
+            if t.core_spiffe_ids.is_empty()
+                || t.core_spiffe_ids.iter().any(|id| {
+                    !id.starts_with("spiffe://") || id.len() <= "spiffe://".len()
+                })
+            {
+                return Err(ConfigError::Invalid(
+                    "[core_tls] core_spiffe_ids must list at least one spiffe:// ID".into(),
+                ));
+            }
+        }
+        let endpoints = cfg.parse_core_endpoints(base)?;
+        if endpoints.len() > 64 {
+            return Err(ConfigError::Invalid("at most 64 cores".into()));
+        }
+        if cfg.core_tls.is_none()
+            && endpoints
+                .iter()
+                .any(|e| matches!(e, crate::core_pool::CoreEndpoint::Tls { .. }))
+        {
+            return Err(ConfigError::Invalid(
+                "https:// cores need [core_tls] (cert, key, ca, core_spiffe_ids)".into(),
+            ));
+        }
+        let p = &cfg.core_pool;
+        if !(100..=60_000).contains(&p.health_interval_ms)
+            || !(50..=10_000).contains(&p.health_timeout_ms)
+            || !(1..=3).contains(&p.max_attempts)
+        {
+            return Err(ConfigError::Invalid(
+                "[core_pool] health_interval_ms 100..=60000, health_timeout_ms 50..=10000, max_attempts 1..=3".into(),
+            ));
+        }
+        cfg.resolved_cores = endpoints;
         abs(&mut cfg.tls.cert);
         abs(&mut cfg.tls.key);
         let l = &cfg.limits;
@@ -331,6 +420,42 @@ impl EdgeConfig {
         Ok(cfg)
     }
 
+    /// The cores (`cores`, or the one `core_socket`), paths resolved.
+    pub fn core_endpoints(&self) -> &[crate::core_pool::CoreEndpoint] {
+        &self.resolved_cores
+    }
+
+    /// The cores: `cores`, or the one `core_socket`; exactly one of the two must be given.
+    /// Relative `unix:` paths resolve against `base` (the config file's directory).
+    fn parse_core_endpoints(
+        &self,
+        base: &Path,
+    ) -> Result<Vec<crate::core_pool::CoreEndpoint>, ConfigError> {
+        match (&self.core_socket, self.cores.is_empty()) {
+            (Some(p), true) => Ok(vec![crate::core_pool::CoreEndpoint::Unix(p.clone())]),
+            (None, false) => self
+                .cores
+                .iter()
+                .map(|s| {
+                    crate::core_pool::CoreEndpoint::parse(s, base)
+                        .map_err(|e| ConfigError::Invalid(e.to_string()))
+                })
+                .collect(),
+            _ => Err(ConfigError::Invalid(
+                "give exactly one of core_socket and cores".into(),
+            )),
+        }
+    }
+
+    /// The pool settings from `[core_pool]`.
+    pub fn pool_settings(&self) -> crate::core_pool::PoolSettings {
+        crate::core_pool::PoolSettings {
+            health_interval: Duration::from_millis(self.core_pool.health_interval_ms),
+            health_timeout: Duration::from_millis(self.core_pool.health_timeout_ms),
+            max_attempts: self.core_pool.max_attempts,
+        }
+    }
+
     /// Core RPC deadline.
     pub fn core_deadline(&self) -> Duration {
         Duration::from_millis(self.limits.core_deadline_ms)
@@ -376,9 +501,43 @@ mod tests {
         assert_eq!(cfg.listen.https.port(), 8443);
         assert_eq!(cfg.listen.http.port(), 8080);
         assert_eq!(cfg.listen.admin.port(), 9090);
-        assert_eq!(cfg.core_socket, Path::new("/data/edge/../run/core.sock"));
+        assert_eq!(
+            cfg.core_socket.as_deref(),
+            Some(Path::new("/data/edge/../run/core.sock"))
+        );
+        assert_eq!(
+            cfg.core_endpoints(),
+            [crate::core_pool::CoreEndpoint::Unix(PathBuf::from(
+                "/data/edge/../run/core.sock"
+            ))]
+        );
         assert_eq!(cfg.tls.key, Path::new("/data/edge/tls.key"));
         assert_eq!(cfg.mode, Mode::Dev);
+    }
+
+    #[test]
+    fn cores_list_needs_tls_for_https_and_excludes_core_socket() {
+        let tls = "[tls]\ncert = \"a\"\nkey = \"b\"\n";
+        let core_tls = "[core_tls]\ncert = \"e.pem\"\nkey = \"e.key\"\nca = \"ca.pem\"\ncore_spiffe_ids = [\"spiffe://certgate.test/core/1\"]\n";
+        let two = "cores = [\"unix:core.sock\", \"https://127.0.0.1:7443\"]\n";
+        let cfg = EdgeConfig::parse(&format!("{two}{tls}{core_tls}"), Path::new("/d"))
+            .expect("parses");
+        assert_eq!(cfg.core_endpoints().len(), 2);
+        assert_eq!(
+            cfg.core_tls.as_ref().map(|t| t.ca.clone()),
+            Some(PathBuf::from("/d/ca.pem"))
+        );
+        // https without [core_tls]
+        assert!(EdgeConfig::parse(&format!("{two}{tls}"), Path::new("/d")).is_err());
+        // both core_socket and cores, or neither
+        let both = format!("core_socket = \"c\"\n{two}{tls}{core_tls}");
+        assert!(EdgeConfig::parse(&both, Path::new("/d")).is_err());
+        assert!(EdgeConfig::parse(tls, Path::new("/d")).is_err());
+        // an empty SPIFFE list admits no core: refused as a config error
+        let empty = core_tls.replace("[\"spiffe://certgate.test/core/1\"]", "[]");
+        assert!(EdgeConfig::parse(&format!("{two}{tls}{empty}"), Path::new("/d")).is_err());
+        let bad_pool = format!("{two}{tls}{core_tls}[core_pool]\nhealth_interval_ms = 1\n");
+        assert!(EdgeConfig::parse(&bad_pool, Path::new("/d")).is_err());
     }
 
     #[test]

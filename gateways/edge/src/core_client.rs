@@ -1,145 +1,294 @@
-//! The edge's client for the core (`certgate.core.v1.Core`) over the core's Unix socket.
+//! The edge's client for the cores (`certgate.core.v1.Core`, `Acme`, `Cmp`, `Scep`): one or more
+//! cores over Unix sockets or TCP + mTLS, balanced and health-checked by [`CorePool`].
 //!
 //! Every call carries a deadline (I-8) both as a `grpc-timeout` the core can see and as a local
-//! timer, so a wedged core never holds an edge request longer than configured. A core that is
-//! down surfaces as `Unavailable` (I-5: never a fallback).
+//! timer, so a wedged core never holds an edge request longer than configured. No core answering
+//! surfaces as `Unavailable` (I-5: never a fallback), which each protocol maps to its own "try
+//! later" answer.
 //!
-//! Retries: only idempotent calls — reads, and writes that carry an idempotency key (`Issue`, and
-//! ACME `Finalize`, which the core keys by order id) — are retried, only when the core was
-//! unavailable, at most [`MAX_RETRIES`] times with exponential backoff, and never past the
-//! deadline. Everything else is tried once: a retried `NewOrder` could create two orders.
+//! Retries are a per-method property, [`idempotency`] (documented in docs/operations.md):
+//! - a call that never left the edge (connection refused, socket missing) goes to another core,
+//!   whatever the method;
+//! - a core that vanished mid-call (connection reset, EOF, timeout of the transport) is ejected,
+//!   and the call is repeated on ANOTHER core only if the method is idempotent;
+//! - a core that answered "unavailable" itself (its signer or store is down) is retried, for
+//!   idempotent methods only, with backoff;
+//! - at most [`MAX_RETRIES`] retries, never past the call's deadline.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use certgate_proto::RpcError;
-use certgate_proto::acme::acme_client::AcmeClient as GrpcAcme;
-use certgate_proto::cmp::cmp_client::CmpClient as GrpcCmp;
-use certgate_proto::core::core_client::CoreClient as GrpcCore;
 use certgate_proto::core::{
     GetCaChainRequest, GetCaChainResponse, IssueRequest, IssueResponse, RevokeRequest,
     RevokeResponse,
 };
-use certgate_proto::scep::scep_client::ScepClient as GrpcScep;
-use certgate_proto::transport::unix_channel;
+use certgate_proto::{ErrorKind, RpcError};
 use tonic::transport::Channel;
 
-/// Most retries of one idempotent call (so at most 1 + this many attempts).
-pub const MAX_RETRIES: u32 = 2;
-/// First retry delay; doubled each time.
-const RETRY_BASE: Duration = Duration::from_millis(50);
+use crate::core_pool::{CORE_CALLS_TOTAL, CorePool, Failure, Member, classify};
 
-/// A cheap-to-clone handle on the core.
-#[derive(Clone)]
-pub struct CoreClient {
-    inner: GrpcCore<Channel>,
-    acme: GrpcAcme<Channel>,
-    cmp: GrpcCmp<Channel>,
-    scep: GrpcScep<Channel>,
-    deadline: Duration,
-}
+/// Most retries of one call (so at most 1 + this many attempts).
+pub const MAX_RETRIES: u32 = 2;
+/// First retry delay after a core answered "unavailable"; doubled each time.
+const RETRY_BASE: Duration = Duration::from_millis(50);
 
 /// Whether a call may be repeated without changing the outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Idempotent {
-    Yes,
+pub enum Idempotency {
+    /// Repeating it returns the same result and changes nothing more: retried on another core.
+    Idempotent,
+    /// Only when the request carries an idempotency key (`Issue`, `Revoke`).
+    WithKey,
+    /// Creates or consumes something: tried once; a core lost mid-call is the client's
+    /// "unavailable".
     No,
 }
 
+/// Every core RPC the edge calls, with its retry property (the per-method table of
+/// docs/operations.md; a unit test checks each method the client calls is listed).
+pub const METHODS: &[(&str, Idempotency)] = {
+    use Idempotency::*;
+    &[
+        // certgate.core.v1.Core
+        ("issue", WithKey),            // I-3: same key → same certificate
+        ("revoke", WithKey),           // revoking a revoked certificate returns its record
+        ("get_certificate", Idempotent),
+        ("get_ca_chain", Idempotent),
+        ("get_ocsp", Idempotent),
+        ("get_crl", Idempotent),
+        ("watch_status", Idempotent), // a stream; reopening resumes from the cursor
+        // certgate.core.v1.Pending
+        ("poll_issue", Idempotent), // the outcome under (tenant, key); issues at most once
+        // certgate.acme.v1.Acme
+        ("acme_get_tenant_meta", Idempotent),
+        ("acme_new_account", No), // creates an account
+        ("acme_get_account", Idempotent),
+        ("acme_update_account", No), // deactivation is final; contacts are replaced
+        ("acme_key_change", No),
+        ("acme_list_orders", Idempotent),
+        ("acme_new_order", No), // creates an order
+        ("acme_get_order", Idempotent),
+        ("acme_get_authorization", Idempotent),
+        ("acme_deactivate_authorization", No),
+        ("acme_respond_challenge", No), // starts a validation
+        ("acme_finalize", Idempotent),  // CAS ready→processing once, key "acme-order:{id}"
+        ("acme_get_order_certificate", Idempotent),
+        ("acme_revoke_certificate", No), // a second attempt answers alreadyRevoked
+        // certgate.cmp.v1.Cmp
+        ("cmp_compute_mac", Idempotent), // a pure function of its input
+        ("cmp_sign_protection", Idempotent), // signing the same bytes again changes nothing
+        ("cmp_get_protection_chain", Idempotent),
+        ("cmp_confirm", Idempotent), // confirming twice answers `already`
+        // certgate.scep.v1.Scep
+        ("scep_get_ra_chain", Idempotent),
+        ("scep_decrypt_key", Idempotent),
+        ("scep_sign_attributes", Idempotent),
+        ("scep_check_challenge", No), // consumes a one-time challenge
+    ]
+};
+
+/// The retry property of `method`; unknown methods are not idempotent (fail closed).
+pub fn idempotency(method: &str) -> Idempotency {
+    METHODS
+        .iter()
+        .find(|(m, _)| *m == method)
+        .map(|(_, i)| *i)
+        .unwrap_or(Idempotency::No)
+}
+
+/// A cheap-to-clone handle on the cores.
+#[derive(Clone)]
+pub struct CoreClient {
+    pool: Arc<CorePool>,
+    deadline: Duration,
+}
+
 impl CoreClient {
-    /// A lazily connecting client to the core's socket at `path`.
-    pub fn unix(path: impl Into<PathBuf>, deadline: Duration) -> Self {
-        Self::from_channel(unix_channel(path), deadline)
+    /// A lazily connecting client to one core's socket at `path`.
+    pub fn unix(path: impl Into<std::path::PathBuf>, deadline: Duration) -> Self {
+        let path = path.into();
+        Self::from_channel_labelled(
+            &format!("unix:{}", path.display()),
+            certgate_proto::transport::unix_channel(path),
+            deadline,
+        )
     }
 
     /// A client over any channel (tests use an in-memory one).
     pub fn from_channel(channel: Channel, deadline: Duration) -> Self {
+        Self::from_channel_labelled("channel", channel, deadline)
+    }
+
+    fn from_channel_labelled(label: &str, channel: Channel, deadline: Duration) -> Self {
         Self {
-            inner: GrpcCore::new(channel.clone()),
-            acme: GrpcAcme::new(channel.clone()),
-            cmp: GrpcCmp::new(channel.clone()),
-            scep: GrpcScep::new(channel),
+            pool: CorePool::single(label, channel),
             deadline,
         }
     }
 
-    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+    /// A client over a pool of cores.
+    pub fn from_pool(pool: Arc<CorePool>, deadline: Duration) -> Self {
+        Self { pool, deadline }
+    }
+
+    /// The pool (health checks, metrics).
+    pub fn pool(&self) -> &Arc<CorePool> {
+        &self.pool
+    }
+
+    fn request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
-        req.set_timeout(self.deadline);
+        req.set_timeout(timeout);
         req
     }
 
-    async fn bounded<F, T>(&self, method: &'static str, fut: F) -> Result<T, RpcError>
+    /// Runs `call` against one member for at most `timeout`; records metrics; passes the raw
+    /// status back for classification.
+    async fn attempt<F, T>(
+        &self,
+        method: &'static str,
+        member: &Arc<Member>,
+        timeout: Duration,
+        fut: F,
+    ) -> Result<T, (RpcError, Failure)>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let start = std::time::Instant::now();
-        let result = match tokio::time::timeout(self.deadline, fut).await {
+        let start = Instant::now();
+        let _in_flight = member.start_call();
+        let result = match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) => Err(RpcError::from_status(&status)),
-            Err(_) => Err(RpcError::unavailable(
-                "the core did not answer in time",
-                Duration::from_secs(1),
+            Ok(Err(status)) => {
+                let failure = classify(&status);
+                let err = match failure {
+                    Failure::Answered => RpcError::from_status(&status),
+                    Failure::NotSent | Failure::Transport => {
+                        tracing::warn!(core = %member.label, method, status = %status.message(), "core transport failure");
+                        member.eject("transport");
+                        RpcError::unavailable("the core is unreachable", Duration::from_secs(1))
+                    }
+                };
+                Err((err, failure))
+            }
+            Err(_) => Err((
+                RpcError::unavailable("the core did not answer in time", Duration::from_secs(1)),
+                Failure::Transport,
             )),
         };
         let outcome = match &result {
             Ok(_) => "ok",
-            Err(e) => kind_label(e.kind),
+            Err((_, Failure::NotSent | Failure::Transport)) => "transport",
+            Err((e, Failure::Answered)) => kind_label(e.kind),
         };
         crate::metrics::record_core_call(method, outcome, start.elapsed());
+        ::metrics::counter!(CORE_CALLS_TOTAL, "core" => member.label.clone(), "outcome" => outcome)
+            .increment(1);
         result
     }
 
-    /// Runs `call` under the deadline; retries an idempotent call while the core is unavailable,
-    /// with backoff, within the same overall deadline.
-    async fn call<T, R, F, Fut>(
+    /// Runs `call` under the deadline on a member the pool picks, retrying per the method's
+    /// [`Idempotency`] (see the module docs), on another member where there is one.
+    async fn call<T, R, F, Fut>(&self, method: &'static str, msg: T, call: F) -> Result<R, RpcError>
+    where
+        T: Clone,
+        F: Fn(&Member, tonic::Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        self.call_with(method, idempotency(method), msg, call).await
+    }
+
+    async fn call_with<T, R, F, Fut>(
         &self,
         method: &'static str,
-        idem: Idempotent,
+        idem: Idempotency,
         msg: T,
         call: F,
     ) -> Result<R, RpcError>
     where
         T: Clone,
-        F: Fn(tonic::Request<T>) -> Fut,
+        F: Fn(&Member, tonic::Request<T>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
-        let give_up = std::time::Instant::now() + self.deadline;
+        let idempotent = idem == Idempotency::Idempotent;
+        let give_up = Instant::now() + self.deadline;
+        let max_attempts = (MAX_RETRIES + 1).min(self.pool.settings().max_attempts.max(1));
+        let mut tried: Vec<usize> = Vec::new();
         let mut attempt = 0u32;
         loop {
-            let result = self.bounded(method, call(self.request(msg.clone()))).await;
-            match result {
-                Err(e)
-                    if idem == Idempotent::Yes
-                        && e.kind == certgate_proto::ErrorKind::Unavailable
-                        && attempt < MAX_RETRIES =>
-                {
-                    let wait = RETRY_BASE * 2u32.pow(attempt);
-                    if std::time::Instant::now() + wait >= give_up {
-                        return Err(e);
-                    }
-                    attempt += 1;
-                    ::metrics::counter!(crate::metrics::CORE_RETRIES_TOTAL, "method" => method)
-                        .increment(1);
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
+            let (index, member) = self.pool.pick(&tried);
+            let remaining = give_up.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(RpcError::unavailable(
+                    "no core answered in time",
+                    Duration::from_secs(1),
+                ));
             }
+            let result = self
+                .attempt(
+                    method,
+                    &member,
+                    remaining,
+                    call(&member, self.request(msg.clone(), remaining)),
+                )
+                .await;
+            attempt += 1;
+            let (err, failure) = match result {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            let retry = attempt < max_attempts
+                && match failure {
+                    Failure::NotSent => true,
+                    Failure::Transport => idempotent,
+                    Failure::Answered => idempotent && err.kind == ErrorKind::Unavailable,
+                };
+            if !retry {
+                return Err(err);
+            }
+            if !tried.contains(&index) {
+                tried.push(index);
+            }
+            if tried.len() >= self.pool.members().len() {
+                // Every member tried once: start over (a single core retries itself).
+                tried.clear();
+            }
+            if failure == Failure::Answered {
+                let wait = RETRY_BASE * 2u32.pow(attempt - 1);
+                if Instant::now() + wait >= give_up {
+                    return Err(err);
+                }
+                tokio::time::sleep(wait).await;
+            }
+            ::metrics::counter!(crate::metrics::CORE_RETRIES_TOTAL, "method" => method)
+                .increment(1);
         }
     }
 
     /// `Core.Issue` — the one issuance path (I-2). Retried: the request carries an idempotency
     /// key.
     pub async fn issue(&self, req: IssueRequest) -> Result<IssueResponse, RpcError> {
-        let retry = if req.idempotency_key.is_empty() {
-            Idempotent::No
+        let idem = if req.idempotency_key.is_empty() {
+            Idempotency::No
         } else {
-            Idempotent::Yes
+            Idempotency::Idempotent
         };
-        let c = self.inner.clone();
-        self.call("issue", retry, req, |r| {
-            let mut c = c.clone();
+        self.call_with("issue", idem, req, |m, r| {
+            let mut c = m.core.clone();
             async move { c.issue(r).await }
+        })
+        .await
+    }
+
+    /// `Pending.Poll`: the outcome of an Issue made under (tenant, idempotency key) that was
+    /// held for approval (SCEP CertPoll, CMP pollReq). Retried: the core issues at most once
+    /// per key.
+    pub async fn poll_issue(
+        &self,
+        req: certgate_proto::core::PollRequest,
+    ) -> Result<IssueResponse, RpcError> {
+        self.call("poll_issue", req, |m, r| {
+            let mut c = m.pending.clone();
+            async move { c.poll(r).await }
         })
         .await
     }
@@ -150,13 +299,12 @@ impl CoreClient {
         tenant: &str,
         serial_hex: &str,
     ) -> Result<certgate_proto::core::CertificateRecord, RpcError> {
-        let c = self.inner.clone();
         let req = certgate_proto::core::GetCertificateRequest {
             tenant: tenant.to_owned(),
             serial_hex: serial_hex.to_owned(),
         };
-        self.call("get_certificate", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("get_certificate", req, |m, r| {
+            let mut c = m.core.clone();
             async move { c.get_certificate(r).await }
         })
         .await
@@ -167,22 +315,29 @@ impl CoreClient {
         &self,
         tenant: &str,
     ) -> Result<certgate_proto::acme::TenantMeta, RpcError> {
-        let c = self.acme.clone();
         let req = certgate_proto::acme::GetTenantMetaRequest {
             tenant: tenant.to_owned(),
         };
-        self.call("acme_get_tenant_meta", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("acme_get_tenant_meta", req, |m, r| {
+            let mut c = m.acme.clone();
             async move { c.get_tenant_meta(r).await }
         })
         .await
     }
 
-    /// `Core.Revoke`.
+    /// `Core.Revoke`. Retried only with an idempotency key: the core returns the existing
+    /// record for a repeated revocation under the same key.
     pub async fn revoke(&self, req: RevokeRequest) -> Result<RevokeResponse, RpcError> {
-        let mut c = self.inner.clone();
-        let r = self.request(req);
-        self.bounded("revoke", c.revoke(r)).await
+        let idem = if req.idempotency_key.is_empty() {
+            Idempotency::No
+        } else {
+            Idempotency::Idempotent
+        };
+        self.call_with("revoke", idem, req, |m, r| {
+            let mut c = m.core.clone();
+            async move { c.revoke(r).await }
+        })
+        .await
     }
 
     /// `Core.GetCaChain` for a tenant (and optionally one issuer).
@@ -191,13 +346,12 @@ impl CoreClient {
         tenant: &str,
         issuer_id: &str,
     ) -> Result<GetCaChainResponse, RpcError> {
-        let c = self.inner.clone();
         let req = GetCaChainRequest {
             tenant: tenant.to_owned(),
             issuer_id: issuer_id.to_owned(),
         };
-        self.call("get_ca_chain", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("get_ca_chain", req, |m, r| {
+            let mut c = m.core.clone();
             async move { c.get_ca_chain(r).await }
         })
         .await
@@ -208,9 +362,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::core::GetOcspRequest,
     ) -> Result<certgate_proto::core::OcspEntry, RpcError> {
-        let c = self.inner.clone();
-        self.call("get_ocsp", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("get_ocsp", req, |m, r| {
+            let mut c = m.core.clone();
             async move { c.get_ocsp(r).await }
         })
         .await
@@ -221,9 +374,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::core::GetCrlRequest,
     ) -> Result<certgate_proto::core::CrlEntry, RpcError> {
-        let c = self.inner.clone();
-        self.call("get_crl", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("get_crl", req, |m, r| {
+            let mut c = m.core.clone();
             async move { c.get_crl(r).await }
         })
         .await
@@ -234,9 +386,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::acme::NewAccountRequest,
     ) -> Result<certgate_proto::acme::NewAccountResponse, RpcError> {
-        let c = self.acme.clone();
-        self.call("acme_new_account", Idempotent::No, req, |r| {
-            let mut c = c.clone();
+        self.call("acme_new_account", req, |m, r| {
+            let mut c = m.acme.clone();
             async move { c.new_account(r).await }
         })
         .await
@@ -247,9 +398,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::acme::GetAccountRequest,
     ) -> Result<certgate_proto::acme::Account, RpcError> {
-        let c = self.acme.clone();
-        self.call("acme_get_account", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("acme_get_account", req, |m, r| {
+            let mut c = m.acme.clone();
             async move { c.get_account(r).await }
         })
         .await
@@ -260,9 +410,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::acme::UpdateAccountRequest,
     ) -> Result<certgate_proto::acme::Account, RpcError> {
-        let c = self.acme.clone();
-        self.call("acme_update_account", Idempotent::No, req, |r| {
-            let mut c = c.clone();
+        self.call("acme_update_account", req, |m, r| {
+            let mut c = m.acme.clone();
             async move { c.update_account(r).await }
         })
         .await
@@ -273,9 +422,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::acme::KeyChangeRequest,
     ) -> Result<certgate_proto::acme::KeyChangeResponse, RpcError> {
-        let c = self.acme.clone();
-        self.call("acme_key_change", Idempotent::No, req, |r| {
-            let mut c = c.clone();
+        self.call("acme_key_change", req, |m, r| {
+            let mut c = m.acme.clone();
             async move { c.key_change(r).await }
         })
         .await
@@ -286,9 +434,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::acme::ListOrdersRequest,
     ) -> Result<certgate_proto::acme::ListOrdersResponse, RpcError> {
-        let c = self.acme.clone();
-        self.call("acme_list_orders", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("acme_list_orders", req, |m, r| {
+            let mut c = m.acme.clone();
             async move { c.list_orders(r).await }
         })
         .await
@@ -299,9 +446,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::acme::NewOrderRequest,
     ) -> Result<certgate_proto::acme::Order, RpcError> {
-        let c = self.acme.clone();
-        self.call("acme_new_order", Idempotent::No, req, |r| {
-            let mut c = c.clone();
+        self.call("acme_new_order", req, |m, r| {
+            let mut c = m.acme.clone();
             async move { c.new_order(r).await }
         })
         .await
@@ -312,9 +458,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::acme::GetOrderRequest,
     ) -> Result<certgate_proto::acme::Order, RpcError> {
-        let c = self.acme.clone();
-        self.call("acme_get_order", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("acme_get_order", req, |m, r| {
+            let mut c = m.acme.clone();
             async move { c.get_order(r).await }
         })
         .await
@@ -325,9 +470,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::acme::GetAuthorizationRequest,
     ) -> Result<certgate_proto::acme::Authorization, RpcError> {
-        let c = self.acme.clone();
-        self.call("acme_get_authorization", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("acme_get_authorization", req, |m, r| {
+            let mut c = m.acme.clone();
             async move { c.get_authorization(r).await }
         })
         .await
@@ -338,9 +482,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::acme::GetAuthorizationRequest,
     ) -> Result<certgate_proto::acme::Authorization, RpcError> {
-        let c = self.acme.clone();
-        self.call("acme_deactivate_authorization", Idempotent::No, req, |r| {
-            let mut c = c.clone();
+        self.call("acme_deactivate_authorization", req, |m, r| {
+            let mut c = m.acme.clone();
             async move { c.deactivate_authorization(r).await }
         })
         .await
@@ -351,9 +494,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::acme::RespondChallengeRequest,
     ) -> Result<certgate_proto::acme::RespondChallengeResponse, RpcError> {
-        let c = self.acme.clone();
-        self.call("acme_respond_challenge", Idempotent::No, req, |r| {
-            let mut c = c.clone();
+        self.call("acme_respond_challenge", req, |m, r| {
+            let mut c = m.acme.clone();
             async move { c.respond_challenge(r).await }
         })
         .await
@@ -364,9 +506,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::acme::FinalizeRequest,
     ) -> Result<certgate_proto::acme::Order, RpcError> {
-        let c = self.acme.clone();
-        self.call("acme_finalize", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("acme_finalize", req, |m, r| {
+            let mut c = m.acme.clone();
             async move { c.finalize(r).await }
         })
         .await
@@ -377,9 +518,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::acme::GetOrderCertificateRequest,
     ) -> Result<certgate_proto::acme::CertificateChain, RpcError> {
-        let c = self.acme.clone();
-        self.call("acme_get_order_certificate", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("acme_get_order_certificate", req, |m, r| {
+            let mut c = m.acme.clone();
             async move { c.get_order_certificate(r).await }
         })
         .await
@@ -390,9 +530,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::acme::RevokeCertificateRequest,
     ) -> Result<certgate_proto::acme::RevokeCertificateResponse, RpcError> {
-        let c = self.acme.clone();
-        self.call("acme_revoke_certificate", Idempotent::No, req, |r| {
-            let mut c = c.clone();
+        self.call("acme_revoke_certificate", req, |m, r| {
+            let mut c = m.acme.clone();
             async move { c.revoke_certificate(r).await }
         })
         .await
@@ -403,9 +542,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::cmp::ComputeMacRequest,
     ) -> Result<certgate_proto::cmp::ComputeMacResponse, RpcError> {
-        let c = self.cmp.clone();
-        self.call("cmp_compute_mac", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("cmp_compute_mac", req, |m, r| {
+            let mut c = m.cmp.clone();
             async move { c.compute_mac(r).await }
         })
         .await
@@ -416,9 +554,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::cmp::SignProtectionRequest,
     ) -> Result<certgate_proto::cmp::SignProtectionResponse, RpcError> {
-        let c = self.cmp.clone();
-        self.call("cmp_sign_protection", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("cmp_sign_protection", req, |m, r| {
+            let mut c = m.cmp.clone();
             async move { c.sign_protection(r).await }
         })
         .await
@@ -429,12 +566,11 @@ impl CoreClient {
         &self,
         tenant: &str,
     ) -> Result<certgate_proto::cmp::GetProtectionChainResponse, RpcError> {
-        let c = self.cmp.clone();
         let req = certgate_proto::cmp::GetProtectionChainRequest {
             tenant: tenant.to_owned(),
         };
-        self.call("cmp_get_protection_chain", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("cmp_get_protection_chain", req, |m, r| {
+            let mut c = m.cmp.clone();
             async move { c.get_protection_chain(r).await }
         })
         .await
@@ -445,9 +581,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::cmp::ConfirmRequest,
     ) -> Result<certgate_proto::cmp::ConfirmResponse, RpcError> {
-        let c = self.cmp.clone();
-        self.call("cmp_confirm", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("cmp_confirm", req, |m, r| {
+            let mut c = m.cmp.clone();
             async move { c.confirm(r).await }
         })
         .await
@@ -458,12 +593,11 @@ impl CoreClient {
         &self,
         tenant: &str,
     ) -> Result<certgate_proto::scep::GetRaChainResponse, RpcError> {
-        let c = self.scep.clone();
         let req = certgate_proto::scep::GetRaChainRequest {
             tenant: tenant.to_owned(),
         };
-        self.call("scep_get_ra_chain", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("scep_get_ra_chain", req, |m, r| {
+            let mut c = m.scep.clone();
             async move { c.get_ra_chain(r).await }
         })
         .await
@@ -474,9 +608,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::scep::DecryptKeyRequest,
     ) -> Result<certgate_proto::scep::DecryptKeyResponse, RpcError> {
-        let c = self.scep.clone();
-        self.call("scep_decrypt_key", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("scep_decrypt_key", req, |m, r| {
+            let mut c = m.scep.clone();
             async move { c.decrypt_key(r).await }
         })
         .await
@@ -487,9 +620,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::scep::SignAttributesRequest,
     ) -> Result<certgate_proto::scep::SignAttributesResponse, RpcError> {
-        let c = self.scep.clone();
-        self.call("scep_sign_attributes", Idempotent::Yes, req, |r| {
-            let mut c = c.clone();
+        self.call("scep_sign_attributes", req, |m, r| {
+            let mut c = m.scep.clone();
             async move { c.sign_attributes(r).await }
         })
         .await
@@ -500,9 +632,8 @@ impl CoreClient {
         &self,
         req: certgate_proto::scep::CheckChallengeRequest,
     ) -> Result<certgate_proto::scep::CheckChallengeResponse, RpcError> {
-        let c = self.scep.clone();
-        self.call("scep_check_challenge", Idempotent::No, req, |r| {
-            let mut c = c.clone();
+        self.call("scep_check_challenge", req, |m, r| {
+            let mut c = m.scep.clone();
             async move { c.check_challenge(r).await }
         })
         .await
@@ -514,9 +645,18 @@ impl CoreClient {
         &self,
         req: certgate_proto::core::WatchStatusRequest,
     ) -> Result<tonic::Streaming<certgate_proto::core::StatusEvent>, RpcError> {
-        let mut c = self.inner.clone();
-        self.bounded("watch_status", c.watch_status(tonic::Request::new(req)))
-            .await
+        // Opened on one healthy core; the watch task reopens (on whichever core the pool picks)
+        // when the stream ends or goes idle.
+        let (_, member) = self.pool.pick(&[]);
+        let mut c = member.core.clone();
+        self.attempt(
+            "watch_status",
+            &member,
+            self.deadline,
+            c.watch_status(tonic::Request::new(req)),
+        )
+        .await
+        .map_err(|(e, _)| e)
     }
 }
 
@@ -532,5 +672,32 @@ fn kind_label(kind: certgate_proto::ErrorKind) -> &'static str {
         K::NotFound => "not_found",
         K::Unavailable => "unavailable",
         K::Unspecified => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_the_client_calls_has_an_idempotency_entry() {
+        let src = include_str!("core_client.rs");
+        let mut called = 0;
+        for chunk in src.split("self.call(\"").skip(1).chain(src.split("self.call_with(\"").skip(1)) {
+            let name = chunk.split('"').next().unwrap_or_default();
+            if name.is_empty() || name.contains(' ') {
+                continue;
+            }
+            called += 1;
+            assert!(
+                METHODS.iter().any(|(m, _)| *m == name),
+                "{name} has no entry in METHODS"
+            );
+        }
+        assert!(called > 20, "found {called} call sites");
+        assert_eq!(idempotency("acme_new_order"), Idempotency::No);
+        assert_eq!(idempotency("get_ocsp"), Idempotency::Idempotent);
+        assert_eq!(idempotency("issue"), Idempotency::WithKey);
+        assert_eq!(idempotency("no_such_method"), Idempotency::No);
     }
 }

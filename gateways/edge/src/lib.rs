@@ -13,6 +13,7 @@ pub mod ca;
 pub mod cmp;
 pub mod config;
 pub mod core_client;
+pub mod core_pool;
 pub mod error;
 pub mod est;
 pub mod h3;
@@ -85,7 +86,23 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     ));
     let handle = metrics::install()?;
 
-    let core = core_client::CoreClient::unix(&cfg.core_socket, cfg.core_deadline());
+    // The cores: one Unix socket (the embedded default) or a balanced, health-checked list with
+    // mTLS to remote cores (core_pool.rs).
+    let core_tls = match &cfg.core_tls {
+        Some(t) => Some(
+            core_pool::CoreTls::from_files(&t.cert, &t.key, &t.ca, &t.core_spiffe_ids)
+                .map_err(|e| StartError::Tls(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let pool = core_pool::CorePool::new(
+        cfg.core_endpoints(),
+        core_tls.as_ref(),
+        cfg.pool_settings(),
+    )
+    .map_err(|e| StartError::Tls(e.to_string()))?;
+    tokio::spawn(pool.clone().run_health_checks(shutdown.clone()));
+    let core = core_client::CoreClient::from_pool(pool, cfg.core_deadline());
     let ctx = router::EdgeContext {
         core: core.clone(),
         ca: ca::CaCerts::new(
@@ -242,7 +259,11 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         http3 = cfg.listen.http3,
         http = %cfg.listen.http,
         admin = %cfg.listen.admin,
-        core = %cfg.core_socket.display(),
+        cores = ?cfg
+            .core_endpoints()
+            .iter()
+            .map(core_pool::CoreEndpoint::label)
+            .collect::<Vec<_>>(),
         "certgate-edge ready"
     );
     let _ = crate::server::stopped(&mut shutdown).await;
