@@ -228,20 +228,24 @@ CREATE TABLE crl_numbers (
     PRIMARY KEY (issuer_id, shard)
 );
 -- CRL numbers (RFC 5280 5.2.3) and the stored CRL of a shard only move forward.
-CREATE FUNCTION certgate_crl_forward() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION certgate_crl_number_forward() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_TABLE_NAME = 'crl_numbers' AND NEW.last_number <= OLD.last_number THEN
+    IF NEW.last_number <= OLD.last_number THEN
         RAISE EXCEPTION 'CRL number of % / % would go from % to %',
             OLD.issuer_id, OLD.shard, OLD.last_number, NEW.last_number;
     END IF;
-    IF TG_TABLE_NAME = 'crls' AND NEW.crl_number <= OLD.crl_number THEN
+    RETURN NEW;
+END $$;
+CREATE FUNCTION certgate_crl_forward() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.crl_number <= OLD.crl_number THEN
         RAISE EXCEPTION 'stored CRL of % / % would go from number % to %',
             OLD.issuer_id, OLD.shard, OLD.crl_number, NEW.crl_number;
     END IF;
     RETURN NEW;
 END $$;
 CREATE TRIGGER crl_numbers_forward BEFORE UPDATE ON crl_numbers
-    FOR EACH ROW EXECUTE FUNCTION certgate_crl_forward();
+    FOR EACH ROW EXECUTE FUNCTION certgate_crl_number_forward();
 CREATE TRIGGER crls_forward BEFORE UPDATE ON crls
     FOR EACH ROW EXECUTE FUNCTION certgate_crl_forward();
 CREATE TABLE ocsp_responders (

@@ -1,0 +1,576 @@
+//! The PostgreSQL store against a real `postgres` (Debian's package, started by
+//! `certgate_e2e::pg::PgServer`): the invariants the database itself enforces when several cores
+//! share it (docs/postgres.md). Each "core" here is its own `PgStore` with its own pool,
+//! connections and `application_name`, exactly what a core process builds from its config.
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use certgate_core::audit::{AuditEntry, verify_chain};
+use certgate_core::error::CoreError;
+use certgate_core::store::status::{CrlRec, OcspRec, StatusItem, StatusStore};
+use certgate_core::store::{
+    CertRec, IntentOutcome, IntentRec, PgConfig, PgStore, RevokeOp, Store, TenantRec,
+};
+use certgate_e2e::pg::PgServer;
+
+fn config(pg: &PgServer, name: &str, migrate: bool) -> PgConfig {
+    PgConfig {
+        url: pg.url.clone(),
+        password_file: Some(pg.password_file.clone()),
+        password_env: None,
+        migrate_url: migrate.then(|| pg.owner_url.clone()),
+        migrate_password_file: migrate.then(|| pg.owner_password_file.clone()),
+        migrate_password_env: None,
+        pool_size: 8,
+        timeout_ms: 3000,
+        crl_lease_secs: 60,
+        application_name: name.into(),
+    }
+}
+
+/// Two cores on one database, both applying migrations at once (the advisory lock serialises
+/// them; the second finds the schema current).
+fn two_cores(pg: &PgServer) -> (Arc<PgStore>, Arc<PgStore>) {
+    let (ca, cb) = (config(pg, "coreA", true), config(pg, "coreB", true));
+    let a = std::thread::spawn(move || PgStore::connect(&ca));
+    let b = std::thread::spawn(move || PgStore::connect(&cb));
+    let a = a.join().expect("thread").expect("core A connects");
+    let b = b.join().expect("thread").expect("core B connects");
+    (Arc::new(a), Arc::new(b))
+}
+
+fn audit(kind: &str, tenant: &str) -> AuditEntry {
+    AuditEntry::new(kind, tenant, "uid:1", serde_json::json!({"test": kind}))
+}
+
+fn intent(tenant: &str, key: &str, serial: &str) -> IntentRec {
+    IntentRec {
+        tenant: tenant.into(),
+        idem_key: key.into(),
+        request_hash: vec![1; 32],
+        serial_hex: serial.into(),
+        tbs_der: serial.as_bytes().to_vec(),
+        issuer_id: "issuer-1".into(),
+        profile: "server".into(),
+        profile_version: 1,
+        created_unix: 1,
+    }
+}
+
+fn cert(tenant: &str, key: &str, serial: &str) -> CertRec {
+    CertRec {
+        tenant: tenant.into(),
+        serial_hex: serial.into(),
+        cert_der: format!("der-{serial}").into_bytes(),
+        issuer_id: "issuer-1".into(),
+        profile: "server".into(),
+        profile_version: 1,
+        not_before_unix: 0,
+        not_after_unix: i64::MAX / 2,
+        idem_key: key.into(),
+        revoked: false,
+        revoked_at_unix: 0,
+        revocation_reason: 0,
+    }
+}
+
+fn last_line(out: &str) -> String {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .next_back()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// Two cores receiving the same idempotency key at the same moment mint one certificate: the
+/// intents' and certificates' unique keys decide, not any in-process lock.
+#[test]
+fn idempotency_holds_across_two_cores_racing_the_same_key() {
+    let pg = PgServer::start();
+    let (a, b) = two_cores(&pg);
+    for round in 0..5 {
+        let key = format!("key-{round}");
+        let threads = 8;
+        let barrier = Arc::new(Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let (barrier, key) = (barrier.clone(), key.clone());
+                std::thread::spawn(move || {
+                    // Each caller would sign its own serial; only the recorded intent's counts.
+                    let mine = format!("{round:02x}{i:02x}");
+                    barrier.wait();
+                    let serial = match store
+                        .insert_intent(&intent("t1", &key, &mine), &audit("intent", "t1"))
+                        .expect("insert_intent")
+                    {
+                        IntentOutcome::Inserted => mine,
+                        IntentOutcome::Exists(existing) => existing.serial_hex,
+                    };
+                    store
+                        .complete_issue(&cert("t1", &key, &serial), &audit("issue", "t1"))
+                        .expect("complete_issue")
+                })
+            })
+            .collect();
+        let results: Vec<CertRec> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        assert!(
+            results.iter().all(|c| *c == results[0]),
+            "callers got different certificates for one key: {results:?}"
+        );
+        let count = pg.psql_admin(&format!(
+            "SELECT count(*) FROM certificates WHERE tenant = 't1' AND idem_key = '{key}'"
+        ));
+        assert_eq!(count.trim(), "1", "one certificate row per key");
+        let intents = pg.psql_admin(&format!(
+            "SELECT count(*) FROM intents WHERE tenant = 't1' AND idem_key = '{key}'"
+        ));
+        assert_eq!(intents.trim(), "1", "one intent row per key");
+        // Both cores now answer the retry with that certificate.
+        for s in [&a, &b] {
+            assert_eq!(
+                s.cert_by_key("t1", &key).expect("lookup"),
+                Some(results[0].clone())
+            );
+        }
+    }
+    // Racing complete_issue itself with different certificates under one key: the first stored
+    // is the certificate for everyone.
+    let barrier = Arc::new(Barrier::new(6));
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                store
+                    .complete_issue(
+                        &cert("t1", "direct", &format!("ff{i:02x}")),
+                        &audit("issue", "t1"),
+                    )
+                    .expect("complete_issue")
+            })
+        })
+        .collect();
+    let got: Vec<CertRec> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
+    assert!(got.iter().all(|c| *c == got[0]), "{got:?}");
+}
+
+/// Serial numbers are unique per tenant and per issuer, enforced by constraints.
+#[test]
+fn serial_numbers_are_unique_per_issuer_by_constraint() {
+    let pg = PgServer::start();
+    let (a, b) = two_cores(&pg);
+    a.complete_issue(&cert("t1", "k1", "0abc"), &audit("issue", "t1"))
+        .expect("first");
+    let dup_same_tenant = b.complete_issue(&cert("t1", "k2", "0abc"), &audit("issue", "t1"));
+    assert!(
+        matches!(dup_same_tenant, Err(CoreError::Store(ref m)) if m.contains("23505")),
+        "a second certificate with the serial must be refused: {dup_same_tenant:?}"
+    );
+    let dup_other_tenant = b.complete_issue(&cert("t2", "k1", "0abc"), &audit("issue", "t2"));
+    assert!(
+        matches!(dup_other_tenant, Err(CoreError::Store(ref m)) if m.contains("23505")),
+        "the same issuer cannot reuse a serial in another tenant: {dup_other_tenant:?}"
+    );
+    a.insert_intent(&intent("t1", "i1", "0def"), &audit("intent", "t1"))
+        .expect("intent");
+    let dup_intent = b.insert_intent(&intent("t1", "i2", "0def"), &audit("intent", "t1"));
+    assert!(dup_intent.is_err(), "{dup_intent:?}");
+    // Nothing half-written: the refused calls rolled back their audit records too.
+    let records = a.audit_records().expect("records");
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(verify_chain(&records, None).error, None);
+    // Nor can the app role insert a duplicate serial behind the store's back.
+    let (ok, _, err) = pg.psql_as_app(
+        "BEGIN; SELECT set_config('certgate.tenant', 't1', true);
+         INSERT INTO certificates (tenant, serial_hex, cert_der, issuer_id, profile,
+           profile_version, not_before_unix, not_after_unix, idem_key)
+         VALUES ('t1', '0abc', '\\x00', 'issuer-1', 'p', 1, 0, 1, 'k9'); COMMIT;",
+    );
+    assert!(
+        !ok && err.contains("duplicate key"),
+        "raw duplicate accepted: {err}"
+    );
+}
+
+/// Row-level security: the app role sees nothing without a tenant, only its tenant's rows with
+/// one, and cannot write another tenant's rows.
+#[test]
+fn row_level_security_isolates_tenants_and_fails_closed_when_unset() {
+    let pg = PgServer::start();
+    let (a, _b) = two_cores(&pg);
+    for t in ["t1", "t2"] {
+        a.put_tenant(
+            &TenantRec {
+                name: t.into(),
+                public_base_url: "https://x".into(),
+                default_profile: "server".into(),
+                active_issuer_id: String::new(),
+            },
+            &audit("tenant", t),
+        )
+        .expect("tenant");
+    }
+    a.complete_issue(&cert("t1", "k", "01"), &audit("issue", "t1"))
+        .expect("t1 cert");
+    a.complete_issue(&cert("t2", "k", "02"), &audit("issue", "t2"))
+        .expect("t2 cert");
+    // The rows are there (superuser bypasses RLS).
+    assert_eq!(
+        pg.psql_admin("SELECT count(*) FROM certificates").trim(),
+        "2"
+    );
+    // The app role with no tenant set: nothing, in every tenant table.
+    for table in [
+        "certificates",
+        "tenants",
+        "intents",
+        "status_pending",
+        "idempotency",
+        "audit",
+    ] {
+        let (ok, out, err) = pg.psql_as_app(&format!("SELECT count(*) FROM {table}"));
+        assert!(ok, "{err}");
+        assert_eq!(out.trim(), "0", "{table} visible without a tenant");
+    }
+    // After a transaction-local setting ended, the session shows '' — still nothing.
+    let (ok, out, err) = pg.psql_as_app(
+        "BEGIN; SELECT set_config('certgate.tenant', 't1', true); COMMIT;
+         SELECT count(*) FROM certificates;",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(last_line(&out), "0", "a finished scope must not linger");
+    // Scoped to t1: t1's rows only.
+    let (ok, out, err) = pg.psql_as_app(
+        "BEGIN; SELECT set_config('certgate.tenant', 't1', true);
+         SELECT string_agg(serial_hex, ',') FROM certificates; COMMIT;",
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("01") && !out.contains("02"), "{out}");
+    // Scoped to t1, writing a t2 row (or moving a row to t2) is refused.
+    let (ok, _, err) = pg.psql_as_app(
+        "BEGIN; SELECT set_config('certgate.tenant', 't1', true);
+         INSERT INTO certificates (tenant, serial_hex, cert_der, issuer_id, profile,
+           profile_version, not_before_unix, not_after_unix, idem_key)
+         VALUES ('t2', '03', '\\x00', 'issuer-1', 'p', 1, 0, 1, 'k3'); COMMIT;",
+    );
+    assert!(!ok && err.contains("row-level security"), "{err}");
+    let (_, out, _) = pg.psql_as_app(
+        "BEGIN; SELECT set_config('certgate.tenant', 't1', true);
+         UPDATE certificates SET revoked = true WHERE tenant = 't2'; COMMIT;",
+    );
+    assert!(!out.contains("UPDATE 1"), "{out}");
+    assert_eq!(
+        pg.psql_admin("SELECT count(*) FROM certificates WHERE revoked")
+            .trim(),
+        "0",
+        "t1's scope revoked a t2 certificate"
+    );
+    // The app role may not rewrite history.
+    let (ok, _, err) = pg.psql_as_app("DELETE FROM audit");
+    assert!(!ok && err.contains("permission denied"), "{err}");
+    // Through the store: tenant t1 never sees t2's certificate.
+    assert_eq!(a.get_cert("t1", "02").expect("get"), None);
+    assert_eq!(
+        a.get_tenant("t1").expect("get").map(|t| t.name),
+        Some("t1".into())
+    );
+    assert_eq!(a.list_tenants().expect("list").len(), 2);
+    // A tenant literally named '*' gets no wildcard: it sees nothing.
+    assert_eq!(a.get_cert("*", "01").expect("get"), None);
+    // The store refuses to run as a role that bypasses RLS.
+    pg.psql_admin("ALTER ROLE certgate_app BYPASSRLS");
+    let refused = PgStore::connect(&config(&pg, "coreC", false));
+    assert!(
+        matches!(refused, Err(CoreError::Store(ref m)) if m.contains("BYPASSRLS")),
+        "a BYPASSRLS role must be refused"
+    );
+}
+
+fn crl(number: u64) -> CrlRec {
+    CrlRec {
+        tenant: "t1".into(),
+        issuer_id: "issuer-1".into(),
+        shard: "full".into(),
+        crl_der: vec![number as u8],
+        crl_number: number,
+        this_update_unix: 1,
+        next_update_unix: 2,
+        cursor: 0,
+    }
+}
+
+/// One CRL generator per shard at a time across cores; when the holder's session dies, another
+/// core takes over and the numbers keep increasing; the old holder cannot store under a lock it
+/// lost; the database refuses any number going backwards.
+#[test]
+fn crl_numbers_stay_monotonic_when_the_generator_is_killed() {
+    let pg = PgServer::start();
+    let (a, b) = two_cores(&pg);
+    assert_eq!(a.next_crl_number("issuer-1", "full").expect("a"), 1);
+    a.put_crl(&crl(1)).expect("a stores 1");
+    assert_eq!(b.next_crl_number("issuer-1", "full").expect("b"), 2);
+    b.put_crl(&crl(2)).expect("b stores 2");
+    // A takes the shard and holds it (generating).
+    assert_eq!(a.next_crl_number("issuer-1", "full").expect("a"), 3);
+    let lease_pid = a
+        .crl_lease_pid()
+        .expect("pid")
+        .expect("A holds a lease session");
+    // B must wait for it.
+    let b2 = b.clone();
+    let waiter = std::thread::spawn(move || b2.next_crl_number("issuer-1", "full"));
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!waiter.is_finished(), "B generated while A held the shard");
+    // Kill A's session (as if A's host vanished): PostgreSQL drops its lock.
+    assert_eq!(pg.terminate_backends("coreA-crl-lease"), 1);
+    let n = waiter.join().expect("thread").expect("B takes over");
+    assert_eq!(n, 4, "numbers continue from the stored counter");
+    // A's CRL 3 is not stored: its lock is gone.
+    let late = a.put_crl(&crl(3));
+    assert!(late.is_err(), "a stale generator stored its CRL: {late:?}");
+    b.put_crl(&crl(4)).expect("b stores 4");
+    assert_eq!(
+        a.get_crl("issuer-1", "full")
+            .expect("get")
+            .map(|c| c.crl_number),
+        Some(4)
+    );
+    // A comes back with a new session and numbers after B.
+    assert_eq!(a.next_crl_number("issuer-1", "full").expect("a again"), 5);
+    assert_ne!(a.crl_lease_pid().expect("pid"), Some(lease_pid));
+    a.put_crl(&crl(5)).expect("a stores 5");
+    // Another shard is independent.
+    assert_eq!(b.next_crl_number("issuer-1", "3").expect("shard 3"), 1);
+    // The database refuses a backwards move even from the superuser.
+    let out = std::process::Command::new(certgate_e2e::pg::bin_dir().expect("bin").join("psql"))
+        .arg("-h")
+        .arg(&pg.socket_dir)
+        .args([
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "certgate",
+        ])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "UPDATE crls SET crl_number = 2 WHERE shard = 'full'",
+        ])
+        .output()
+        .expect("psql");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("would go from"),
+        "{err}"
+    );
+    let out = std::process::Command::new(certgate_e2e::pg::bin_dir().expect("bin").join("psql"))
+        .arg("-h")
+        .arg(&pg.socket_dir)
+        .args([
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "certgate",
+        ])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "UPDATE crl_numbers SET last_number = 1",
+        ])
+        .output()
+        .expect("psql");
+    assert!(!out.status.success(), "CRL counter moved backwards");
+}
+
+/// The audit chain stays one verifiable chain when two cores append concurrently, each append
+/// in the same transaction as its change.
+#[test]
+fn audit_chain_verifies_with_two_cores_writing_concurrently() {
+    let pg = PgServer::start();
+    let (a, b) = two_cores(&pg);
+    let per_thread = 25;
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            std::thread::spawn(move || {
+                for n in 0..per_thread {
+                    if n % 2 == 0 {
+                        store.append_audit(&audit("note", "t1")).expect("append");
+                    } else {
+                        store
+                            .complete_issue(
+                                &cert("t1", &format!("k{i}-{n}"), &format!("{i:02x}{n:04x}")),
+                                &audit("issue", "t1"),
+                            )
+                            .expect("issue");
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread");
+    }
+    let records = b.audit_records().expect("records");
+    assert_eq!(records.len(), 6 * per_thread);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.seq, i as u64 + 1, "gap or duplicate in seq");
+    }
+    let v = verify_chain(&records, None);
+    assert_eq!(v.error, None, "chain broken: {v:?}");
+    // One issuance = one audit record: a certificate never exists without its record.
+    let issued = pg.psql_admin("SELECT count(*) FROM certificates");
+    let audited = pg.psql_admin("SELECT count(*) FROM audit WHERE kind = 'issue'");
+    assert_eq!(issued.trim(), audited.trim());
+    // The chain is append-only in the database: editing a record is refused.
+    let (ok, _, err) = pg.psql_as_app(
+        "BEGIN; SELECT set_config('certgate.tenant', '*', true);
+         UPDATE audit SET details = '{}' WHERE seq = 2; COMMIT;",
+    );
+    assert!(!ok && err.contains("only gain a signature"), "{err}");
+    // Signing adds a signature once; a second signature is ignored.
+    a.set_audit_signatures(&[(1, vec![1, 2, 3])]).expect("sign");
+    b.set_audit_signatures(&[(1, vec![9])]).expect("sign again");
+    let first = &a.audit_records().expect("records")[0];
+    assert_eq!(first.signature.as_deref(), Some(&[1u8, 2, 3][..]));
+    assert_eq!(
+        a.unsigned_audit(1000).expect("unsigned").len(),
+        records.len() - 1
+    );
+}
+
+/// Revocation, the OCSP work queue filled by triggers, events and snapshot: the status side a
+/// core runs on PostgreSQL.
+#[test]
+fn revocation_and_status_work_on_postgres() {
+    let pg = PgServer::start();
+    let (a, b) = two_cores(&pg);
+    a.complete_issue(&cert("t1", "k", "0a"), &audit("issue", "t1"))
+        .expect("issue");
+    let pending = b.pending(10).expect("pending");
+    assert_eq!(pending.len(), 1, "the issuance queued its OCSP work");
+    let op = |reason: u32, key: &str| RevokeOp {
+        serial_hex: "0a".into(),
+        reason,
+        now: 50,
+        idem_key: key.into(),
+        request_hash: vec![reason as u8],
+    };
+    assert_eq!(
+        b.revoke("t2", &op(1, "r"), &audit("revoke", "t2"))
+            .expect("revoke"),
+        None,
+        "another tenant cannot revoke it"
+    );
+    let (rec, already) = b
+        .revoke("t1", &op(1, "r"), &audit("revoke", "t1"))
+        .expect("revoke")
+        .expect("found");
+    assert!(rec.revoked && !already);
+    let (_, already) = a
+        .revoke("t1", &op(1, "r"), &audit("revoke", "t1"))
+        .expect("replay on the other core")
+        .expect("found");
+    assert!(already);
+    assert!(matches!(
+        a.revoke("t1", &op(4, "r"), &audit("revoke", "t1")),
+        Err(CoreError::AlreadyExists { .. })
+    ));
+    assert_eq!(
+        b.pending(10).expect("pending").len(),
+        2,
+        "revocation queued"
+    );
+    let revoked = a.revoked_of("issuer-1", 0).expect("revoked");
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0].reason, 1);
+    let ids: Vec<i64> = a.pending(10).expect("p").iter().map(|p| p.id).collect();
+    let ocsp = OcspRec {
+        tenant: "t1".into(),
+        issuer_id: "issuer-1".into(),
+        serial_hex: "0a".into(),
+        hash_alg: "sha1".into(),
+        response_der: vec![7],
+        this_update_unix: 1,
+        next_update_unix: 2,
+        cursor: 0,
+    };
+    let c1 = a.put_ocsp(std::slice::from_ref(&ocsp), &ids).expect("put");
+    assert!(b.pending(10).expect("pending").is_empty());
+    let c2 = b
+        .put_ocsp(
+            &[OcspRec {
+                response_der: vec![8],
+                ..ocsp.clone()
+            }],
+            &[],
+        )
+        .expect("put");
+    assert!(c2 > c1);
+    assert_eq!(a.latest_cursor().expect("cursor"), c2);
+    let page = a.events_after(0, 100).expect("events");
+    assert_eq!(page.last_cursor, c2);
+    assert_eq!(page.items.len(), 1, "superseded event skipped");
+    assert!(matches!(&page.items[0].1, StatusItem::Ocsp(o) if o.response_der == vec![8]));
+    assert_eq!(
+        a.get_ocsp("t1", "0a", "sha1")
+            .expect("get")
+            .map(|o| o.response_der),
+        Some(vec![8])
+    );
+    assert_eq!(a.get_ocsp("t2", "0a", "sha1").expect("get"), None);
+    assert_eq!(a.prune_events(0).expect("prune"), 2);
+    assert_eq!(a.resumable_from().expect("mark"), c2);
+    assert_eq!(
+        a.latest_cursor().expect("cursor"),
+        c2,
+        "high-water mark kept"
+    );
+}
+
+/// The sync store is safe to call from every place the core calls it: a current-thread runtime
+/// (no block_in_place possible), block_in_place on a multi-thread runtime, spawn_blocking; and
+/// dropping it inside an async context does not panic.
+#[test]
+fn store_calls_work_from_every_runtime_context() {
+    let pg = PgServer::start();
+    let (a, _b) = two_cores(&pg);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let s = a.clone();
+    rt.block_on(async move { s.list_tenants().expect("from current-thread") });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    let (s1, s2) = (a.clone(), a.clone());
+    rt.block_on(async move {
+        tokio::task::block_in_place(|| s1.list_tenants().expect("block_in_place"));
+        tokio::task::spawn_blocking(move || s2.list_tenants().expect("spawn_blocking"))
+            .await
+            .expect("join");
+        let own = PgStore::connect(&config(&pg, "coreD", false)).expect("connect in async");
+        drop(own);
+    });
+}
