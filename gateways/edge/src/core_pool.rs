@@ -348,7 +348,8 @@ impl Member {
         }
     }
 
-    fn admit(&self) {
+    /// Re-admits the member (a probe answered SERVING).
+    pub fn admit(&self) {
         if !self.healthy.swap(true, Ordering::Relaxed) {
             tracing::info!(core = %self.label, "core admitted");
             ::metrics::gauge!(CORE_HEALTHY, "core" => self.label.clone()).set(1.0);
