@@ -1,9 +1,12 @@
 //! HTTP/3 (RFC 9114) on the HTTPS listener's port number, over UDP: quinn for QUIC (RFC 9000,
 //! TLS 1.3 from the same rustls configuration and certificate as HTTPS, aws-lc-rs provider) and
 //! h3 for the HTTP/3 framing and QPACK. Every request goes through the same
-//! [`Pipeline::serve`] as HTTP/1.1 and HTTP/2 on the HTTPS listener — same routes
-//! ([`Listener::Https`]), tenant routing, bulkheads, per-protocol body limits, deadline and
-//! metrics — so HTTP/3 is only a transport, never a second implementation of a protocol.
+//! [`Pipeline::serve`] as HTTP/1.1 and HTTP/2 on the HTTPS listener (the same `Pipeline`
+//! instance: in-flight cap, bulkheads, tenant routing, per-protocol body limits, deadline and
+//! metrics), so HTTP/3 is only a transport, never a second implementation of a protocol.
+//! Routes: everything the HTTPS listener serves (ACME, EST, AIA) and, since an HTTP/3 client
+//! has no plain-HTTP port to go to, the plain-HTTP routes too (OCSP, CRL, CMP, SCEP): a path
+//! is routed as [`Listener::Https`] if that listener has it, otherwise as [`Listener::Http`].
 //!
 //! Bounds (I-8): concurrent QUIC connections are capped by a semaphore (an excess handshake is
 //! refused with CONNECTION_REFUSED, not queued); streams per connection by the QUIC transport
@@ -31,6 +34,7 @@ use tracing::debug;
 use crate::metrics;
 use crate::router::Listener;
 use crate::server::{DRAIN, PeerCerts, Pipeline, stopped};
+use crate::tenant::split_tenant;
 
 /// The `listener` label of HTTP/3 metrics (`certgate_edge_connections_open` and
 /// `certgate_edge_http_requests_total`).
@@ -282,7 +286,16 @@ async fn serve_request(
     if let Some(pc) = peer_certs {
         req.extensions_mut().insert(pc);
     }
-    let resp = pipeline.serve(Listener::Https, peer, req).await;
+    let listener = match split_tenant(req.uri().path()) {
+        Some((_, rest))
+            if pipeline.router.route(Listener::Https, rest).is_none()
+                && pipeline.router.route(Listener::Http, rest).is_some() =>
+        {
+            Listener::Http
+        }
+        _ => Listener::Https,
+    };
+    let resp = pipeline.serve(listener, peer, req).await;
     metrics::record_http_version(http::Version::HTTP_3, LISTENER_LABEL, resp.status());
     let (mut parts, body) = resp.into_parts();
     // Connection-specific fields are malformed in HTTP/3 (RFC 9114 §4.2).
