@@ -414,6 +414,27 @@ mod tests {
     }
 
     #[test]
+    fn edge_config_needs_a_shared_nonce_key_with_redis() {
+        let base = "core_socket = \"c\"\n[tls]\ncert = \"a\"\nkey = \"b\"\n";
+        let redis = "[redis]\nurl = \"redis://127.0.0.1:6379\"\npassword_file = \"redis.pass\"\n";
+        let err = crate::config::EdgeConfig::parse(&format!("{base}{redis}"), Path::new("/d"));
+        assert!(
+            matches!(err, Err(crate::config::ConfigError::Invalid(ref m)) if m.contains("nonce_key_file")),
+            "{err:?}"
+        );
+        let cfg = crate::config::EdgeConfig::parse(
+            &format!("{base}[acme]\nnonce_key_file = \"nonce.key\"\n{redis}"),
+            Path::new("/d"),
+        )
+        .expect("parses");
+        let r = cfg.redis.expect("[redis]");
+        assert_eq!(r.password_file.as_deref(), Some(Path::new("/d/redis.pass")));
+        // Absent section: the in-process behaviour.
+        let plain = crate::config::EdgeConfig::parse(base, Path::new("/d")).expect("parses");
+        assert!(plain.redis.is_none());
+    }
+
+    #[test]
     fn digest_separates_parts() {
         assert_ne!(digest(&[b"ab", b"c"]), digest(&[b"a", b"bc"]));
         assert_eq!(digest(&[b"x"]).len(), 40);
