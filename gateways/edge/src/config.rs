@@ -473,6 +473,7 @@ impl EdgeConfig {
                 refuse_signed: s.refuse_signed_requests,
                 ..certgate_ocsp::Limits::default()
             },
+            ..crate::status::StatusSettings::default()
         }
     }
 

@@ -115,7 +115,9 @@ impl Pipeline {
         // request through (the handler's own core calls carry the tenant and fail the same way).
         if tenant != DEFAULT_TENANT
             && let Some(dir) = &self.guard.tenants
-            && let Ok(None) = dir.lookup(&tenant).await
+            // Boxed: the lookup's future (moka + a core RPC) is kilobytes, and inlined it would
+            // make every request's future that large, copied by hyper on each request.
+            && let Ok(None) = Box::pin(dir.lookup(&tenant)).await
         {
             metrics::record(protocol, "unknown", "not_found", start.elapsed());
             return handler.render_error(&tenant, EdgeError::NotFound);

@@ -1186,3 +1186,204 @@ async fn a_push_racing_a_miss_wins_over_the_miss_answer() {
     assert_eq!(post_ocsp(addr, "/ocsp", &req_c).await.body, revoked);
     assert_eq!(fake.ocsp_calls(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The exact-request-bytes memo (the fast path for repeated requests)
+
+/// Headers that must match between two answers (`date` and `cache-control`'s max-age move with
+/// the clock).
+fn stable_headers(r: &Reply) -> Vec<(String, String)> {
+    let mut h: Vec<_> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k.as_str() != "date" && k.as_str() != "cache-control")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    h.sort();
+    h
+}
+
+fn max_age(r: &Reply) -> i64 {
+    r.headers["cache-control"]
+        .strip_prefix("max-age=")
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.parse().ok())
+        .expect("max-age")
+}
+
+#[tokio::test]
+async fn a_memo_hit_sends_the_same_bytes_and_headers_as_the_full_path() {
+    let fake = FakeCore::default();
+    let w = world(&fake).await;
+    let memo = start_edge(&fake).await;
+    let _w2 = {
+        // A second edge with the memo off: every answer takes the full path (its own stream).
+        let tx = fake.next_stream();
+        for e in [
+            ev(1, issuer("default", "issuing-a", w.pki.ca_der())),
+            ev(2, ocsp("default", w.resp_a_good.clone())),
+            ev(3, Event::SnapshotComplete(true)),
+        ] {
+            tx.send(e).await.expect("stream open");
+        }
+        tx
+    };
+    let plain = start_edge_with(
+        &fake,
+        StatusSettings {
+            memo_entries: 0,
+            ..StatusSettings::default()
+        },
+    )
+    .await;
+    wait_until("snapshots complete", || {
+        memo.cache.snapshot_complete() && plain.cache.snapshot_complete()
+    })
+    .await;
+    let get = get_path("", &w.req_a);
+    let requests: [(&str, &[u8]); 2] = [("GET", &[]), ("POST", &w.req_a)];
+    for (i, (method, body)) in requests.into_iter().enumerate() {
+        let get = get.as_str();
+        let ask = move |addr| async move {
+            match method {
+                "GET" => http(addr, "GET", get, &[], &[]).await,
+                _ => post_ocsp(addr, "/ocsp", body).await,
+            }
+        };
+        let full = ask(plain.addr).await;
+        let first = ask(memo.addr).await;
+        assert_eq!(memo.cache.memo_len(), i + 1, "{method}: memoized once served");
+        let hit = ask(memo.addr).await;
+        assert_eq!(memo.cache.memo_len(), i + 1);
+        assert_eq!(plain.cache.memo_len(), 0, "memo_entries = 0 disables it");
+        for r in [&first, &hit] {
+            assert_eq!(r.status, full.status, "{method}");
+            assert_eq!(r.body, full.body, "{method}: byte for byte");
+            assert_eq!(r.body, w.resp_a_good);
+            assert_eq!(stable_headers(r), stable_headers(&full), "{method}");
+            assert!((max_age(r) - max_age(&full)).abs() <= 1, "{method}");
+            assert_eq!(
+                r.headers["cache-control"]
+                    .split_once(',')
+                    .map(|(_, rest)| rest),
+                full.headers["cache-control"]
+                    .split_once(',')
+                    .map(|(_, rest)| rest)
+            );
+        }
+    }
+    // HEAD and conditional requests take the full path and stay correct.
+    let head = http(memo.addr, "HEAD", &get, &[], &[]).await;
+    assert_eq!((head.status, head.body.len()), (200, 0));
+    assert_eq!(
+        head.headers["content-length"],
+        w.resp_a_good.len().to_string()
+    );
+    let etag = head.headers["etag"].clone();
+    let cond = http(memo.addr, "GET", &get, &[("If-None-Match", &etag)], &[]).await;
+    assert_eq!(cond.status, 304);
+    assert_eq!(fake.ocsp_calls(), 0);
+}
+
+#[tokio::test]
+async fn a_revocation_push_replaces_a_memoized_response_at_once() {
+    let fake = FakeCore::default();
+    let w = world(&fake).await;
+    let edge = start_edge(&fake).await;
+    wait_until("snapshot complete", || edge.cache.snapshot_complete()).await;
+    let get = get_path("", &w.req_a);
+    for _ in 0..3 {
+        assert_eq!(http(edge.addr, "GET", &get, &[], &[]).await.body, w.resp_a_good);
+        assert_eq!(post_ocsp(edge.addr, "/ocsp", &w.req_a).await.body, w.resp_a_good);
+    }
+    assert_eq!(edge.cache.memo_len(), 2, "GET and POST bytes memoized");
+    let revoked = w
+        .pki
+        .respond("req-a.der", "resp-a-revoked.der", &[("1001", 'R')]);
+    assert_ne!(revoked, w.resp_a_good);
+    w.tx.send(ev(4, ocsp("default", revoked.clone())))
+        .await
+        .expect("stream open");
+    wait_until("revocation applied", || edge.cache.cursor() >= 4).await;
+    // Once the push is applied, neither memoized request is answered with the old bytes again.
+    for _ in 0..5 {
+        assert_eq!(http(edge.addr, "GET", &get, &[], &[]).await.body, revoked);
+        assert_eq!(post_ocsp(edge.addr, "/ocsp", &w.req_a).await.body, revoked);
+    }
+    assert_eq!(edge.cache.memo_len(), 2, "re-memoized with the new entry");
+    assert_eq!(fake.ocsp_calls(), 0);
+}
+
+#[tokio::test]
+async fn the_memo_stays_bounded_under_many_distinct_requests() {
+    let fake = FakeCore::default();
+    let w = world(&fake).await;
+    let edge = start_edge_with(
+        &fake,
+        StatusSettings {
+            memo_entries: 16,
+            ..StatusSettings::default()
+        },
+    )
+    .await;
+    wait_until("snapshot complete", || edge.cache.snapshot_complete()).await;
+    // openssl puts a fresh random nonce in every request: 60 distinct byte strings, all for a.
+    let mut distinct = std::collections::HashSet::new();
+    for i in 0..60 {
+        let out = format!("nonce-{i}.der");
+        openssl(
+            w.pki.dir.path(),
+            &["ocsp", "-issuer", "ca.pem", "-cert", "a.pem", "-reqout", &out],
+        );
+        let req = w.pki.read(&out);
+        assert!(distinct.insert(req.clone()), "openssl sent the same nonce twice");
+        let r = post_ocsp(edge.addr, "/ocsp", &req).await;
+        assert_eq!(r.body, w.resp_a_good, "a nonce is ignored, not refused");
+        assert!(edge.cache.memo_len() <= 16, "{} entries", edge.cache.memo_len());
+    }
+    assert!(edge.cache.memo_len() > 0);
+    // Still answering from it and from the full path.
+    assert_eq!(post_ocsp(edge.addr, "/ocsp", &w.req_a).await.body, w.resp_a_good);
+    assert!(edge.cache.memo_len() <= 16);
+}
+
+#[tokio::test]
+async fn malformed_requests_are_never_memoized_and_every_one_is_counted() {
+    // Under nextest every test is its own process; elsewhere the recorder may already be in.
+    static PROM: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    let prom = PROM
+        .get_or_init(|| certgate_edge::metrics::install().ok())
+        .as_ref()
+        .expect("metrics recorder installed");
+    let malformed = |text: &str| -> u64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("certgate_edge_status_requests_total{")
+                    && l.contains("protocol=\"ocsp\"")
+                    && l.contains("outcome=\"malformed\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let fake = FakeCore::default();
+    let w = world(&fake).await;
+    let edge = start_edge(&fake).await;
+    wait_until("snapshot complete", || edge.cache.snapshot_complete()).await;
+    let before = malformed(&prom.render());
+    let truncated = &w.req_a[..w.req_a.len() - 1];
+    for _ in 0..3 {
+        let r = http(edge.addr, "GET", "/ocsp/!!!notbase64!!!", &[], &[]).await;
+        assert_eq!((r.status, r.body.as_slice()), (200, OCSP_ERR_MALFORMED));
+        let r = post_ocsp(edge.addr, "/ocsp", truncated).await;
+        assert_eq!((r.status, r.body.as_slice()), (200, OCSP_ERR_MALFORMED));
+    }
+    assert_eq!(edge.cache.memo_len(), 0, "nothing malformed is memoized");
+    let counted = malformed(&prom.render()) - before;
+    assert!(counted >= 6, "6 malformed requests sent, {counted} counted");
+    // A good request still is memoized, and a malformed one after it is still malformed.
+    assert_eq!(post_ocsp(edge.addr, "/ocsp", &w.req_a).await.body, w.resp_a_good);
+    assert_eq!(edge.cache.memo_len(), 1);
+    let r = post_ocsp(edge.addr, "/ocsp", truncated).await;
+    assert_eq!(r.body, OCSP_ERR_MALFORMED);
+}

@@ -13,6 +13,8 @@
 //! - [`decide`](mod@decide): the front function [`decide()`] and the [`ResponseSource`] trait;
 //! - [`cached`]: [`CachedResponse`] built from the core's DER (OCSP response or CRL), with
 //!   `Cache-Control`, `Last-Modified`, `Expires` and `ETag`;
+//! - [`memo`]: the bounded exact-request-bytes memo ([`RequestMemo`]) the glue checks before
+//!   decoding, so a repeated request costs one hash probe;
 //! - [`status`]: the constant error responses; [`error`]: the error enum and its one table to
 //!   the OCSP `responseStatus`.
 //!
@@ -76,6 +78,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod index;
+pub mod memo;
 pub mod request;
 pub mod status;
 
@@ -83,6 +86,7 @@ pub use cached::{CRL_CONTENT_TYPE, CacheControl, CachedResponse, OCSP_RESPONSE_C
 pub use decide::{Cache, Decision, HttpRequestParts, ResponseSource, decide, parse_crl_path};
 pub use error::Error;
 pub use index::{CacheKey, CertKey, CrlShard, HashAlg, IssuerIndex, Serial};
+pub use memo::{RequestMemo, Transport};
 pub use request::{
     DecodedRequest, Limits, REQUEST_CONTENT_TYPE, decode_der, decode_get, decode_post,
 };

@@ -18,7 +18,9 @@
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use certgate_ocsp::{CacheKey, CachedResponse, Decision, HttpRequestParts, OcspStatus};
+use certgate_ocsp::{
+    CacheKey, CachedResponse, Decision, HttpRequestParts, OcspStatus, Transport,
+};
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;
 
@@ -64,10 +66,21 @@ impl Handler for OcspHandler {
 
     fn handle<'a>(&'a self, ctx: &'a EdgeContext, req: EdgeRequest) -> HandlerFuture<'a> {
         Box::pin(async move {
+            let start = Instant::now();
+            let now = SystemTime::now();
+            // A request whose exact bytes were answered before: one memo probe, prebuilt headers.
+            let memo = memo_key(&req);
+            if let Some((transport, raw)) = memo
+                && let Some(entry) = self.cache.memo_hit(transport, &req.tenant, raw, now)
+            {
+                let resp = entry.headers.response(&entry.resp, now, false, StatusCode::OK);
+                record(Proto::Ocsp.label(), &req.tenant, "hit", start);
+                return Ok(resp);
+            }
             // The mount prefix has no trailing slash so that `/ocsp` itself routes here; a path
             // like `/ocspx` reaches `decide` as such and is not found.
             let path = format!("/ocsp{}", req.path);
-            Ok(serve(&self.cache, ctx, &req, &path, Proto::Ocsp).await)
+            Ok(serve(&self.cache, ctx, &req, &path, Proto::Ocsp, memo, start, now).await)
         })
     }
 
@@ -105,7 +118,8 @@ impl Handler for CrlHandler {
     fn handle<'a>(&'a self, ctx: &'a EdgeContext, req: EdgeRequest) -> HandlerFuture<'a> {
         Box::pin(async move {
             let path = format!("/crl/{}", req.path);
-            Ok(serve(&self.cache, ctx, &req, &path, Proto::Crl).await)
+            let (start, now) = (Instant::now(), SystemTime::now());
+            Ok(serve(&self.cache, ctx, &req, &path, Proto::Crl, None, start, now).await)
         })
     }
 
@@ -130,14 +144,42 @@ impl Proto {
     }
 }
 
+/// The memo key of an OCSP request that may be answered from the memo: a GET (segment after
+/// `/ocsp`, still encoded) or a POST to `/ocsp` with the OCSP request media type (the body).
+/// Conditional requests (`If-None-Match`) and HEAD always take the full path.
+fn memo_key(req: &EdgeRequest) -> Option<(Transport, &[u8])> {
+    if req.headers.contains_key(header::IF_NONE_MATCH) {
+        return None;
+    }
+    match req.method {
+        http::Method::GET if req.path.len() > 1 && req.path.starts_with('/') => {
+            Some((Transport::Get, req.path.as_bytes()))
+        }
+        http::Method::POST
+            if (req.path.is_empty() || req.path == "/")
+                && req
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(certgate_ocsp::request::is_ocsp_request_type) =>
+        {
+            Some((Transport::Post, &req.body[..]))
+        }
+        _ => None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     cache: &StatusCache,
     ctx: &EdgeContext,
     req: &EdgeRequest,
     path: &str,
     proto: Proto,
+    memo: Option<(Transport, &[u8])>,
+    start: Instant,
+    now: SystemTime,
 ) -> EdgeResponse {
-    let start = Instant::now();
     let header_str = |name: header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
     let parts = HttpRequestParts {
         tenant: &req.tenant,
@@ -147,12 +189,28 @@ async fn serve(
         if_none_match: header_str(header::IF_NONE_MATCH),
         body: &req.body,
     };
-    let now = SystemTime::now();
     let head = req.method == http::Method::HEAD;
-    let (resp, outcome) = match cache.decide(&parts, now) {
-        Decision::Serve(r) => (cached(&r, now, head, StatusCode::OK), "hit"),
+    let (decision, entry) = cache.decide_entry(&parts, now);
+    let (resp, outcome) = match decision {
+        Decision::Serve(r) => {
+            let resp = match &entry {
+                Some(e) => e.headers.response(&e.resp, now, head, StatusCode::OK),
+                None => cached(&r, now, head, StatusCode::OK),
+            };
+            // Only answers that decoded and resolved are memoized: malformed or unknown
+            // requests are decoded (and counted) every time.
+            if let (Some((transport, raw)), Some(e)) = (memo, entry) {
+                cache.memoize(transport, &req.tenant, raw, e);
+            }
+            (resp, "hit")
+        }
         Decision::NotModified(r) => (
-            cached(&r, now, true, StatusCode::NOT_MODIFIED),
+            match &entry {
+                Some(e) => e
+                    .headers
+                    .response(&e.resp, now, true, StatusCode::NOT_MODIFIED),
+                None => cached(&r, now, true, StatusCode::NOT_MODIFIED),
+            },
             "not_modified",
         ),
         Decision::Error { status, body, .. } => (ocsp_error(status, body), error_outcome(status)),
@@ -251,8 +309,86 @@ fn error_outcome(status: OcspStatus) -> &'static str {
     }
 }
 
-/// A 200/304 with the cached bytes and the RFC 5019 §6 headers. Header values are the
-/// prebuilt `Bytes` of the entry (no copy); only `Cache-Control` is rendered per request.
+/// An entry's response headers, built once when the entry is stored: serving clones
+/// `HeaderValue`s (reference counts) and `Cache-Control` is rendered once per second per entry.
+#[derive(Debug)]
+pub(super) struct Prebuilt {
+    content_type: HeaderValue,
+    etag: Option<HeaderValue>,
+    last_modified: Option<HeaderValue>,
+    expires: Option<HeaderValue>,
+    content_length: HeaderValue,
+    /// (max-age seconds, its `Cache-Control` value): max-age falls by one each second.
+    cache_control: std::sync::Mutex<Option<(u64, HeaderValue)>>,
+}
+
+impl Prebuilt {
+    pub(super) fn new(r: &CachedResponse) -> Self {
+        let v = |b: &Bytes| HeaderValue::from_maybe_shared(b.clone()).ok();
+        Prebuilt {
+            content_type: HeaderValue::from_static(r.content_type),
+            etag: v(&r.etag),
+            last_modified: v(&r.last_modified_header),
+            expires: v(&r.expires_header),
+            content_length: HeaderValue::from(r.der.len()),
+            cache_control: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn cache_control(&self, r: &CachedResponse, now: SystemTime) -> Option<HeaderValue> {
+        let max_age = r.max_age(now);
+        // `try_lock`: a request never waits for another; on contention it renders its own.
+        let mut slot = self.cache_control.try_lock().ok();
+        if let Some(Some((age, v))) = slot.as_deref()
+            && *age == max_age
+        {
+            return Some(v.clone());
+        }
+        let v = HeaderValue::from_str(r.cache_control(now).as_str()).ok()?;
+        if let Some(slot) = slot.as_deref_mut() {
+            *slot = Some((max_age, v.clone()));
+        }
+        Some(v)
+    }
+
+    /// A 200/304 with the entry's bytes and the RFC 5019 §6 headers (same bytes and headers as
+    /// [`cached`], without building any header value).
+    pub(super) fn response(
+        &self,
+        r: &CachedResponse,
+        now: SystemTime,
+        no_body: bool,
+        status: StatusCode,
+    ) -> EdgeResponse {
+        let body = if no_body { Bytes::new() } else { r.der.clone() };
+        let mut resp = http::Response::new(Full::new(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.reserve(6);
+        h.insert(header::CONTENT_TYPE, self.content_type.clone());
+        if let Some(v) = self.cache_control(r, now) {
+            h.insert(header::CACHE_CONTROL, v);
+        }
+        for (name, value) in [
+            (header::ETAG, &self.etag),
+            (header::LAST_MODIFIED, &self.last_modified),
+            (header::EXPIRES, &self.expires),
+        ] {
+            if let Some(v) = value {
+                h.insert(name, v.clone());
+            }
+        }
+        if no_body && status == StatusCode::OK {
+            // HEAD: the length of what GET would send.
+            h.insert(header::CONTENT_LENGTH, self.content_length.clone());
+        }
+        resp
+    }
+}
+
+/// A 200/304 with the cached bytes and the RFC 5019 §6 headers, for an answer that is not a
+/// cache entry (a miss answered by the core). Header values are the response's `Bytes` (no
+/// copy); only `Cache-Control` is rendered per request.
 fn cached(r: &CachedResponse, now: SystemTime, no_body: bool, status: StatusCode) -> EdgeResponse {
     let body = if no_body { Bytes::new() } else { r.der.clone() };
     let mut resp = http::Response::new(Full::new(body));

@@ -28,7 +28,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use certgate_ocsp::{CacheKey, CachedResponse, CrlShard, IssuerIndex, Limits, ResponseSource};
+use certgate_ocsp::{
+    CacheKey, CachedResponse, CrlShard, IssuerIndex, Limits, RequestMemo, ResponseSource, Transport,
+};
 use certgate_proto::core::StatusEvent;
 use certgate_proto::core::status_event::Event;
 use futures::future::{BoxFuture, Shared};
@@ -64,6 +66,10 @@ pub struct StatusSettings {
     pub max_miss_in_flight: usize,
     /// Request decoding bounds and policy.
     pub limits: Limits,
+    /// Entries of the exact-request-bytes memo (raw GET segment / POST body → cache entry),
+    /// checked before any decoding; 0 disables it. Each holds at most
+    /// `certgate_ocsp::memo::MAX_KEY` bytes of key and a reference to a cache entry.
+    pub memo_entries: usize,
 }
 
 impl Default for StatusSettings {
@@ -72,15 +78,33 @@ impl Default for StatusSettings {
             cache_max_bytes: 256 << 20,
             max_miss_in_flight: 256,
             limits: Limits::default(),
+            memo_entries: 65_536,
         }
     }
 }
 
-/// A cached response and the cache generation it was stored under (see the module docs).
+/// A cached response and the cache generation it was stored under (see the module docs), with
+/// its response headers prebuilt (a hit clones them: reference counts, no validation, no
+/// formatting) and the flag that retires it from the request memo.
 #[derive(Debug)]
 struct Entry {
     resp: CachedResponse,
     generation: u64,
+    /// Set when the cache replaces or drops this entry (a newer push — a revocation —, an
+    /// eviction, a sweep): a memo hit on it then takes the full path, which finds the new one.
+    superseded: AtomicBool,
+    headers: handler::Prebuilt,
+}
+
+impl Entry {
+    fn new(resp: CachedResponse, generation: u64) -> Self {
+        Entry {
+            headers: handler::Prebuilt::new(&resp),
+            resp,
+            generation,
+            superseded: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Why a cache miss could not be answered from the core.
@@ -107,6 +131,8 @@ struct Inner {
     cursor: AtomicU64,
     in_flight: Mutex<HashMap<CacheKey, InFlight>>,
     miss_permits: Arc<Semaphore>,
+    /// Exact request bytes → the entry that answered them (see [`StatusCache::memo_hit`]).
+    memo: RequestMemo<Arc<Entry>>,
     /// The fleet's Redis OCSP tier, consulted on misses (set once at start, `[redis]`).
     shared_tier: std::sync::OnceLock<crate::shared::redis_ocsp::OcspTier>,
 }
@@ -128,6 +154,10 @@ impl StatusCache {
             .max_capacity(settings.cache_max_bytes)
             .weigher(|_k: &CacheKey, v: &Arc<Entry>| v.resp.weight().saturating_add(ENTRY_OVERHEAD))
             .support_invalidation_closures()
+            // Replaced, evicted, invalidated: whatever removes an entry retires it from the memo.
+            .eviction_listener(|_k, v: Arc<Entry>, _cause| {
+                v.superseded.store(true, Ordering::Release);
+            })
             .build();
         Self {
             inner: Arc::new(Inner {
@@ -140,6 +170,7 @@ impl StatusCache {
                 cursor: AtomicU64::new(0),
                 in_flight: Mutex::new(HashMap::new()),
                 miss_permits: Arc::new(Semaphore::new(settings.max_miss_in_flight.max(1))),
+                memo: RequestMemo::new(settings.memo_entries),
                 shared_tier: std::sync::OnceLock::new(),
             }),
         }
@@ -187,20 +218,58 @@ impl StatusCache {
         req: &certgate_ocsp::HttpRequestParts<'_>,
         now: SystemTime,
     ) -> certgate_ocsp::Decision {
+        self.decide_entry(req, now).0
+    }
+
+    /// [`StatusCache::decide`], also returning the cache entry a `Serve`/`NotModified` came
+    /// from (for its prebuilt headers and the memo).
+    fn decide_entry(
+        &self,
+        req: &certgate_ocsp::HttpRequestParts<'_>,
+        now: SystemTime,
+    ) -> (certgate_ocsp::Decision, Option<Arc<Entry>>) {
         let issuers = self
             .inner
             .issuers
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        certgate_ocsp::decide(
+        let source = Source {
+            cache: &self.inner.cache,
+            hit: std::cell::Cell::new(None),
+        };
+        let d = certgate_ocsp::decide(
             req,
             now,
             &certgate_ocsp::Cache {
                 issuers: &issuers,
-                responses: &Source(&self.inner.cache),
+                responses: &source,
                 limits: &self.inner.limits,
             },
-        )
+        );
+        (d, source.hit.into_inner())
+    }
+
+    /// The entry memoized for these exact request bytes, if it is still the current one for
+    /// its key (not replaced by a push, not evicted) and fresh at `now`. A `None` sends the
+    /// request down the full path, which memoizes its answer again.
+    fn memo_hit(
+        &self,
+        transport: Transport,
+        tenant: &str,
+        raw: &[u8],
+        now: SystemTime,
+    ) -> Option<Arc<Entry>> {
+        let e = self.inner.memo.get(transport, tenant, raw)?;
+        (!e.superseded.load(Ordering::Acquire) && e.resp.is_fresh(now)).then_some(e)
+    }
+
+    fn memoize(&self, transport: Transport, tenant: &str, raw: &[u8], entry: Arc<Entry>) {
+        self.inner.memo.insert(transport, tenant, raw, entry);
+    }
+
+    /// Entries held by the request memo (tests, bounds).
+    pub fn memo_len(&self) -> usize {
+        self.inner.memo.len()
     }
 
     /// The cached response for `key`, if fresh at `now`.
@@ -214,9 +283,15 @@ impl StatusCache {
 
     fn insert(&self, key: CacheKey, resp: CachedResponse) {
         let generation = self.inner.generation.load(Ordering::Acquire);
+        let old = self.inner.cache.get(&key);
         self.inner
             .cache
-            .insert(key, Arc::new(Entry { resp, generation }));
+            .insert(key, Arc::new(Entry::new(resp, generation)));
+        // The eviction listener does this too; marking here as well makes a revocation visible
+        // to memo hits as soon as `insert` returns, whatever moka's notification timing.
+        if let Some(old) = old {
+            old.superseded.store(true, Ordering::Release);
+        }
     }
 
     /// Stores a response fetched on a miss, unless the cache meanwhile holds a fresh one that is
@@ -239,11 +314,15 @@ impl StatusCache {
         issuer_id: &str,
         cert_der: &[u8],
     ) -> Result<(), certgate_ocsp::Error> {
-        self.inner
+        let r = self
+            .inner
             .issuers
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(tenant, issuer_id, cert_der)
+            .insert(tenant, issuer_id, cert_der);
+        // Request bytes may now resolve to another key (or none): forget every memoized answer.
+        self.inner.memo.clear();
+        r
     }
 
     /// Caches an OCSP response for `tenant`; its key is computed from the CertIDs inside it, so
@@ -331,6 +410,9 @@ impl StatusCache {
                             self.inner.cache.invalidate_all();
                         }
                     }
+                    // Swept entries vanish from moka at once but reach the eviction listener
+                    // later: drop the memo now so none of them is served from it meanwhile.
+                    self.inner.memo.clear();
                 }
                 self.inner.snapshot_complete.store(true, Ordering::Release);
                 metrics::gauge!(STATUS_SNAPSHOT_COMPLETE).set(1.0);
@@ -556,12 +638,18 @@ pub fn serial_hex(magnitude: &[u8]) -> String {
     }
 }
 
-/// The moka cache as `certgate_ocsp`'s [`ResponseSource`].
-struct Source<'a>(&'a moka::sync::Cache<CacheKey, Arc<Entry>>);
+/// The moka cache as `certgate_ocsp`'s [`ResponseSource`]; remembers the entry it returned.
+struct Source<'a> {
+    cache: &'a moka::sync::Cache<CacheKey, Arc<Entry>>,
+    hit: std::cell::Cell<Option<Arc<Entry>>>,
+}
 
 impl ResponseSource for Source<'_> {
     fn get(&self, key: &CacheKey) -> Option<CachedResponse> {
-        self.0.get(key).map(|e| e.resp.clone())
+        let e = self.cache.get(key)?;
+        let r = e.resp.clone();
+        self.hit.set(Some(e));
+        Some(r)
     }
 }
 
