@@ -1,5 +1,6 @@
-//! Rate limits behind one trait, so a fleet-wide implementation (Redis, a later issue) can replace
-//! the in-process one without touching the protocols.
+//! Rate limits behind one trait, so the fleet-wide implementation (Redis,
+//! [`crate::shared::redis_ratelimit`]) can replace the in-process one without touching the
+//! protocols.
 //!
 //! A limit is a [`Rule`] (what is counted), a tenant (each tenant may configure its own quotas in
 //! `[rate_limits.tenants.NAME]`) and a subject key (an account, a registered domain, a client IP).

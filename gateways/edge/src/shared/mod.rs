@@ -310,9 +310,17 @@ impl RedisPool {
 
     /// Forgets slot `i`'s connection after a transport failure, so the next use builds a new
     /// one (after the backoff) — whatever state the old one's reconnect logic is in.
-    fn discard(&self, i: usize) {
+    fn discard(&self, i: usize, why: &'static str) {
         let slot = &self.slots[i];
-        *slot.conn.write().unwrap_or_else(|p| p.into_inner()) = None;
+        let had = slot.conn.write().unwrap_or_else(|p| p.into_inner()).take();
+        if had.is_some() {
+            // Once per failure and backoff, not per request.
+            tracing::warn!(
+                slot = i,
+                error = why,
+                "Redis connection failed; rebuilding it after the backoff"
+            );
+        }
         let retry = self
             .now_ms()
             .saturating_add(u64::try_from(self.reconnect.as_millis()).unwrap_or(u64::MAX));
@@ -331,12 +339,12 @@ impl RedisPool {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if e.is_io_error() || e.is_unrecoverable_error() || e.is_timeout() {
-                    self.discard(i);
+                    self.discard(i, kind(&e));
                 }
                 Err(SharedError::Redis(kind(&e)))
             }
             Err(_) => {
-                self.discard(i);
+                self.discard(i, "timeout");
                 Err(SharedError::Timeout)
             }
         }

@@ -63,7 +63,8 @@ impl NonceStore for RedisNonceStore {
                 Err(e) => {
                     count_op("acme", "nonce_redeem", e.outcome());
                     super::count_fallback("acme", "nonce_redeem", "closed");
-                    tracing::warn!(error = %e, "nonce redemption failed closed: Redis unavailable");
+                    // Counted per request; the pool logs the connection failure once per backoff.
+                    tracing::debug!(error = %e, "nonce redemption failed closed: Redis unavailable");
                     Err(StoreError::Unavailable(e.to_string()))
                 }
             }
