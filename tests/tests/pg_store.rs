@@ -574,3 +574,407 @@ fn store_calls_work_from_every_runtime_context() {
         drop(own);
     });
 }
+
+mod processes {
+    //! Two real `certgate-core` processes sharing one PostgreSQL database, one real signer.
+
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use certgate_e2e::pg::PgServer;
+    use certgate_e2e::{ChildGuard, bin, run, temp_dir, wait_for_path};
+    use certgate_proto::admin::admin_client::AdminClient;
+    use certgate_proto::admin::{
+        ApproveCeremonyRequest, CeremonyAction, CreateIntermediate, CreateIssuingCaRequest,
+        CreateRoot, ExecuteCeremonyRequest, StartCeremonyRequest, Tenant, ceremony_action,
+    };
+    use certgate_proto::core::core_client::CoreClient;
+    use certgate_proto::core::{
+        GetCertificateRequest, GetCrlRequest, IssueRequest, RevokeRequest, issue_request,
+        revoke_request,
+    };
+    use certgate_proto::signer::KeyType;
+    use certgate_proto::transport::{current_uid, unix_channel};
+    use tonic::transport::Channel;
+
+    fn openssl(args: &[&str], dir: &Path) -> String {
+        let (ok, out, err) = run(Command::new("openssl").args(args).current_dir(dir));
+        assert!(ok, "openssl {args:?}: {err}");
+        out
+    }
+
+    fn wait_for_log(log: &Path, needle: &str, count: usize, guard: &mut ChildGuard) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.matches(needle).count() >= count {
+                return;
+            }
+            assert!(guard.is_running(), "{} exited:\n{text}", guard.name());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{} never logged {needle:?}:\n{}", guard.name(), guard.log());
+    }
+
+    struct Cores {
+        dir: PathBuf,
+        _tmp: tempfile::TempDir,
+        _signer: ChildGuard,
+        cores: [Option<ChildGuard>; 2],
+    }
+
+    impl Cores {
+        fn start(pg: &PgServer) -> Self {
+            let tmp = temp_dir();
+            let dir = tmp.path().to_owned();
+            let uid = current_uid();
+            let (ok, _, err) = run(Command::new(bin("certgate-signer"))
+                .arg("init-kek")
+                .arg(dir.join("kek")));
+            assert!(ok, "init-kek: {err}");
+            std::fs::write(
+                dir.join("signer.toml"),
+                format!(
+                    "mode = \"dev\"\nsocket = \"signer.sock\"\nallow = [\"uid:{uid}\"]\nadmin_allow = [\"uid:{uid}\"]\naudit_log = \"audit.jsonl\"\nkey_dir = \"keys\"\nkek_file = \"kek\"\n"
+                ),
+            )
+            .expect("signer.toml");
+            openssl(
+                &["genpkey", "-algorithm", "ed25519", "-out", "c0.pem"],
+                &dir,
+            );
+            openssl(
+                &["pkey", "-in", "c0.pem", "-pubout", "-out", "c0.pub.pem"],
+                &dir,
+            );
+            for (i, name) in ["a", "b"].iter().enumerate() {
+                // Core A applies the migrations; core B only connects as the app role.
+                let store = pg.store_toml(i == 0, &format!("core-{name}"));
+                std::fs::write(
+                    dir.join(format!("core-{name}.toml")),
+                    format!(
+                        "mode = \"dev\"\nsocket = \"core-{name}.sock\"\nallow = [\"uid:{uid}\"]\nadmin_allow = [\"uid:{uid}\"]\nquorum = 1\n\n[signer]\nsocket = \"signer.sock\"\n\n[audit]\nsign_interval_ms = 200\n\n[[custodians]]\nname = \"c0\"\npublic_key = \"c0.pub.pem\"\n\n{store}"
+                    ),
+                )
+                .expect("core toml");
+            }
+            let mut cmd = Command::new(bin("certgate-signer"));
+            cmd.arg("--config").arg(dir.join("signer.toml"));
+            let mut signer = ChildGuard::spawn("certgate-signer", cmd, &dir.join("signer.log"));
+            wait_for_log(
+                &dir.join("signer.log"),
+                "certgate-signer ready",
+                1,
+                &mut signer,
+            );
+            assert!(wait_for_path(
+                &dir.join("signer.sock"),
+                Duration::from_secs(20)
+            ));
+            let mut me = Self {
+                dir,
+                _tmp: tmp,
+                _signer: signer,
+                cores: [None, None],
+            };
+            me.start_core(0, None);
+            me.start_core(1, None);
+            me
+        }
+
+        fn name(i: usize) -> &'static str {
+            ["a", "b"][i]
+        }
+
+        fn start_core(&mut self, i: usize, fault: Option<&str>) {
+            let name = Self::name(i);
+            let log = self.dir.join(format!("core-{name}.log"));
+            let before = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches("certgate-core ready")
+                .count();
+            let mut cmd = Command::new(bin("certgate-core"));
+            cmd.arg("--config")
+                .arg(self.dir.join(format!("core-{name}.toml")));
+            match fault {
+                Some(f) => cmd.env("CERTGATE_FAULT", f),
+                None => cmd.env_remove("CERTGATE_FAULT"),
+            };
+            let mut g = ChildGuard::spawn(&format!("certgate-core-{name}"), cmd, &log);
+            wait_for_log(&log, "certgate-core ready", before + 1, &mut g);
+            self.cores[i] = Some(g);
+        }
+
+        fn channel(&self, i: usize) -> Channel {
+            unix_channel(self.dir.join(format!("core-{}.sock", Self::name(i))))
+        }
+
+        fn core(&self, i: usize) -> CoreClient<Channel> {
+            CoreClient::new(self.channel(i))
+        }
+
+        fn sign_digest(&self, digest: &[u8]) -> Vec<u8> {
+            std::fs::write(self.dir.join("digest.bin"), digest).expect("digest");
+            openssl(
+                &[
+                    "pkeyutl",
+                    "-sign",
+                    "-rawin",
+                    "-inkey",
+                    "c0.pem",
+                    "-in",
+                    "digest.bin",
+                    "-out",
+                    "sig.bin",
+                ],
+                &self.dir,
+            );
+            std::fs::read(self.dir.join("sig.bin")).expect("sig")
+        }
+
+        async fn ceremony(&self, core: usize, action: ceremony_action::Action) {
+            let mut admin = AdminClient::new(self.channel(core));
+            let c = admin
+                .start_ceremony(StartCeremonyRequest {
+                    action: Some(CeremonyAction {
+                        action: Some(action),
+                    }),
+                })
+                .await
+                .expect("start ceremony")
+                .into_inner();
+            // Approved and executed on the other core: the ceremony lives in the shared store.
+            let mut other = AdminClient::new(self.channel(1 - core));
+            other
+                .approve_ceremony(ApproveCeremonyRequest {
+                    id: c.id.clone(),
+                    custodian: "c0".into(),
+                    signature: self.sign_digest(&c.digest),
+                })
+                .await
+                .expect("approve");
+            other
+                .execute_ceremony(ExecuteCeremonyRequest { id: c.id })
+                .await
+                .expect("execute");
+        }
+
+        async fn bootstrap(&self) {
+            self.ceremony(
+                0,
+                ceremony_action::Action::CreateRoot(CreateRoot {
+                    ca_id: "root-1".into(),
+                    key_type: KeyType::EcP256 as i32,
+                    common_name: "certgate pg root".into(),
+                    validity_seconds: 0,
+                }),
+            )
+            .await;
+            self.ceremony(
+                1,
+                ceremony_action::Action::CreateIntermediate(CreateIntermediate {
+                    ca_id: "int-1".into(),
+                    parent_ca_id: "root-1".into(),
+                    key_type: KeyType::EcP256 as i32,
+                    common_name: "certgate pg intermediate".into(),
+                    validity_seconds: 0,
+                    path_len: Some(1),
+                }),
+            )
+            .await;
+            let mut admin = AdminClient::new(self.channel(0));
+            admin
+                .put_tenant(Tenant {
+                    name: "default".into(),
+                    public_base_url: "http://127.0.0.1:8080".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("tenant");
+            admin
+                .create_issuing_ca(CreateIssuingCaRequest {
+                    tenant: "default".into(),
+                    ca_id: "default-issuing".into(),
+                    parent_ca_id: "int-1".into(),
+                    key_type: KeyType::EcP256 as i32,
+                    common_name: "certgate pg issuing".into(),
+                    validity_seconds: 0,
+                    activate: true,
+                })
+                .await
+                .expect("issuing CA");
+        }
+
+        fn csr(&self, name: &str) -> Vec<u8> {
+            let subj = format!("/CN={name}");
+            let san = format!("subjectAltName=DNS:{name}");
+            openssl(
+                &[
+                    "req",
+                    "-new",
+                    "-nodes",
+                    "-keyout",
+                    "k.pem",
+                    "-outform",
+                    "DER",
+                    "-out",
+                    "r.der",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-subj",
+                    &subj,
+                    "-addext",
+                    &san,
+                ],
+                &self.dir,
+            );
+            std::fs::read(self.dir.join("r.der")).expect("csr")
+        }
+    }
+
+    fn issue(key: &str, csr: Vec<u8>) -> IssueRequest {
+        IssueRequest {
+            tenant: "default".into(),
+            request: Some(issue_request::Request::CsrDer(csr)),
+            idempotency_key: key.into(),
+            protocol: "cli".into(),
+            ..Default::default()
+        }
+    }
+
+    /// Issue on one core, retry on the other, race both, crash one between signing and
+    /// replying, revoke on one and read on the other; the audit chain verifies at the end.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn two_core_processes_share_one_postgres() {
+        let pg = PgServer::start();
+        let mut f = Cores::start(&pg);
+        f.bootstrap().await;
+
+        // One key, two cores: one certificate.
+        let csr = f.csr("pg1.example.com");
+        let a = f
+            .core(0)
+            .issue(issue("pg-1", csr.clone()))
+            .await
+            .expect("issue on A")
+            .into_inner();
+        let b = f
+            .core(1)
+            .issue(issue("pg-1", csr))
+            .await
+            .expect("retry on B")
+            .into_inner();
+        assert_eq!(
+            a, b,
+            "the retry on the other core returns the same certificate"
+        );
+
+        // Racing the same key on both cores at once.
+        let csr = f.csr("pg2.example.com");
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let mut c = f.core(i % 2);
+                let req = issue("pg-2", csr.clone());
+                tokio::spawn(async move { c.issue(req).await.map(|r| r.into_inner()) })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for c in calls {
+            got.push(c.await.expect("join").expect("every duplicate succeeds"));
+        }
+        assert!(got.iter().all(|r| *r == got[0]), "different certificates");
+        assert_eq!(
+            pg.psql_admin("SELECT count(*) FROM certificates WHERE idem_key = 'pg-2'")
+                .trim(),
+            "1"
+        );
+
+        // Core A dies between signing and replying; the retry on core B returns that
+        // certificate (the intent recorded before signing is shared).
+        let csr = f.csr("pg3.example.com");
+        f.cores[0].take().map(|mut g| g.kill());
+        f.start_core(0, Some("crash_after_sign"));
+        let crashed = f.core(0).issue(issue("pg-3", csr.clone())).await;
+        assert!(crashed.is_err(), "the fault hook must abort the call");
+        let retried = f
+            .core(1)
+            .issue(issue("pg-3", csr))
+            .await
+            .expect("retry on B")
+            .into_inner();
+        let intent_serial = pg.psql_admin("SELECT serial_hex FROM intents WHERE idem_key = 'pg-3'");
+        assert_eq!(
+            intent_serial.trim(),
+            retried.serial_hex,
+            "the crashed core's intent was used"
+        );
+        f.cores[0].take().map(|mut g| g.kill());
+        f.start_core(0, None);
+
+        // Revoke on B, see it on A; the CRL one of them generates lists it.
+        let r = f
+            .core(1)
+            .revoke(RevokeRequest {
+                tenant: "default".into(),
+                target: Some(revoke_request::Target::SerialHex(a.serial_hex.clone())),
+                reason: 1,
+                idempotency_key: "rv-1".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("revoke on B")
+            .into_inner();
+        assert!(!r.already_revoked);
+        let rec = f
+            .core(0)
+            .get_certificate(GetCertificateRequest {
+                tenant: "default".into(),
+                serial_hex: a.serial_hex.clone(),
+            })
+            .await
+            .expect("get on A")
+            .into_inner();
+        assert!(rec.revoked && rec.revocation_reason == 1);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let crl = f
+                .core(0)
+                .get_crl(GetCrlRequest {
+                    tenant: "default".into(),
+                    issuer_id: "default-issuing".into(),
+                    shard: "full".into(),
+                })
+                .await;
+            if let Ok(crl) = crl {
+                std::fs::write(f.dir.join("crl.der"), &crl.get_ref().crl_der).expect("crl");
+                let text = openssl(
+                    &["crl", "-inform", "DER", "-in", "crl.der", "-noout", "-text"],
+                    &f.dir,
+                );
+                if text
+                    .to_ascii_uppercase()
+                    .contains(&a.serial_hex.to_ascii_uppercase())
+                {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no CRL listing the revocation; core A:\n{}\ncore B:\n{}",
+                std::fs::read_to_string(f.dir.join("core-a.log")).unwrap_or_default(),
+                std::fs::read_to_string(f.dir.join("core-b.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // The shared audit chain verifies (both cores appended to it).
+        let (ok, out, err) = run(Command::new(bin("certgate-core"))
+            .arg("audit-verify")
+            .arg("--config")
+            .arg(f.dir.join("core-b.toml")));
+        assert!(ok && out.starts_with("OK"), "audit-verify: {out}{err}");
+    }
+}
