@@ -99,9 +99,7 @@ pub fn summary_of(tbs_der: &[u8]) -> String {
         if ext.extn_id != san_oid {
             continue;
         }
-        if let Ok(san) =
-            x509_cert::ext::pkix::SubjectAltName::from_der(ext.extn_value.as_bytes())
-        {
+        if let Ok(san) = x509_cert::ext::pkix::SubjectAltName::from_der(ext.extn_value.as_bytes()) {
             let names: Vec<String> = san
                 .0
                 .iter()
@@ -170,7 +168,15 @@ pub fn expire_if_due(store: &dyn crate::store::Store, rec: PendingRec) -> Result
         json!({"id": rec.id, "idempotency_key": rec.idem_key}),
     );
     Ok(ps
-        .decide_pending(&rec.tenant, &rec.id, STATE_EXPIRED, "core", "expired", now, &audit)?
+        .decide_pending(
+            &rec.tenant,
+            &rec.id,
+            STATE_EXPIRED,
+            "core",
+            "expired",
+            now,
+            &audit,
+        )?
         .unwrap_or(rec))
 }
 
@@ -265,7 +271,8 @@ impl RequestAdmin for RequestAdminService {
             let rec = crate::ra::blocking(|| expire_if_due(store, rec))?;
             let mut w = wire(&rec);
             if rec.state == STATE_APPROVED
-                && let Some(c) = crate::ra::blocking(|| store.cert_by_key(&rec.tenant, &rec.idem_key))?
+                && let Some(c) =
+                    crate::ra::blocking(|| store.cert_by_key(&rec.tenant, &rec.idem_key))?
             {
                 w.serial_hex = c.serial_hex;
             }
@@ -294,7 +301,15 @@ impl RequestAdmin for RequestAdminService {
         let now = crate::now_unix();
         let who = caller.to_string();
         let rec = crate::ra::blocking(|| {
-            ps.decide_pending(&rec.tenant, &rec.id, STATE_APPROVED, &who, &r.reason, now, &audit)
+            ps.decide_pending(
+                &rec.tenant,
+                &rec.id,
+                STATE_APPROVED,
+                &who,
+                &r.reason,
+                now,
+                &audit,
+            )
         })?
         .ok_or_else(|| CoreError::Store("pending request vanished".into()))?;
         if rec.state != STATE_APPROVED {

@@ -36,7 +36,10 @@ fn show(r: &PendingRequest) {
         println!("serial     {}", r.serial_hex);
     }
     if !r.issue_error.is_empty() {
-        println!("not issued yet ({}); the client's next poll retries", r.issue_error);
+        println!(
+            "not issued yet ({}); the client's next poll retries",
+            r.issue_error
+        );
     }
 }
 

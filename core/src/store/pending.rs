@@ -84,8 +84,12 @@ pub trait PendingStore: Send + Sync {
     /// The request (tenant, id).
     fn pending_by_id(&self, tenant: &str, id: &str) -> Result<Option<PendingRec>>;
     /// Up to `limit` requests of a tenant, oldest first; `state` filters when given.
-    fn list_pending(&self, tenant: &str, state: Option<&str>, limit: usize)
-    -> Result<Vec<PendingRec>>;
+    fn list_pending(
+        &self,
+        tenant: &str,
+        state: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PendingRec>>;
     /// Moves request (tenant, id) from `pending` to `to` (`approved`, `denied`, `expired`),
     /// recording who, when and why, with `audit` in the same transaction. Returns the record
     /// after the call (unchanged when it was no longer pending; None = no such request).

@@ -57,7 +57,11 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingRec> {
     })
 }
 
-fn by_key(c: &rusqlite::Connection, tenant: &str, key: &str) -> rusqlite::Result<Option<PendingRec>> {
+fn by_key(
+    c: &rusqlite::Connection,
+    tenant: &str,
+    key: &str,
+) -> rusqlite::Result<Option<PendingRec>> {
     c.query_row(
         &format!("SELECT {COLS} FROM pending_requests WHERE tenant = ?1 AND idem_key = ?2"),
         params![tenant, key],

@@ -276,6 +276,11 @@ pub struct Fleet {
     pub scep: certgate_proto::scep::scep_client::ScepClient<tonic::transport::Channel>,
     pub scep_admin:
         certgate_proto::scep::scep_admin_client::ScepAdminClient<tonic::transport::Channel>,
+    /// Manual approval (tests/approval.rs): the edges' poll and the operators' decisions.
+    pub pending: certgate_proto::core::pending_client::PendingClient<tonic::transport::Channel>,
+    pub requests:
+        certgate_proto::admin::request_admin_client::RequestAdminClient<tonic::transport::Channel>,
+    pub state: Arc<State>,
     custodian: Ed25519KeyPair,
 }
 
@@ -361,6 +366,14 @@ pub async fn fleet(acme: AcmeConfig) -> Fleet {
                     certgate_core::scep::ScepAdminService(scep_state),
                 ),
             )
+            .add_service(certgate_proto::core::pending_server::PendingServer::new(
+                certgate_core::approval::PendingService(state.clone()),
+            ))
+            .add_service(
+                certgate_proto::admin::request_admin_server::RequestAdminServer::new(
+                    certgate_core::approval::RequestAdminService(state.clone()),
+                ),
+            )
             .serve_with_incoming(unix_incoming(listener)),
     );
     let ch = unix_channel(&core_sock);
@@ -375,7 +388,10 @@ pub async fn fleet(acme: AcmeConfig) -> Fleet {
         cmp_admin: CmpAdminClient::new(ch.clone()),
         cmp_state,
         scep: certgate_proto::scep::scep_client::ScepClient::new(ch.clone()),
-        scep_admin: certgate_proto::scep::scep_admin_client::ScepAdminClient::new(ch),
+        scep_admin: certgate_proto::scep::scep_admin_client::ScepAdminClient::new(ch.clone()),
+        pending: certgate_proto::core::pending_client::PendingClient::new(ch.clone()),
+        requests: certgate_proto::admin::request_admin_client::RequestAdminClient::new(ch),
+        state,
         custodian,
     }
 }
