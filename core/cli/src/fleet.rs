@@ -142,8 +142,8 @@ pub async fn fleet_cert(clients: &Clients, a: FleetCertArgs) -> Result<()> {
     }
     ensure_profile(clients, &a.tenant, domain).await?;
 
-    let key = rcgen::KeyPair::generate()
-        .map_err(|e| CliError::Crypto(format!("key generation: {e}")))?;
+    let key =
+        rcgen::KeyPair::generate().map_err(|e| CliError::Crypto(format!("key generation: {e}")))?;
     let mut params = rcgen::CertificateParams::new(a.dns.clone())
         .map_err(|e| CliError::Input(format!("DNS names: {e}")))?;
     params.distinguished_name = rcgen::DistinguishedName::new();

@@ -50,8 +50,8 @@ pub const METHODS: &[(&str, Idempotency)] = {
     use Idempotency::*;
     &[
         // certgate.core.v1.Core
-        ("issue", WithKey),            // I-3: same key → same certificate
-        ("revoke", WithKey),           // revoking a revoked certificate returns its record
+        ("issue", WithKey),  // I-3: same key → same certificate
+        ("revoke", WithKey), // revoking a revoked certificate returns its record
         ("get_certificate", Idempotent),
         ("get_ca_chain", Idempotent),
         ("get_ocsp", Idempotent),
@@ -683,7 +683,11 @@ mod tests {
     fn every_method_the_client_calls_has_an_idempotency_entry() {
         let src = include_str!("core_client.rs");
         let mut called = 0;
-        for chunk in src.split("self.call(\"").skip(1).chain(src.split("self.call_with(\"").skip(1)) {
+        for chunk in src
+            .split("self.call(\"")
+            .skip(1)
+            .chain(src.split("self.call_with(\"").skip(1))
+        {
             let name = chunk.split('"').next().unwrap_or_default();
             if name.is_empty() || name.contains(' ') {
                 continue;

@@ -223,7 +223,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         )?;
         let presented = spiffe_id_of(end_entity.as_ref());
         match presented {
-            Some(id) if self.allowed.iter().any(|a| *a == id) => Ok(ServerCertVerified::assertion()),
+            Some(id) if self.allowed.iter().any(|a| *a == id) => {
+                Ok(ServerCertVerified::assertion())
+            }
             other => {
                 tracing::warn!(
                     spiffe_id = other.as_deref().unwrap_or("none"),
@@ -275,8 +277,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 fn tls_channel(host: String, port: u16, config: Arc<rustls::ClientConfig>) -> Channel {
     let connector = tokio_rustls::TlsConnector::from(config);
     // SNI: the host when it is a DNS name; the name is not what the verifier checks.
-    let server_name = ServerName::try_from(host.clone())
-        .unwrap_or(ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into()));
+    let server_name = ServerName::try_from(host.clone()).unwrap_or(ServerName::IpAddress(
+        std::net::IpAddr::from([127, 0, 0, 1]).into(),
+    ));
     Endpoint::from_static("http://certgate-core")
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
@@ -365,8 +368,9 @@ impl Member {
     /// One health probe: SERVING within `timeout` admits, anything else ejects.
     async fn probe(&self, timeout: Duration) {
         let mut h = self.health.clone();
-        let mut req =
-            tonic::Request::new(tonic_health::pb::HealthCheckRequest { service: String::new() });
+        let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        });
         req.set_timeout(timeout);
         let serving = matches!(
             tokio::time::timeout(timeout, h.check(req)).await,
@@ -471,7 +475,10 @@ impl CorePool {
 
     /// Runs the active health checks until `shutdown` flips (one task for all members; probes
     /// of one round run concurrently, each bounded by `health_timeout`).
-    pub async fn run_health_checks(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run_health_checks(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         loop {
             let round = futures::future::join_all(
                 self.members
@@ -586,7 +593,10 @@ mod tests {
         pool.members()[1].eject("transport");
         for _ in 0..50 {
             let (i, _) = pool.pick(&[]);
-            assert_ne!(i, 1, "an ejected member is not picked while others are healthy");
+            assert_ne!(
+                i, 1,
+                "an ejected member is not picked while others are healthy"
+            );
             let (j, _) = pool.pick(&[i]);
             assert_ne!(j, i, "a retry goes to another member");
             assert_ne!(j, 1);
@@ -600,7 +610,10 @@ mod tests {
         let pool = CorePool::new(&eps[..2], None, PoolSettings::default()).expect("pool");
         let _busy: Vec<InFlight> = (0..10).map(|_| pool.members()[0].start_call()).collect();
         let picks_of_1 = (0..100).filter(|_| pool.pick(&[]).0 == 1).count();
-        assert_eq!(picks_of_1, 100, "the idle member wins every two-choice draw");
+        assert_eq!(
+            picks_of_1, 100,
+            "the idle member wins every two-choice draw"
+        );
     }
 
     #[test]

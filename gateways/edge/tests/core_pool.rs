@@ -149,7 +149,10 @@ async fn idempotent_calls_move_to_the_other_core_when_one_dies_mid_request() {
     let t = two(Duration::from_secs(60)).await;
     // Warm both connections.
     for _ in 0..4 {
-        t.client.ca_chain("default", "").await.expect("reads answer");
+        t.client
+            .ca_chain("default", "")
+            .await
+            .expect("reads answer");
     }
     assert!(t.fakes.iter().all(|f| f.calls() > 0), "both cores served");
 
@@ -166,7 +169,11 @@ async fn idempotent_calls_move_to_the_other_core_when_one_dies_mid_request() {
         .expect("an Issue with an idempotency key is repeated on the other core");
     assert_eq!(resp.serial_hex, "k-1");
     assert_eq!(t.fakes[0].calls(), before[0] + 1, "core 0 got it and died");
-    assert_eq!(t.fakes[1].calls(), before[1] + 1, "core 1 answered the retry");
+    assert_eq!(
+        t.fakes[1].calls(),
+        before[1] + 1,
+        "core 1 answered the retry"
+    );
     assert!(
         !t.pool.members()[0].is_healthy(),
         "a core that vanished mid-call is ejected"
@@ -231,8 +238,14 @@ async fn health_probes_readmit_an_ejected_core_and_calls_spread_again() {
     for _ in 0..20 {
         t.client.ca_chain("default", "").await.expect("answers");
     }
-    assert!(t.fakes[0].calls() > before[0] + 2, "core 0 gets calls again");
-    assert!(t.fakes[1].calls() > before[1] + 2, "core 1 still gets calls");
+    assert!(
+        t.fakes[0].calls() > before[0] + 2,
+        "core 0 gets calls again"
+    );
+    assert!(
+        t.fakes[1].calls() > before[1] + 2,
+        "core 1 still gets calls"
+    );
 }
 
 #[tokio::test]
