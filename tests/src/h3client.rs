@@ -38,7 +38,8 @@ impl H3Response {
     }
 }
 
-/// One QUIC connection speaking HTTP/3; requests go one after another on fresh streams.
+/// One QUIC connection speaking HTTP/3; each request is a fresh stream, and requests may run
+/// concurrently (`&self`), up to the server's stream limit.
 pub struct H3Client {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
@@ -113,13 +114,13 @@ impl H3Client {
     }
 
     /// GET `path` (`/acme/directory`, may carry a query).
-    pub async fn get(&mut self, path: &str) -> Result<H3Response, String> {
+    pub async fn get(&self, path: &str) -> Result<H3Response, String> {
         self.request(http::Method::GET, path, &[], &[]).await
     }
 
     /// POST `body` to `path` with `content_type`.
     pub async fn post(
-        &mut self,
+        &self,
         path: &str,
         content_type: &str,
         body: &[u8],
@@ -137,7 +138,7 @@ impl H3Client {
     /// frames; if the server answers early and stops the stream (413 for an oversized upload),
     /// the send error is tolerated and the response is still read.
     pub async fn request(
-        &mut self,
+        &self,
         method: http::Method,
         path: &str,
         headers: &[(&str, &str)],
@@ -149,7 +150,7 @@ impl H3Client {
     }
 
     async fn request_inner(
-        &mut self,
+        &self,
         method: http::Method,
         path: &str,
         headers: &[(&str, &str)],
@@ -165,8 +166,9 @@ impl H3Client {
             req = req.header("content-length", body.len().to_string());
         }
         let req = req.body(()).map_err(|e| e.to_string())?;
-        let mut stream = self
-            .send
+        // SendRequest is a cheap handle: requests may run concurrently on one connection.
+        let mut send = self.send.clone();
+        let mut stream = send
             .send_request(req)
             .await
             .map_err(|e| format!("send request: {e}"))?;

@@ -176,7 +176,7 @@ fn acme_est_ocsp_crl_over_http3_with_alt_svc_404_and_413() {
         let want = format!("alt-svc: h3=\":{}\"; ma=86400", fleet.https.port());
         assert!(hdrs.contains(&want), "no `{want}` in:\n{hdrs}");
 
-        let mut c = h3(&fleet).await;
+        let c = h3(&fleet).await;
 
         // ACME directory and newNonce over HTTP/3.
         let dir = c.get("/acme/directory").await.expect("directory over h3");
@@ -403,7 +403,7 @@ fn garbage_udp_and_the_connection_cap_leave_https_and_http3_serving() {
         let hdrs = curl_headers(&fleet, "/acme/directory");
         assert!(hdrs.starts_with("http/"), "{hdrs}");
         assert!(hdrs.contains(" 200"), "{hdrs}");
-        let mut a = h3(&fleet).await;
+        let a = h3(&fleet).await;
         assert_eq!(a.get("/acme/directory").await.expect("h3 a").status, 200);
 
         // Garbage while a real connection is open does not disturb it.
@@ -415,13 +415,13 @@ fn garbage_udp_and_the_connection_cap_leave_https_and_http3_serving() {
 
         // The cap: a second connection is admitted, a third refused (the client falls back to
         // TCP, which still serves), and a slot frees when a client leaves.
-        let mut b = h3(&fleet).await;
+        let b = h3(&fleet).await;
         assert_eq!(b.get("/acme/directory").await.expect("h3 b").status, 200);
         let root = std::fs::read(fleet.root_pem()).expect("dev root");
         let third = H3Client::connect(fleet.https, "127.0.0.1", &root).await;
         let refused = match third {
             Err(e) => e,
-            Ok(mut c) => match c.get("/acme/directory").await {
+            Ok(c) => match c.get("/acme/directory").await {
                 Err(e) => e,
                 Ok(r) => panic!("third connection served past the cap: {}", r.status),
             },
@@ -436,7 +436,7 @@ fn garbage_udp_and_the_connection_cap_leave_https_and_http3_serving() {
         let deadline = Instant::now() + Duration::from_secs(10);
         let c = loop {
             let err = match H3Client::connect(fleet.https, "127.0.0.1", &root).await {
-                Ok(mut c) => match c.get("/acme/directory").await {
+                Ok(c) => match c.get("/acme/directory").await {
                     Ok(r) if r.status == 200 => break c,
                     Ok(r) => format!("status {}", r.status),
                     Err(e) => e,
@@ -467,4 +467,24 @@ fn garbage_udp_and_the_connection_cap_leave_https_and_http3_serving() {
             .any(|l| l.starts_with("certgate_edge_h3_refused_total") && !l.ends_with(" 0")),
         "{m}"
     );
+
+    // Graceful shutdown with the rest of the edge: SIGTERM with an HTTP/3 client connected;
+    // the edge sends GOAWAY, closes the QUIC endpoint and exits cleanly within its drain time.
+    rt.block_on(async {
+        let d = h3(&fleet).await;
+        assert_eq!(d.get("/acme/directory").await.expect("h3 d").status, 200);
+        let start = Instant::now();
+        let status = fleet
+            .edge()
+            .expect("edge")
+            .terminate(Duration::from_secs(20))
+            .expect("edge exit status");
+        let took = start.elapsed();
+        assert!(status.success(), "edge exit {status:?}:\n{}", fleet.logs());
+        assert!(took < Duration::from_secs(10), "edge took {took:?} to stop");
+        assert!(
+            d.get("/acme/directory").await.is_err(),
+            "served after the edge stopped"
+        );
+    });
 }

@@ -228,46 +228,57 @@ async fn serve_connection(
         .await
         .map_err(|e| format!("HTTP/3 setup: {e}"))?;
     let header_timeout = Duration::from_millis(pipeline.limits.header_timeout_ms);
+    // Request tasks of this connection (at most the stream limit run at once); on shutdown the
+    // connection stays open until they finish.
+    let mut requests = tokio::task::JoinSet::new();
+    let spawn = |requests: &mut tokio::task::JoinSet<()>, resolver: Resolver| {
+        let pipeline = pipeline.clone();
+        let peer_certs = peer_certs.clone();
+        requests.spawn(async move {
+            match tokio::time::timeout(header_timeout, resolver.resolve_request()).await {
+                Ok(Ok((req, stream))) => {
+                    serve_request(&pipeline, peer, peer_certs, req, stream).await;
+                }
+                Ok(Err(e)) => debug!(%peer, error = %e, "HTTP/3 request refused"),
+                Err(_) => debug!(%peer, "HTTP/3 request headers timed out"),
+            }
+        });
+    };
     loop {
+        while requests.try_join_next().is_some() {}
         let accepted = tokio::select! {
             a = h3c.accept() => a,
-            _ = stopped(&mut shutdown) => {
-                // GOAWAY; requests already accepted finish, the rest are refused by h3.
-                let _ = h3c.shutdown(0).await;
-                let _ = tokio::time::timeout(DRAIN, async {
-                    while let Ok(Some(_)) = h3c.accept().await {}
-                })
-                .await;
-                return Ok(());
-            }
+            _ = stopped(&mut shutdown) => break,
         };
         match accepted {
-            Ok(Some(resolver)) => {
-                let pipeline = pipeline.clone();
-                let peer_certs = peer_certs.clone();
-                tokio::spawn(async move {
-                    let resolved =
-                        tokio::time::timeout(header_timeout, resolver.resolve_request()).await;
-                    match resolved {
-                        Ok(Ok((req, stream))) => {
-                            serve_request(&pipeline, peer, peer_certs, req, stream).await;
-                        }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "HTTP/3 request refused"),
-                        Err(_) => debug!(%peer, "HTTP/3 request headers timed out"),
-                    }
-                });
-            }
+            Ok(Some(resolver)) => spawn(&mut requests, resolver),
             Ok(None) => return Ok(()),
-            Err(e) => {
-                return if e.is_h3_no_error() {
-                    Ok(())
-                } else {
-                    Err(e.to_string())
-                };
-            }
+            Err(e) if e.is_h3_no_error() => return Ok(()),
+            Err(e) => return Err(e.to_string()),
         }
     }
+    // Shutdown: GOAWAY (streams the client opens from now on are rejected by h3 and can be
+    // retried elsewhere); requests already accepted finish (up to DRAIN), then the connection
+    // closes with H3_NO_ERROR when `h3c` drops.
+    let _ = h3c.shutdown(0).await;
+    let _ = tokio::time::timeout(DRAIN, async {
+        let mut accepting = true;
+        loop {
+            tokio::select! {
+                a = h3c.accept(), if accepting => match a {
+                    Ok(Some(resolver)) => spawn(&mut requests, resolver),
+                    _ => accepting = false,
+                },
+                done = requests.join_next() => if done.is_none() { break },
+            }
+        }
+    })
+    .await;
+    Ok(())
 }
+
+/// A request stream whose headers have not been read yet.
+type Resolver = ::h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
 
 /// One request: the body streams into the pipeline (which bounds it), the answer goes back as
 /// HEADERS + DATA.
