@@ -124,7 +124,11 @@ impl Conn {
     }
 
     /// Sends `head` + `body`; returns (status, body).
-    pub(crate) async fn exchange(&mut self, head: &[u8], body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    pub(crate) async fn exchange(
+        &mut self,
+        head: &[u8],
+        body: &[u8],
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
         self.stream.write_all(head).await?;
         if !body.is_empty() {
             self.stream.write_all(body).await?;

@@ -1252,7 +1252,11 @@ async fn a_memo_hit_sends_the_same_bytes_and_headers_as_the_full_path() {
         };
         let full = ask(plain.addr).await;
         let first = ask(memo.addr).await;
-        assert_eq!(memo.cache.memo_len(), i + 1, "{method}: memoized once served");
+        assert_eq!(
+            memo.cache.memo_len(),
+            i + 1,
+            "{method}: memoized once served"
+        );
         let hit = ask(memo.addr).await;
         assert_eq!(memo.cache.memo_len(), i + 1);
         assert_eq!(plain.cache.memo_len(), 0, "memo_entries = 0 disables it");
@@ -1293,8 +1297,14 @@ async fn a_revocation_push_replaces_a_memoized_response_at_once() {
     wait_until("snapshot complete", || edge.cache.snapshot_complete()).await;
     let get = get_path("", &w.req_a);
     for _ in 0..3 {
-        assert_eq!(http(edge.addr, "GET", &get, &[], &[]).await.body, w.resp_a_good);
-        assert_eq!(post_ocsp(edge.addr, "/ocsp", &w.req_a).await.body, w.resp_a_good);
+        assert_eq!(
+            http(edge.addr, "GET", &get, &[], &[]).await.body,
+            w.resp_a_good
+        );
+        assert_eq!(
+            post_ocsp(edge.addr, "/ocsp", &w.req_a).await.body,
+            w.resp_a_good
+        );
     }
     assert_eq!(edge.cache.memo_len(), 2, "GET and POST bytes memoized");
     let revoked = w
@@ -1333,17 +1343,29 @@ async fn the_memo_stays_bounded_under_many_distinct_requests() {
         let out = format!("nonce-{i}.der");
         openssl(
             w.pki.dir.path(),
-            &["ocsp", "-issuer", "ca.pem", "-cert", "a.pem", "-reqout", &out],
+            &[
+                "ocsp", "-issuer", "ca.pem", "-cert", "a.pem", "-reqout", &out,
+            ],
         );
         let req = w.pki.read(&out);
-        assert!(distinct.insert(req.clone()), "openssl sent the same nonce twice");
+        assert!(
+            distinct.insert(req.clone()),
+            "openssl sent the same nonce twice"
+        );
         let r = post_ocsp(edge.addr, "/ocsp", &req).await;
         assert_eq!(r.body, w.resp_a_good, "a nonce is ignored, not refused");
-        assert!(edge.cache.memo_len() <= 16, "{} entries", edge.cache.memo_len());
+        assert!(
+            edge.cache.memo_len() <= 16,
+            "{} entries",
+            edge.cache.memo_len()
+        );
     }
     assert!(edge.cache.memo_len() > 0);
     // Still answering from it and from the full path.
-    assert_eq!(post_ocsp(edge.addr, "/ocsp", &w.req_a).await.body, w.resp_a_good);
+    assert_eq!(
+        post_ocsp(edge.addr, "/ocsp", &w.req_a).await.body,
+        w.resp_a_good
+    );
     assert!(edge.cache.memo_len() <= 16);
 }
 
@@ -1382,7 +1404,10 @@ async fn malformed_requests_are_never_memoized_and_every_one_is_counted() {
     let counted = malformed(&prom.render()) - before;
     assert!(counted >= 6, "6 malformed requests sent, {counted} counted");
     // A good request still is memoized, and a malformed one after it is still malformed.
-    assert_eq!(post_ocsp(edge.addr, "/ocsp", &w.req_a).await.body, w.resp_a_good);
+    assert_eq!(
+        post_ocsp(edge.addr, "/ocsp", &w.req_a).await.body,
+        w.resp_a_good
+    );
     assert_eq!(edge.cache.memo_len(), 1);
     let r = post_ocsp(edge.addr, "/ocsp", truncated).await;
     assert_eq!(r.body, OCSP_ERR_MALFORMED);

@@ -18,9 +18,7 @@
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use certgate_ocsp::{
-    CacheKey, CachedResponse, Decision, HttpRequestParts, OcspStatus, Transport,
-};
+use certgate_ocsp::{CacheKey, CachedResponse, Decision, HttpRequestParts, OcspStatus, Transport};
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;
 
@@ -73,7 +71,9 @@ impl Handler for OcspHandler {
             if let Some((transport, raw)) = memo
                 && let Some(entry) = self.cache.memo_hit(transport, &req.tenant, raw, now)
             {
-                let resp = entry.headers.response(&entry.resp, now, false, StatusCode::OK);
+                let resp = entry
+                    .headers
+                    .response(&entry.resp, now, false, StatusCode::OK);
                 record(Proto::Ocsp.label(), &req.tenant, "hit", start);
                 return Ok(resp);
             }
