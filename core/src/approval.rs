@@ -364,3 +364,40 @@ impl RequestAdmin for RequestAdminService {
         Ok(Response::new(wire(&rec)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_bounds_are_checked() {
+        ApprovalConfig::default().check().expect("defaults are valid");
+        let parsed: ApprovalConfig =
+            toml::from_str("max_open_per_tenant = 3\nretry_after_seconds = 2").expect("parses");
+        assert_eq!(parsed.max_open_per_tenant, 3);
+        assert_eq!(parsed.ttl_seconds, ApprovalConfig::default().ttl_seconds);
+        for bad in [
+            "max_open_per_tenant = 0",
+            "ttl_seconds = 10",
+            "retry_after_seconds = 0",
+        ] {
+            let c: ApprovalConfig = toml::from_str(bad).expect("parses");
+            assert!(c.check().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<ApprovalConfig>("unknown = 1").is_err());
+    }
+
+    #[test]
+    fn ids_are_safe_cli_arguments() {
+        let id = new_id().expect("id");
+        assert_eq!(id.len(), 11);
+        assert!(id.starts_with('r'));
+        assert!(id[1..].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(id, new_id().expect("id"));
+    }
+
+    #[test]
+    fn summary_of_garbage_is_empty() {
+        assert_eq!(summary_of(b"not a tbs"), "");
+    }
+}

@@ -52,6 +52,8 @@ struct RawConfig {
     status: crate::status::StatusConfig,
     #[serde(default)]
     cmp: crate::cmp::CmpConfig,
+    #[serde(default)]
+    approval: crate::approval::ApprovalConfig,
 }
 
 fn one() -> u32 {
@@ -228,6 +230,8 @@ pub struct Config {
     pub status: crate::status::StatusConfig,
     /// `[cmp]`: the CMP support's confirmation window (docs/cmp.md).
     pub cmp: crate::cmp::CmpConfig,
+    /// `[approval]`: bounds and timing of requests held for manual approval (docs/profiles.md).
+    pub approval: crate::approval::ApprovalConfig,
 }
 
 /// A configuration error, shown to the operator.
@@ -415,6 +419,7 @@ impl Config {
         raw.acme.check(raw.mode).map_err(ConfigError)?;
         raw.status.check().map_err(ConfigError)?;
         raw.cmp.check().map_err(ConfigError)?;
+        raw.approval.check().map_err(ConfigError)?;
         Ok(Self {
             mode: raw.mode,
             socket: resolve(base, &raw.socket),
@@ -436,6 +441,7 @@ impl Config {
             acme: raw.acme,
             status: raw.status,
             cmp: raw.cmp,
+            approval: raw.approval,
         })
     }
 }

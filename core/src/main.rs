@@ -170,6 +170,7 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
     state
         .issuer
         .attach_cmp_confirm_window(config.cmp.confirm_window_seconds);
+    state.issuer.attach_approval(config.approval.clone());
     let cmp = Arc::new(certgate_core::cmp::CmpState::new(
         state.clone(),
         signer.clone(),
