@@ -978,3 +978,402 @@ mod processes {
         assert!(ok && out.starts_with("OK"), "audit-verify: {out}{err}");
     }
 }
+
+mod acme {
+    //! The ACME state store on PostgreSQL: the SQLite store's rules, and its compare-and-set
+    //! transitions racing between two cores.
+
+    use std::sync::{Arc, Barrier};
+
+    use certgate_core::error::CoreError;
+    use certgate_core::store::Store;
+    use certgate_core::store::acme::{
+        AccountRec, AcmeStore, AuthzRec, ChallengeRec, ChallengeResult, EabKey, IdentRec,
+        NewAccountOutcome, OrderRec, OrderUpdate,
+    };
+    use certgate_e2e::pg::PgServer;
+    use zeroize::Zeroizing;
+
+    use super::{audit, two_cores};
+
+    fn account(tenant: &str, id: &str, tp: &str, eab: &str) -> AccountRec {
+        AccountRec {
+            tenant: tenant.into(),
+            account_id: id.into(),
+            status: "valid".into(),
+            contacts: vec!["mailto:a@example.org".into()],
+            terms_agreed: true,
+            jwk_json: "{}".into(),
+            jwk_thumbprint: tp.into(),
+            eab_key_id: eab.into(),
+            created_unix: 1,
+        }
+    }
+
+    fn authz(tenant: &str, account: &str, id: &str, name: &str) -> AuthzRec {
+        AuthzRec {
+            tenant: tenant.into(),
+            authz_id: id.into(),
+            account_id: account.into(),
+            identifier: IdentRec {
+                kind: "dns".into(),
+                value: name.into(),
+            },
+            wildcard: false,
+            status: "pending".into(),
+            expires_unix: 1_000,
+            challenges: ["http-01", "dns-01", "tls-alpn-01"]
+                .iter()
+                .map(|k| ChallengeRec {
+                    challenge_id: format!("{id}-{k}"),
+                    kind: (*k).into(),
+                    status: "pending".into(),
+                    token: format!("tok-{id}-{k}"),
+                    validated_unix: 0,
+                    error: Vec::new(),
+                })
+                .collect(),
+            created_unix: 1,
+        }
+    }
+
+    fn order(tenant: &str, account: &str, id: &str, authzs: &[&str]) -> OrderRec {
+        OrderRec {
+            tenant: tenant.into(),
+            order_id: id.into(),
+            account_id: account.into(),
+            status: "pending".into(),
+            expires_unix: 1_000,
+            identifiers: vec![IdentRec {
+                kind: "dns".into(),
+                value: "a.example".into(),
+            }],
+            authz_ids: authzs.iter().map(|s| (*s).to_owned()).collect(),
+            not_before_unix: 0,
+            not_after_unix: 0,
+            error: Vec::new(),
+            certificate_serial_hex: String::new(),
+            profile: "tls-server".into(),
+            replaces: String::new(),
+            created_unix: 1,
+            csr_der: Vec::new(),
+        }
+    }
+
+    fn acme(s: &Arc<certgate_core::store::PgStore>) -> &dyn AcmeStore {
+        s.as_acme().expect("the PostgreSQL store has ACME state")
+    }
+
+    /// Isolation by tenant and account, one account per key, EAB binding once, paging and the
+    /// challenge/order transitions — and the races between two cores each won exactly once.
+    #[test]
+    fn acme_state_on_postgres_is_isolated_and_its_transitions_race_safely() {
+        let pg = PgServer::start();
+        let (a, b) = two_cores(&pg);
+        let (sa, sb) = (acme(&a), acme(&b));
+
+        // One account per key per tenant, even when two cores create it at once.
+        let barrier = Arc::new(Barrier::new(6));
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    acme(&s)
+                        .create_account(
+                            &account("ta", &format!("A{i}"), "tpA", ""),
+                            &audit("acct", "ta"),
+                        )
+                        .expect("create")
+                })
+            })
+            .collect();
+        let outcomes: Vec<NewAccountOutcome> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        let created: Vec<&AccountRec> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                NewAccountOutcome::Created(a) => Some(a),
+                NewAccountOutcome::Existing(_) => None,
+            })
+            .collect();
+        assert_eq!(created.len(), 1, "{outcomes:?}");
+        let winner = created[0].account_id.clone();
+        assert!(outcomes.iter().all(|o| match o {
+            NewAccountOutcome::Created(a) | NewAccountOutcome::Existing(a) =>
+                a.account_id == winner,
+        }));
+        let other_tenant = sb
+            .create_account(&account("tb", "X", "tpA", ""), &audit("acct", "tb"))
+            .expect("tb");
+        assert!(matches!(other_tenant, NewAccountOutcome::Created(_)));
+        sa.create_account(&account("ta", "B", "tpB", ""), &audit("acct", "ta"))
+            .expect("B");
+
+        // Orders and authorizations: found by their account only, in their tenant only.
+        sa.insert_order(
+            &order("ta", &winner, "o1", &["z1"]),
+            &[authz("ta", &winner, "z1", "a.example")],
+            &audit("order", "ta"),
+        )
+        .expect("order");
+        assert!(sb.order("ta", &winner, "o1").expect("q").is_some());
+        assert_eq!(
+            sb.authz("ta", &winner, "z1")
+                .expect("q")
+                .expect("z")
+                .challenges
+                .len(),
+            3
+        );
+        for (tenant, acct) in [("ta", "B"), ("tb", winner.as_str())] {
+            assert!(sb.order(tenant, acct, "o1").expect("q").is_none());
+            assert!(sb.authz(tenant, acct, "z1").expect("q").is_none());
+            assert!(
+                sb.authz_of_challenge(tenant, acct, "z1-http-01")
+                    .expect("q")
+                    .is_none()
+            );
+            assert!(
+                sb.list_orders(tenant, acct, None, 10)
+                    .expect("q")
+                    .order_ids
+                    .is_empty()
+            );
+        }
+        let (found, idx) = sb
+            .authz_of_challenge("ta", &winner, "z1-dns-01")
+            .expect("q")
+            .expect("found");
+        assert_eq!((found.authz_id.as_str(), idx), ("z1", 1));
+        let reuse = sa
+            .reusable_authz(
+                "ta",
+                &winner,
+                &IdentRec {
+                    kind: "dns".into(),
+                    value: "a.example".into(),
+                },
+                false,
+                0,
+            )
+            .expect("q");
+        assert_eq!(reuse.map(|z| z.authz_id), Some("z1".into()));
+
+        // Three challenges of one authorization started at once on two cores: one wins.
+        let barrier = Arc::new(Barrier::new(3));
+        let handles: Vec<_> = ["http-01", "dns-01", "tls-alpn-01"]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let (barrier, ch) = (barrier.clone(), format!("z1-{k}"));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    acme(&s)
+                        .start_challenge("ta", "z1", &ch, &audit("start", "ta"))
+                        .expect("start")
+                })
+            })
+            .collect();
+        let started: Vec<bool> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        assert_eq!(started.iter().filter(|s| **s).count(), 1, "{started:?}");
+        let z = sa.authz("ta", &winner, "z1").expect("q").expect("z");
+        let running = z
+            .challenges
+            .iter()
+            .find(|c| c.status == "processing")
+            .expect("one processing")
+            .challenge_id
+            .clone();
+        sb.finish_challenge(
+            "ta",
+            "z1",
+            &running,
+            &ChallengeResult {
+                valid: true,
+                now: 5,
+                valid_until: 2_000,
+                error: Vec::new(),
+            },
+            &audit("finish", "ta"),
+        )
+        .expect("finish");
+        let z = sa.authz("ta", &winner, "z1").expect("q").expect("z");
+        assert_eq!((z.status.as_str(), z.expires_unix), ("valid", 2_000));
+        assert!(
+            !sa.start_challenge("ta", "z1", "z1-dns-01", &audit("s", "ta"))
+                .expect("after")
+        );
+        assert!(
+            !sa.start_challenge("tb", "z1", "z1-dns-01", &audit("s", "tb"))
+                .expect("tb")
+        );
+
+        // Finalize's ready → processing is taken once across cores; the CSR is kept.
+        let to = |st: &str, csr: &[u8]| OrderUpdate {
+            status: st.into(),
+            csr_der: csr.to_vec(),
+            ..OrderUpdate::default()
+        };
+        assert!(
+            sa.set_order_status(
+                "ta",
+                "o1",
+                &["pending"],
+                &to("ready", b""),
+                &audit("o", "ta")
+            )
+            .expect("ready")
+        );
+        let barrier = Arc::new(Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    acme(&s)
+                        .set_order_status(
+                            "ta",
+                            "o1",
+                            &["ready"],
+                            &OrderUpdate {
+                                status: "processing".into(),
+                                csr_der: vec![i as u8 + 1],
+                                ..OrderUpdate::default()
+                            },
+                            &audit("finalize", "ta"),
+                        )
+                        .expect("cas")
+                })
+            })
+            .collect();
+        let took: Vec<bool> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        assert_eq!(took.iter().filter(|t| **t).count(), 1, "{took:?}");
+        let o = sb.order("ta", &winner, "o1").expect("q").expect("o");
+        assert_eq!(o.status, "processing");
+        assert_eq!(o.csr_der.len(), 1, "the winner's CSR is stored");
+        assert!(
+            !sb.set_order_status(
+                "tb",
+                "o1",
+                &["processing"],
+                &to("valid", b""),
+                &audit("o", "tb")
+            )
+            .expect("other tenant")
+        );
+        let mut valid = to("valid", b"");
+        valid.certificate_serial_hex = "0abc".into();
+        assert!(
+            sb.set_order_status("ta", "o1", &["processing"], &valid, &audit("o", "ta"))
+                .expect("valid")
+        );
+        let o = sa.order_by_serial("ta", "0abc").expect("q").expect("o");
+        assert_eq!(
+            o.csr_der.len(),
+            1,
+            "an empty CSR update keeps the stored one"
+        );
+
+        // Paging, newest first.
+        for n in 2..=5 {
+            sa.insert_order(
+                &order("ta", "B", &format!("o{n}"), &[]),
+                &[],
+                &audit("order", "ta"),
+            )
+            .expect("order");
+        }
+        let p1 = sb.list_orders("ta", "B", None, 3).expect("page");
+        assert_eq!(p1.order_ids, ["o5", "o4", "o3"]);
+        let p2 = sb.list_orders("ta", "B", p1.next, 3).expect("page");
+        assert_eq!(
+            (p2.order_ids.as_slice(), p2.next),
+            (&["o2".to_owned()][..], None)
+        );
+
+        // An EAB key binds exactly one account; an unknown or used key creates nothing.
+        sa.insert_eab_key(
+            &EabKey {
+                tenant: "ta".into(),
+                key_id: "k1".into(),
+                key: Zeroizing::new(vec![7; 32]),
+                account_id: String::new(),
+                created_unix: 0,
+            },
+            &audit("eab", "ta"),
+        )
+        .expect("key");
+        sb.create_account(&account("ta", "E1", "tpE1", "k1"), &audit("acct", "ta"))
+            .expect("binds");
+        assert_eq!(
+            sa.eab_key("ta", "k1").expect("q").expect("k").account_id,
+            "E1"
+        );
+        let e = sa
+            .create_account(&account("ta", "E2", "tpE2", "k1"), &audit("acct", "ta"))
+            .expect_err("reuse");
+        assert!(matches!(
+            e,
+            CoreError::Policy {
+                rule: "unauthorized",
+                ..
+            }
+        ));
+        assert!(sa.account("ta", "E2").expect("q").is_none(), "rolled back");
+        assert!(sa.eab_key("tb", "k1").expect("q").is_none());
+
+        // Key rollover to a key another account holds is refused; deactivation ends pending
+        // authorizations.
+        assert_eq!(
+            sa.change_account_key("ta", "B", "{}", "tpE1", &audit("key", "ta"))
+                .expect("q"),
+            Some("E1".into())
+        );
+        assert_eq!(
+            sa.change_account_key("ta", "B", "{\"n\":1}", "tpB2", &audit("key", "ta"))
+                .expect("q"),
+            None
+        );
+        assert_eq!(
+            sb.account_by_thumbprint("ta", "tpB2")
+                .expect("q")
+                .map(|a| a.account_id),
+            Some("B".into())
+        );
+        sa.insert_order(
+            &order("ta", "B", "o9", &["z9"]),
+            &[authz("ta", "B", "z9", "b.example")],
+            &audit("order", "ta"),
+        )
+        .expect("order");
+        let mut deact = sa.account("ta", "B").expect("q").expect("B");
+        deact.status = "deactivated".into();
+        sb.update_account(&deact, &audit("deactivate", "ta"))
+            .expect("deactivate");
+        assert_eq!(
+            sa.authz("ta", "B", "z9").expect("q").expect("z").status,
+            "deactivated"
+        );
+        assert!(sa.update_account(&deact, &audit("again", "ta")).is_err());
+
+        // Every change above audited on one chain.
+        let v = certgate_core::audit::verify_chain(&a.audit_records().expect("records"), None);
+        assert_eq!(v.error, None);
+        // And the app role without a tenant sees no ACME rows.
+        let (ok, out, err) = pg.psql_as_app("SELECT count(*) FROM acme_accounts");
+        assert!(ok, "{err}");
+        assert_eq!(out.trim(), "0");
+    }
+}

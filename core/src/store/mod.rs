@@ -10,6 +10,7 @@ pub mod acme;
 pub mod cmp;
 pub mod pending;
 pub mod pg;
+mod pg_acme;
 mod pg_schema;
 mod pg_status;
 pub mod scep;

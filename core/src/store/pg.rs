@@ -32,7 +32,7 @@ use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{NoTls, Row};
 use zeroize::Zeroizing;
 
-use super::pg_schema::{MIGRATION_LOCK, MIGRATIONS, TENANT_TABLES, rls_sql};
+use super::pg_schema::{MIGRATION_LOCK, MIGRATIONS, rls_sql};
 use super::{
     CaRec, CeremonyRec, CertRec, IntentOutcome, IntentRec, ProfileRec, RevokeOp, Store, TenantRec,
 };
@@ -297,26 +297,25 @@ async fn migrate(owner: tokio_postgres::Config, app_user: String) -> Result<i32>
         0,
     )?;
     let mut latest = current;
-    for (version, sql) in MIGRATIONS {
-        if *version <= current {
+    for m in MIGRATIONS {
+        let version = m.version;
+        if version <= current {
             continue;
         }
-        tx.batch_execute(sql).await.map_err(db)?;
-        if *version == 1 {
-            for (table, column) in TENANT_TABLES {
-                tx.batch_execute(&rls_sql(table, column))
-                    .await
-                    .map_err(db)?;
-            }
+        tx.batch_execute(m.sql).await.map_err(db)?;
+        for (table, column) in m.tenant_tables {
+            tx.batch_execute(&rls_sql(table, column))
+                .await
+                .map_err(db)?;
         }
         tx.execute(
             "INSERT INTO certgate_schema (version, applied_unix) VALUES ($1, $2)",
-            &[version, &crate::now_unix()],
+            &[&version, &crate::now_unix()],
         )
         .await
         .map_err(db)?;
         tracing::info!(version, "postgres migration applied");
-        latest = *version;
+        latest = version;
     }
     let app = ident(&app_user);
     tx.batch_execute(&format!(
@@ -437,7 +436,7 @@ impl PgStore {
                  would not apply. Connect as an ordinary app role (docs/postgres.md)"
             )));
         }
-        let want = MIGRATIONS.last().map_or(0, |m| m.0);
+        let want = MIGRATIONS.last().map_or(0, |m| m.version);
         if version != want {
             return Err(CoreError::Store(format!(
                 "postgres schema is at version {version}, this core needs {want} \
@@ -642,8 +641,12 @@ fn ceremony_row(r: &Row) -> Result<CeremonyRec> {
 type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
 impl Store for PgStore {
-    // ACME, CMP and SCEP state are not implemented on PostgreSQL yet (docs/postgres.md): their
-    // services answer UNIMPLEMENTED / an internal error rather than pretend.
+    // CMP, SCEP and pending-approval state are not implemented on PostgreSQL yet
+    // (docs/postgres.md): their services answer UNIMPLEMENTED / a clear error rather than pretend.
+
+    fn as_acme(&self) -> Option<&dyn super::acme::AcmeStore> {
+        Some(self)
+    }
 
     fn put_tenant(&self, t: &TenantRec, audit: &AuditEntry) -> Result<bool> {
         let (t, audit) = (t.clone(), audit.clone());

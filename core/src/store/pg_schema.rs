@@ -15,11 +15,32 @@
 /// The advisory lock key (two int4) that serialises migrations between cores starting together.
 pub(crate) const MIGRATION_LOCK: (i32, i32) = (0x6365_7274, 1);
 
-/// Migrations: (version, SQL). Applied in order; the latest version is the last entry's.
-pub(crate) const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+/// A migration: its SQL, then row-level security for the tenant tables it creates.
+pub(crate) struct Migration {
+    /// Version (1, 2, ...).
+    pub(crate) version: i32,
+    /// The statements.
+    pub(crate) sql: &'static str,
+    /// (table, tenant column) pairs that get the tenant policy.
+    pub(crate) tenant_tables: &'static [(&'static str, &'static str)],
+}
 
-/// The tables row-level security applies to, with their tenant column.
-pub(crate) const TENANT_TABLES: &[(&str, &str)] = &[
+/// Migrations, applied in order; the latest version is the last entry's.
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: V1,
+        tenant_tables: V1_TENANT_TABLES,
+    },
+    Migration {
+        version: 2,
+        sql: V2_ACME,
+        tenant_tables: V2_TENANT_TABLES,
+    },
+];
+
+/// The tables of migration 1 that row-level security applies to, with their tenant column.
+const V1_TENANT_TABLES: &[(&str, &str)] = &[
     ("tenants", "name"),
     ("profiles", "tenant"),
     ("cas", "tenant"),
@@ -263,6 +284,96 @@ CREATE POLICY audit_append ON audit FOR INSERT WITH CHECK (true);
 CREATE POLICY audit_read ON audit FOR SELECT USING (COALESCE(certgate_scope() = '*', false));
 CREATE POLICY audit_sign ON audit FOR UPDATE USING (COALESCE(certgate_scope() = '*', false));
 "#;
+
+/// The ACME state tables (mirroring the SQLite store's; booleans as BOOLEAN, JSON lists as TEXT).
+const V2_ACME: &str = r#"
+CREATE TABLE acme_settings (
+    tenant TEXT PRIMARY KEY,
+    terms_of_service TEXT NOT NULL,
+    website TEXT NOT NULL,
+    caa_identities TEXT NOT NULL,
+    eab_required BOOLEAN NOT NULL
+);
+CREATE TABLE acme_eab_keys (
+    tenant TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    hmac_key BYTEA NOT NULL,
+    account_id TEXT NOT NULL DEFAULT '',
+    created_unix BIGINT NOT NULL,
+    PRIMARY KEY (tenant, key_id)
+);
+CREATE TABLE acme_accounts (
+    tenant TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    contacts TEXT NOT NULL,
+    terms_agreed BOOLEAN NOT NULL,
+    jwk_json TEXT NOT NULL,
+    jwk_thumbprint TEXT NOT NULL,
+    eab_key_id TEXT NOT NULL,
+    created_unix BIGINT NOT NULL,
+    PRIMARY KEY (tenant, account_id),
+    UNIQUE (tenant, jwk_thumbprint)
+);
+CREATE TABLE acme_orders (
+    seq BIGSERIAL PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    expires_unix BIGINT NOT NULL,
+    identifiers TEXT NOT NULL,
+    authz_ids TEXT NOT NULL,
+    not_before_unix BIGINT NOT NULL,
+    not_after_unix BIGINT NOT NULL,
+    error BYTEA NOT NULL,
+    certificate_serial_hex TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    replaces TEXT NOT NULL,
+    created_unix BIGINT NOT NULL,
+    csr_der BYTEA NOT NULL DEFAULT ''::bytea,
+    UNIQUE (tenant, order_id)
+);
+CREATE INDEX acme_orders_account ON acme_orders(tenant, account_id, seq);
+CREATE INDEX acme_orders_serial ON acme_orders(tenant, certificate_serial_hex)
+    WHERE certificate_serial_hex <> '';
+CREATE TABLE acme_authzs (
+    tenant TEXT NOT NULL,
+    authz_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    id_type TEXT NOT NULL,
+    id_value TEXT NOT NULL,
+    wildcard BOOLEAN NOT NULL,
+    status TEXT NOT NULL,
+    expires_unix BIGINT NOT NULL,
+    created_unix BIGINT NOT NULL,
+    PRIMARY KEY (tenant, authz_id)
+);
+CREATE INDEX acme_authzs_reuse ON acme_authzs(tenant, account_id, id_type, id_value, wildcard);
+CREATE TABLE acme_challenges (
+    tenant TEXT NOT NULL,
+    challenge_id TEXT NOT NULL,
+    authz_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    idx BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    token TEXT NOT NULL,
+    validated_unix BIGINT NOT NULL,
+    error BYTEA NOT NULL,
+    PRIMARY KEY (tenant, challenge_id)
+);
+CREATE INDEX acme_challenges_authz ON acme_challenges(tenant, authz_id, idx);
+"#;
+
+const V2_TENANT_TABLES: &[(&str, &str)] = &[
+    ("acme_settings", "tenant"),
+    ("acme_eab_keys", "tenant"),
+    ("acme_accounts", "tenant"),
+    ("acme_orders", "tenant"),
+    ("acme_authzs", "tenant"),
+    ("acme_challenges", "tenant"),
+];
 
 /// Row-level security statements for one tenant table (part of migration 1, generated so every
 /// table gets the same policy).
