@@ -267,3 +267,125 @@ async fn redis_down_fails_closed_then_recovers_on_the_same_port() {
             .is_err()
     );
 }
+
+mod ocsp_tier {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, SystemTime};
+
+    use bytes::Bytes;
+    use certgate_e2e::redis::RedisServer;
+    use certgate_edge::shared::redis_ocsp::OcspTier;
+    use certgate_edge::status::MissError;
+    use certgate_ocsp::{CacheKey, CachedResponse, CertKey, HashAlg, Serial};
+
+    fn key(serial: u8) -> CacheKey {
+        CacheKey::Ocsp {
+            tenant: "default".into(),
+            cert: CertKey {
+                issuer: "issuer-1".into(),
+                alg: HashAlg::Sha1,
+                serial: Serial::from_bytes(&[serial, 7]).expect("serial"),
+            },
+        }
+    }
+
+    fn resp(len: usize, valid_for: Duration) -> CachedResponse {
+        let now = SystemTime::now();
+        CachedResponse {
+            der: Bytes::from(vec![0x30; len]),
+            content_type: certgate_ocsp::OCSP_RESPONSE_CONTENT_TYPE,
+            this_update: now,
+            next_update: now + valid_for,
+            etag: Bytes::from_static(b"\"e\""),
+            last_modified_header: Bytes::new(),
+            expires_header: Bytes::new(),
+        }
+    }
+
+    /// What the status cache's validation does, for these fake responses: the bytes must be
+    /// the expected ones (a core answer for exactly this key).
+    fn validate(
+        expected: CachedResponse,
+    ) -> impl FnOnce(Vec<u8>) -> Result<CachedResponse, MissError> {
+        move |der| {
+            if der == expected.der {
+                Ok(expected)
+            } else {
+                Err(MissError::Unavailable(1))
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_core_answer_at_one_edge_is_a_redis_hit_at_another_and_bounded() {
+        let mut redis = RedisServer::start();
+        let tier = |max: usize| OcspTier::new(super::pool(&redis.url()), max, 3600);
+        let (a, b) = (tier(1024), tier(1024));
+        let core_calls = AtomicUsize::new(0);
+        let core = |r: CachedResponse| {
+            let calls = &core_calls;
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok(r)
+            }
+        };
+        let r1 = resp(300, Duration::from_secs(600));
+
+        // Miss at A: the core answers, the answer goes to Redis with the response's validity.
+        let got = a
+            .fetch_through(&key(1), validate(r1.clone()), core(r1.clone()))
+            .await;
+        assert_eq!(got.as_ref().map(|r| r.der.len()), Ok(300));
+        assert_eq!(core_calls.load(Ordering::SeqCst), 1);
+        let rkey = a.key(&key(1)).expect("an OCSP key");
+        let ttl: i64 = redis.cli(&["TTL", &rkey]).parse().expect("ttl");
+        assert!((590..=600).contains(&ttl), "TTL follows nextUpdate: {ttl}");
+
+        // At B: a Redis hit, the core is not asked.
+        let got = b
+            .fetch_through(&key(1), validate(r1.clone()), core(r1.clone()))
+            .await;
+        assert_eq!(got.map(|r| r.der), Ok(r1.der.clone()));
+        assert_eq!(core_calls.load(Ordering::SeqCst), 1);
+
+        // A value that fails validation is not served: the core answers instead.
+        let other = resp(200, Duration::from_secs(600));
+        let got = b
+            .fetch_through(&key(1), validate(other.clone()), core(other.clone()))
+            .await;
+        assert_eq!(got.map(|r| r.der.len()), Ok(200));
+        assert_eq!(core_calls.load(Ordering::SeqCst), 2);
+
+        // Bounded: a response over the limit is neither stored nor read back whole.
+        let small = tier(100);
+        let big = resp(101, Duration::from_secs(600));
+        let got = small
+            .fetch_through(&key(2), validate(big.clone()), core(big.clone()))
+            .await;
+        assert!(got.is_ok());
+        assert_eq!(
+            redis.cli(&["EXISTS", &small.key(&key(2)).expect("key")]),
+            "0"
+        );
+        // key(1) holds 200 bytes now: oversized for `small`, so a miss there.
+        let got = small
+            .fetch_through(&key(1), validate(other.clone()), core(other.clone()))
+            .await;
+        assert!(got.is_ok());
+        assert_eq!(core_calls.load(Ordering::SeqCst), 4);
+        // An expired response is not stored.
+        let stale = resp(50, Duration::ZERO);
+        let _ = a
+            .fetch_through(&key(3), validate(stale.clone()), core(stale.clone()))
+            .await;
+        assert_eq!(redis.cli(&["EXISTS", &a.key(&key(3)).expect("key")]), "0");
+
+        // Redis down: the core answers, nothing is refused.
+        redis.stop();
+        let got = a
+            .fetch_through(&key(1), validate(r1.clone()), core(r1.clone()))
+            .await;
+        assert_eq!(got.map(|r| r.der.len()), Ok(300));
+        assert_eq!(core_calls.load(Ordering::SeqCst), 6);
+    }
+}
