@@ -223,7 +223,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         )?;
         let presented = spiffe_id_of(end_entity.as_ref());
         match presented {
-            Some(id) if self.allowed.iter().any(|a| *a == id) => {
+            Some(id) if self.allowed.contains(&id) => {
                 Ok(ServerCertVerified::assertion())
             }
             other => {
