@@ -68,7 +68,10 @@ pub struct StatusSettings {
     pub limits: Limits,
     /// Entries of the exact-request-bytes memo (raw GET segment / POST body → cache entry),
     /// checked before any decoding; 0 disables it. Each holds at most
-    /// `certgate_ocsp::memo::MAX_KEY` bytes of key and a reference to a cache entry.
+    /// `certgate_ocsp::memo::MAX_KEY` bytes of key (~130 for a usual one-CertID request) and a
+    /// reference to a cache entry: the default 32,768 is ~6 MB typical, ~18 MB of keys at worst,
+    /// plus entries the cache already dropped but a memo slot still references (until the same
+    /// request is memoized again or the slot is evicted).
     pub memo_entries: usize,
 }
 
@@ -78,7 +81,7 @@ impl Default for StatusSettings {
             cache_max_bytes: 256 << 20,
             max_miss_in_flight: 256,
             limits: Limits::default(),
-            memo_entries: 65_536,
+            memo_entries: 32_768,
         }
     }
 }
