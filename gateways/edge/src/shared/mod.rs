@@ -234,6 +234,11 @@ impl RedisPool {
     /// Redis is down, and its requests fail closed until Redis is there).
     pub fn new(cfg: &RedisConfig) -> Result<Arc<Self>, SharedError> {
         cfg.validate().map_err(SharedError::Config)?;
+        metrics::describe_counter!(REDIS_OPS_TOTAL, "Redis operations of the fleet state");
+        metrics::describe_counter!(
+            REDIS_FALLBACKS_TOTAL,
+            "Decisions taken without Redis because it failed"
+        );
         let mut info = cfg
             .url
             .as_str()
@@ -245,6 +250,8 @@ impl RedisPool {
                     path: path.clone(),
                     source,
                 })?);
+            // The redis client keeps its own copy for reconnecting (not zeroized by us); ours
+            // is wiped when `raw` drops.
             let text = std::str::from_utf8(&raw)
                 .map_err(|_| SharedError::Config("the redis password is not UTF-8".into()))?;
             let settings = info.redis_settings().clone().set_password(text.trim_end());
