@@ -90,28 +90,33 @@ struct Setup {
     cores: Vec<CoreProc>,
 }
 
-/// `certgate fleet cert` for `spiffe` into `pki`, named `name`.
-fn fleet_cert(fleet: &Fleet, pki: &Path, spiffe: &str, name: &str) {
-    let (ok, out, err) = fleet.cli(&[
-        "fleet",
-        "cert",
-        "--spiffe",
-        spiffe,
-        "--out",
-        &s(pki),
-        "--name",
-        name,
-        "--dns",
-        "localhost",
-    ]);
+/// `certgate fleet cert` for `spiffe` into `pki`, named `name` (with `dns` as a DNS SAN, or an
+/// empty subject and only the URI SAN); checks the result with OpenSSL and pkilint.
+fn fleet_cert(fleet: &Fleet, pki: &Path, spiffe: &str, name: &str, dns: Option<&str>) {
+    let mut args = vec!["fleet", "cert", "--spiffe", spiffe, "--name", name];
+    let out_dir = s(pki);
+    args.extend(["--out", &out_dir]);
+    if let Some(d) = dns {
+        args.extend(["--dns", d]);
+    }
+    let (ok, out, err) = fleet.cli(&args);
     assert!(ok, "certgate fleet cert {spiffe}: {out}{err}");
+    let leaf = pki.join(format!("{name}.leaf.pem"));
+    let (ok, _, err) = run(Command::new("openssl").args([
+        "x509",
+        "-in",
+        &s(&pki.join(format!("{name}.pem"))),
+        "-out",
+        &s(&leaf),
+    ]));
+    assert!(ok, "{err}");
     let (ok, text, err) = run(Command::new("openssl").args([
         "x509",
         "-noout",
         "-ext",
         "subjectAltName,extendedKeyUsage",
         "-in",
-        &s(&pki.join(format!("{name}.pem"))),
+        &s(&leaf),
     ]));
     assert!(ok, "{err}");
     assert!(text.contains(&format!("URI:{spiffe}")), "{text}");
@@ -119,6 +124,29 @@ fn fleet_cert(fleet: &Fleet, pki: &Path, spiffe: &str, name: &str) {
         text.contains("TLS Web Client Authentication") && text.contains("TLS Web Server"),
         "{text}"
     );
+    // Chains to the issuing CA written as ca.pem (the fleet trust anchor).
+    let (_, out, err) = run(Command::new("openssl").args([
+        "verify",
+        "-partial_chain",
+        "-CAfile",
+        &s(&pki.join("ca.pem")),
+        &s(&leaf),
+    ]));
+    assert!(out.contains(": OK"), "openssl verify {name}: {out}{err}");
+    // RFC 5280 lints: zero findings at ERROR or above, except pkilint's URI check, which accepts
+    // only web schemes (python `validators.url`) and so flags every `spiffe://` URI although it
+    // is valid RFC 3986 syntax.
+    let (_, out, err) = run(Command::new("lint_pkix_cert")
+        .args(["lint", "-s", "ERROR", "--document-format", "PEM"])
+        .arg(&leaf));
+    assert!(err.trim().is_empty(), "pkilint {name}: {err}");
+    for finding in out.lines().filter(|l| l.contains("): ")) {
+        assert!(
+            finding.contains("pkix.invalid_uri_syntax")
+                && finding.contains(&format!("\"{spiffe}\"")),
+            "pkilint {name}:\n{out}"
+        );
+    }
 }
 
 /// A CA that is not certgate's, and a leaf from it claiming the allowed edge SPIFFE ID.
@@ -156,14 +184,46 @@ fn setup() -> Setup {
     fleet.start_signer();
     fleet.start_core();
     let pki = fleet.scratch().join("pki");
-    for (id, name) in [
-        ("core/a", "core-a"),
-        ("core/b", "core-b"),
-        ("edge/1", "edge-1"),
-        ("edge/2", "edge-2"),
+    for (id, name, dns) in [
+        ("core/a", "core-a", Some("core-a.fleet.test")),
+        ("core/b", "core-b", Some("core-b.fleet.test")),
+        ("edge/1", "edge-1", None),
+        ("edge/2", "edge-2", None),
     ] {
-        fleet_cert(&fleet, &pki, &format!("{TD}/{id}"), name);
+        fleet_cert(&fleet, &pki, &format!("{TD}/{id}"), name, dns);
     }
+    // Only the fleet profile issues SPIFFE IDs: the tenant's default profile refuses a CSR with one.
+    let csr = pki.join("spiffe.csr");
+    let (ok, _, err) = run(Command::new("openssl").args([
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &s(&pki.join("spiffe.key")),
+        "-out",
+        &s(&csr),
+        "-subj",
+        "/CN=a.example",
+        "-addext",
+        &format!("subjectAltName=DNS:a.example,URI:{TD}/edge/9"),
+    ]));
+    assert!(ok, "{err}");
+    let (ok, out, err) = fleet.cli(&[
+        "cert",
+        "issue",
+        "--csr",
+        &s(&csr),
+        "--out",
+        &s(&pki.join("spiffe.pem")),
+    ]);
+    assert!(
+        !ok && format!("{out}{err}").contains("allowed_uri_prefixes"),
+        "the default profile must refuse a SPIFFE ID: {out}{err}"
+    );
     foreign_identity(&pki);
     fleet.stop_core();
 
@@ -471,7 +531,7 @@ async fn ca_chain_over_mtls(
             .expect("client config");
     let channel = certgate_proto::transport::tls_channel(
         addr,
-        rustls_pki_types::ServerName::try_from("localhost").expect("name"),
+        rustls_pki_types::ServerName::try_from("core-a.fleet.test").expect("name"),
         config,
     );
     let mut core = certgate_proto::core::core_client::CoreClient::new(channel);
