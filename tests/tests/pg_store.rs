@@ -584,6 +584,8 @@ mod processes {
 
     use certgate_e2e::pg::PgServer;
     use certgate_e2e::{ChildGuard, bin, run, temp_dir, wait_for_path};
+    use certgate_proto::acme::NewAccountRequest;
+    use certgate_proto::acme::acme_client::AcmeClient;
     use certgate_proto::admin::admin_client::AdminClient;
     use certgate_proto::admin::{
         ApproveCeremonyRequest, CeremonyAction, CreateIntermediate, CreateIssuingCaRequest,
@@ -835,6 +837,21 @@ mod processes {
         }
     }
 
+    /// A fresh P-256 account key as a JWK JSON string.
+    fn account_jwk() -> String {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("generate");
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+            .expect("key");
+        let pk = key.public_key().as_ref();
+        serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&pk[1..33]), "y": b64(&pk[33..65])})
+            .to_string()
+    }
+
     fn issue(key: &str, csr: Vec<u8>) -> IssueRequest {
         IssueRequest {
             tenant: "default".into(),
@@ -852,6 +869,34 @@ mod processes {
         let pg = PgServer::start();
         let mut f = Cores::start(&pg);
         f.bootstrap().await;
+
+        // ACME state is shared: an account created through core A is the key's account on B.
+        let jwk = account_jwk();
+        let new_account = |jwk: &str| NewAccountRequest {
+            tenant: "default".into(),
+            jwk_json: jwk.to_owned(),
+            terms_agreed: true,
+            new_account_url: "https://127.0.0.1/acme/new-acct".into(),
+            ..Default::default()
+        };
+        let first = AcmeClient::new(f.channel(0))
+            .new_account(new_account(&jwk))
+            .await
+            .expect("newAccount on A")
+            .into_inner();
+        let again = AcmeClient::new(f.channel(1))
+            .new_account(new_account(&jwk))
+            .await
+            .expect("newAccount on B")
+            .into_inner();
+        assert!(
+            first.created && !again.created,
+            "one account per key across cores"
+        );
+        assert_eq!(
+            first.account.map(|a| a.account_id),
+            again.account.map(|a| a.account_id)
+        );
 
         // One key, two cores: one certificate.
         let csr = f.csr("pg1.example.com");
