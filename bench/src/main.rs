@@ -17,13 +17,18 @@
 //!
 //! `certgate-bench cmp` measures MAC-protected CMP ir+certConf transactions per second under
 //! `certgate up` next to OpenSSL's mock CMP server and the core's direct Issue rate (`cmp.rs`).
+//!
+//! `certgate-bench est` / `scep` measure EST simpleenroll / SCEP PKCSReq enrollments per second
+//! under `certgate up` next to the core's direct Issue rate in the same run (`est.rs`, `scep.rs`).
 #![forbid(unsafe_code)]
 
 mod acme;
 mod cmp;
+mod est;
 mod issue;
 mod ocsp;
 mod ocsp_callgrind;
+mod scep;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -62,6 +67,12 @@ enum Cmd {
     /// CMP ir+certConf transactions per second (MAC): certgate up vs OpenSSL's mock server vs
     /// the core's direct Issue rate.
     Cmp(cmp::CmpArgs),
+    /// EST simpleenroll enrollments per second (HTTP Basic, keep-alive) vs the core's direct
+    /// Issue rate in the same run.
+    Est(est::EstArgs),
+    /// SCEP PKCSReq enrollments per second (keep-alive) vs the core's direct Issue rate in the
+    /// same run.
+    Scep(scep::ScepArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -497,5 +508,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ocsp(args) => ocsp::ocsp(args),
         Cmd::Acme(args) => acme::acme(args),
         Cmd::Cmp(args) => cmp::cmp(args),
+        Cmd::Est(args) => est::est(args),
+        Cmd::Scep(args) => scep::scep(args),
     }
 }

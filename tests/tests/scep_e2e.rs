@@ -390,11 +390,21 @@ fn get_cert_get_crl_and_malformed(fleet: &Fleet, url: &str, ra: &Path, cert: &Pa
     assert_eq!(reply.status, certgate_scep::PkiStatus::Failure);
     assert_eq!(reply.fail_info, Some(certgate_scep::FailInfo::BadCertId));
 
-    // A tampered signature: nothing verified to answer to → HTTP 400.
+    // A tampered signature: RFC 8894 §3.3.2.2 CertRep FAILURE badMessageCheck, addressed with the
+    // (unverified) transactionID and senderNonce; no certificate in it.
     let mut bad = msg("21", "getcert-2");
     let n = bad.len();
     bad[n - 5] ^= 0x55;
-    assert_eq!(post(fleet, url, &bad, "tampered").0, 400);
+    let (code, body) = post(fleet, url, &bad, "tampered");
+    assert_eq!(code, 200);
+    let reply = read_reply(&body, &key).expect("FAILURE reply to a tampered message");
+    assert_eq!(reply.status, certgate_scep::PkiStatus::Failure);
+    assert_eq!(
+        reply.fail_info,
+        Some(certgate_scep::FailInfo::BadMessageCheck)
+    );
+    assert_eq!(reply.transaction_id, "getcert-2");
+    assert!(reply.certs.is_empty());
 
     let (ok, caps, err) =
         run(Command::new("curl").args(["-s", "-f", &format!("{url}?operation=GetCACaps")]));

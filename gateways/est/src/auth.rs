@@ -4,9 +4,12 @@
 //! An unknown user costs the same derivation as a known one (against a fixed dummy hash), so
 //! timing does not tell which user names exist.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use aws_lc_rs::pbkdf2;
+use aws_lc_rs::{hmac, pbkdf2};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use zeroize::Zeroizing;
@@ -70,6 +73,68 @@ pub struct PasswordHash {
     iterations: NonZeroU32,
     salt: Vec<u8>,
     hash: Vec<u8>,
+    /// Recently verified (user name, password) pairs, shared by clones of this hash.
+    verified: Arc<VerifiedCache>,
+}
+
+/// How long a verified (user name, password) pair is answered from [`VerifiedCache`].
+const VERIFIED_TTL: Duration = Duration::from_secs(300);
+/// Most pairs remembered per stored hash (I-8); beyond, expired entries go, then all.
+const VERIFIED_MAX: usize = 1024;
+
+/// Why this exists: one PBKDF2 derivation at 10,000 iterations costs more edge CPU than the rest
+/// of an EST enrollment (two thirds of the edge's CPU in the `est` bench), and a device that
+/// enrolls over and over presents the same credentials each time. After a full derivation has
+/// accepted a pair, its HMAC-SHA256 under a random per-process key (never the password, never a
+/// plain digest of it) is remembered for [`VERIFIED_TTL`]; the same pair then verifies by
+/// recomputing that tag. Only successes are remembered, so every wrong password, and every right
+/// password with a wrong user name, still pays the full derivation (no timing difference for
+/// guesses). A new stored hash (config change) starts with an empty cache.
+struct VerifiedCache {
+    key: hmac::Key,
+    seen: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+impl VerifiedCache {
+    fn new() -> Result<Self, EstError> {
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &aws_lc_rs::rand::SystemRandom::new())
+            .map_err(|_| EstError::KeyGen)?;
+        Ok(Self {
+            key,
+            seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// HMAC(key, len(user) ‖ user ‖ password).
+    fn tag(&self, username: &[u8], password: &[u8]) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(&(username.len() as u64).to_be_bytes());
+        ctx.update(username);
+        ctx.update(password);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    fn hit(&self, tag: &[u8; 32]) -> bool {
+        let Ok(seen) = self.seen.lock() else {
+            return false;
+        };
+        seen.get(tag).is_some_and(|t| t.elapsed() < VERIFIED_TTL)
+    }
+
+    fn remember(&self, tag: [u8; 32]) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        if seen.len() >= VERIFIED_MAX {
+            seen.retain(|_, t| t.elapsed() < VERIFIED_TTL);
+            if seen.len() >= VERIFIED_MAX {
+                seen.clear();
+            }
+        }
+        seen.insert(tag, Instant::now());
+    }
 }
 
 impl std::fmt::Debug for PasswordHash {
@@ -114,6 +179,7 @@ impl PasswordHash {
             iterations,
             salt,
             hash,
+            verified: Arc::new(VerifiedCache::new()?),
         })
     }
 
@@ -155,14 +221,25 @@ pub struct BasicUser {
 
 /// Checks `creds` against `user` without revealing (by timing) whether the name matched: the
 /// derivation runs either way. Both name and password must match.
+/// A pair that passed this check recently is answered from the hash's verified-pairs cache
+/// (see `VerifiedCache`: a keyed tag of exactly that pair, successes only).
 pub fn check_basic(user: &BasicUser, creds: &BasicCredentials) -> bool {
+    let cache = &user.hash.verified;
+    let tag = cache.tag(creds.username.as_bytes(), &creds.password);
+    if cache.hit(&tag) {
+        return true;
+    }
     let password_ok = user.hash.verify(&creds.password);
     let name_ok = aws_lc_rs::constant_time::verify_slices_are_equal(
         user.username.as_bytes(),
         creds.username.as_bytes(),
     )
     .is_ok();
-    password_ok & name_ok
+    let ok = password_ok & name_ok;
+    if ok {
+        cache.remember(tag);
+    }
+    ok
 }
 
 #[cfg(test)]
@@ -214,5 +291,43 @@ mod tests {
             parse_basic(format!("Basic {}", STANDARD.encode("other:pa:ss")).as_bytes())
                 .expect("parses");
         assert!(!check_basic(&user, &wrong_user));
+    }
+
+    #[test]
+    fn verified_pairs_are_remembered_and_nothing_else() {
+        let user = BasicUser {
+            username: "est-dev".into(),
+            hash: PasswordHash::parse(&hash_password(b"right", 1000).expect("h")).expect("p"),
+        };
+        let creds = |u: &str, p: &str| {
+            parse_basic(format!("Basic {}", STANDARD.encode(format!("{u}:{p}"))).as_bytes())
+                .expect("parses")
+        };
+        let cache = &user.hash.verified;
+        // Failures are never remembered.
+        assert!(!check_basic(&user, &creds("est-dev", "wrong")));
+        assert!(!check_basic(&user, &creds("other", "right")));
+        assert!(cache.seen.lock().expect("lock").is_empty());
+        // A success is, as a keyed tag of the pair (not the password).
+        assert!(check_basic(&user, &creds("est-dev", "right")));
+        let tag = cache.tag(b"est-dev", b"right");
+        assert!(cache.hit(&tag));
+        assert_eq!(cache.seen.lock().expect("lock").len(), 1);
+        assert!(check_basic(&user, &creds("est-dev", "right")));
+        // The remembered pair does not let another user name or password through.
+        assert!(!check_basic(&user, &creds("other", "right")));
+        assert!(!check_basic(&user, &creds("est-dev", "right ")));
+        // Another stored hash (a config change) starts empty.
+        let other = PasswordHash::parse(&hash_password(b"right", 1000).expect("h")).expect("p");
+        assert!(
+            !other
+                .verified
+                .hit(&other.verified.tag(b"est-dev", b"right"))
+        );
+        // Bounded.
+        for i in 0..(VERIFIED_MAX + 10) {
+            cache.remember(cache.tag(b"u", &i.to_be_bytes()));
+        }
+        assert!(cache.seen.lock().expect("lock").len() <= VERIFIED_MAX);
     }
 }

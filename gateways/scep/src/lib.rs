@@ -68,9 +68,10 @@ impl PkiStatus {
     }
 }
 
-/// Why a message was rejected. `fail_info` tells the edge which CertRep to send; a message that
-/// could not even be parsed far enough to answer (no transactionID/senderNonce/signer cert)
-/// is answered with HTTP 400 instead.
+/// Why a message was rejected. `fail_info` tells the edge which CertRep to send. A message
+/// refused by [`parse_pki_message`] carries `reply_to` when its SignedData could be read far
+/// enough to address a CertRep FAILURE (transactionID and senderNonce, RFC 8894 §3.3.2.2); only a
+/// message without them is answered with HTTP 400.
 #[derive(Debug, thiserror::Error)]
 #[error("{reason}")]
 pub struct ScepError {
@@ -78,6 +79,21 @@ pub struct ScepError {
     pub fail_info: FailInfo,
     /// A short description for logs (never contains secrets).
     pub reason: String,
+    /// Where a CertRep FAILURE for a message that did not parse or verify goes, if anywhere.
+    pub reply_to: Option<Box<ReplyTo>>,
+}
+
+/// The fields of a refused request that a CertRep FAILURE needs: they are taken from the signed
+/// attributes *without* trusting them (the signature may be the very thing that failed), which
+/// is all a FAILURE carries back — no certificate, no encrypted content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// transactionID, echoed.
+    pub transaction_id: String,
+    /// senderNonce, echoed as recipientNonce.
+    pub sender_nonce: Vec<u8>,
+    /// The request's digest algorithm if supported (SHA-256 otherwise).
+    pub digest: DigestAlg,
 }
 
 impl ScepError {
@@ -85,6 +101,7 @@ impl ScepError {
         Self {
             fail_info,
             reason: reason.into(),
+            reply_to: None,
         }
     }
 }

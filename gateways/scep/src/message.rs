@@ -1,7 +1,7 @@
 //! PKIOperation request parsing: SignedData → signed attributes → signature check →
 //! EnvelopedData → (CEK from the RA) → content.
 
-use crate::{FailInfo, ScepError, oids};
+use crate::{FailInfo, ReplyTo, ScepError, oids};
 use aws_lc_rs::cipher::{
     AES_128, AES_192, AES_256, DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey,
 };
@@ -192,8 +192,54 @@ fn octets(v: &der::Any) -> Option<Vec<u8>> {
 }
 
 /// Parses a PKIOperation message and verifies the client's signature with the signer
-/// certificate inside it. Errors carry the failInfo to answer with.
+/// certificate inside it. Errors carry the failInfo to answer with and, when the message's
+/// transactionID and senderNonce could be read, [`ScepError::reply_to`] so that the answer can
+/// be a CertRep FAILURE rather than an HTTP error (RFC 8894 §3.3.2.2).
 pub fn parse_pki_message(der_bytes: &[u8]) -> Result<PkiMessage, ScepError> {
+    parse_verified(der_bytes).map_err(|mut e| {
+        if der_bytes.len() <= MAX_MESSAGE_LEN {
+            e.reply_to = reply_to(der_bytes).map(Box::new);
+        }
+        e
+    })
+}
+
+/// The addressing fields of a message that failed [`parse_verified`]: a SignedData with exactly
+/// one SignerInfo whose signed attributes hold one transactionID (1..=128 characters) and one
+/// 16-byte senderNonce. Nothing here is trusted; a FAILURE only echoes them.
+fn reply_to(der_bytes: &[u8]) -> Option<ReplyTo> {
+    let ci = ContentInfo::from_der(der_bytes).ok()?;
+    if ci.content_type != oids::SIGNED_DATA {
+        return None;
+    }
+    let sd: SignedData = ci.content.decode_as().ok()?;
+    let mut infos = sd.signer_infos.0.iter();
+    let (Some(si), None) = (infos.next(), infos.next()) else {
+        return None;
+    };
+    let mut tid = None;
+    let mut nonce = None;
+    for a in si.signed_attrs.as_ref()?.iter() {
+        let mut vals = a.values.iter();
+        let (Some(v), None) = (vals.next(), vals.next()) else {
+            continue;
+        };
+        match a.oid {
+            oids::TRANSACTION_ID => tid = printable(v),
+            oids::SENDER_NONCE => nonce = octets(v),
+            _ => {}
+        }
+    }
+    let transaction_id = tid.filter(|t| !t.is_empty() && t.len() <= 128)?;
+    let sender_nonce = nonce.filter(|n| n.len() == 16)?;
+    Some(ReplyTo {
+        transaction_id,
+        sender_nonce,
+        digest: DigestAlg::from_oid(&si.digest_alg.oid).unwrap_or(DigestAlg::Sha256),
+    })
+}
+
+fn parse_verified(der_bytes: &[u8]) -> Result<PkiMessage, ScepError> {
     if der_bytes.len() > MAX_MESSAGE_LEN {
         return Err(bad(FailInfo::BadRequest, "message too large"));
     }

@@ -347,6 +347,19 @@ impl CertRep {
         )
     }
 
+    /// FAILURE with `fail_info` for a request that did not parse or verify, addressed with the
+    /// fields [`crate::parse_pki_message`] could still read ([`crate::ReplyTo`]).
+    pub fn failure_to(to: &crate::ReplyTo, fail_info: FailInfo) -> Result<Self, ScepError> {
+        Self::build(
+            &to.transaction_id,
+            &to.sender_nonce,
+            to.digest,
+            PkiStatus::Failure,
+            Some(fail_info),
+            None,
+        )
+    }
+
     /// PENDING (manual approval; the client polls with CertPoll).
     pub fn pending(req: &PkiMessage) -> Result<Self, ScepError> {
         Self::build(

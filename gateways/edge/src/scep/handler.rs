@@ -105,8 +105,17 @@ async fn serve(ctx: &EdgeContext, req: EdgeRequest) -> Result<EdgeResponse, Edge
                 der,
             ))
         }
-        // No CA rollover is ever staged here yet: RFC 8894 §3.5.2 says answer "none".
-        (Method::GET, b"GetNextCACert") => Err(EdgeError::NotFound),
+        // The core has no CA rollover (no next CA is ever staged), so GetCACaps does not offer
+        // GetNextCACert (RFC 8894 §3.5.2) and a client that asks anyway gets a plain 404 that
+        // says why, never an empty or made-up SignedData.
+        (Method::GET, b"GetNextCACert") => {
+            metrics::counter!(SCEP_MESSAGES_TOTAL, "tenant" => req.tenant.clone(), "type" => "GetNextCACert", "outcome" => "no_next_ca").increment(1);
+            Ok(response(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "no next CA certificate: no CA rollover is staged for this tenant\n",
+            ))
+        }
         (Method::GET, b"PKIOperation") => {
             let Some(b64) = query_param(req.query.as_deref(), "message") else {
                 return Ok(bad_request("missing message"));
@@ -182,11 +191,17 @@ async fn pki_operation(
     let msg = match certgate_scep::parse_pki_message(der) {
         Ok(m) => m,
         Err(e) => {
-            // Without a verified transactionID, nonce and signer certificate there is nobody to
-            // address a CertRep to.
             metrics::counter!(SCEP_MESSAGES_TOTAL, "tenant" => tenant.to_owned(), "type" => "unknown", "outcome" => fail_label(e.fail_info)).increment(1);
-            warn!(tenant, reason = %e.reason, "SCEP message refused");
-            return Ok(bad_request("malformed or unverifiable SCEP message"));
+            warn!(tenant, reason = %e.reason, fail = fail_label(e.fail_info), "SCEP message refused");
+            // RFC 8894 §3.3.2.2: answer a CertRep FAILURE whenever the message names a
+            // transactionID and senderNonce to echo; without them there is nobody to address
+            // a CertRep to, and the answer is HTTP 400.
+            let Some(to) = e.reply_to.as_deref() else {
+                return Ok(bad_request("malformed SCEP message"));
+            };
+            let rep = CertRep::failure_to(to, e.fail_info)
+                .map_err(|e| EdgeError::Malformed(e.to_string()))?;
+            return sign_cert_rep(ctx, tenant, rep).await;
         }
     };
     let label = type_label(msg.message_type);
@@ -205,6 +220,15 @@ async fn pki_operation(
             CertRep::failure(&msg, fail).map_err(|e| EdgeError::Malformed(e.to_string()))?
         }
     };
+    sign_cert_rep(ctx, tenant, rep).await
+}
+
+/// Has the RA sign `rep` (`Scep.SignAttributes`) and answers it.
+async fn sign_cert_rep(
+    ctx: &EdgeContext,
+    tenant: &str,
+    rep: CertRep,
+) -> Result<EdgeResponse, EdgeError> {
     let signed = ctx
         .core
         .scep_sign_attributes(SignAttributesRequest {
