@@ -224,7 +224,7 @@ async fn serve_connection(
         .map(|c| PeerCerts(Arc::new(*c)));
     let mut h3c: ::h3::server::Connection<h3_quinn::Connection, Bytes> = ::h3::server::builder()
         .max_field_section_size(cfg.max_header_bytes)
-        .build(h3_quinn::Connection::new(conn))
+        .build(h3_quinn::Connection::new(conn.clone()))
         .await
         .map_err(|e| format!("HTTP/3 setup: {e}"))?;
     let header_timeout = Duration::from_millis(pipeline.limits.header_timeout_ms);
@@ -260,8 +260,9 @@ async fn serve_connection(
     // Shutdown: GOAWAY (streams the client opens from now on are rejected by h3 and can be
     // retried elsewhere); requests already accepted finish (up to DRAIN), then the connection
     // closes with H3_NO_ERROR when `h3c` drops.
+    let drain_until = tokio::time::Instant::now() + DRAIN;
     let _ = h3c.shutdown(0).await;
-    let _ = tokio::time::timeout(DRAIN, async {
+    let _ = tokio::time::timeout_at(drain_until, async {
         let mut accepting = true;
         loop {
             tokio::select! {
@@ -274,8 +275,16 @@ async fn serve_connection(
         }
     })
     .await;
+    // A finished response may still sit in quinn's send buffer: closing now would discard it.
+    // Give the client a moment to receive it and close (it has our GOAWAY), within DRAIN.
+    let linger = tokio::time::Instant::now() + LINGER;
+    let _ = tokio::time::timeout_at(linger.min(drain_until), conn.closed()).await;
     Ok(())
 }
+
+/// After the last response of a draining connection, how long it stays open for the client
+/// to receive it and close.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// A request stream whose headers have not been read yet.
 type Resolver = ::h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
