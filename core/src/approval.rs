@@ -29,8 +29,17 @@ use crate::audit::AuditEntry;
 use crate::error::{CoreError, Result};
 use crate::service::State;
 use crate::store::pending::{
-    PendingRec, PendingStore, STATE_APPROVED, STATE_DENIED, STATE_EXPIRED, STATE_PENDING,
+    Decision, PendingRec, PendingStore, STATE_APPROVED, STATE_DENIED, STATE_EXPIRED, STATE_PENDING,
 };
+
+fn decision(to: &str, by: &str, reason: &str, now: i64) -> Decision {
+    Decision {
+        to: to.to_owned(),
+        by: by.to_owned(),
+        reason: reason.to_owned(),
+        now,
+    }
+}
 
 /// `[approval]` in core.toml.
 #[derive(Clone, Debug, Deserialize)]
@@ -171,10 +180,7 @@ pub fn expire_if_due(store: &dyn crate::store::Store, rec: PendingRec) -> Result
         .decide_pending(
             &rec.tenant,
             &rec.id,
-            STATE_EXPIRED,
-            "core",
-            "expired",
-            now,
+            &decision(STATE_EXPIRED, "core", "expired", now),
             &audit,
         )?
         .unwrap_or(rec))
@@ -304,10 +310,7 @@ impl RequestAdmin for RequestAdminService {
             ps.decide_pending(
                 &rec.tenant,
                 &rec.id,
-                STATE_APPROVED,
-                &who,
-                &r.reason,
-                now,
+                &decision(STATE_APPROVED, &who, &r.reason, now),
                 &audit,
             )
         })?
@@ -350,10 +353,7 @@ impl RequestAdmin for RequestAdminService {
             ps.decide_pending(
                 &rec.tenant,
                 &rec.id,
-                STATE_DENIED,
-                &who,
-                &r.reason,
-                crate::now_unix(),
+                &decision(STATE_DENIED, &who, &r.reason, crate::now_unix()),
                 &audit,
             )
         })?
@@ -371,7 +371,9 @@ mod tests {
 
     #[test]
     fn config_bounds_are_checked() {
-        ApprovalConfig::default().check().expect("defaults are valid");
+        ApprovalConfig::default()
+            .check()
+            .expect("defaults are valid");
         let parsed: ApprovalConfig =
             toml::from_str("max_open_per_tenant = 3\nretry_after_seconds = 2").expect("parses");
         assert_eq!(parsed.max_open_per_tenant, 3);

@@ -382,7 +382,10 @@ impl Issuer {
         match ps.insert_pending(&rec, cfg.max_open_per_tenant, &audit)? {
             PendingInsert::Inserted => {
                 tracing::info!(tenant = %rec.tenant, id = %rec.id, protocol = %rec.protocol, "request held for approval");
-                Ok(crate::approval::pending_response(&rec, cfg.retry_after_seconds))
+                Ok(crate::approval::pending_response(
+                    &rec,
+                    cfg.retry_after_seconds,
+                ))
             }
             PendingInsert::Exists(existing) if existing.request_hash != hash => {
                 Err(self.key_reused(req, caller)?)
@@ -393,9 +396,9 @@ impl Issuer {
                     cfg.retry_after_seconds,
                 )),
                 // Decided between our look-up and now: the client's next poll sees it.
-                crate::store::pending::STATE_APPROVED => Ok(crate::approval::pending_response(
-                    &existing, 1,
-                )),
+                crate::store::pending::STATE_APPROVED => {
+                    Ok(crate::approval::pending_response(&existing, 1))
+                }
                 _ => Err(crate::approval::refusal(&existing)),
             },
             PendingInsert::Full => {

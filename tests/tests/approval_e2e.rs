@@ -9,6 +9,7 @@
 //!   `--interval` until approved (SUCCESS), or denied (FAILURE: the client gives up).
 //! - CMP with `openssl cmp`: ip with status waiting, pollReq/pollRep (checkAfter) until approved
 //!   (ip with the certificate, then certConf/pkiConf), or denied (error, notAuthorized).
+//!
 //! Every certificate is checked with `openssl verify`; the audit log records exactly one
 //! `approval.requested` per request and one decision each, and nothing denied is issued.
 

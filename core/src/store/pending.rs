@@ -63,9 +63,22 @@ pub enum PendingInsert {
     /// Recorded now.
     Inserted,
     /// One already exists under this (tenant, idempotency key).
-    Exists(PendingRec),
+    Exists(Box<PendingRec>),
     /// The tenant already holds `max_open` open requests; nothing recorded.
     Full,
+}
+
+/// An operator's (or the expiry's) decision on a pending request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// `approved`, `denied` or `expired`.
+    pub to: String,
+    /// Who decided (the admin caller, or `core` for an expiry).
+    pub by: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub now: i64,
 }
 
 /// Pending-request state.
@@ -90,17 +103,14 @@ pub trait PendingStore: Send + Sync {
         state: Option<&str>,
         limit: usize,
     ) -> Result<Vec<PendingRec>>;
-    /// Moves request (tenant, id) from `pending` to `to` (`approved`, `denied`, `expired`),
-    /// recording who, when and why, with `audit` in the same transaction. Returns the record
+    /// Moves request (tenant, id) from `pending` to `decision.to` (`approved`, `denied`,
+    /// `expired`), recording who, when and why, with `audit` in the same transaction. Returns the record
     /// after the call (unchanged when it was no longer pending; None = no such request).
     fn decide_pending(
         &self,
         tenant: &str,
         id: &str,
-        to: &str,
-        by: &str,
-        reason: &str,
-        now: i64,
+        decision: &Decision,
         audit: &AuditEntry,
     ) -> Result<Option<PendingRec>>;
 }

@@ -5,7 +5,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::pending::{PendingInsert, PendingRec, PendingStore, STATE_PENDING};
+use super::pending::{Decision, PendingInsert, PendingRec, PendingStore, STATE_PENDING};
 use super::sqlite::{SqliteStore, append};
 use crate::audit::AuditEntry;
 use crate::error::Result;
@@ -90,7 +90,7 @@ impl PendingStore for SqliteStore {
         let audit = audit.clone();
         self.tx(move |tx| {
             if let Some(existing) = by_key(tx, &rec.tenant, &rec.idem_key)? {
-                return Ok(PendingInsert::Exists(existing));
+                return Ok(PendingInsert::Exists(Box::new(existing)));
             }
             let open: i64 = tx.query_row(
                 "SELECT count(*) FROM pending_requests
@@ -156,19 +156,16 @@ impl PendingStore for SqliteStore {
         &self,
         tenant: &str,
         id: &str,
-        to: &str,
-        by: &str,
-        reason: &str,
-        now: i64,
+        decision: &Decision,
         audit: &AuditEntry,
     ) -> Result<Option<PendingRec>> {
-        let (tenant, id, to, by, reason) = (
-            tenant.to_owned(),
-            id.to_owned(),
-            to.to_owned(),
-            by.to_owned(),
-            reason.to_owned(),
-        );
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        let Decision {
+            to,
+            by,
+            reason,
+            now,
+        } = decision.clone();
         let audit = audit.clone();
         self.tx(move |tx| {
             let n = tx.execute(

@@ -362,7 +362,9 @@ fn poll_req(content: &[u8]) -> Result<Body, CmpError> {
         return Err(bad());
     }
     let id = der::asn1::Int::from_der(id.raw).map_err(|_| bad())?;
-    Ok(Body::PollReq(int_u64(&id).ok_or_else(|| malformed("pollReq certReqId"))?))
+    Ok(Body::PollReq(
+        int_u64(&id).ok_or_else(|| malformed("pollReq certReqId"))?,
+    ))
 }
 
 fn int_u64(i: &der::asn1::Int) -> Option<u64> {

@@ -171,11 +171,7 @@ impl Reply {
 
 /// The Issue idempotency key of a CMP transaction: the authenticated sender and transactionID.
 fn cmp_key(auth: &Authenticated, msg: &Request) -> String {
-    format!(
-        "cmp:{}:{}",
-        auth.identity,
-        hex::encode(&msg.transaction_id)
-    )
+    format!("cmp:{}:{}", auth.identity, hex::encode(&msg.transaction_id))
 }
 
 fn core_fail(e: &RpcError, context: &str) -> CmpError {
