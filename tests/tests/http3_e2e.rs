@@ -488,3 +488,30 @@ fn garbage_udp_and_the_connection_cap_leave_https_and_http3_serving() {
         );
     });
 }
+
+#[test]
+fn http3_off_means_no_alt_svc_and_no_quic() {
+    let mut fleet = Fleet::init();
+    let cfg = fleet.edge_config();
+    let text = std::fs::read_to_string(&cfg).expect("edge config");
+    assert!(text.contains("[listen]\n"), "{text}");
+    std::fs::write(
+        &cfg,
+        text.replacen("[listen]\n", "[listen]\nhttp3 = false\n", 1),
+    )
+    .expect("edge config");
+    fleet.start_all();
+    let hdrs = curl_headers(&fleet, "/acme/directory");
+    assert!(hdrs.contains(" 200"), "{hdrs}");
+    assert!(!hdrs.contains("alt-svc"), "{hdrs}");
+    let rt = runtime();
+    rt.block_on(async {
+        let root = std::fs::read(fleet.root_pem()).expect("dev root");
+        let r = tokio::time::timeout(
+            Duration::from_secs(3),
+            H3Client::connect(fleet.https, "127.0.0.1", &root),
+        )
+        .await;
+        assert!(!matches!(r, Ok(Ok(_))), "HTTP/3 served with http3 = false");
+    });
+}
