@@ -338,3 +338,41 @@ async fn undecided_requests_expire() {
     assert_eq!(audits(&f, "approval.expired"), 1);
     assert_eq!(audits(&f, "issue.intent"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_callers_on_the_admin_allow_list_decide() {
+    use certgate_proto::admin::request_admin_server::RequestAdmin;
+    let mut f = setup(None).await;
+    let p = f
+        .core
+        .issue(req("k4", csr(&["dev4.example.com"])))
+        .await
+        .unwrap()
+        .into_inner();
+    // A caller the transport did not authenticate as an operator (no uid on admin_allow).
+    let svc = certgate_core::approval::RequestAdminService(f.state.clone());
+    let e = err(svc
+        .approve_request(tonic::Request::new(decide(&p.pending_id)))
+        .await
+        .unwrap_err());
+    assert_eq!(e.kind, ErrorKind::Unauthorized);
+    let e = err(svc
+        .deny_request(tonic::Request::new(decide(&p.pending_id)))
+        .await
+        .unwrap_err());
+    assert_eq!(e.kind, ErrorKind::Unauthorized);
+    assert!(audits_any(&f, "auth.denied") >= 2, "denials audited");
+    // Still pending: a poll cannot decide either.
+    let polled = f.pending.poll(poll("k4")).await.unwrap().into_inner();
+    assert_eq!(polled.status, PENDING);
+    assert_eq!(audits(&f, "approval.approved"), 0);
+}
+
+fn audits_any(f: &Fleet, kind: &str) -> usize {
+    f.store
+        .audit_records()
+        .unwrap()
+        .iter()
+        .filter(|r| r.kind == kind)
+        .count()
+}
