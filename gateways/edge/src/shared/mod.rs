@@ -296,13 +296,26 @@ impl RedisPool {
 
     /// A connection of the next slot, created if absent (no network I/O here).
     fn conn(&self) -> Result<(usize, ConnectionManager), SharedError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let slot = &self.slots[i];
-        if let Some(c) = slot.conn.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            return Ok((i, c.clone()));
+        let n = self.slots.len();
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let live = |j: usize| {
+            self.slots[j]
+                .conn
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
+        if let Some(c) = live(i) {
+            return Ok((i, c));
         }
+        let slot = &self.slots[i];
         if self.now_ms() < slot.retry_at_ms.load(Ordering::Relaxed) {
-            return Err(SharedError::Redis("reconnect backoff"));
+            // This slot failed a moment ago: borrow another slot's connection if one is up, so
+            // one broken connection does not refuse a share of the requests.
+            return (1..n)
+                .map(|k| (i + k) % n)
+                .find_map(|j| live(j).map(|c| (j, c)))
+                .ok_or(SharedError::Redis("reconnect backoff"));
         }
         let mut w = slot.conn.write().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = w.as_ref() {
