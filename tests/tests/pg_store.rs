@@ -77,8 +77,7 @@ fn cert(tenant: &str, key: &str, serial: &str) -> CertRec {
 
 fn last_line(out: &str) -> String {
     out.lines()
-        .filter(|l| !l.trim().is_empty())
-        .next_back()
+        .rfind(|l| !l.trim().is_empty())
         .unwrap_or_default()
         .trim()
         .to_owned()
@@ -940,7 +939,9 @@ mod processes {
         // Core A dies between signing and replying; the retry on core B returns that
         // certificate (the intent recorded before signing is shared).
         let csr = f.csr("pg3.example.com");
-        f.cores[0].take().map(|mut g| g.kill());
+        if let Some(mut g) = f.cores[0].take() {
+            g.kill();
+        }
         f.start_core(0, Some("crash_after_sign"));
         let crashed = f.core(0).issue(issue("pg-3", csr.clone())).await;
         assert!(crashed.is_err(), "the fault hook must abort the call");
@@ -956,7 +957,9 @@ mod processes {
             retried.serial_hex,
             "the crashed core's intent was used"
         );
-        f.cores[0].take().map(|mut g| g.kill());
+        if let Some(mut g) = f.cores[0].take() {
+            g.kill();
+        }
         f.start_core(0, None);
 
         // Revoke on B, see it on A; the CRL one of them generates lists it.
