@@ -223,9 +223,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         )?;
         let presented = spiffe_id_of(end_entity.as_ref());
         match presented {
-            Some(id) if self.allowed.contains(&id) => {
-                Ok(ServerCertVerified::assertion())
-            }
+            Some(id) if self.allowed.contains(&id) => Ok(ServerCertVerified::assertion()),
             other => {
                 tracing::warn!(
                     spiffe_id = other.as_deref().unwrap_or("none"),
@@ -292,11 +290,21 @@ fn tls_channel(host: String, port: u16, config: Arc<rustls::ClientConfig>) -> Ch
             async move {
                 let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
                 tcp.set_nodelay(true)?;
-                let tls = connector.connect(server_name, tcp).await?;
+                // A refused handshake (wrong core identity, untrusted chain) means no request
+                // was sent on this connection: marked so any call may go to another core.
+                let tls = connector
+                    .connect(server_name, tcp)
+                    .await
+                    .map_err(|e| std::io::Error::other(HandshakeFailed(e.to_string())))?;
                 Ok::<_, std::io::Error>(TokioIo::new(tls))
             }
         }))
 }
+
+/// The TLS handshake with a core failed: the connection never carried a request.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake with the core failed: {0}")]
+pub struct HandshakeFailed(String);
 
 /// One core: its clients, health and load.
 pub struct Member {
@@ -528,12 +536,14 @@ pub fn classify(status: &tonic::Status) -> Failure {
     while let Some(e) = source {
         transport = true;
         if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(
+            && (matches!(
                 io.kind(),
                 std::io::ErrorKind::ConnectionRefused
                     | std::io::ErrorKind::NotFound
                     | std::io::ErrorKind::AddrNotAvailable
-            )
+            ) || io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<HandshakeFailed>()))
         {
             return Failure::NotSent;
         }
@@ -634,5 +644,9 @@ mod tests {
             "refused",
         )));
         assert_eq!(classify(&refused), Failure::NotSent);
+        let handshake = tonic::Status::from_error(Box::new(std::io::Error::other(
+            HandshakeFailed("bad SPIFFE ID".into()),
+        )));
+        assert_eq!(classify(&handshake), Failure::NotSent);
     }
 }
