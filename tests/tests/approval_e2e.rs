@@ -582,6 +582,45 @@ fn manual_approval_with_est_scep_and_cmp_clients() {
     verify(&fleet, &fleet.scratch().join("appr-cmp.example.pem"));
     assert_eq!(issued(&fleet, "cmp"), 1);
 
+    // p10cr with implicitConfirm: the certReqId OpenSSL polls for is the waiting one's, and the
+    // delivery after polling grants implicitConfirm because the held request asked for it.
+    let (_k, csr) = openssl_csr(&fleet.scratch(), "appr-p10", "appr-p10.example");
+    let creds = fleet.credentials();
+    let mut cmd = Command::new("openssl");
+    cmd.args(["cmp", "-cmd", "p10cr", "-server"])
+        .arg(format!("http://{}/.well-known/cmp", fleet.http))
+        .arg("-trusted")
+        .arg(fleet.root_pem())
+        .args(["-ref", creds.get("cmp_reference").expect("cmp_reference")])
+        .args([
+            "-secret",
+            &format!("pass:{}", creds.get("cmp_secret").expect("cmp_secret")),
+        ])
+        .arg("-csr")
+        .arg(&csr)
+        .args([
+            "-implicit_confirm",
+            "-unprotected_errors",
+            "-msg_timeout",
+            "20",
+        ])
+        .args(["-total_timeout", "150", "-certout"])
+        .arg(fleet.scratch().join("appr-p10.pem"));
+    let mut c = Bg::spawn(
+        cmd,
+        fleet.scratch().join("appr-p10.out"),
+        fleet.scratch().join("appr-p10.err"),
+    );
+    let row = wait_pending(&fleet, "cmp", &mut seen);
+    decide(&fleet, "approve", &row.id);
+    let (st, out, err) = c.wait(Duration::from_secs(90));
+    let err = format!("{}{err}", String::from_utf8_lossy(&out));
+    assert!(st.success(), "openssl cmp p10cr after approval: {err}");
+    assert!(err.contains("checkAfter"), "polled: {err}");
+    assert!(!err.contains("CERTCONF"), "implicitConfirm granted: {err}");
+    verify(&fleet, &fleet.scratch().join("appr-p10.pem"));
+    assert_eq!(issued(&fleet, "cmp"), 2);
+
     // CMP deny: rejected with notAuthorized; nothing issued.
     let mut c = cmp_ir(&fleet, "deny-cmp.example");
     let row = wait_pending(&fleet, "cmp", &mut seen);
@@ -593,11 +632,11 @@ fn manual_approval_with_est_scep_and_cmp_clients() {
         err.contains("notAuthorized") || err.contains("rejection"),
         "{err}"
     );
-    assert_eq!(issued(&fleet, "cmp"), 1);
+    assert_eq!(issued(&fleet, "cmp"), 2);
 
     // The audit trail: one request record per request, one decision each.
-    assert_eq!(audit_count(&fleet, "approval.requested", ""), 7);
-    assert_eq!(audit_count(&fleet, "approval.approved", ""), 4);
+    assert_eq!(audit_count(&fleet, "approval.requested", ""), 8);
+    assert_eq!(audit_count(&fleet, "approval.approved", ""), 5);
     assert_eq!(audit_count(&fleet, "approval.denied", ""), 3);
     let (ok, out, err) = fleet.cli(&["audit", "verify"]);
     assert!(ok, "audit verify: {out}{err}");
