@@ -13,6 +13,7 @@ mod commands;
 mod datadir;
 mod error;
 mod fleet;
+mod fleet_up;
 mod keys;
 mod pem;
 mod procs;
@@ -103,6 +104,12 @@ enum Command {
         dir: DirArg,
         #[command(flatten)]
         ports: PortArgs,
+        /// Run the scale-out shape instead: N edges, two cores on PostgreSQL, Redis, one signer,
+        /// with postgres and redis-server from the Debian packages on free loopback ports, in a
+        /// throwaway DATA_DIR/fleet (wiped at every start). Edge 1 uses the port flags; the
+        /// others get free ports (printed).
+        #[arg(long, value_name = "N")]
+        fleet: Option<usize>,
     },
     /// CA hierarchy: list, init, rotate, ceremonies.
     Ca {
@@ -548,9 +555,12 @@ async fn run(command: Command) -> Result<()> {
             bootstrap::init(&dd, ports.ports(), false).await?;
             Ok(())
         }
-        Command::Up { dir, ports } => {
+        Command::Up { dir, ports, fleet } => {
             let dd = DataDir::open(&dir.data_dir)?;
-            up::up(&dd, ports.ports(), ports.given()).await
+            match fleet {
+                Some(n) => fleet_up::up_fleet(&dd, ports.ports(), n).await,
+                None => up::up(&dd, ports.ports(), ports.given()).await,
+            }
         }
         Command::Custodian {
             command: CustodianCommand::Keygen { out },
