@@ -1425,3 +1425,109 @@ mod acme {
         assert_eq!(out.trim(), "0");
     }
 }
+
+mod cmp {
+    //! The CMP state store on PostgreSQL.
+
+    use std::sync::{Arc, Barrier};
+
+    use certgate_core::store::Store;
+    use certgate_core::store::cmp::RaRec;
+    use certgate_e2e::pg::PgServer;
+    use zeroize::Zeroizing;
+
+    use super::{audit, two_cores};
+
+    /// Secrets and RA per tenant; a certConf decision taken once when two cores race it; the
+    /// sweep sees due entries of every tenant.
+    #[test]
+    fn cmp_state_on_postgres_is_per_tenant_and_confirmations_decide_once() {
+        let pg = PgServer::start();
+        let (a, b) = two_cores(&pg);
+        let (ca, cb) = (
+            a.as_cmp().expect("CMP on PostgreSQL"),
+            b.as_cmp().expect("CMP on PostgreSQL"),
+        );
+        let secret = Zeroizing::new(b"s3cret".to_vec());
+        assert!(
+            !ca.put_cmp_secret("ta", b"ref1", &secret, 1, &audit("secret", "ta"))
+                .expect("put")
+        );
+        assert!(
+            cb.put_cmp_secret("ta", b"ref1", &secret, 2, &audit("secret", "ta"))
+                .expect("replace"),
+            "the second put replaces"
+        );
+        assert_eq!(
+            cb.cmp_secret("ta", b"ref1")
+                .expect("get")
+                .map(|s| s.to_vec()),
+            Some(b"s3cret".to_vec())
+        );
+        assert!(cb.cmp_secret("tb", b"ref1").expect("get").is_none());
+        let ra = RaRec {
+            tenant: "ta".into(),
+            signer_key_id: "ra-key".into(),
+            key_type: 1,
+            cert_der: vec![1, 2],
+            issuer_id: "i".into(),
+            created_unix: 3,
+        };
+        ca.put_cmp_ra(&ra, &audit("ra", "ta")).expect("ra");
+        assert_eq!(cb.cmp_ra("ta").expect("ra"), Some(ra));
+        assert_eq!(cb.cmp_ra("tb").expect("ra"), None);
+        assert!(
+            !cb.delete_cmp_secret("tb", b"ref1", &audit("del", "tb"))
+                .expect("del"),
+            "another tenant deletes nothing"
+        );
+
+        ca.await_confirm("ta", "k1", 100).expect("await");
+        cb.await_confirm("ta", "k1", 999)
+            .expect("await again keeps the first");
+        assert_eq!(
+            ca.pending_confirm("ta", "k1")
+                .expect("q")
+                .map(|p| p.deadline_unix),
+            Some(100)
+        );
+        let barrier = Arc::new(Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let to = if i < 2 { "confirmed" } else { "rejected" };
+                    barrier.wait();
+                    s.as_cmp()
+                        .expect("cmp")
+                        .transition_confirm("ta", "k1", to, &audit("confirm", "ta"))
+                        .expect("transition")
+                        .expect("exists")
+                        .state
+                })
+            })
+            .collect();
+        let before: Vec<String> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        assert_eq!(
+            before.iter().filter(|s| *s == "pending").count(),
+            1,
+            "exactly one caller saw it pending and decided: {before:?}"
+        );
+        ca.await_confirm("tb", "k2", 5).expect("await");
+        let due = cb.confirm_sweep_due(50, 10).expect("due");
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(
+            (due[0].tenant.as_str(), due[0].idem_key.as_str()),
+            ("tb", "k2")
+        );
+        let v = certgate_core::audit::verify_chain(&a.audit_records().expect("records"), None);
+        assert_eq!(v.error, None);
+        let (ok, out, err) = pg.psql_as_app("SELECT count(*) FROM cmp_secrets");
+        assert!(ok, "{err}");
+        assert_eq!(out.trim(), "0", "no tenant, no rows");
+    }
+}

@@ -11,6 +11,7 @@ pub mod cmp;
 pub mod pending;
 pub mod pg;
 mod pg_acme;
+mod pg_cmp;
 mod pg_schema;
 mod pg_status;
 pub mod scep;

@@ -641,10 +641,14 @@ fn ceremony_row(r: &Row) -> Result<CeremonyRec> {
 type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
 impl Store for PgStore {
-    // CMP, SCEP and pending-approval state are not implemented on PostgreSQL yet
+    // SCEP and pending-approval state are not implemented on PostgreSQL yet
     // (docs/postgres.md): their services answer UNIMPLEMENTED / a clear error rather than pretend.
 
     fn as_acme(&self) -> Option<&dyn super::acme::AcmeStore> {
+        Some(self)
+    }
+
+    fn as_cmp(&self) -> Option<&dyn super::cmp::CmpStore> {
         Some(self)
     }
 

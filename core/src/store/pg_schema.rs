@@ -37,6 +37,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: V2_ACME,
         tenant_tables: V2_TENANT_TABLES,
     },
+    Migration {
+        version: 3,
+        sql: V3_CMP,
+        tenant_tables: V3_TENANT_TABLES,
+    },
 ];
 
 /// The tables of migration 1 that row-level security applies to, with their tenant column.
@@ -373,6 +378,40 @@ const V2_TENANT_TABLES: &[(&str, &str)] = &[
     ("acme_orders", "tenant"),
     ("acme_authzs", "tenant"),
     ("acme_challenges", "tenant"),
+];
+
+/// The CMP tables (MAC secrets, the tenant's RA, certificates awaiting certConf).
+const V3_CMP: &str = r#"
+CREATE TABLE cmp_secrets (
+    tenant TEXT NOT NULL,
+    reference BYTEA NOT NULL,
+    secret BYTEA NOT NULL,
+    created_unix BIGINT NOT NULL,
+    PRIMARY KEY (tenant, reference)
+);
+CREATE TABLE cmp_ra (
+    tenant TEXT PRIMARY KEY,
+    signer_key_id TEXT NOT NULL,
+    key_type INTEGER NOT NULL,
+    cert_der BYTEA NOT NULL,
+    issuer_id TEXT NOT NULL,
+    created_unix BIGINT NOT NULL
+);
+CREATE TABLE cmp_confirm (
+    tenant TEXT NOT NULL,
+    idem_key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    deadline_unix BIGINT NOT NULL,
+    done BOOLEAN NOT NULL DEFAULT false,
+    PRIMARY KEY (tenant, idem_key)
+);
+CREATE INDEX cmp_confirm_due ON cmp_confirm(state, deadline_unix);
+"#;
+
+const V3_TENANT_TABLES: &[(&str, &str)] = &[
+    ("cmp_secrets", "tenant"),
+    ("cmp_ra", "tenant"),
+    ("cmp_confirm", "tenant"),
 ];
 
 /// Row-level security statements for one tenant table (part of migration 1, generated so every
