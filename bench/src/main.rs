@@ -20,11 +20,15 @@
 //!
 //! `certgate-bench est` / `scep` measure EST simpleenroll / SCEP PKCSReq enrollments per second
 //! under `certgate up` next to the core's direct Issue rate in the same run (`est.rs`, `scep.rs`).
+//!
+//! `certgate-bench h3` compares GET throughput and latency over HTTP/3 and HTTPS (HTTP/2) against
+//! a running edge, same path and concurrency, in one run (`h3.rs`).
 #![forbid(unsafe_code)]
 
 mod acme;
 mod cmp;
 mod est;
+mod h3;
 mod issue;
 mod ocsp;
 mod ocsp_callgrind;
@@ -73,6 +77,9 @@ enum Cmd {
     /// SCEP PKCSReq enrollments per second (keep-alive) vs the core's direct Issue rate in the
     /// same run.
     Scep(scep::ScepArgs),
+    /// GET throughput and latency against a running edge over HTTP/3 vs HTTPS (HTTP/2), same
+    /// path and concurrency, in one run.
+    H3(h3::H3Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -510,5 +517,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Cmp(args) => cmp::cmp(args),
         Cmd::Est(args) => est::est(args),
         Cmd::Scep(args) => scep::scep(args),
+        Cmd::H3(args) => h3::h3(args),
     }
 }
