@@ -185,7 +185,9 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
     // gRPC health (grpc.health.v1): edges probe it to balance across cores and eject dead ones;
     // Kubernetes grpc probes can use it too. SERVING once every service is mounted.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<CoreServer<CoreService>>().await;
+    health_reporter
+        .set_serving::<CoreServer<CoreService>>()
+        .await;
     let router = |state: &Arc<State>| {
         tonic::transport::Server::builder()
             .concurrency_limit_per_connection(config.limits.max_concurrent_per_connection)

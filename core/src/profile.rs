@@ -564,7 +564,11 @@ mod tests {
         let uri = San::spiffe("spiffe://certgate.local/edge/1").unwrap();
         // The built-in profile allows no URI SAN at all.
         assert_eq!(
-            rule(Profile::builtin_tls_server().check_sans(std::slice::from_ref(&uri)).unwrap_err()),
+            rule(
+                Profile::builtin_tls_server()
+                    .check_sans(std::slice::from_ref(&uri))
+                    .unwrap_err()
+            ),
             "profile.allowed_uri_prefixes"
         );
         let body = BUILTIN_TLS_SERVER_TOML.to_owned()

@@ -329,9 +329,9 @@ impl EdgeConfig {
             abs(&mut t.key);
             abs(&mut t.ca);
             if t.core_spiffe_ids.is_empty()
-                || t.core_spiffe_ids.iter().any(|id| {
-                    !id.starts_with("spiffe://") || id.len() <= "spiffe://".len()
-                })
+                || t.core_spiffe_ids
+                    .iter()
+                    .any(|id| !id.starts_with("spiffe://") || id.len() <= "spiffe://".len())
             {
                 return Err(ConfigError::Invalid(
                     "[core_tls] core_spiffe_ids must list at least one spiffe:// ID".into(),
@@ -521,8 +521,8 @@ mod tests {
         let tls = "[tls]\ncert = \"a\"\nkey = \"b\"\n";
         let core_tls = "[core_tls]\ncert = \"e.pem\"\nkey = \"e.key\"\nca = \"ca.pem\"\ncore_spiffe_ids = [\"spiffe://certgate.test/core/1\"]\n";
         let two = "cores = [\"unix:core.sock\", \"https://127.0.0.1:7443\"]\n";
-        let cfg = EdgeConfig::parse(&format!("{two}{tls}{core_tls}"), Path::new("/d"))
-            .expect("parses");
+        let cfg =
+            EdgeConfig::parse(&format!("{two}{tls}{core_tls}"), Path::new("/d")).expect("parses");
         assert_eq!(cfg.core_endpoints().len(), 2);
         assert_eq!(
             cfg.core_tls.as_ref().map(|t| t.ca.clone()),

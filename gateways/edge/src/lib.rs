@@ -95,12 +95,9 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         ),
         None => None,
     };
-    let pool = core_pool::CorePool::new(
-        cfg.core_endpoints(),
-        core_tls.as_ref(),
-        cfg.pool_settings(),
-    )
-    .map_err(|e| StartError::Tls(e.to_string()))?;
+    let pool =
+        core_pool::CorePool::new(cfg.core_endpoints(), core_tls.as_ref(), cfg.pool_settings())
+            .map_err(|e| StartError::Tls(e.to_string()))?;
     tokio::spawn(pool.clone().run_health_checks(shutdown.clone()));
     let core = core_client::CoreClient::from_pool(pool, cfg.core_deadline());
     let ctx = router::EdgeContext {
