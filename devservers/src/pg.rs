@@ -257,6 +257,68 @@ impl PgServer {
         self.as_postgres
     }
 
+    /// Starts a stopped server again on the same port, data directory, roles and passwords (what
+    /// a database restart looks like to the cores); waits until it accepts connections. Does
+    /// nothing while it runs.
+    pub fn resume(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let log = self.dir.path().join("postgres.log");
+        let log_file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .map_err(io("opening postgres.log"))?;
+        // The same command line as `start_in` (kept in step with it).
+        let mut c = if self.as_postgres {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--reset-env",
+            ])
+            .arg(self.bin.join("postgres"));
+            c
+        } else {
+            Command::new(self.bin.join("postgres"))
+        };
+        let child = c
+            .current_dir(self.dir.path())
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(&self.socket_dir)
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=32MB",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().map_err(io("postgres log handle"))?)
+            .stderr(log_file)
+            .spawn()
+            .map_err(io("spawning postgres"))?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(60))
+    }
+
+    /// [`stop`](Self::stop) (fast shutdown) then [`resume`](Self::resume): a restart on the same
+    /// port with the data kept.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.resume()
+    }
+
     /// Stops the server: SIGINT (fast shutdown: in-flight transactions roll back), SIGKILL after
     /// 10 s.
     pub fn stop(&mut self) {
