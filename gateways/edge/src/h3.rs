@@ -166,6 +166,18 @@ pub async fn serve_h3(
             i = endpoint.accept() => match i { Some(i) => i, None => break },
             _ = stopped(&mut shutdown) => break,
         };
+        // Under pressure (a quarter of the slots or fewer left), a client whose address is not
+        // yet validated must first echo a Retry token (RFC 9000 §8.1.2): a spoofed-source flood
+        // then costs one stateless packet each, not a handshake and a slot.
+        if !incoming.remote_address_validated()
+            && conns.available_permits().saturating_mul(4) <= cfg.max_connections
+        {
+            ::metrics::counter!(metrics::H3_REFUSED_TOTAL, "reason" => "retry").increment(1);
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+            }
+            continue;
+        }
         let Ok(permit) = conns.clone().try_acquire_owned() else {
             ::metrics::counter!(metrics::H3_REFUSED_TOTAL, "reason" => "max_connections")
                 .increment(1);

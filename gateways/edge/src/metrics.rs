@@ -28,7 +28,8 @@ pub const CORE_RETRIES_TOTAL: &str = "certgate_edge_core_retries_total";
 pub const CONNECTIONS_OPEN: &str = "certgate_edge_connections_open";
 /// Responses sent, by `http_version` (`1.0`, `1.1`, `2`, `3`), listener and status class.
 pub const HTTP_REQUESTS_TOTAL: &str = "certgate_edge_http_requests_total";
-/// QUIC connections refused before the handshake (HTTP/3 connection cap), by reason.
+/// QUIC connection attempts turned away before the handshake, by reason: `max_connections`
+/// (refused at the cap) or `retry` (asked to validate its address first, under pressure).
 pub const H3_REFUSED_TOTAL: &str = "certgate_edge_h3_refused_total";
 
 /// Why the recorder could not be installed.

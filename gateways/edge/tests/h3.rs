@@ -287,3 +287,50 @@ async fn a_stream_that_never_finishes_its_headers_is_reset_after_the_header_time
     c.close().await;
     conn.close(0u32.into(), b"");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_the_connection_cap_clients_validate_their_address_with_retry_then_the_cap_refuses() {
+    let handle = certgate_edge::metrics::install().expect("metrics recorder");
+    let cfg = Http3Config {
+        max_connections: 4,
+        ..Http3Config::default()
+    };
+    let s = server(cfg, Duration::from_millis(1), Limits::default()).await;
+    let mut held = Vec::new();
+    for i in 0..4 {
+        // The fourth arrives with one slot left: it gets a Retry, echoes the token (quinn's
+        // client does this by itself) and is served.
+        let c = H3Client::connect(s.addr, "127.0.0.1", &s.root)
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(c.get("/slow/x").await.expect("served").status, 200);
+        held.push(c);
+    }
+    let text = handle.render();
+    assert_eq!(refused(&text, "retry").as_deref(), Some("1"), "{text}");
+    assert_eq!(refused(&text, "max_connections"), None, "{text}");
+    // The fifth: Retry again, then refused at the cap.
+    let fifth = H3Client::connect(s.addr, "127.0.0.1", &s.root).await;
+    let err = fifth.err().expect("refused at the cap");
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    let text = handle.render();
+    assert_eq!(refused(&text, "retry").as_deref(), Some("2"), "{text}");
+    assert_eq!(
+        refused(&text, "max_connections").as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    for c in held {
+        c.close().await;
+    }
+}
+
+/// The value of `certgate_edge_h3_refused_total{reason}` in a Prometheus rendering.
+fn refused(text: &str, reason: &str) -> Option<String> {
+    text.lines()
+        .find(|l| {
+            l.starts_with("certgate_edge_h3_refused_total")
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
+}
