@@ -1497,7 +1497,7 @@ mod cmp {
                 let s = if i % 2 == 0 { a.clone() } else { b.clone() };
                 let barrier = barrier.clone();
                 std::thread::spawn(move || {
-                    let to = if i < 2 { "confirmed" } else { "rejected" };
+                    let to = "accepted";
                     barrier.wait();
                     s.as_cmp()
                         .expect("cmp")
@@ -1527,6 +1527,113 @@ mod cmp {
         let v = certgate_core::audit::verify_chain(&a.audit_records().expect("records"), None);
         assert_eq!(v.error, None);
         let (ok, out, err) = pg.psql_as_app("SELECT count(*) FROM cmp_secrets");
+        assert!(ok, "{err}");
+        assert_eq!(out.trim(), "0", "no tenant, no rows");
+    }
+}
+
+mod scep {
+    //! The SCEP state store on PostgreSQL.
+
+    use std::sync::{Arc, Barrier};
+
+    use certgate_core::store::Store;
+    use certgate_core::store::scep::{ChallengeMatch, challenge_digest};
+    use certgate_e2e::pg::PgServer;
+
+    use super::{audit, two_cores};
+
+    /// Static and one-time challenges per tenant; a one-time challenge checked on two cores at
+    /// once matches exactly once; the outstanding bound holds across cores.
+    #[test]
+    fn scep_challenges_on_postgres_match_once_across_cores() {
+        let pg = PgServer::start();
+        let (a, b) = two_cores(&pg);
+        let (sa, sb) = (
+            a.as_scep().expect("SCEP on PostgreSQL"),
+            b.as_scep().expect("SCEP on PostgreSQL"),
+        );
+        let st = challenge_digest(b"static-pw");
+        assert!(
+            !sa.put_scep_static_challenge("ta", "", st, 1, &audit("scep", "ta"))
+                .expect("put")
+        );
+        assert_eq!(
+            sb.check_scep_challenge("ta", "server", st, 5, &audit("c", "ta"))
+                .expect("check"),
+            ChallengeMatch::Static
+        );
+        assert_eq!(
+            sb.check_scep_challenge("tb", "server", st, 5, &audit("c", "tb"))
+                .expect("check"),
+            ChallengeMatch::None,
+            "another tenant's password does not match"
+        );
+        let otp = challenge_digest(b"one-time");
+        assert!(
+            sa.add_scep_one_time_challenge("ta", "server", otp, 1, 100, 3, &audit("otp", "ta"))
+                .expect("add")
+        );
+        let barrier = Arc::new(Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    s.as_scep()
+                        .expect("scep")
+                        .check_scep_challenge("ta", "server", otp, 5, &audit("consume", "ta"))
+                        .expect("check")
+                })
+            })
+            .collect();
+        let got: Vec<ChallengeMatch> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        assert_eq!(
+            got.iter()
+                .filter(|m| **m == ChallengeMatch::OneTime)
+                .count(),
+            1,
+            "{got:?}"
+        );
+        // The bound of outstanding one-time challenges holds when two cores add at once.
+        let barrier = Arc::new(Barrier::new(6));
+        let handles: Vec<_> = (0..6u8)
+            .map(|i| {
+                let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    s.as_scep()
+                        .expect("scep")
+                        .add_scep_one_time_challenge(
+                            "ta",
+                            "server",
+                            challenge_digest(&[i]),
+                            10,
+                            100,
+                            3,
+                            &audit("otp", "ta"),
+                        )
+                        .expect("add")
+                })
+            })
+            .collect();
+        let added = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(added, 3, "bound of 3 outstanding");
+        assert_eq!(
+            pg.psql_admin("SELECT count(*) FROM scep_one_time_challenges")
+                .trim(),
+            "3"
+        );
+        let (ok, out, err) = pg.psql_as_app("SELECT count(*) FROM scep_static_challenges");
         assert!(ok, "{err}");
         assert_eq!(out.trim(), "0", "no tenant, no rows");
     }

@@ -167,6 +167,13 @@ pub(crate) fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
 
+/// A serial already used by another request (tenant or issuer): the unique constraints refused it.
+fn serial_taken(serial_hex: &str) -> CoreError {
+    CoreError::Store(format!(
+        "serial {serial_hex} is already used in this tenant or by this issuer (23505 unique_violation)"
+    ))
+}
+
 /// One column of a row.
 pub(crate) fn col<'a, T: FromSql<'a>>(r: &'a Row, i: usize) -> Result<T> {
     r.try_get(i).map_err(db)
@@ -641,14 +648,18 @@ fn ceremony_row(r: &Row) -> Result<CeremonyRec> {
 type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
 impl Store for PgStore {
-    // SCEP and pending-approval state are not implemented on PostgreSQL yet
-    // (docs/postgres.md): their services answer UNIMPLEMENTED / a clear error rather than pretend.
+    // Pending-approval state (`as_pending`) is not implemented on PostgreSQL yet
+    // (docs/postgres.md): profiles with manual approval are refused rather than issued unapproved.
 
     fn as_acme(&self) -> Option<&dyn super::acme::AcmeStore> {
         Some(self)
     }
 
     fn as_cmp(&self) -> Option<&dyn super::cmp::CmpStore> {
+        Some(self)
+    }
+
+    fn as_scep(&self) -> Option<&dyn super::scep::ScepStore> {
         Some(self)
     }
 
@@ -939,28 +950,33 @@ impl Store for PgStore {
                 &version,
                 &i.created_unix,
             ];
-            // The unique key decides between cores: a concurrent insert of the same key waits
-            // for the other transaction, then does nothing; the row read next is the winner's.
+            // The unique keys decide between cores: a concurrent insert of the same key (or
+            // serial) waits for the other transaction, then does nothing; the row read next is
+            // the winner's. Without a conflict target, a duplicate that collides on the serial
+            // index first is handled the same way as one colliding on the key.
             let inserted = tx
                 .query_opt(
                     &format!(
                         "INSERT INTO intents ({INTENT_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)
-                         ON CONFLICT (tenant, idem_key) DO NOTHING RETURNING 1"
+                         ON CONFLICT DO NOTHING RETURNING 1"
                     ),
                     &params,
                 )
                 .await
                 .map_err(db)?;
             if inserted.is_none() {
+                // The conflict may be on the key (a duplicate request: answer with its intent)
+                // or only on the serial (a different request reusing a serial: refused).
                 let existing = tx
-                    .query_one(
+                    .query_opt(
                         &format!(
                             "SELECT {INTENT_COLS} FROM intents WHERE tenant = $1 AND idem_key = $2"
                         ),
                         &[&i.tenant, &i.idem_key],
                     )
                     .await
-                    .map_err(db)?;
+                    .map_err(db)?
+                    .ok_or_else(|| serial_taken(&i.serial_hex))?;
                 return Ok(IntentOutcome::Exists(intent_row(&existing)?));
             }
             append(&tx, &audit).await?;
@@ -988,23 +1004,26 @@ impl Store for PgStore {
                     &format!(
                         "INSERT INTO certificates ({CERT_COLS})
                          VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,false,0,0)
-                         ON CONFLICT (tenant, idem_key) DO NOTHING RETURNING 1"
+                         ON CONFLICT DO NOTHING RETURNING 1"
                     ),
                     &params,
                 )
                 .await
                 .map_err(db)?;
             if inserted.is_none() {
-                // Another call (on this core or another) stored it first: that is the certificate.
+                // Another call (on this core or another) stored it first: that is the
+                // certificate. No row under the key: the conflict was a serial reused by a
+                // different request, which is refused.
                 let existing = tx
-                    .query_one(
+                    .query_opt(
                         &format!(
                             "SELECT {CERT_COLS} FROM certificates WHERE tenant = $1 AND idem_key = $2"
                         ),
                         &[&cert.tenant, &cert.idem_key],
                     )
                     .await
-                    .map_err(db)?;
+                    .map_err(db)?
+                    .ok_or_else(|| serial_taken(&cert.serial_hex))?;
                 return cert_row(&existing);
             }
             append(&tx, &audit).await?;

@@ -42,6 +42,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: V3_CMP,
         tenant_tables: V3_TENANT_TABLES,
     },
+    Migration {
+        version: 4,
+        sql: V4_SCEP,
+        tenant_tables: V4_TENANT_TABLES,
+    },
 ];
 
 /// The tables of migration 1 that row-level security applies to, with their tenant column.
@@ -412,6 +417,39 @@ const V3_TENANT_TABLES: &[(&str, &str)] = &[
     ("cmp_secrets", "tenant"),
     ("cmp_ra", "tenant"),
     ("cmp_confirm", "tenant"),
+];
+
+/// The SCEP tables (RA; challenge passwords as digests, never the secret).
+const V4_SCEP: &str = r#"
+CREATE TABLE scep_ra (
+    tenant TEXT PRIMARY KEY,
+    signer_key_id TEXT NOT NULL,
+    key_type INTEGER NOT NULL,
+    cert_der BYTEA NOT NULL,
+    issuer_id TEXT NOT NULL,
+    created_unix BIGINT NOT NULL
+);
+CREATE TABLE scep_static_challenges (
+    tenant TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    digest BYTEA NOT NULL,
+    created_unix BIGINT NOT NULL,
+    PRIMARY KEY (tenant, profile)
+);
+CREATE TABLE scep_one_time_challenges (
+    id BIGSERIAL PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    digest BYTEA NOT NULL,
+    expires_unix BIGINT NOT NULL
+);
+CREATE INDEX scep_one_time_by_tenant ON scep_one_time_challenges(tenant, expires_unix);
+"#;
+
+const V4_TENANT_TABLES: &[(&str, &str)] = &[
+    ("scep_ra", "tenant"),
+    ("scep_static_challenges", "tenant"),
+    ("scep_one_time_challenges", "tenant"),
 ];
 
 /// Row-level security statements for one tenant table (part of migration 1, generated so every
