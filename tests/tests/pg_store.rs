@@ -1638,3 +1638,129 @@ mod scep {
         assert_eq!(out.trim(), "0", "no tenant, no rows");
     }
 }
+
+mod pending {
+    //! Requests held for manual approval, on PostgreSQL.
+
+    use std::sync::{Arc, Barrier};
+
+    use certgate_core::store::Store;
+    use certgate_core::store::pending::{Decision, PendingInsert, PendingRec};
+    use certgate_e2e::pg::PgServer;
+
+    use super::{audit, two_cores};
+
+    fn rec(tenant: &str, id: &str, key: &str) -> PendingRec {
+        PendingRec {
+            tenant: tenant.into(),
+            id: id.into(),
+            idem_key: key.into(),
+            request_hash: vec![1],
+            request_pb: vec![2],
+            protocol: "est".into(),
+            client_identity: "cn=device".into(),
+            profile: "manual".into(),
+            summary: "CN=device".into(),
+            state: "pending".into(),
+            created_unix: 10,
+            expires_unix: 1_000,
+            decided_by: String::new(),
+            decided_unix: 0,
+            reason: String::new(),
+        }
+    }
+
+    /// The open-request bound holds with two cores inserting at once; one record per key; a
+    /// decision is taken once; another tenant sees nothing.
+    #[test]
+    fn pending_requests_on_postgres_bound_and_decide_once_across_cores() {
+        let pg = PgServer::start();
+        let (a, b) = two_cores(&pg);
+        let barrier = Arc::new(Barrier::new(6));
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    s.as_pending()
+                        .expect("pending on PostgreSQL")
+                        .insert_pending(
+                            &rec("ta", &format!("r{i}"), &format!("k{i}")),
+                            4,
+                            &audit("approval.requested", "ta"),
+                        )
+                        .expect("insert")
+                })
+            })
+            .collect();
+        let got: Vec<PendingInsert> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        assert_eq!(
+            got.iter()
+                .filter(|g| **g == PendingInsert::Inserted)
+                .count(),
+            4,
+            "{got:?}"
+        );
+        assert_eq!(got.iter().filter(|g| **g == PendingInsert::Full).count(), 2);
+        let (pa, pb) = (
+            a.as_pending().expect("pending"),
+            b.as_pending().expect("pending"),
+        );
+        let listed = pb.list_pending("ta", Some("pending"), 10).expect("list");
+        assert_eq!(listed.len(), 4);
+        let first = listed[0].clone();
+        assert!(matches!(
+            pa.insert_pending(&rec("ta", "other-id", &first.idem_key), 100, &audit("r", "ta"))
+                .expect("again"),
+            PendingInsert::Exists(e) if e.id == first.id
+        ));
+        assert!(
+            pa.pending_by_key("tb", &first.idem_key)
+                .expect("q")
+                .is_none()
+        );
+        assert!(pb.list_pending("tb", None, 10).expect("q").is_empty());
+        // Approve on A and deny on B at once: one decision wins.
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = [("approved", a.clone()), ("denied", b.clone())]
+            .into_iter()
+            .map(|(to, s)| {
+                let (barrier, id) = (barrier.clone(), first.id.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    s.as_pending()
+                        .expect("pending")
+                        .decide_pending(
+                            "ta",
+                            &id,
+                            &Decision {
+                                to: to.into(),
+                                by: format!("op-{to}"),
+                                reason: String::new(),
+                                now: 20,
+                            },
+                            &audit("approval.decided", "ta"),
+                        )
+                        .expect("decide")
+                        .expect("exists")
+                })
+            })
+            .collect();
+        let after: Vec<PendingRec> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        assert_eq!(after[0].state, after[1].state, "both see the one decision");
+        let stored = pa.pending_by_id("ta", &first.id).expect("q").expect("rec");
+        assert_eq!(stored.decided_by, format!("op-{}", stored.state));
+        let decisions = pg.psql_admin("SELECT count(*) FROM audit WHERE kind = 'approval.decided'");
+        assert_eq!(decisions.trim(), "1", "one decision audited");
+        let (ok, out, err) = pg.psql_as_app("SELECT count(*) FROM pending_requests");
+        assert!(ok, "{err}");
+        assert_eq!(out.trim(), "0", "no tenant, no rows");
+    }
+}

@@ -12,6 +12,7 @@ pub mod pending;
 pub mod pg;
 mod pg_acme;
 mod pg_cmp;
+mod pg_pending;
 mod pg_scep;
 mod pg_schema;
 mod pg_status;

@@ -648,8 +648,7 @@ fn ceremony_row(r: &Row) -> Result<CeremonyRec> {
 type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
 impl Store for PgStore {
-    // Pending-approval state (`as_pending`) is not implemented on PostgreSQL yet
-    // (docs/postgres.md): profiles with manual approval are refused rather than issued unapproved.
+    // Every sub-store is implemented on PostgreSQL (pg_acme, pg_cmp, pg_scep, pg_pending).
 
     fn as_acme(&self) -> Option<&dyn super::acme::AcmeStore> {
         Some(self)
@@ -660,6 +659,10 @@ impl Store for PgStore {
     }
 
     fn as_scep(&self) -> Option<&dyn super::scep::ScepStore> {
+        Some(self)
+    }
+
+    fn as_pending(&self) -> Option<&dyn super::pending::PendingStore> {
         Some(self)
     }
 

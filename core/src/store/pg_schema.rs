@@ -47,6 +47,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: V4_SCEP,
         tenant_tables: V4_TENANT_TABLES,
     },
+    Migration {
+        version: 5,
+        sql: V5_PENDING,
+        tenant_tables: &[("pending_requests", "tenant")],
+    },
 ];
 
 /// The tables of migration 1 that row-level security applies to, with their tenant column.
@@ -451,6 +456,30 @@ const V4_TENANT_TABLES: &[(&str, &str)] = &[
     ("scep_static_challenges", "tenant"),
     ("scep_one_time_challenges", "tenant"),
 ];
+
+/// Requests held for manual approval.
+const V5_PENDING: &str = r#"
+CREATE TABLE pending_requests (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    idem_key TEXT NOT NULL,
+    request_hash BYTEA NOT NULL,
+    request_pb BYTEA NOT NULL,
+    protocol TEXT NOT NULL,
+    client_identity TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_unix BIGINT NOT NULL,
+    expires_unix BIGINT NOT NULL,
+    decided_by TEXT NOT NULL DEFAULT '',
+    decided_unix BIGINT NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (tenant, id),
+    UNIQUE (tenant, idem_key)
+);
+CREATE INDEX pending_requests_open ON pending_requests(tenant, state, expires_unix);
+"#;
 
 /// Row-level security statements for one tenant table (part of migration 1, generated so every
 /// table gets the same policy).
