@@ -51,10 +51,10 @@ pub(crate) struct AcmeArgs {
 
 /// One issuance that takes longer counts as failed (a server that stops answering must not hang
 /// the bench).
-const ISSUANCE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const ISSUANCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Tokens → key authorizations the responder serves (bounded: each issuance removes its own).
-type Tokens = Arc<Mutex<HashMap<String, String>>>;
+pub(crate) type Tokens = Arc<Mutex<HashMap<String, String>>>;
 
 /// A child process stopped with SIGTERM (then SIGKILL) on drop, so `certgate up` can stop its
 /// own children.
@@ -136,7 +136,7 @@ fn run_ok(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 /// The http-01 responder on 127.0.0.1:5002 (one request per connection, as validators do).
-async fn responder(tokens: Tokens) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub(crate) async fn responder(tokens: Tokens) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:5002")
         .await
         .context("bind 127.0.0.1:5002 for http-01 (is another ACME test running?)")?;
@@ -191,7 +191,7 @@ impl Backoff {
 }
 
 /// One complete issuance for `name`; the PEM chain.
-async fn issue_one(
+pub(crate) async fn issue_one(
     account: &Account,
     name: &str,
     key: &rcgen::KeyPair,
@@ -261,7 +261,7 @@ async fn issue_one(
 }
 
 /// Wall time of each step of one issuance, in order.
-struct Steps {
+pub(crate) struct Steps {
     last: Instant,
     done: Vec<(&'static str, Duration)>,
 }
@@ -328,7 +328,7 @@ fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
 /// instant-acme's HTTPS client, but with TCP_NODELAY: its default connector leaves Nagle on, and
 /// Nagle with delayed ACKs adds ~40 ms to every request (TLS writes a request in several
 /// segments), which would measure the client, not the server.
-fn https_client(
+pub(crate) fn https_client(
     ca: &Path,
 ) -> anyhow::Result<
     hyper_util::client::legacy::Client<

@@ -23,11 +23,16 @@
 //!
 //! `certgate-bench h3` compares GET throughput and latency over HTTP/3 and HTTPS (HTTP/2) against
 //! a running edge, same path and concurrency, in one run (`h3.rs`).
+//!
+//! `certgate-bench fleet` runs the ACME and OCSP scenarios against 1, 2 and 4 edges of
+//! `certgate up --fleet N` and reports throughput per edge count and CPU per request for each
+//! component (`fleet.rs`).
 #![forbid(unsafe_code)]
 
 mod acme;
 mod cmp;
 mod est;
+mod fleet;
 mod h3;
 mod issue;
 mod ocsp;
@@ -80,6 +85,9 @@ enum Cmd {
     /// GET throughput and latency against a running edge over HTTP/3 vs HTTPS (HTTP/2), same
     /// path and concurrency, in one run.
     H3(h3::H3Args),
+    /// The ACME and OCSP scenarios against 1, 2 and 4 edges of `certgate up --fleet N` (Redis,
+    /// PostgreSQL, two cores): throughput per edge count and CPU per request per component.
+    Fleet(fleet::FleetArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -518,5 +526,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Est(args) => est::est(args),
         Cmd::Scep(args) => scep::scep(args),
         Cmd::H3(args) => h3::h3(args),
+        Cmd::Fleet(args) => fleet::fleet(args),
     }
 }

@@ -175,7 +175,7 @@ impl Conn {
 
 /// OCSP requests (SHA-1 CertID, no nonce, as `openssl ocsp -no_nonce` sends) for `serials`
 /// under `issuer`.
-fn ocsp_requests(
+pub(crate) fn ocsp_requests(
     issuer: &x509_cert::Certificate,
     serials: &[Vec<u8>],
 ) -> anyhow::Result<Vec<Vec<u8>>> {
@@ -222,7 +222,7 @@ fn b64(data: &[u8]) -> String {
 }
 
 /// `/ocsp/{percent-encoded base64}` (RFC 6960 Appendix A.1).
-fn get_path(der: &[u8]) -> String {
+pub(crate) fn get_path(der: &[u8]) -> String {
     let enc = b64(der)
         .replace('+', "%2B")
         .replace('/', "%2F")
@@ -242,7 +242,7 @@ fn lua_bytes(data: &[u8]) -> String {
 }
 
 /// A wrk script cycling through `items`: GET paths, or POST bodies to `post_path`.
-fn wrk_script(
+pub(crate) fn wrk_script(
     dir: &Path,
     name: &str,
     items: &[String],
@@ -273,11 +273,11 @@ fn wrk_script(
     Ok(path)
 }
 
-struct WrkResult {
-    rps: f64,
+pub(crate) struct WrkResult {
+    pub(crate) rps: f64,
     p50_ms: f64,
     p99_ms: f64,
-    non_2xx: u64,
+    pub(crate) non_2xx: u64,
 }
 
 fn wrk_ms(v: &str) -> Option<f64> {
@@ -294,7 +294,7 @@ fn wrk_ms(v: &str) -> Option<f64> {
     None
 }
 
-fn wrk(
+pub(crate) fn wrk(
     url: &str,
     script: Option<&Path>,
     threads: usize,
@@ -758,7 +758,7 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn hex_decode(s: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn hex_decode(s: &str) -> anyhow::Result<Vec<u8>> {
     anyhow::ensure!(s.len().is_multiple_of(2), "odd hex {s}");
     (0..s.len())
         .step_by(2)
@@ -766,7 +766,7 @@ fn hex_decode(s: &str) -> anyhow::Result<Vec<u8>> {
         .collect()
 }
 
-async fn issue_many(core: CoreClient<Channel>, n: usize, uid: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn issue_many(core: CoreClient<Channel>, n: usize, uid: &str) -> anyhow::Result<Vec<String>> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let run = std::process::id();
     let csr = |i: usize| -> anyhow::Result<Vec<u8>> {
@@ -837,7 +837,7 @@ async fn issue_many(core: CoreClient<Channel>, n: usize, uid: &str) -> anyhow::R
 
 /// POSTs every request (16 connections) until each is answered with a successful response;
 /// returns the responses in request order.
-async fn fetch_all(addr: SocketAddr, requests: Vec<Vec<u8>>) -> anyhow::Result<Vec<Vec<u8>>> {
+pub(crate) async fn fetch_all(addr: SocketAddr, requests: Vec<Vec<u8>>) -> anyhow::Result<Vec<Vec<u8>>> {
     let requests = Arc::new(requests);
     let conns = 16;
     let mut tasks = Vec::new();
