@@ -332,6 +332,7 @@ fn ocsp_phase(
         let chain = x509_cert::Certificate::load_pem_chain(&pem)?;
         chain.into_iter().next().context("empty chain.pem")?
     };
+    let _entered = rt.enter();
     let core = CoreClient::new(certgate_proto::transport::unix_channel(
         f.core_socket.clone(),
     ));
@@ -532,8 +533,13 @@ pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         println!("|---|---:|---:|");
         for k in ["signer", "core", "edge", "postgres", "redis"] {
             let cap = |ms: Option<f64>| {
-                ms.filter(|m| *m > 0.0)
-                    .map_or("–".into(), |m| format!("{:.0}", 1000.0 / m))
+                ms.filter(|m| *m > 0.0).map_or("–".into(), |m| {
+                    if m < 0.01 {
+                        "> 100000 (off the path)".to_owned()
+                    } else {
+                        format!("{:.0}", 1000.0 / m)
+                    }
+                })
             };
             println!(
                 "| {k} (all processes) | {} | {} |",
