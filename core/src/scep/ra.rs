@@ -17,6 +17,20 @@ use crate::error::Result;
 use crate::profile::{KeyAlgorithm, Ku};
 use crate::store::cmp::RaRec;
 
+/// How long a tenant's RA record is served from memory.
+const RA_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most tenants whose RA record is held in memory (I-8); beyond, the cache starts over.
+const RA_CACHE_MAX: usize = 1024;
+
+fn remember(st: &ScepState, ra: &RaRec) {
+    if let Ok(mut cache) = st.ra_cache.lock() {
+        if cache.len() >= RA_CACHE_MAX && !cache.contains_key(&ra.tenant) {
+            cache.clear();
+        }
+        cache.insert(ra.tenant.clone(), (ra.clone(), std::time::Instant::now()));
+    }
+}
+
 /// The profile name recorded on SCEP RA certificates (internal; not a tenant profile).
 pub const RA_PROFILE: &str = "certgate-scep-ra";
 /// Validity of an RA certificate (one year, capped by the issuing CA's own notAfter).
@@ -24,9 +38,21 @@ pub const RA_VALIDITY_SECONDS: u64 = 365 * 24 * 3600;
 
 /// The tenant's SCEP RA, created now when absent. Returns the record and whether it was created
 /// by this call.
+///
+/// Every SCEP enrollment needs the RA three times (GetRaChain, DecryptKey, SignAttributes), so a
+/// record read from the store is kept in memory for [`RA_CACHE_TTL`] (at most
+/// [`RA_CACHE_MAX`] tenants): the RA record only ever changes by being created, and the TTL
+/// bounds how long another core process's view can lag.
 pub async fn ensure_ra(st: &ScepState, tenant: &str, caller: &Caller) -> Result<(RaRec, bool)> {
+    if let Ok(cache) = st.ra_cache.lock()
+        && let Some((ra, at)) = cache.get(tenant)
+        && at.elapsed() < RA_CACHE_TTL
+    {
+        return Ok((ra.clone(), false));
+    }
     let store = st.store()?;
     if let Some(ra) = blocking(|| store.scep_ra(tenant))? {
+        remember(st, &ra);
         return Ok((ra, false));
     }
     // One creation per process at a time; re-check under the lock so concurrent first uses

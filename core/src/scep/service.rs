@@ -48,6 +48,10 @@ pub struct ScepState {
     pub signer: Signer,
     /// Serialises RA creation in this process.
     pub(crate) ra_lock: tokio::sync::Mutex<()>,
+    /// Tenant → RA record recently read from the store (bounded, short TTL; `ra::ensure_ra`).
+    pub(crate) ra_cache: std::sync::Mutex<
+        std::collections::HashMap<String, (crate::store::cmp::RaRec, std::time::Instant)>,
+    >,
 }
 
 impl ScepState {
@@ -57,6 +61,7 @@ impl ScepState {
             core,
             signer,
             ra_lock: tokio::sync::Mutex::new(()),
+            ra_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
