@@ -1024,6 +1024,16 @@ mod processes {
             .arg("--config")
             .arg(f.dir.join("core-b.toml")));
         assert!(ok && out.starts_with("OK"), "audit-verify: {out}{err}");
+        // No store call failed on either core along the way (a PostgreSQL error would be logged
+        // as a store failure and answered UNAVAILABLE).
+        for name in ["a", "b"] {
+            let log =
+                std::fs::read_to_string(f.dir.join(format!("core-{name}.log"))).unwrap_or_default();
+            assert!(
+                !log.contains("store failure") && !log.contains("store: postgres"),
+                "core {name} hit a store error:\n{log}"
+            );
+        }
     }
 }
 

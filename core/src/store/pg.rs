@@ -291,12 +291,21 @@ async fn migrate(owner: tokio_postgres::Config, app_user: String) -> Result<i32>
     )
     .await
     .map_err(db)?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS certgate_schema (
-            version INTEGER PRIMARY KEY, applied_unix BIGINT NOT NULL)",
-    )
-    .await
-    .map_err(db)?;
+    // Checked first rather than CREATE ... IF NOT EXISTS, which logs a NOTICE at every start.
+    let exists: bool = col(
+        &tx.query_one("SELECT to_regclass('certgate_schema') IS NOT NULL", &[])
+            .await
+            .map_err(db)?,
+        0,
+    )?;
+    if !exists {
+        tx.batch_execute(
+            "CREATE TABLE certgate_schema (
+                version INTEGER PRIMARY KEY, applied_unix BIGINT NOT NULL)",
+        )
+        .await
+        .map_err(db)?;
+    }
     let current: i32 = col(
         &tx.query_one("SELECT COALESCE(MAX(version), 0) FROM certgate_schema", &[])
             .await
