@@ -52,6 +52,9 @@ pub(crate) struct FleetArgs {
     bin_dir: Option<PathBuf>,
 }
 
+/// CPU ms per request by component kind: (kind, ms summed over its processes, processes).
+type CpuCost = Vec<(&'static str, f64, usize)>;
+
 /// A process to account CPU for.
 #[derive(Clone, Debug)]
 struct Component {
@@ -103,8 +106,8 @@ fn cpu_per_request(
     before: &[Option<f64>],
     after: &[Option<f64>],
     requests: u64,
-) -> Vec<(&'static str, f64, usize)> {
-    let mut by_kind: Vec<(&'static str, f64, usize)> = Vec::new();
+) -> CpuCost {
+    let mut by_kind: CpuCost = Vec::new();
     for ((c, b), a) in procs.iter().zip(before).zip(after) {
         let used = match (b, a) {
             (Some(b), Some(a)) => a - b,
@@ -217,10 +220,10 @@ struct Row {
     acme_rate: f64,
     acme_ok: u64,
     acme_failed: u64,
-    acme_cpu: Vec<(&'static str, f64, usize)>,
+    acme_cpu: CpuCost,
     ocsp_rate: f64,
     ocsp_non_2xx: u64,
-    ocsp_cpu: Vec<(&'static str, f64, usize)>,
+    ocsp_cpu: CpuCost,
 }
 
 async fn acme_phase(
@@ -229,7 +232,7 @@ async fn acme_phase(
     concurrency: usize,
     seconds: u64,
     label: &str,
-) -> anyhow::Result<(f64, u64, u64, Vec<(&'static str, f64, usize)>)> {
+) -> anyhow::Result<(f64, u64, u64, CpuCost)> {
     // One account per edge, each made through its own edge (accounts live in PostgreSQL).
     let mut accounts = Vec::new();
     for (i, (dir, _)) in f.edges.iter().enumerate() {
@@ -326,7 +329,7 @@ fn ocsp_phase(
     rt: &tokio::runtime::Runtime,
     args: &FleetArgs,
     scripts: &Path,
-) -> anyhow::Result<(f64, u64, Vec<(&'static str, f64, usize)>)> {
+) -> anyhow::Result<(f64, u64, CpuCost)> {
     let issuer = {
         let pem = std::fs::read(&f.chain)?;
         let chain = x509_cert::Certificate::load_pem_chain(&pem)?;
@@ -382,7 +385,7 @@ fn ocsp_phase(
     Ok((rate, bad, cpu_per_request(&f.procs, &before, &after, total)))
 }
 
-fn cpu_cell(cpu: &[(&'static str, f64, usize)], kind: &str) -> String {
+fn cpu_cell(cpu: &CpuCost, kind: &str) -> String {
     cpu.iter()
         .find(|(k, _, _)| *k == kind)
         .map_or("–".into(), |(_, ms, n)| {
@@ -394,7 +397,7 @@ fn cpu_cell(cpu: &[(&'static str, f64, usize)], kind: &str) -> String {
         })
 }
 
-fn ms_of(cpu: &[(&'static str, f64, usize)], kind: &str) -> Option<f64> {
+fn ms_of(cpu: &CpuCost, kind: &str) -> Option<f64> {
     cpu.iter()
         .find(|(k, _, _)| *k == kind)
         .map(|(_, ms, _)| *ms)
