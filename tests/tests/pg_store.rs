@@ -23,7 +23,7 @@ fn config(pg: &PgServer, name: &str, migrate: bool) -> PgConfig {
         migrate_password_file: migrate.then(|| pg.owner_password_file.clone()),
         migrate_password_env: None,
         pool_size: 8,
-        timeout_ms: 3000,
+        timeout_ms: 5000,
         crl_lease_secs: 60,
         application_name: name.into(),
     }

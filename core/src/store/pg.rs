@@ -391,7 +391,16 @@ impl PgStore {
             None => None,
         };
         let mut lease_cfg = app.clone();
-        lease_cfg.application_name(format!("{}-crl-lease", cfg.application_name));
+        // The lease session waits for another core's shard lock at most half the call bound:
+        // a wait cut short by the call timeout could still be granted afterwards, leaving a
+        // lock this core does not know it holds.
+        let half = (cfg.timeout_ms / 2).max(50);
+        lease_cfg
+            .application_name(format!("{}-crl-lease", cfg.application_name))
+            .options(format!(
+                "-c statement_timeout={half} -c lock_timeout={half} -c idle_in_transaction_session_timeout={idle}",
+                idle = cfg.timeout_ms.saturating_mul(4)
+            ));
         let mgr = Manager::from_config(
             app,
             NoTls,
