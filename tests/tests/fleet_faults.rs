@@ -701,6 +701,11 @@ fn kill_9_of_an_edge_during_finalize_gives_one_certificate_via_the_other_edge() 
                 head.starts_with("HTTP/1.1 200"),
                 "A's finalize answer: {head}"
             );
+            // So the order had left `ready`: the client must not have finalized it again.
+            assert_eq!(
+                attempts, 1,
+                "finalize sent again for an order A had finalized"
+            );
         }
         assert!(
             proxy.state.finalizes.load(Ordering::SeqCst) > finalizes_before,
