@@ -7,9 +7,26 @@
 //! table (a fixed set); tenant pools live in a bounded moka cache, so the set of pools is bounded
 //! too. Evicting a tenant's pool while permits are out only lets that tenant briefly exceed its
 //! bound by what was in flight (the old permits keep the old pool alive until they drop).
+//!
+//! Issuance protocols (`[bulkheads] adaptive`, default EST, SCEP, CMP) get an *adaptive* pool
+//! instead of a fixed one: a fixed bound of hundreds of requests lets a slow core queue hundreds
+//! of enrollments, so under overload every admitted request waits seconds (Little's law: queue
+//! length / throughput). The adaptive pool is an AIMD concurrency limit (as TCP's congestion
+//! window, or Netflix's concurrency-limits): it learns the protocol's unloaded latency from
+//! requests that ran alone (an EWMA); it grows by one per limit's worth of requests answered
+//! within `adaptive_latency_factor` × that latency, and shrinks by 10-50 % (in proportion to the
+//! excess) when one takes longer while the pool is at least half full (at most once per round
+//! trip: only a request admitted after the last decrease can trigger the next). Starting at
+//! 4 × `adaptive_min` and kept between `adaptive_min` and the configured size, the limit settles
+//! where the core answers about as fast as when idle, and the excess is refused at once (503 +
+//! Retry-After). A tenant alone may use the whole limit; beside other tenants it holds at most
+//! `tenant_share` of it (never less than `adaptive_min`), and a tenant below its share, or
+//! holding less than some other tenant, is admitted even into a full pool (the pool's size plus one share stays the hard bound), so a
+//! flooding tenant, or a limit that just shrank, cannot lock the others out.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -26,6 +43,14 @@ pub struct BulkheadConfig {
     pub per_tenant: usize,
     /// Most tenant pools held (least recently used are dropped beyond).
     pub max_tenant_pools: u64,
+    /// Protocols whose pool is latency-adaptive (the pool size is then the limit's ceiling).
+    pub adaptive: Vec<String>,
+    /// Smallest limit of an adaptive pool.
+    pub adaptive_min: usize,
+    /// A request slower than this × the learned unloaded latency shrinks the limit.
+    pub adaptive_latency_factor: f64,
+    /// Most of an adaptive pool's limit one tenant may hold, in (0, 1].
+    pub tenant_share: f64,
 }
 
 impl Default for BulkheadConfig {
@@ -35,6 +60,10 @@ impl Default for BulkheadConfig {
             protocols: BTreeMap::new(),
             per_tenant: 512,
             max_tenant_pools: 1024,
+            adaptive: vec!["est".into(), "scep".into(), "cmp".into()],
+            adaptive_min: 4,
+            adaptive_latency_factor: 3.0,
+            tenant_share: 0.5,
         }
     }
 }
@@ -46,8 +75,15 @@ impl BulkheadConfig {
             || self.per_tenant == 0
             || self.max_tenant_pools == 0
             || self.protocols.values().any(|v| *v == 0)
+            || self.adaptive_min == 0
         {
             return Err("[bulkheads] sizes must be positive".into());
+        }
+        if !(self.adaptive_latency_factor >= 1.0 && self.adaptive_latency_factor.is_finite()) {
+            return Err("[bulkheads] adaptive_latency_factor must be at least 1".into());
+        }
+        if !(self.tenant_share > 0.0 && self.tenant_share <= 1.0) {
+            return Err("[bulkheads] tenant_share must be in (0, 1]".into());
         }
         Ok(())
     }
@@ -72,22 +108,195 @@ impl Pool {
     }
 }
 
-/// Both permits of an admitted request; dropping it frees them.
+/// The protocol's share of an admitted request: a fixed pool's permit or an adaptive pool's slot.
+#[derive(Debug)]
+#[allow(dead_code)] // held for their Drop
+enum ProtocolPermit {
+    Fixed(OwnedSemaphorePermit),
+    Adaptive(AdaptiveSlot),
+}
+
+/// Both permits of an admitted request; dropping it frees them (and, for an adaptive pool,
+/// reports the request's latency to it).
 #[derive(Debug)]
 pub struct Admission {
-    _protocol: OwnedSemaphorePermit,
+    _protocol: ProtocolPermit,
     _tenant: OwnedSemaphorePermit,
+}
+
+/// An AIMD concurrency limit learning the unloaded latency online (module docs).
+#[derive(Debug)]
+struct AdaptivePool {
+    protocol: &'static str,
+    max: f64,
+    min: f64,
+    factor: f64,
+    share: f64,
+    state: Mutex<AdaptiveState>,
+}
+
+#[derive(Debug)]
+struct AdaptiveState {
+    in_flight: usize,
+    limit: f64,
+    /// EWMA (seconds) of the latency of requests that ran alone.
+    baseline: Option<f64>,
+    last_decrease: Instant,
+    /// In-flight count per tenant (entries removed at zero: bounded by the limit).
+    tenants: HashMap<String, usize>,
+}
+
+/// One admitted request of an adaptive pool.
+#[derive(Debug)]
+struct AdaptiveSlot {
+    pool: Arc<AdaptivePool>,
+    tenant: String,
+    start: Instant,
+    /// Admitted with nothing else in flight: its latency is an unloaded sample.
+    unloaded: bool,
+}
+
+/// Limit gauge of adaptive pools, by protocol.
+const LIMIT_GAUGE: &str = "certgate_edge_bulkhead_limit";
+
+impl AdaptivePool {
+    fn new(protocol: &'static str, size: usize, cfg: &BulkheadConfig) -> Self {
+        let max = size as f64;
+        let min = (cfg.adaptive_min as f64).min(max);
+        // Start low (as TCP does) and grow into what the core sustains, rather than start at
+        // the ceiling and let a first burst queue hundreds of requests in the core.
+        let initial = (4.0 * min).min(max);
+        ::metrics::gauge!(LIMIT_GAUGE, "protocol" => protocol).set(initial);
+        Self {
+            protocol,
+            max,
+            min,
+            factor: cfg.adaptive_latency_factor,
+            share: cfg.tenant_share,
+            state: Mutex::new(AdaptiveState {
+                in_flight: 0,
+                limit: initial,
+                baseline: None,
+                last_decrease: Instant::now(),
+                tenants: HashMap::new(),
+            }),
+        }
+    }
+
+    fn admit(self: &Arc<Self>, tenant: &str) -> Result<AdaptiveSlot, Pool> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = st.limit.floor().max(1.0) as usize;
+        // A share is never below the floor, so a light tenant's occasional burst still fits.
+        let share = (st.limit * self.share).ceil().max(self.min) as usize;
+        let held = st.tenants.get(tenant).copied().unwrap_or(0);
+        let others = st.in_flight - held;
+        // The most any other tenant holds: a tenant holding less is never the one shed.
+        let biggest_other = st
+            .tenants
+            .iter()
+            .filter(|(t, _)| t.as_str() != tenant)
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(0);
+        if st.in_flight < limit {
+            // Below the limit a tenant alone may use all of it; beside others, its share.
+            if held >= share && others > 0 {
+                return Err(Pool::Tenant);
+            }
+        } else if (held >= share && held >= biggest_other)
+            || st.in_flight >= self.max as usize + share
+        {
+            // Full: only a tenant below its share still gets in (so a tenant that filled the
+            // pool alone, or a limit that just shrank under it, cannot lock the others out);
+            // the pool's size plus one share stays the hard bound.
+            return Err(if held >= share && held >= biggest_other && others > 0 {
+                Pool::Tenant
+            } else {
+                Pool::Protocol
+            });
+        }
+        st.tenants.insert(tenant.to_owned(), held + 1);
+        st.in_flight += 1;
+        Ok(AdaptiveSlot {
+            pool: self.clone(),
+            tenant: tenant.to_owned(),
+            start: Instant::now(),
+            unloaded: st.in_flight == 1,
+        })
+    }
+
+    fn release(&self, slot: &AdaptiveSlot) {
+        let now = Instant::now();
+        let took = now.duration_since(slot.start).as_secs_f64();
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.in_flight = st.in_flight.saturating_sub(1);
+        if let Some(n) = st.tenants.get_mut(&slot.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.tenants.remove(&slot.tenant);
+            }
+        }
+        if slot.unloaded {
+            st.baseline = Some(match st.baseline {
+                Some(b) => b + 0.1 * (took - b),
+                None => took,
+            });
+        }
+        let Some(baseline) = st.baseline else {
+            return;
+        };
+        let before = st.limit;
+        if took > self.factor * baseline {
+            // One decrease per round trip (only requests admitted after the last one count),
+            // and only when our concurrency can be the cause (the pool is at least half full):
+            // a slow answer to a lone request is the core's, not the queue's.
+            if slot.start > st.last_decrease && (st.in_flight + 1) as f64 >= st.limit / 2.0 {
+                // In proportion to how far off the target the answer was, by 10-50 %.
+                let ratio = (self.factor * baseline / took).clamp(0.5, 0.9);
+                st.limit = (st.limit * ratio).max(self.min);
+                st.last_decrease = now;
+            }
+        } else if st.in_flight + 1 >= st.limit.floor() as usize {
+            // Grow only when the limit is what bounds us (not while mostly idle).
+            st.limit = (st.limit + 1.0 / st.limit).min(self.max);
+        }
+        if st.limit.floor() != before.floor() {
+            ::metrics::gauge!(LIMIT_GAUGE, "protocol" => self.protocol).set(st.limit.floor());
+        }
+    }
+
+    #[cfg(test)]
+    fn limit(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .limit
+            .floor() as usize
+    }
+}
+
+impl Drop for AdaptiveSlot {
+    fn drop(&mut self) {
+        self.pool.release(self);
+    }
 }
 
 /// The pools.
 pub struct Bulkheads {
     cfg: BulkheadConfig,
-    protocols: RwLock<HashMap<&'static str, Arc<Semaphore>>>,
+    protocols: RwLock<HashMap<&'static str, ProtocolPool>>,
     tenants: moka::sync::Cache<String, Arc<Semaphore>>,
     /// The `default` tenant's pool, held outside the cache: every plain-path request (all of
     /// OCSP and CRL unless Host-mapped) takes it, so it skips the moka probe. One extra pool
     /// beyond `max_tenant_pools`, never evicted.
     default_tenant: Arc<Semaphore>,
+}
+
+/// A protocol's pool: fixed size, or adaptive (issuance protocols).
+#[derive(Clone)]
+enum ProtocolPool {
+    Fixed(Arc<Semaphore>),
+    Adaptive(Arc<AdaptivePool>),
 }
 
 impl Default for Bulkheads {
@@ -107,7 +316,7 @@ impl Bulkheads {
         }
     }
 
-    fn protocol_pool(&self, protocol: &'static str) -> Arc<Semaphore> {
+    fn protocol_pool(&self, protocol: &'static str) -> ProtocolPool {
         if let Ok(m) = self.protocols.read()
             && let Some(s) = m.get(protocol)
         {
@@ -119,22 +328,24 @@ impl Bulkheads {
             .get(protocol)
             .copied()
             .unwrap_or(self.cfg.per_protocol);
+        let make = || {
+            if self.cfg.adaptive.iter().any(|p| p == protocol) {
+                ProtocolPool::Adaptive(Arc::new(AdaptivePool::new(protocol, size, &self.cfg)))
+            } else {
+                ProtocolPool::Fixed(Arc::new(Semaphore::new(size)))
+            }
+        };
         match self.protocols.write() {
-            Ok(mut m) => m
-                .entry(protocol)
-                .or_insert_with(|| Arc::new(Semaphore::new(size)))
-                .clone(),
+            Ok(mut m) => m.entry(protocol).or_insert_with(make).clone(),
             // A poisoned map cannot happen without a panic elsewhere; a fresh pool still bounds.
-            Err(_) => Arc::new(Semaphore::new(size)),
+            Err(_) => make(),
         }
     }
 
     /// Takes a permit from both pools, or says which one is full. Never waits.
     pub fn admit(&self, protocol: &'static str, tenant: &str) -> Result<Admission, Pool> {
-        let p = self
-            .protocol_pool(protocol)
-            .try_acquire_owned()
-            .map_err(|_| Pool::Protocol)?;
+        // The tenant's permit first: a request its tenant pool refuses never touches (or
+        // reports a latency sample to) the protocol's pool.
         let t = if tenant == crate::tenant::DEFAULT_TENANT {
             self.default_tenant.clone()
         } else {
@@ -144,6 +355,12 @@ impl Bulkheads {
         }
         .try_acquire_owned()
         .map_err(|_| Pool::Tenant)?;
+        let p = match self.protocol_pool(protocol) {
+            ProtocolPool::Fixed(s) => {
+                ProtocolPermit::Fixed(s.try_acquire_owned().map_err(|_| Pool::Protocol)?)
+            }
+            ProtocolPool::Adaptive(a) => ProtocolPermit::Adaptive(a.admit(tenant)?),
+        };
         Ok(Admission {
             _protocol: p,
             _tenant: t,
@@ -152,7 +369,13 @@ impl Bulkheads {
 
     /// Free permits in `protocol`'s pool (for tests and debugging).
     pub fn available(&self, protocol: &'static str) -> usize {
-        self.protocol_pool(protocol).available_permits()
+        match self.protocol_pool(protocol) {
+            ProtocolPool::Fixed(s) => s.available_permits(),
+            ProtocolPool::Adaptive(a) => {
+                let st = a.state.lock().unwrap_or_else(|e| e.into_inner());
+                (st.limit.floor() as usize).saturating_sub(st.in_flight)
+            }
+        }
     }
 }
 
@@ -166,6 +389,7 @@ mod tests {
             protocols: BTreeMap::from([("ocsp".to_owned(), 1)]),
             per_tenant: 3,
             max_tenant_pools: 8,
+            ..BulkheadConfig::default()
         })
     }
 
@@ -214,6 +438,133 @@ mod tests {
         }
         b.tenants.run_pending_tasks();
         assert!(b.tenants.entry_count() <= 8, "{}", b.tenants.entry_count());
+    }
+
+    fn adaptive(size: usize) -> Bulkheads {
+        Bulkheads::new(BulkheadConfig {
+            protocols: BTreeMap::from([("est".to_owned(), size)]),
+            adaptive_min: 2,
+            ..BulkheadConfig::default()
+        })
+    }
+
+    fn est_pool(b: &Bulkheads) -> Arc<AdaptivePool> {
+        match b.protocol_pool("est") {
+            ProtocolPool::Adaptive(a) => a,
+            ProtocolPool::Fixed(_) => panic!("est is adaptive by default"),
+        }
+    }
+
+    #[test]
+    fn an_adaptive_pool_shrinks_when_latency_rises_and_grows_back_when_it_falls() {
+        let b = adaptive(16);
+        let pool = est_pool(&b);
+        // Unloaded samples (one at a time): ~1 ms.
+        for _ in 0..5 {
+            let a = b.admit("est", "t").expect("idle pool admits");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            drop(a);
+        }
+        assert_eq!(
+            pool.limit(),
+            8,
+            "starts at 4 x adaptive_min; fast lone answers keep it"
+        );
+        // Overload: every round trip takes 20x the unloaded latency (one request stays in
+        // flight throughout, as under a steady load, so no sample counts as unloaded).
+        let steady = b.admit("est", "steady").expect("admits");
+        for _ in 0..30 {
+            let held: Vec<_> = (0..pool.limit())
+                .filter_map(|i| b.admit("est", &format!("t{i}")).ok())
+                .collect();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            drop(held);
+        }
+        assert_eq!(pool.limit(), 2, "shrunk to adaptive_min");
+        drop(steady);
+        let held: Vec<_> = (0..2)
+            .map(|_| b.admit("est", "u").expect("within the limit"))
+            .collect();
+        assert_eq!(
+            b.admit("est", "u").err(),
+            Some(Pool::Protocol),
+            "beyond the limit: shed"
+        );
+        let v: Vec<_> = (0..2)
+            .map(|_| b.admit("est", "v").expect("a share beyond the limit"))
+            .collect();
+        assert_eq!(b.admit("est", "v").err(), Some(Pool::Tenant));
+        drop((held, v));
+        // Fast again: the limit climbs back (additive: ~1 per limit's worth of answers).
+        for _ in 0..200 {
+            let held: Vec<_> = (0..pool.limit())
+                .filter_map(|i| b.admit("est", &format!("w{i}")).ok())
+                .collect();
+            drop(held);
+        }
+        assert!(pool.limit() >= 8, "grew back: {}", pool.limit());
+    }
+
+    #[test]
+    fn a_flooding_tenant_cannot_lock_another_out_of_an_adaptive_pool() {
+        let b = adaptive(8);
+        // Alone, a tenant may fill the whole limit (8 = 4 x adaptive_min).
+        let mut flood: Vec<_> = (0..8)
+            .map(|_| b.admit("est", "flood").expect("alone: the whole limit"))
+            .collect();
+        assert_eq!(
+            b.admit("est", "flood").err(),
+            Some(Pool::Protocol),
+            "alone: the limit"
+        );
+        // Another tenant still gets its share (4 of 8), beyond the full limit.
+        let quiet: Vec<_> = (0..4)
+            .map(|_| b.admit("est", "quiet").expect("below its share"))
+            .collect();
+        // The hard bound: the pool's size plus one share.
+        for t in ["quiet", "third"] {
+            assert_eq!(
+                b.admit("est", t).err(),
+                Some(Pool::Protocol),
+                "size + share"
+            );
+        }
+        // As the flood's requests finish, it cannot refill beyond its share while others run
+        // (and the other tenant, holding less than the flood did, was never the one refused).
+        flood.truncate(3);
+        let fourth = b.admit("est", "flood").expect("4th: within its share");
+        assert_eq!(b.admit("est", "flood").err(), Some(Pool::Tenant));
+        drop(fourth);
+        let mut quiet = quiet;
+        quiet.truncate(1);
+        let q = b.admit("est", "quiet").expect("holds less than the flood");
+        drop(q);
+        drop((flood, quiet));
+        assert!(b.admit("est", "flood").is_ok(), "freed on drop");
+        // Fixed pools (OCSP) are unaffected by the share.
+        let _o: Vec<_> = (0..8)
+            .map(|_| b.admit("ocsp", "flood").expect("fixed pool"))
+            .collect();
+    }
+
+    #[test]
+    fn adaptive_settings_are_validated() {
+        for cfg in [
+            BulkheadConfig {
+                adaptive_min: 0,
+                ..BulkheadConfig::default()
+            },
+            BulkheadConfig {
+                adaptive_latency_factor: 0.5,
+                ..BulkheadConfig::default()
+            },
+            BulkheadConfig {
+                tenant_share: 0.0,
+                ..BulkheadConfig::default()
+            },
+        ] {
+            assert!(cfg.validate().is_err(), "{cfg:?}");
+        }
     }
 
     #[test]

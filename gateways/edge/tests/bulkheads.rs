@@ -100,6 +100,7 @@ async fn edge() -> Edge {
                 protocols: BTreeMap::from([("ocsp".to_owned(), 3)]),
                 per_tenant: 5,
                 max_tenant_pools: 16,
+                ..BulkheadConfig::default()
             }),
             ..Guard::default()
         },

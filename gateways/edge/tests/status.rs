@@ -1093,6 +1093,7 @@ async fn a_saturated_ocsp_bulkhead_answers_try_later_while_crls_keep_being_serve
             protocols: std::collections::BTreeMap::from([("ocsp".to_owned(), 2)]),
             per_tenant: 50,
             max_tenant_pools: 16,
+            ..BulkheadConfig::default()
         }),
         ..Default::default()
     };
