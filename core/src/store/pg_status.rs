@@ -283,25 +283,28 @@ impl StatusStore for PgStore {
                 });
                 l.client = Some(client);
             }
-            let Some(client) = l.client.as_ref() else {
+            // Split borrows: the session and the set of locks it holds, updated as each step
+            // completes (a call cut short never leaves a granted lock untracked).
+            let super::pg::Lease { client, held } = &mut *l;
+            let Some(client) = client.as_ref() else {
                 return Err(CoreError::Store("no CRL lease connection".into()));
             };
             // Locks held past the lease time without a stored CRL (a build that failed) are
             // released so another core can generate those shards.
-            let stale: Vec<(String, String)> = l
-                .held
+            let stale: Vec<(String, String)> = held
                 .iter()
                 .filter(|(_, at)| at.elapsed() > ttl)
                 .map(|(k, _)| k.clone())
                 .collect();
-            for (i, s) in &stale {
-                let k = crl_lock_key(i, s);
+            for (i, s) in stale {
+                let k = crl_lock_key(&i, &s);
                 let _ = client
                     .execute("SELECT pg_advisory_unlock($1, $2)", &[&CRL_LOCK_CLASS, &k])
                     .await;
+                held.remove(&(i, s));
             }
-            let holds = l.held.contains_key(&(issuer.clone(), shard.clone()));
-            if !holds {
+            let id = (issuer.clone(), shard.clone());
+            if let std::collections::hash_map::Entry::Vacant(slot) = held.entry(id) {
                 // Waits for another core's generation of this shard, up to lock_timeout.
                 client
                     .execute("SELECT pg_advisory_lock($1, $2)", &[&CRL_LOCK_CLASS, &key])
@@ -312,6 +315,7 @@ impl StatusStore for PgStore {
                             db(e)
                         ))
                     })?;
+                slot.insert(Instant::now());
             }
             let r = client
                 .query_one(
@@ -322,12 +326,7 @@ impl StatusStore for PgStore {
                     &[&issuer, &shard],
                 )
                 .await
-                .map_err(db);
-            for k in stale {
-                l.held.remove(&k);
-            }
-            let r = r?;
-            l.held.insert((issuer, shard), Instant::now());
+                .map_err(db)?;
             Ok(col::<i64>(&r, 0)? as u64)
         })
     }
