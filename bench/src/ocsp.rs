@@ -766,7 +766,11 @@ pub(crate) fn hex_decode(s: &str) -> anyhow::Result<Vec<u8>> {
         .collect()
 }
 
-pub(crate) async fn issue_many(core: CoreClient<Channel>, n: usize, uid: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn issue_many(
+    core: CoreClient<Channel>,
+    n: usize,
+    uid: &str,
+) -> anyhow::Result<Vec<String>> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let run = std::process::id();
     let csr = |i: usize| -> anyhow::Result<Vec<u8>> {
@@ -837,7 +841,10 @@ pub(crate) async fn issue_many(core: CoreClient<Channel>, n: usize, uid: &str) -
 
 /// POSTs every request (16 connections) until each is answered with a successful response;
 /// returns the responses in request order.
-pub(crate) async fn fetch_all(addr: SocketAddr, requests: Vec<Vec<u8>>) -> anyhow::Result<Vec<Vec<u8>>> {
+pub(crate) async fn fetch_all(
+    addr: SocketAddr,
+    requests: Vec<Vec<u8>>,
+) -> anyhow::Result<Vec<Vec<u8>>> {
     let requests = Arc::new(requests);
     let conns = 16;
     let mut tasks = Vec::new();

@@ -84,7 +84,13 @@ pub(crate) fn check_core_caller(state: &State, caller: &Caller, rpc: &str) -> Re
 
 /// Admits a caller of an operator service (the admin allow-list), auditing a denial.
 pub(crate) fn check_admin_caller(state: &State, caller: &Caller, rpc: &str) -> Result<()> {
-    check(state, &state.admin_allow, caller, rpc, "admin.caller_not_allowed")
+    check(
+        state,
+        &state.admin_allow,
+        caller,
+        rpc,
+        "admin.caller_not_allowed",
+    )
 }
 
 /// Runs blocking store work off the async workers.

@@ -28,8 +28,8 @@ pub mod status;
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::error::Result;
 
-pub use sqlite::SqliteStore;
 pub use pg::{PgConfig, PgStore};
+pub use sqlite::SqliteStore;
 
 /// A tenant.
 #[derive(Clone, Debug, PartialEq, Eq)]
