@@ -157,6 +157,39 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Waits until `needle` appears in `child`'s log; returns the log. Panics with the log after
+/// `timeout` (the child's own output is the diagnosis).
+pub fn wait_for_log(child: &ChildGuard, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = child.log();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{needle}` not printed within {timeout:?}; log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `certgate up` on `fleet`'s data dir and ports (log in scratch/up.log), returned once it has
+/// printed its banner; builds the sibling binaries `up` spawns first.
+pub fn start_up(fleet: &Fleet) -> ChildGuard {
+    for b in ["certgate-signer", "certgate-core", "certgate-edge"] {
+        bin(b);
+    }
+    let mut cmd = Command::new(bin("certgate"));
+    cmd.arg("up")
+        .arg("--data-dir")
+        .arg(fleet.data_dir())
+        .args(fleet.port_args());
+    let up = ChildGuard::spawn("certgate up", cmd, &fleet.scratch().join("up.log"));
+    wait_for_log(&up, "Press Ctrl-C to stop.", Duration::from_secs(180));
+    up
+}
+
 /// A loopback TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -4,39 +4,10 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use certgate_e2e::{ChildGuard, Fleet, bin, http_get, run};
+use certgate_e2e::{Fleet, http_get, run, start_up};
 use der::{Decode, Encode};
-
-fn wait_for_log(up: &ChildGuard, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let log = up.log();
-        if log.contains(needle) {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`{needle}` not printed within {timeout:?}; log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn start_up(fleet: &Fleet) -> ChildGuard {
-    for b in ["certgate-signer", "certgate-core", "certgate-edge"] {
-        bin(b);
-    }
-    let mut cmd = Command::new(bin("certgate"));
-    cmd.arg("up")
-        .arg("--data-dir")
-        .arg(fleet.data_dir())
-        .args(fleet.port_args());
-    let up = ChildGuard::spawn("certgate up", cmd, &fleet.scratch().join("up.log"));
-    wait_for_log(&up, "Press Ctrl-C to stop.", Duration::from_secs(180));
-    up
-}
 
 struct Cmp<'a> {
     fleet: &'a Fleet,

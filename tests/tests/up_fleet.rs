@@ -4,24 +4,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use certgate_e2e::{ChildGuard, Fleet, bin, http_get, openssl_csr, run, wait_pid_gone};
+use certgate_e2e::{
+    ChildGuard, Fleet, bin, http_get, openssl_csr, run, wait_for_log, wait_pid_gone,
+};
 
 /// Waits until the `up` log contains `needle`; panics with the log after `timeout`.
-fn wait_for_log(up: &ChildGuard, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let log = up.log();
-        if log.contains(needle) {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`{needle}` not printed within {timeout:?}; log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The value after `label` on its banner line.
 fn banner_value(log: &str, label: &str) -> String {
     log.lines()

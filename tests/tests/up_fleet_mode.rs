@@ -8,25 +8,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use certgate_e2e::{ChildGuard, bin, free_port, openssl_csr, pid_alive, run, temp_dir};
+use certgate_e2e::{
+    ChildGuard, bin, free_port, openssl_csr, pid_alive, run, temp_dir, wait_for_log,
+};
 
 fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
-}
-
-fn wait_for_log(up: &ChildGuard, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let log = up.log();
-        if log.contains(needle) {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`{needle}` not printed within {timeout:?}; log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The address in the banner line of edge `n` that starts with `label`.
