@@ -362,13 +362,17 @@ fn ocsp_phase(
     let lua =
         crate::ocsp::wrk_script(scripts, &format!("get-{}.lua", f.edges.len()), &paths, None)?;
     let per_edge = (args.ocsp_connections / f.edges.len()).max(1);
+    // At least as many wrk threads in total as CPU cores, so one edge is not bounded by a
+    // single client thread.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cpus / f.edges.len()).max(1);
     let before = snapshot(&f.procs);
     let runs: Vec<_> = f
         .edges
         .iter()
         .map(|(_, addr)| {
             let (url, lua, secs) = (format!("http://{addr}"), lua.clone(), args.ocsp_seconds);
-            std::thread::spawn(move || crate::ocsp::wrk(&url, Some(&lua), 1, per_edge, secs))
+            std::thread::spawn(move || crate::ocsp::wrk(&url, Some(&lua), threads, per_edge, secs))
         })
         .collect();
     let mut rate = 0.0;
@@ -390,9 +394,9 @@ fn cpu_cell(cpu: &CpuCost, kind: &str) -> String {
         .find(|(k, _, _)| *k == kind)
         .map_or("–".into(), |(_, ms, n)| {
             if *n > 1 {
-                format!("{ms:.3} ({n}×)")
+                format!("{ms:.4} ({n}×)")
             } else {
-                format!("{ms:.3}")
+                format!("{ms:.4}")
             }
         })
 }
@@ -537,7 +541,7 @@ pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         for k in ["signer", "core", "edge", "postgres", "redis"] {
             let cap = |ms: Option<f64>| {
                 ms.filter(|m| *m > 0.0).map_or("–".into(), |m| {
-                    if m < 0.01 {
+                    if m < 0.0005 {
                         "> 100000 (off the path)".to_owned()
                     } else {
                         format!("{:.0}", 1000.0 / m)
