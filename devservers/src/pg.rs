@@ -72,7 +72,7 @@ impl PgServer {
         let sock = dir.path().join("sock");
         std::fs::create_dir_all(&sock).map_err(io("creating the socket directory"))?;
         let log = dir.path().join("postgres.log");
-        let log_file = std::fs::File::create(&log).map_err(io("creating postgres.log"))?;
+        std::fs::File::create(&log).map_err(io("creating postgres.log"))?;
         if as_postgres {
             for p in [dir.path(), &sock, &log] {
                 run(
@@ -81,21 +81,7 @@ impl PgServer {
                 )?;
             }
         }
-        let cmd = |program: &str| -> Command {
-            if as_postgres {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    "--reuid=postgres",
-                    "--regid=postgres",
-                    "--init-groups",
-                    "--reset-env",
-                ])
-                .arg(bin.join(program));
-                c
-            } else {
-                Command::new(bin.join(program))
-            }
-        };
+        let cmd = |program: &str| server_command(&bin, as_postgres, program);
         run(
             "initdb",
             cmd("initdb")
@@ -114,31 +100,6 @@ impl PgServer {
                 ]),
         )?;
         let port = crate::free_port()?;
-        let child = cmd("postgres")
-            .current_dir(dir.path())
-            .arg("-D")
-            .arg(&data)
-            .arg("-p")
-            .arg(port.to_string())
-            .arg("-k")
-            .arg(&sock)
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=200",
-                "-c",
-                "shared_buffers=32MB",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().map_err(io("postgres log handle"))?)
-            .stderr(log_file)
-            .spawn()
-            .map_err(io("spawning postgres"))?;
         let password_file = dir.path().join("app.password");
         let owner_password_file = dir.path().join("owner.password");
         let mut me = Self {
@@ -149,7 +110,7 @@ impl PgServer {
             url: format!("postgres://certgate_app@127.0.0.1:{port}/certgate"),
             owner_url: format!("postgres://certgate_owner@127.0.0.1:{port}/certgate"),
             dir,
-            child: Some(child),
+            child: None,
             bin,
             as_postgres,
             port,
@@ -158,7 +119,7 @@ impl PgServer {
             socket_dir: sock,
         };
         // From here on, a failure drops `me`, which stops the server.
-        me.wait_ready(Duration::from_secs(60))?;
+        me.resume()?;
         let owner_pw = crate::random_hex()?;
         let app_pw = crate::random_hex()?;
         crate::write_secret(&me.password_file, &app_pw)?;
@@ -257,9 +218,9 @@ impl PgServer {
         self.as_postgres
     }
 
-    /// Starts a stopped server again on the same port, data directory, roles and passwords (what
-    /// a database restart looks like to the cores); waits until it accepts connections. Does
-    /// nothing while it runs.
+    /// Starts the server on its port and data directory and waits until it accepts connections:
+    /// the first start, and a restart with the same roles and passwords (what a database restart
+    /// looks like to the cores). Does nothing while it runs.
     pub fn resume(&mut self) -> Result<()> {
         if self.child.is_some() {
             return Ok(());
@@ -269,20 +230,7 @@ impl PgServer {
             .append(true)
             .open(&log)
             .map_err(io("opening postgres.log"))?;
-        // The same command line as `start_in` (kept in step with it).
-        let mut c = if self.as_postgres {
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid=postgres",
-                "--regid=postgres",
-                "--init-groups",
-                "--reset-env",
-            ])
-            .arg(self.bin.join("postgres"));
-            c
-        } else {
-            Command::new(self.bin.join("postgres"))
-        };
+        let mut c = server_command(&self.bin, self.as_postgres, "postgres");
         let child = c
             .current_dir(self.dir.path())
             .arg("-D")
@@ -331,5 +279,23 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// `program` of the server's version, as the `postgres` user when we are root (PostgreSQL
+/// refuses to run as root).
+fn server_command(bin: &Path, as_postgres: bool, program: &str) -> Command {
+    if as_postgres {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--reset-env",
+        ])
+        .arg(bin.join(program));
+        c
+    } else {
+        Command::new(bin.join(program))
     }
 }
