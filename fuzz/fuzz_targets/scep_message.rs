@@ -2,7 +2,8 @@
 //! signer certificate lookup and RSA signature check (`parse_pki_message`); for messages that
 //! pass, the EnvelopedData recipient lookup and content decryption/decoding with a fixed key
 //! (AES and DES-EDE3 padding errors and content decoding are exercised, not the key unwrap,
-//! which is the RA's).
+//! which is the RA's); for messages refused with a reply address, the CertRep FAILURE built from
+//! the unverified transactionID/senderNonce.
 //! Seeds: requests built by gateways/scep/tests/messages.rs (SCEP_WRITE_SEEDS=DIR) in
 //! corpus/scep_message/.
 #![no_main]
@@ -10,10 +11,21 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(msg) = certgate_scep::parse_pki_message(data) {
-        let _ = msg.key_transport(&msg.signer_cert_der);
-        let _ = msg.decrypt_content(&[0x42; 16]);
-        let _ = msg.decrypt_content(&[0x42; 32]);
-        let _ = msg.decrypt_content(&[0x42; 24]);
+    match certgate_scep::parse_pki_message(data) {
+        Ok(msg) => {
+            let _ = msg.key_transport(&msg.signer_cert_der);
+            let _ = msg.decrypt_content(&[0x42; 16]);
+            let _ = msg.decrypt_content(&[0x42; 32]);
+            let _ = msg.decrypt_content(&[0x42; 24]);
+        }
+        // A refused message that still names a transactionID and senderNonce is answered with
+        // a CertRep FAILURE built from those unverified fields: building it must never panic.
+        Err(e) => {
+            if let Some(to) = e.reply_to.as_deref() {
+                assert!(!to.transaction_id.is_empty() && to.transaction_id.len() <= 128);
+                assert_eq!(to.sender_nonce.len(), 16);
+                let _ = certgate_scep::CertRep::failure_to(to, e.fail_info);
+            }
+        }
     }
 });
