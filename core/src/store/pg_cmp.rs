@@ -95,53 +95,11 @@ impl CmpStore for PgStore {
     }
 
     fn put_cmp_ra(&self, ra: &RaRec, audit: &AuditEntry) -> Result<()> {
-        let (ra, audit) = (ra.clone(), audit.clone());
-        in_tx!(self, tenant_scope(&ra.tenant), |tx| {
-            tx.execute(
-                "INSERT INTO cmp_ra (tenant, signer_key_id, key_type, cert_der, issuer_id, created_unix)
-                 VALUES ($1,$2,$3,$4,$5,$6)
-                 ON CONFLICT (tenant) DO UPDATE SET signer_key_id = excluded.signer_key_id,
-                   key_type = excluded.key_type, cert_der = excluded.cert_der,
-                   issuer_id = excluded.issuer_id, created_unix = excluded.created_unix",
-                &[
-                    &ra.tenant,
-                    &ra.signer_key_id,
-                    &ra.key_type,
-                    &ra.cert_der,
-                    &ra.issuer_id,
-                    &ra.created_unix,
-                ],
-            )
-            .await
-            .map_err(db)?;
-            append(&tx, &audit).await?;
-            Ok(())
-        })
+        self.put_ra(RaTable::Cmp, ra, audit)
     }
 
     fn cmp_ra(&self, tenant: &str) -> Result<Option<RaRec>> {
-        let tenant = tenant.to_owned();
-        in_tx!(self, tenant_scope(&tenant), |tx| {
-            let Some(r) = tx
-                .query_opt(
-                    "SELECT tenant, signer_key_id, key_type, cert_der, issuer_id, created_unix
-                     FROM cmp_ra WHERE tenant = $1",
-                    &[&tenant],
-                )
-                .await
-                .map_err(db)?
-            else {
-                return Ok(None);
-            };
-            Ok(Some(RaRec {
-                tenant: col(&r, 0)?,
-                signer_key_id: col(&r, 1)?,
-                key_type: col(&r, 2)?,
-                cert_der: col(&r, 3)?,
-                issuer_id: col(&r, 4)?,
-                created_unix: col(&r, 5)?,
-            }))
-        })
+        self.ra(RaTable::Cmp, tenant)
     }
 
     fn await_confirm(&self, tenant: &str, idem_key: &str, deadline: i64) -> Result<()> {
@@ -248,6 +206,78 @@ impl CmpStore for PgStore {
             .iter()
             .map(confirm_row)
             .collect()
+        })
+    }
+}
+
+/// The two RA tables (CMP and SCEP RAs are separate keys with separate roles in the signer, but
+/// the same record shape), so one pair of queries serves both.
+#[derive(Clone, Copy)]
+pub(super) enum RaTable {
+    Cmp,
+    Scep,
+}
+
+impl RaTable {
+    fn name(self) -> &'static str {
+        match self {
+            RaTable::Cmp => "cmp_ra",
+            RaTable::Scep => "scep_ra",
+        }
+    }
+}
+
+impl PgStore {
+    /// Inserts or replaces the tenant's RA in `table`, with its audit record in the transaction.
+    pub(super) fn put_ra(&self, table: RaTable, ra: &RaRec, audit: &AuditEntry) -> Result<()> {
+        let (ra, audit) = (ra.clone(), audit.clone());
+        let sql = format!(
+            "INSERT INTO {} (tenant, signer_key_id, key_type, cert_der, issuer_id, created_unix)
+             VALUES ($1,$2,$3,$4,$5,$6)
+             ON CONFLICT (tenant) DO UPDATE SET signer_key_id = excluded.signer_key_id,
+               key_type = excluded.key_type, cert_der = excluded.cert_der,
+               issuer_id = excluded.issuer_id, created_unix = excluded.created_unix",
+            table.name()
+        );
+        in_tx!(self, tenant_scope(&ra.tenant), |tx| {
+            tx.execute(
+                &sql,
+                &[
+                    &ra.tenant,
+                    &ra.signer_key_id,
+                    &ra.key_type,
+                    &ra.cert_der,
+                    &ra.issuer_id,
+                    &ra.created_unix,
+                ],
+            )
+            .await
+            .map_err(db)?;
+            append(&tx, &audit).await?;
+            Ok(())
+        })
+    }
+
+    /// The tenant's RA in `table`, if any.
+    pub(super) fn ra(&self, table: RaTable, tenant: &str) -> Result<Option<RaRec>> {
+        let tenant = tenant.to_owned();
+        let sql = format!(
+            "SELECT tenant, signer_key_id, key_type, cert_der, issuer_id, created_unix
+             FROM {} WHERE tenant = $1",
+            table.name()
+        );
+        in_tx!(self, tenant_scope(&tenant), |tx| {
+            let Some(r) = tx.query_opt(&sql, &[&tenant]).await.map_err(db)? else {
+                return Ok(None);
+            };
+            Ok(Some(RaRec {
+                tenant: col(&r, 0)?,
+                signer_key_id: col(&r, 1)?,
+                key_type: col(&r, 2)?,
+                cert_der: col(&r, 3)?,
+                issuer_id: col(&r, 4)?,
+                created_unix: col(&r, 5)?,
+            }))
         })
     }
 }

@@ -6,6 +6,7 @@
 
 use super::cmp::RaRec;
 use super::pg::{PgStore, append, col, db, in_tx, tenant_scope};
+use super::pg_cmp::RaTable;
 use super::scep::{ChallengeMatch, ScepStore};
 use crate::audit::AuditEntry;
 use crate::error::Result;
@@ -16,53 +17,11 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl ScepStore for PgStore {
     fn put_scep_ra(&self, ra: &RaRec, audit: &AuditEntry) -> Result<()> {
-        let (ra, audit) = (ra.clone(), audit.clone());
-        in_tx!(self, tenant_scope(&ra.tenant), |tx| {
-            tx.execute(
-                "INSERT INTO scep_ra (tenant, signer_key_id, key_type, cert_der, issuer_id, created_unix)
-                 VALUES ($1,$2,$3,$4,$5,$6)
-                 ON CONFLICT (tenant) DO UPDATE SET signer_key_id = excluded.signer_key_id,
-                   key_type = excluded.key_type, cert_der = excluded.cert_der,
-                   issuer_id = excluded.issuer_id, created_unix = excluded.created_unix",
-                &[
-                    &ra.tenant,
-                    &ra.signer_key_id,
-                    &ra.key_type,
-                    &ra.cert_der,
-                    &ra.issuer_id,
-                    &ra.created_unix,
-                ],
-            )
-            .await
-            .map_err(db)?;
-            append(&tx, &audit).await?;
-            Ok(())
-        })
+        self.put_ra(RaTable::Scep, ra, audit)
     }
 
     fn scep_ra(&self, tenant: &str) -> Result<Option<RaRec>> {
-        let tenant = tenant.to_owned();
-        in_tx!(self, tenant_scope(&tenant), |tx| {
-            let Some(r) = tx
-                .query_opt(
-                    "SELECT tenant, signer_key_id, key_type, cert_der, issuer_id, created_unix
-                     FROM scep_ra WHERE tenant = $1",
-                    &[&tenant],
-                )
-                .await
-                .map_err(db)?
-            else {
-                return Ok(None);
-            };
-            Ok(Some(RaRec {
-                tenant: col(&r, 0)?,
-                signer_key_id: col(&r, 1)?,
-                key_type: col(&r, 2)?,
-                cert_der: col(&r, 3)?,
-                issuer_id: col(&r, 4)?,
-                created_unix: col(&r, 5)?,
-            }))
-        })
+        self.ra(RaTable::Scep, tenant)
     }
 
     fn put_scep_static_challenge(
