@@ -1563,6 +1563,22 @@ mod scep {
             a.as_scep().expect("SCEP on PostgreSQL"),
             b.as_scep().expect("SCEP on PostgreSQL"),
         );
+        // The SCEP RA: per tenant, seen by the other core, and kept apart from the CMP RA table.
+        let ra = certgate_core::store::cmp::RaRec {
+            tenant: "ta".into(),
+            signer_key_id: "scep-ra-key".into(),
+            key_type: 1,
+            cert_der: vec![3, 4],
+            issuer_id: "i".into(),
+            created_unix: 7,
+        };
+        sa.put_scep_ra(&ra, &audit("scep-ra", "ta"))
+            .expect("scep ra");
+        assert_eq!(sb.scep_ra("ta").expect("scep ra"), Some(ra));
+        assert_eq!(sb.scep_ra("tb").expect("scep ra"), None);
+        let cmp = b.as_cmp().expect("CMP on PostgreSQL");
+        assert_eq!(cmp.cmp_ra("ta").expect("cmp ra"), None);
+
         let st = challenge_digest(b"static-pw");
         assert!(
             !sa.put_scep_static_challenge("ta", "", st, 1, &audit("scep", "ta"))
