@@ -132,7 +132,29 @@ struct AdaptivePool {
     min: f64,
     factor: f64,
     share: f64,
+    clock: Clock,
     state: Mutex<AdaptiveState>,
+}
+
+/// Where adaptive pools read the time: a test drives a manual clock so latency samples are
+/// exactly what it says, whatever the machine's load (a sleeping thread on a busy CI runner
+/// can oversleep by more than the latencies the test feeds).
+#[derive(Debug, Clone, Default)]
+enum Clock {
+    #[default]
+    Real,
+    #[cfg(test)]
+    Manual(Arc<Mutex<Instant>>),
+}
+
+impl Clock {
+    fn now(&self) -> Instant {
+        match self {
+            Clock::Real => Instant::now(),
+            #[cfg(test)]
+            Clock::Manual(t) => *t.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -160,12 +182,13 @@ struct AdaptiveSlot {
 const LIMIT_GAUGE: &str = "certgate_edge_bulkhead_limit";
 
 impl AdaptivePool {
-    fn new(protocol: &'static str, size: usize, cfg: &BulkheadConfig) -> Self {
+    fn new(protocol: &'static str, size: usize, cfg: &BulkheadConfig, clock: Clock) -> Self {
         let max = size as f64;
         let min = (cfg.adaptive_min as f64).min(max);
         // Start low (as TCP does) and grow into what the core sustains, rather than start at
         // the ceiling and let a first burst queue hundreds of requests in the core.
         let initial = (4.0 * min).min(max);
+        let last_decrease = clock.now();
         ::metrics::gauge!(LIMIT_GAUGE, "protocol" => protocol).set(initial);
         Self {
             protocol,
@@ -173,11 +196,12 @@ impl AdaptivePool {
             min,
             factor: cfg.adaptive_latency_factor,
             share: cfg.tenant_share,
+            clock,
             state: Mutex::new(AdaptiveState {
                 in_flight: 0,
                 limit: initial,
                 baseline: None,
-                last_decrease: Instant::now(),
+                last_decrease,
                 tenants: HashMap::new(),
             }),
         }
@@ -220,13 +244,13 @@ impl AdaptivePool {
         Ok(AdaptiveSlot {
             pool: self.clone(),
             tenant: tenant.to_owned(),
-            start: Instant::now(),
+            start: self.clock.now(),
             unloaded: st.in_flight == 1,
         })
     }
 
     fn release(&self, slot: &AdaptiveSlot) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let took = now.duration_since(slot.start).as_secs_f64();
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.in_flight = st.in_flight.saturating_sub(1);
@@ -290,6 +314,7 @@ pub struct Bulkheads {
     /// OCSP and CRL unless Host-mapped) takes it, so it skips the moka probe. One extra pool
     /// beyond `max_tenant_pools`, never evicted.
     default_tenant: Arc<Semaphore>,
+    clock: Clock,
 }
 
 /// A protocol's pool: fixed size, or adaptive (issuance protocols).
@@ -313,6 +338,7 @@ impl Bulkheads {
             default_tenant: Arc::new(Semaphore::new(cfg.per_tenant)),
             protocols: RwLock::new(HashMap::new()),
             cfg,
+            clock: Clock::Real,
         }
     }
 
@@ -330,7 +356,12 @@ impl Bulkheads {
             .unwrap_or(self.cfg.per_protocol);
         let make = || {
             if self.cfg.adaptive.iter().any(|p| p == protocol) {
-                ProtocolPool::Adaptive(Arc::new(AdaptivePool::new(protocol, size, &self.cfg)))
+                ProtocolPool::Adaptive(Arc::new(AdaptivePool::new(
+                    protocol,
+                    size,
+                    &self.cfg,
+                    self.clock.clone(),
+                )))
             } else {
                 ProtocolPool::Fixed(Arc::new(Semaphore::new(size)))
             }
@@ -457,12 +488,19 @@ mod tests {
 
     #[test]
     fn an_adaptive_pool_shrinks_when_latency_rises_and_grows_back_when_it_falls() {
-        let b = adaptive(16);
+        let mut b = adaptive(16);
+        let clock = Arc::new(Mutex::new(Instant::now()));
+        b.clock = Clock::Manual(clock.clone());
+        let tick = |ms: u64| {
+            let mut t = clock.lock().unwrap_or_else(|e| e.into_inner());
+            *t += std::time::Duration::from_millis(ms);
+        };
         let pool = est_pool(&b);
-        // Unloaded samples (one at a time): ~1 ms.
+        // Unloaded samples (one at a time): 1 ms.
         for _ in 0..5 {
+            tick(1);
             let a = b.admit("est", "t").expect("idle pool admits");
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            tick(1);
             drop(a);
         }
         assert_eq!(
@@ -474,10 +512,11 @@ mod tests {
         // flight throughout, as under a steady load, so no sample counts as unloaded).
         let steady = b.admit("est", "steady").expect("admits");
         for _ in 0..30 {
+            tick(1);
             let held: Vec<_> = (0..pool.limit())
                 .filter_map(|i| b.admit("est", &format!("t{i}")).ok())
                 .collect();
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            tick(20);
             drop(held);
         }
         assert_eq!(pool.limit(), 2, "shrunk to adaptive_min");
@@ -494,12 +533,16 @@ mod tests {
             .map(|_| b.admit("est", "v").expect("a share beyond the limit"))
             .collect();
         assert_eq!(b.admit("est", "v").err(), Some(Pool::Tenant));
+        tick(1);
         drop((held, v));
-        // Fast again: the limit climbs back (additive: ~1 per limit's worth of answers).
+        // Fast again (answers within the unloaded latency): the limit climbs back (additive:
+        // ~1 per limit's worth of answers).
         for _ in 0..200 {
+            tick(1);
             let held: Vec<_> = (0..pool.limit())
                 .filter_map(|i| b.admit("est", &format!("w{i}")).ok())
                 .collect();
+            tick(1);
             drop(held);
         }
         assert!(pool.limit() >= 8, "grew back: {}", pool.limit());
