@@ -298,6 +298,41 @@ mod tests {
     }
 
     #[test]
+    fn published_signature_algorithms_are_exactly_the_verified_ones() {
+        use crate::profile::KeyAlgorithm as K;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let spki = SubjectPublicKeyInfoOwned::from_der(&key.public_key_der()).unwrap();
+        let candidates = [
+            rfc5912::ECDSA_WITH_SHA_224,
+            rfc5912::ECDSA_WITH_SHA_256,
+            rfc5912::ECDSA_WITH_SHA_384,
+            rfc5912::ECDSA_WITH_SHA_512,
+            rfc5912::SHA_1_WITH_RSA_ENCRYPTION,
+            rfc5912::SHA_224_WITH_RSA_ENCRYPTION,
+            rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
+            rfc5912::SHA_384_WITH_RSA_ENCRYPTION,
+            rfc5912::SHA_512_WITH_RSA_ENCRYPTION,
+            rfc5912::ID_RSASSA_PSS,
+            rfc8410::ID_ED_25519,
+            rfc8410::ID_ED_448,
+        ];
+        for alg in [K::EcdsaP256, K::EcdsaP384, K::Rsa, K::Ed25519] {
+            let k = SubjectKey {
+                spki: spki.clone(),
+                alg,
+                rsa_bits: Some(2048),
+            };
+            for oid in candidates {
+                assert_eq!(
+                    verification_alg(&k, oid).is_some(),
+                    alg.signature_algorithms().contains(&oid),
+                    "{alg:?} {oid}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn verifies_and_classifies_p256_p384_and_ed25519_csrs() {
         for (alg, expect) in [
             (&rcgen::PKCS_ECDSA_P256_SHA256, KeyAlgorithm::EcdsaP256),

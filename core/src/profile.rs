@@ -384,6 +384,107 @@ impl Profile {
     }
 }
 
+impl KeyAlgorithm {
+    /// The name used in profile documents and `ProfileDescription.key_algorithms`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyAlgorithm::EcdsaP256 => "ecdsa-p256",
+            KeyAlgorithm::EcdsaP384 => "ecdsa-p384",
+            KeyAlgorithm::Rsa => "rsa",
+            KeyAlgorithm::Ed25519 => "ed25519",
+        }
+    }
+
+    /// The CSR signature algorithms the core verifies for a key of this type (the table of
+    /// `csr::parse_csr`; a unit test there keeps the two in step).
+    pub fn signature_algorithms(self) -> &'static [const_oid::ObjectIdentifier] {
+        use const_oid::db::rfc5912 as o;
+        match self {
+            KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => {
+                &[o::ECDSA_WITH_SHA_256, o::ECDSA_WITH_SHA_384]
+            }
+            KeyAlgorithm::Rsa => &[
+                o::SHA_256_WITH_RSA_ENCRYPTION,
+                o::SHA_384_WITH_RSA_ENCRYPTION,
+                o::SHA_512_WITH_RSA_ENCRYPTION,
+            ],
+            KeyAlgorithm::Ed25519 => &[const_oid::db::rfc8410::ID_ED_25519],
+        }
+    }
+}
+
+impl Ku {
+    /// The name used in profile documents and `ProfileDescription.key_usages`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ku::DigitalSignature => "digital_signature",
+            Ku::KeyEncipherment => "key_encipherment",
+            Ku::KeyAgreement => "key_agreement",
+        }
+    }
+}
+
+impl Profile {
+    /// The profile as `Core.DescribeProfile` publishes it to edges (EST csrattrs, CMP
+    /// certReqTemplate): what a request may use and what the certificate gets. Derived from the
+    /// same fields the checks above enforce, so what edges advertise is what the core accepts.
+    pub fn describe(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> certgate_proto::core::ProfileDescription {
+        let mut signature_algorithms: Vec<String> = Vec::new();
+        for alg in &self.key_algorithms {
+            for oid in alg.signature_algorithms() {
+                let oid = oid.to_string();
+                if !signature_algorithms.contains(&oid) {
+                    signature_algorithms.push(oid);
+                }
+            }
+        }
+        let mut san_types = Vec::new();
+        if !self.allowed_dns_suffixes.is_empty() {
+            san_types.push("dns".to_owned());
+        }
+        if !self.allowed_ip_ranges.is_empty() {
+            san_types.push("ip".to_owned());
+        }
+        if !self.allowed_uri_prefixes.is_empty() {
+            san_types.push("uri".to_owned());
+        }
+        certgate_proto::core::ProfileDescription {
+            tenant: tenant.to_owned(),
+            profile: name.to_owned(),
+            version,
+            key_algorithms: self
+                .key_algorithms
+                .iter()
+                .map(|a| a.name().to_owned())
+                .collect(),
+            min_rsa_bits: self.min_rsa_bits,
+            signature_algorithms,
+            subject_attributes: vec![const_oid::db::rfc4519::CN.to_string()],
+            san_types,
+            max_sans: self.max_sans,
+            allow_wildcards: self.allow_wildcards,
+            ekus: self.ekus.iter().map(|e| e.oid().to_string()).collect(),
+            key_usages: self
+                .key_usages
+                .iter()
+                .map(|k| k.name().to_owned())
+                .collect(),
+            max_validity_seconds: self.max_validity_seconds,
+            default_validity_seconds: self.default_validity_seconds,
+            approval: match self.approval {
+                Approval::Auto => "auto",
+                Approval::Manual => "manual",
+            }
+            .to_owned(),
+        }
+    }
+}
+
 /// A subject alternative name the core issues.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum San {
@@ -710,6 +811,55 @@ mod tests {
         );
         body = BUILTIN_TLS_SERVER_TOML.to_owned() + "\nunknown = 1\n";
         assert!(Profile::parse(&body, "toml").is_err());
+    }
+
+    #[test]
+    fn describe_publishes_what_the_checks_enforce() {
+        let d = strict().describe("t1", "router", 3);
+        assert_eq!(
+            (d.tenant.as_str(), d.profile.as_str(), d.version),
+            ("t1", "router", 3)
+        );
+        assert_eq!(d.key_algorithms, vec!["ecdsa-p256", "rsa"]);
+        assert_eq!(d.min_rsa_bits, 3072);
+        assert_eq!(
+            d.signature_algorithms,
+            vec![
+                "1.2.840.10045.4.3.2",
+                "1.2.840.10045.4.3.3",
+                "1.2.840.113549.1.1.11",
+                "1.2.840.113549.1.1.12",
+                "1.2.840.113549.1.1.13"
+            ]
+        );
+        assert_eq!(d.san_types, vec!["dns", "ip"]);
+        assert_eq!(d.ekus, vec!["1.3.6.1.5.5.7.3.1"]);
+        assert_eq!(d.key_usages, vec!["digital_signature"]);
+        assert_eq!(d.subject_attributes, vec!["2.5.4.3"]);
+        assert_eq!(
+            (d.max_validity_seconds, d.default_validity_seconds),
+            (86_400, 3600)
+        );
+        assert_eq!((d.max_sans, d.allow_wildcards), (2, false));
+        assert_eq!(d.approval, "auto");
+        let mut p = strict();
+        p.allowed_ip_ranges.clear();
+        p.allowed_uri_prefixes = vec!["spiffe://x.test/".into()];
+        p.approval = Approval::Manual;
+        let d = p.describe("t1", "router", 1);
+        assert_eq!(d.san_types, vec!["dns", "uri"]);
+        assert_eq!(d.approval, "manual");
+        // Every name published parses back as the document's own spelling.
+        for alg in [
+            KeyAlgorithm::EcdsaP256,
+            KeyAlgorithm::EcdsaP384,
+            KeyAlgorithm::Rsa,
+            KeyAlgorithm::Ed25519,
+        ] {
+            let back: KeyAlgorithm =
+                serde_json::from_str(&format!("{:?}", alg.name())).expect("name parses");
+            assert_eq!(back, alg);
+        }
     }
 
     #[test]

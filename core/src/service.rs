@@ -332,6 +332,37 @@ impl Core for CoreService {
         Ok(Response::new(out?))
     }
 
+    async fn describe_profile(
+        &self,
+        req: Request<certgate_proto::core::DescribeProfileRequest>,
+    ) -> Result<Response<certgate_proto::core::ProfileDescription>, Status> {
+        let caller = caller_of(&req);
+        check_core_caller(&self.0, &caller, "DescribeProfile")?;
+        let r = req.into_inner();
+        let store = self.0.store.clone();
+        let out = blocking(move || {
+            // I-4: looked up under the request's tenant only; an unknown tenant and another
+            // tenant's profile answer alike, so nothing about other tenants shows.
+            let unknown = || CoreError::not_found("profile.unknown", "no such profile");
+            let tenant = store.get_tenant(&r.tenant)?.ok_or_else(unknown)?;
+            let name = if r.profile.is_empty() {
+                tenant.default_profile.clone()
+            } else {
+                r.profile.clone()
+            };
+            let rec = store
+                .latest_profile(&tenant.name, &name)?
+                .ok_or_else(unknown)?;
+            let profile = Profile::from_json(&rec.body_json)?;
+            Ok(profile.describe(&tenant.name, &rec.name, rec.version))
+        })
+        .await;
+        metrics::counter!("certgate_core_describe_profile_total",
+            "outcome" => if out.is_ok() { "ok" } else { "error" })
+        .increment(1);
+        Ok(Response::new(out?))
+    }
+
     type WatchStatusStream = StatusStream;
 
     /// Issuers, a snapshot (or a resume from the cursor), live events, heartbeats

@@ -75,6 +75,7 @@ struct State {
     issued: Mutex<Vec<IssueRequest>>,
     confirmed: Mutex<Vec<ConfirmRequest>>,
     revoked: Mutex<Vec<RevokeRequest>>,
+    described: Mutex<u32>,
 }
 
 #[derive(Clone, Default)]
@@ -170,6 +171,40 @@ impl Core for Fake {
             shard: r.shard,
             crl_der: FAKE_CRL.to_vec(),
             ..Default::default()
+        }))
+    }
+    /// Tenant `default`: a P-256/RSA-3072 profile for server and client auth with DNS and IP
+    /// names; any other tenant: NOT_FOUND, as the core answers (I-4).
+    async fn describe_profile(
+        &self,
+        req: Request<certgate_proto::core::DescribeProfileRequest>,
+    ) -> Result<Response<certgate_proto::core::ProfileDescription>, Status> {
+        let r = req.into_inner();
+        *self.0.described.lock().expect("lock") += 1;
+        if r.tenant != "default" {
+            return Err(RpcError::new(
+                certgate_proto::ErrorKind::NotFound,
+                "profile.unknown",
+                "no such profile",
+            )
+            .into());
+        }
+        Ok(Response::new(certgate_proto::core::ProfileDescription {
+            tenant: r.tenant,
+            profile: "tls-server".into(),
+            version: 1,
+            key_algorithms: vec!["ecdsa-p256".into(), "rsa".into()],
+            min_rsa_bits: 3072,
+            signature_algorithms: vec!["1.2.840.10045.4.3.2".into()],
+            subject_attributes: vec!["2.5.4.3".into()],
+            san_types: vec!["dns".into(), "ip".into()],
+            max_sans: 10,
+            allow_wildcards: false,
+            ekus: vec!["1.3.6.1.5.5.7.3.1".into(), "1.3.6.1.5.5.7.3.2".into()],
+            key_usages: vec!["digital_signature".into()],
+            max_validity_seconds: 86_400,
+            default_validity_seconds: 86_400,
+            approval: "auto".into(),
         }))
     }
     type WatchStatusStream = Events;

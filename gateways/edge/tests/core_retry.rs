@@ -74,6 +74,12 @@ impl Core for Flaky {
     ) -> Result<Response<certgate_proto::core::CrlEntry>, Status> {
         Err(Status::unimplemented("not in this fake"))
     }
+    async fn describe_profile(
+        &self,
+        _: Request<certgate_proto::core::DescribeProfileRequest>,
+    ) -> Result<Response<certgate_proto::core::ProfileDescription>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
     type WatchStatusStream = Events;
     async fn watch_status(
         &self,

@@ -338,6 +338,12 @@ impl Core for FakeCore {
             None => Err(RpcError::not_found("crl.unknown", "no such CRL").into()),
         }
     }
+    async fn describe_profile(
+        &self,
+        _: Request<certgate_proto::core::DescribeProfileRequest>,
+    ) -> Result<Response<certgate_proto::core::ProfileDescription>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
     type WatchStatusStream = Events;
     async fn watch_status(
         &self,
