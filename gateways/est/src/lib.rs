@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod csrattrs;
 pub mod keygen;
+pub mod keyprotect;
 pub mod reenroll;
 pub mod request;
 pub mod response;
@@ -54,4 +55,15 @@ pub enum EstError {
     /// The platform's random generator or key generation failed.
     #[error("key generation failed")]
     KeyGen,
+    /// A `serverkeygen` request for an encrypted key that cannot be served as asked (RFC 7030
+    /// §4.4.1: unknown or ambiguous decrypt key) (400); the key is never sent unencrypted then.
+    #[error("{0}")]
+    KeyProtection(&'static str),
+    /// Asked for something this server does not implement (501).
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// RFC 7030 §3.5 channel binding: the CSR's challengePassword is missing or does not carry
+    /// this TLS connection's binding value (403).
+    #[error("{0}")]
+    ChannelBinding(&'static str),
 }
