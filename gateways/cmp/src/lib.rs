@@ -12,6 +12,7 @@ pub mod der_util;
 pub mod error;
 pub mod parse;
 pub mod respond;
+pub mod template;
 
 pub use error::{CmpError, FailInfo};
 pub use parse::{Body, Limits, Protection, Request, parse};
