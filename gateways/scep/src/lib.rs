@@ -7,6 +7,7 @@
 //! Both RA operations are split into "here is what to send" / "here is what came back" steps so
 //! the crate stays sans-I/O and the edge can make them async RPCs.
 
+mod lenient;
 mod message;
 mod reply;
 
@@ -16,7 +17,9 @@ pub use message::{
     DigestAlg, IssuerAndSerial, KeyTransport, MAX_MESSAGE_LEN, MessageType, PkiMessage,
     RequestContent, parse_pki_message,
 };
-pub use reply::{CertRep, ca_caps, ca_cert_response};
+pub use reply::{
+    CertRep, NEXT_CA_CERT_CONTENT_TYPE, NextCaCert, ca_caps, ca_caps_with_next_ca, ca_cert_response,
+};
 
 /// The failInfo values of RFC 8894 §3.2.1.4; every rejected request maps to one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

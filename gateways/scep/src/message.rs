@@ -1,18 +1,16 @@
 //! PKIOperation request parsing: SignedData → signed attributes → signature check →
 //! EnvelopedData → (CEK from the RA) → content.
 
-use crate::{FailInfo, ReplyTo, ScepError, oids};
+use crate::{FailInfo, ReplyTo, ScepError, lenient, oids};
 use aws_lc_rs::cipher::{
     AES_128, AES_192, AES_256, DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey,
 };
 use aws_lc_rs::signature::{self, UnparsedPublicKey};
-use cms::cert::CertificateChoices;
 use cms::content_info::ContentInfo;
 use cms::enveloped_data::{EnvelopedData, RecipientInfo};
-use cms::signed_data::{SignedData, SignerIdentifier, SignerInfo};
 use const_oid::ObjectIdentifier;
 use der::asn1::{OctetString, PrintableString};
-use der::{Decode, Encode};
+use der::{Decode, Encode, Tagged};
 use sha2::Digest as _;
 use x509_cert::Certificate;
 use x509_cert::name::Name;
@@ -212,8 +210,8 @@ fn reply_to(der_bytes: &[u8]) -> Option<ReplyTo> {
     if ci.content_type != oids::SIGNED_DATA {
         return None;
     }
-    let sd: SignedData = ci.content.decode_as().ok()?;
-    let mut infos = sd.signer_infos.0.iter();
+    let sd: lenient::SignedData = ci.content.decode_as().ok()?;
+    let mut infos = sd.signer_infos.iter();
     let (Some(si), None) = (infos.next(), infos.next()) else {
         return None;
     };
@@ -248,12 +246,14 @@ fn parse_verified(der_bytes: &[u8]) -> Result<PkiMessage, ScepError> {
     if ci.content_type != oids::SIGNED_DATA {
         return Err(bad(FailInfo::BadRequest, "ContentInfo is not SignedData"));
     }
-    let sd: SignedData = ci
+    // Lenient mirrors of the `cms` types: a throw-away signer certificate may have a serial
+    // longer than RFC 5280 allows (certmonger's has 32 octets).
+    let sd: lenient::SignedData = ci
         .content
         .decode_as()
         .map_err(|_| bad(FailInfo::BadRequest, "malformed SignedData"))?;
-    let mut infos = sd.signer_infos.0.iter();
-    let si: &SignerInfo = match (infos.next(), infos.next()) {
+    let mut infos = sd.signer_infos.iter();
+    let si: &lenient::SignerInfo = match (infos.next(), infos.next()) {
         (Some(si), None) => si,
         _ => return Err(bad(FailInfo::BadRequest, "need exactly one SignerInfo")),
     };
@@ -321,24 +321,23 @@ fn parse_verified(der_bytes: &[u8]) -> Result<PkiMessage, ScepError> {
     }
 
     // The signer certificate: the one in `certificates` that the SignerIdentifier names.
-    let SignerIdentifier::IssuerAndSerialNumber(sid) = &si.sid else {
+    let Some(sid) = si.issuer_serial() else {
         return Err(bad(
             FailInfo::BadRequest,
             "signer must be named by issuer and serial",
         ));
     };
-    let signer = sd
+    let (signer_any, signer) = sd
         .certificates
         .as_ref()
         .and_then(|set| {
-            set.0.iter().find_map(|c| match c {
-                CertificateChoices::Certificate(c)
-                    if c.tbs_certificate.issuer == sid.issuer
-                        && c.tbs_certificate.serial_number == sid.serial_number =>
-                {
-                    Some(c)
+            set.iter().find_map(|any| {
+                if any.tag() != der::Tag::Sequence {
+                    return None; // not a plain Certificate (attribute/other certificate)
                 }
-                _ => None,
+                let der_bytes = any.to_der().ok()?;
+                let c = lenient::Cert::from_der_lenient(&der_bytes).ok()?;
+                (c.issuer_serial() == sid).then_some((der_bytes, c))
             })
         })
         .ok_or_else(|| bad(FailInfo::BadCertId, "signer certificate not in message"))?;
@@ -378,7 +377,7 @@ fn parse_verified(der_bytes: &[u8]) -> Result<PkiMessage, ScepError> {
         message_type,
         transaction_id,
         sender_nonce,
-        signer_cert_der: signer.to_der().map_err(enc)?,
+        signer_cert_der: signer_any,
         signer_spki_der: spki.to_der().map_err(enc)?,
         signer_id: IssuerAndSerial {
             issuer_der: sid.issuer.to_der().map_err(enc)?,

@@ -7,10 +7,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::rsa::{Pkcs1PublicEncryptingKey, PublicEncryptingKey};
 use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
 use cms::content_info::{CmsVersion, ContentInfo};
-use cms::enveloped_data::{
-    EncryptedContentInfo, EnvelopedData, KeyTransRecipientInfo, RecipientIdentifier, RecipientInfo,
-    RecipientInfos,
-};
+use cms::enveloped_data::EncryptedContentInfo;
 use cms::revocation::{RevocationInfoChoice, RevocationInfoChoices};
 use cms::signed_data::{
     CertificateSet, EncapsulatedContentInfo, SignedAttributes, SignedData, SignerIdentifier,
@@ -29,6 +26,13 @@ use zeroize::Zeroizing;
 /// SHA-256 only next to DES3 or SHA-384 and AES only next to SHA-384 (see PEERS.md).
 pub fn ca_caps() -> &'static str {
     "AES\nDES3\nSHA-256\nSHA-384\nSHA-512\nPOSTPKIOperation\nRenewal\nSCEPStandard\n"
+}
+
+/// The GetCACaps answer while a CA rollover is staged: [`ca_caps`] plus `GetNextCACert`
+/// (RFC 8894 §3.5.2), offered only when there is a next CA certificate to hand out. Appended
+/// last, so the order strongSwan 5.9's parser depends on stays as in [`ca_caps`].
+pub fn ca_caps_with_next_ca() -> &'static str {
+    "AES\nDES3\nSHA-256\nSHA-384\nSHA-512\nPOSTPKIOperation\nRenewal\nSCEPStandard\nGetNextCACert\n"
 }
 
 fn enc_err(e: der::Error) -> ScepError {
@@ -93,7 +97,9 @@ pub fn ca_cert_response(certs: &[Vec<u8>]) -> Result<Vec<u8>, ScepError> {
 /// the EnvelopedData ContentInfo, DER.
 pub(crate) fn envelope(plain: &[u8], recipient_der: &[u8]) -> Result<Vec<u8>, ScepError> {
     let internal = |why: &str| ScepError::new(FailInfo::BadRequest, why);
-    let recipient = Certificate::from_der(recipient_der).map_err(enc_err)?;
+    // The recipient is the request's signer certificate, whose serial may be longer than the
+    // `cms` types accept (certmonger: 32 octets), hence the lenient mirrors.
+    let recipient = crate::lenient::Cert::from_der_lenient(recipient_der).map_err(enc_err)?;
     let spki_der = recipient
         .tbs_certificate
         .subject_public_key_info
@@ -119,25 +125,18 @@ pub(crate) fn envelope(plain: &[u8], recipient_der: &[u8]) -> Result<Vec<u8>, Sc
         DecryptionContext::Iv128(iv) => iv.try_into().map_err(|_| internal("iv"))?,
         _ => return Err(internal("iv")),
     };
-    let ed = EnvelopedData {
+    let ktri = crate::lenient::KeyTransRecipientInfo {
         version: CmsVersion::V0,
-        originator_info: None,
-        recip_infos: RecipientInfos(
-            SetOfVec::try_from(vec![RecipientInfo::Ktri(KeyTransRecipientInfo {
-                version: CmsVersion::V0,
-                rid: RecipientIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
-                    issuer: recipient.tbs_certificate.issuer.clone(),
-                    serial_number: recipient.tbs_certificate.serial_number.clone(),
-                }),
-                key_enc_alg: AlgorithmIdentifierOwned {
-                    oid: oids::RSA_ENCRYPTION,
-                    parameters: Some(Any::null()),
-                },
-                enc_key: OctetString::new(enc_key).map_err(enc_err)?,
-            })])
-            .map_err(enc_err)?,
-        ),
-        encrypted_content: EncryptedContentInfo {
+        rid: recipient.issuer_serial(),
+        key_enc_alg: AlgorithmIdentifierOwned {
+            oid: oids::RSA_ENCRYPTION,
+            parameters: Some(Any::null()),
+        },
+        enc_key: OctetString::new(enc_key).map_err(enc_err)?,
+    };
+    let ed = crate::lenient::EnvelopedData::one_recipient(
+        &ktri,
+        EncryptedContentInfo {
             content_type: oids::DATA,
             content_enc_alg: AlgorithmIdentifierOwned {
                 oid: oids::AES128_CBC,
@@ -148,8 +147,8 @@ pub(crate) fn envelope(plain: &[u8], recipient_der: &[u8]) -> Result<Vec<u8>, Sc
             },
             encrypted_content: Some(OctetString::new(buf).map_err(enc_err)?),
         },
-        unprotected_attrs: None,
-    };
+    )
+    .map_err(enc_err)?;
     ContentInfo {
         content_type: oids::ENVELOPED_DATA,
         content: Any::encode_from(&ed).map_err(enc_err)?,
@@ -222,6 +221,28 @@ pub(crate) fn assemble(
     signer_cert_der: &[u8],
     econtent: Option<&[u8]>,
 ) -> Result<Vec<u8>, ScepError> {
+    assemble_with_certs(
+        attrs,
+        digest,
+        signature_alg,
+        signature,
+        signer_cert_der,
+        &[signer_cert_der.to_vec()],
+        econtent,
+    )
+}
+
+/// [`assemble`] with the SignedData's `certificates` given (`certs`, which need not include
+/// the signer's certificate).
+fn assemble_with_certs(
+    attrs: SignedAttributes,
+    digest: DigestAlg,
+    signature_alg: ObjectIdentifier,
+    signature: &[u8],
+    signer_cert_der: &[u8],
+    certs: &[Vec<u8>],
+    econtent: Option<&[u8]>,
+) -> Result<Vec<u8>, ScepError> {
     let signer = Certificate::from_der(signer_cert_der).map_err(enc_err)?;
     let digest_alg = AlgorithmIdentifierOwned {
         oid: digest.oid(),
@@ -253,7 +274,7 @@ pub(crate) fn assemble(
             econtent_type: oids::DATA,
             econtent,
         },
-        certificates: Some(certificate_set(&[signer_cert_der.to_vec()])?),
+        certificates: Some(certificate_set(certs)?),
         crls: None,
         signer_infos: SignerInfos(SetOfVec::try_from(vec![si]).map_err(enc_err)?),
     };
@@ -396,3 +417,84 @@ impl CertRep {
         )
     }
 }
+
+/// The GetNextCACert answer (RFC 8894 §3.5.2, §4.7.1) under construction: a certificates-only
+/// SignedData (no encapsulated content) holding the next CA certificate and its chain, signed by
+/// the current RA so a client can tell it from a forgery with the RA certificate it already has
+/// from GetCACert. As with [`CertRep`], hand [`NextCaCert::signed_attributes_der`] to the RA
+/// (`Scep.SignAttributes`, RSA PKCS#1 v1.5 SHA-256), then [`NextCaCert::finish`].
+///
+/// The signed attributes are contentType id-data, signingTime and messageDigest over the empty
+/// (absent) content, which is what a detached verifier computes (`openssl cms -verify -content
+/// /dev/null`, BouncyCastle's `CMSAbsentContent`). The current RA certificate is not put into
+/// the certificate set: everything there is the *next* hierarchy.
+#[derive(Debug)]
+pub struct NextCaCert {
+    attrs: SignedAttributes,
+    attrs_der: Vec<u8>,
+    certs: Vec<Vec<u8>>,
+}
+
+/// Content type of the GetNextCACert answer.
+pub const NEXT_CA_CERT_CONTENT_TYPE: &str = "application/x-x509-next-ca-cert";
+
+impl NextCaCert {
+    /// `next_chain`: the next CA certificate first, then its issuers (all DER); `now_unix`:
+    /// the signingTime.
+    pub fn new(next_chain: &[Vec<u8>], now_unix: u64) -> Result<Self, ScepError> {
+        if next_chain.is_empty() {
+            return Err(ScepError::new(FailInfo::BadRequest, "no next CA certificate"));
+        }
+        // Reject what is not a certificate before asking anyone to sign it.
+        certificate_set(next_chain)?;
+        let time = x509_cert::time::Time::UtcTime(
+            der::asn1::UtcTime::from_unix_duration(std::time::Duration::from_secs(now_unix))
+                .map_err(enc_err)?,
+        );
+        let attrs: SignedAttributes = SetOfVec::try_from(vec![
+            attr(
+                oids::CONTENT_TYPE,
+                Any::encode_from(&oids::DATA).map_err(enc_err)?,
+            )?,
+            attr(SIGNING_TIME, Any::encode_from(&time).map_err(enc_err)?)?,
+            attr(
+                oids::MESSAGE_DIGEST,
+                octets_any(&DigestAlg::Sha256.digest(&[]))?,
+            )?,
+        ])
+        .map_err(enc_err)?;
+        let attrs_der = attrs.to_der().map_err(enc_err)?;
+        Ok(Self {
+            attrs,
+            attrs_der,
+            certs: next_chain.to_vec(),
+        })
+    }
+
+    /// The DER of the signed attributes (a SET OF, as the CMS signature covers it).
+    pub fn signed_attributes_der(&self) -> &[u8] {
+        &self.attrs_der
+    }
+
+    /// The digest the RA signs with.
+    pub fn digest(&self) -> DigestAlg {
+        DigestAlg::Sha256
+    }
+
+    /// The complete SignedData ContentInfo (DER) given the RA's signature over the signed
+    /// attributes and the RA certificate (which names the signer; not included).
+    pub fn finish(self, signature: &[u8], ra_cert_der: &[u8]) -> Result<Vec<u8>, ScepError> {
+        assemble_with_certs(
+            self.attrs,
+            DigestAlg::Sha256,
+            oids::RSA_ENCRYPTION,
+            signature,
+            ra_cert_der,
+            &self.certs,
+            None,
+        )
+    }
+}
+
+/// PKCS#9 signingTime.
+const SIGNING_TIME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.5");
