@@ -52,6 +52,9 @@ pub struct EdgeRequest {
     /// client trust anchors (`[est] client_ca_files`); `None` without one (plain HTTP, or a
     /// client that sent no certificate).
     pub peer_certs: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
+    /// The TLS connection's RFC 9266 `tls-exporter` value (TLS 1.3 over TCP only; `None` on
+    /// TLS 1.2, HTTP/3 and plain HTTP), for EST channel binding (RFC 7030 §3.5).
+    pub tls_exporter: Option<[u8; 32]>,
 }
 
 /// Shared, cheap-to-clone state handlers use: the core client and edge-local caches. Holds no

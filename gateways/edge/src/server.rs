@@ -146,8 +146,10 @@ impl Pipeline {
                 .map_err(|_| EdgeError::BodyTooLarge)?
                 .to_bytes();
             let peer_certs = parts.extensions.get::<PeerCerts>().map(|p| p.0.clone());
+            let tls_exporter = parts.extensions.get::<TlsExporter>().map(|e| e.0);
             let edge_req = EdgeRequest {
                 peer_certs,
+                tls_exporter,
                 tenant: tenant.clone(),
                 method: parts.method,
                 path: sub,
@@ -190,6 +192,15 @@ impl Pipeline {
 /// sent one; a request extension between the listener and [`Pipeline::serve`].
 #[derive(Clone, Debug)]
 pub struct PeerCerts(pub Arc<Vec<rustls_pki_types::CertificateDer<'static>>>);
+
+/// The connection's RFC 9266 `tls-exporter` channel binding (TLS 1.3 only: label
+/// `EXPORTER-Channel-Binding`, empty context, 32 bytes); a request extension like [`PeerCerts`].
+/// EST checks it against the CSR's challengePassword (RFC 7030 §3.5).
+#[derive(Clone, Copy, Debug)]
+pub struct TlsExporter(pub [u8; 32]);
+
+/// RFC 9266 §2: the exporter label of `tls-exporter`.
+pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
 
 /// The HTTPS server configuration: aws-lc-rs provider, TLS 1.2/1.3, ALPN h2 and http/1.1.
 pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerConfig, String> {
@@ -305,6 +316,7 @@ pub async fn serve_listener_with(
             // The client certificate chain rustls verified (optional client auth, EST), handed
             // to every request of the connection as an extension.
             let mut peer_certs: Option<PeerCerts> = None;
+            let mut tls_exporter: Option<TlsExporter> = None;
             let io: Result<Box<dyn Io>, String> = match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -315,6 +327,16 @@ pub async fn serve_listener_with(
                                 .peer_certificates()
                                 .filter(|c| !c.is_empty())
                                 .map(|c| PeerCerts(Arc::new(c.to_vec())));
+                            // TLS 1.2 has no tls-exporter binding without extended master
+                            // secret checks (RFC 9266 §3) and rustls offers no tls-unique:
+                            // those connections carry none.
+                            let conn = s.get_ref().1;
+                            if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+                                tls_exporter = conn
+                                    .export_keying_material([0u8; 32], TLS_EXPORTER_LABEL, Some(&[]))
+                                    .ok()
+                                    .map(TlsExporter);
+                            }
                             Ok(Box::new(s))
                         }
                         Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
@@ -327,6 +349,9 @@ pub async fn serve_listener_with(
                 let pipeline = pipeline.clone();
                 if let Some(pc) = &peer_certs {
                     req.extensions_mut().insert(pc.clone());
+                }
+                if let Some(e) = tls_exporter {
+                    req.extensions_mut().insert(e);
                 }
                 let alt_svc = alt_svc.clone();
                 async move {
