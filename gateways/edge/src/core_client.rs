@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certgate_proto::core::{
-    GetCaChainRequest, GetCaChainResponse, IssueRequest, IssueResponse, RevokeRequest,
-    RevokeResponse,
+    DescribeProfileRequest, GetCaChainRequest, GetCaChainResponse, IssueRequest, IssueResponse,
+    ProfileDescription, RevokeRequest, RevokeResponse,
 };
 use certgate_proto::{ErrorKind, RpcError};
 use tonic::transport::Channel;
@@ -57,6 +57,8 @@ pub const METHODS: &[(&str, Idempotency)] = {
         ("get_ocsp", Idempotent),
         ("get_crl", Idempotent),
         ("watch_status", Idempotent), // a stream; reopening resumes from the cursor
+        ("describe_profile", Idempotent), // read-only
+        ("get_next_ca_chain", Idempotent), // read-only: the staged rollover CA
         // certgate.core.v1.Pending
         ("poll_issue", Idempotent), // the outcome under (tenant, key); issues at most once
         // certgate.acme.v1.Acme
@@ -96,11 +98,29 @@ pub fn idempotency(method: &str) -> Idempotency {
         .unwrap_or(Idempotency::No)
 }
 
+/// How long an edge reuses a `Core.DescribeProfile` answer: EST `csrattrs` and CMP
+/// `certReqTemplate` are asked before every enrollment by some devices, and a profile change may
+/// show up this much later (docs/profiles.md).
+pub const PROFILE_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Most (tenant, profile) descriptions cached (I-8).
+pub const PROFILE_CACHE_CAPACITY: u64 = 1024;
+
+/// Bounded, short-lived cache of profile descriptions by (tenant, profile name as asked).
+type ProfileCache = moka::future::Cache<(String, String), Arc<ProfileDescription>>;
+
+fn profile_cache() -> ProfileCache {
+    moka::future::Cache::builder()
+        .max_capacity(PROFILE_CACHE_CAPACITY)
+        .time_to_live(PROFILE_CACHE_TTL)
+        .build()
+}
+
 /// A cheap-to-clone handle on the cores.
 #[derive(Clone)]
 pub struct CoreClient {
     pool: Arc<CorePool>,
     deadline: Duration,
+    profiles: ProfileCache,
 }
 
 impl CoreClient {
@@ -123,12 +143,17 @@ impl CoreClient {
         Self {
             pool: CorePool::single(label, channel),
             deadline,
+            profiles: profile_cache(),
         }
     }
 
     /// A client over a pool of cores.
     pub fn from_pool(pool: Arc<CorePool>, deadline: Duration) -> Self {
-        Self { pool, deadline }
+        Self {
+            pool,
+            deadline,
+            profiles: profile_cache(),
+        }
     }
 
     /// The pool (health checks, metrics).
@@ -355,6 +380,49 @@ impl CoreClient {
             async move { c.get_ca_chain(r).await }
         })
         .await
+    }
+
+    /// `Core.GetNextCaChain`: the tenant's staged next issuing CA and its chain (NOT_FOUND
+    /// `ca.rollover_none` when nothing is staged).
+    pub async fn next_ca_chain(&self, tenant: &str) -> Result<GetCaChainResponse, RpcError> {
+        let req = certgate_proto::core::GetNextCaChainRequest {
+            tenant: tenant.to_owned(),
+        };
+        self.call("get_next_ca_chain", req, |m, r| {
+            let mut c = m.core.clone();
+            async move { c.get_next_ca_chain(r).await }
+        })
+        .await
+    }
+
+    /// `Core.DescribeProfile`: the tenant's profile (`""` = its default) as policy to publish,
+    /// from a bounded cache of [`PROFILE_CACHE_TTL`]; only successful answers are cached (a
+    /// NOT_FOUND is asked again next time, so a newly created profile shows at once).
+    pub async fn describe_profile(
+        &self,
+        tenant: &str,
+        profile: &str,
+    ) -> Result<Arc<ProfileDescription>, RpcError> {
+        let key = (tenant.to_owned(), profile.to_owned());
+        if let Some(hit) = self.profiles.get(&key).await {
+            ::metrics::counter!("certgate_edge_profile_cache_total", "outcome" => "hit")
+                .increment(1);
+            return Ok(hit);
+        }
+        ::metrics::counter!("certgate_edge_profile_cache_total", "outcome" => "miss").increment(1);
+        let req = DescribeProfileRequest {
+            tenant: key.0.clone(),
+            profile: key.1.clone(),
+        };
+        let desc = Arc::new(
+            self.call("describe_profile", req, |m, r| {
+                let mut c = m.core.clone();
+                async move { c.describe_profile(r).await }
+            })
+            .await?,
+        );
+        self.profiles.insert(key, desc.clone()).await;
+        Ok(desc)
     }
 
     /// `Core.GetOcsp`: an OCSP cache miss (one certificate, or a set).

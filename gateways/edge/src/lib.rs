@@ -18,6 +18,7 @@ pub mod error;
 pub mod est;
 pub mod h3;
 pub mod metrics;
+pub mod profile_policy;
 pub mod ratelimit;
 pub mod router;
 pub mod scep;

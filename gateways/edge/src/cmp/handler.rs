@@ -500,9 +500,17 @@ impl CmpHandler {
                         // The core has no root rollover, so none is ever staged.
                         out.push((*t, None));
                     } else if *t == ID_IT_CERT_REQ_TEMPLATE {
-                        // RFC 9483 §4.3.3: absent infoValue = the CA publishes no template; the
-                        // profile's constraints are enforced by the core at issuance instead.
-                        out.push((*t, None));
+                        // RFC 9483 §4.3.3: a template from the profile this path selects (cached
+                        // Core.DescribeProfile); absent infoValue when there is no such profile or
+                        // it gives nothing to put in a template.
+                        let value = match ctx.core.describe_profile(tenant, profile).await {
+                            Ok(d) => certgate_cmp::template::cert_req_template_value(
+                                &crate::profile_policy::cmp_ask(&d),
+                            )?,
+                            Err(e) if e.kind == certgate_proto::ErrorKind::NotFound => None,
+                            Err(e) => return Err(core_fail(&e, "certReqTemplate")),
+                        };
+                        out.push((*t, value));
                     } else if *t == ID_IT_CRL_STATUS_LIST {
                         // RFC 9483 §4.3.4: answered with id-it-crls carrying the tenant's current
                         // full CRL (the client's thisUpdate is not compared: always the latest).

@@ -257,12 +257,29 @@ impl EstHandler {
                 ))
             }
             Op::CsrAttrs => {
-                if label.csr_attrs.is_empty() {
+                // `[est.labels.X] csr_attrs` in edge.toml, when set, overrides what the label's
+                // profile asks for (docs/est.md); else the profile, via the edge's cache.
+                let der = if label.csr_attrs.is_empty() {
+                    match ctx.core.describe_profile(tenant, &label.profile).await {
+                        Ok(d) => certgate_est::csrattrs::from_profile(
+                            &crate::profile_policy::est_ask(&d),
+                        )?,
+                        Err(e) if e.kind == ErrorKind::NotFound => {
+                            return Err(Refusal::Status(
+                                StatusCode::NOT_FOUND,
+                                "no certificate profile for this label",
+                            ));
+                        }
+                        Err(e) => return Err(Refusal::Edge(EdgeError::Core(e))),
+                    }
+                } else {
+                    Some(resp::csrattrs(&label.csr_attrs)?)
+                };
+                let Some(der) = der else {
                     let mut r = http::Response::new(Full::new(Bytes::new()));
                     *r.status_mut() = StatusCode::NO_CONTENT;
                     return Ok(r);
-                }
-                let der = resp::csrattrs(&label.csr_attrs)?;
+                };
                 Ok(base64_body(
                     StatusCode::OK,
                     resp::CSRATTRS_CONTENT_TYPE,
