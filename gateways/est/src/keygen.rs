@@ -44,7 +44,22 @@ pub fn generate(client: &CertReq) -> Result<ServerKey, EstError> {
         version: client.info.version,
         subject: client.info.subject.clone(),
         public_key: spki,
-        attributes: client.info.attributes.clone(),
+        // The client's requested extensions, not its challengePassword (channel binding of the
+        // client's TLS connection) or decrypt-key identifiers (answered by the edge): the core
+        // gets only what the certificate needs.
+        attributes: client
+            .info
+            .attributes
+            .iter()
+            .filter(|a| {
+                a.oid != crate::binding::CHALLENGE_PASSWORD
+                    && a.oid != crate::keyprotect::ID_AA_DECRYPT_KEY_ID
+                    && a.oid != crate::keyprotect::ID_AA_ASYMM_DECRYPT_KEY_ID
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+            .try_into()
+            .map_err(|_| EstError::Encode)?,
     };
     let tbs = info.to_der().map_err(|_| EstError::Encode)?;
     let sig = key.sign(&rng, &tbs).map_err(|_| EstError::KeyGen)?;

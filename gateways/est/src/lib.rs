@@ -16,6 +16,7 @@
 //!   and the CSR the edge signs with it so the core's one issuance path is used unchanged.
 
 pub mod auth;
+pub mod binding;
 pub mod csrattrs;
 pub mod keygen;
 pub mod keyprotect;
