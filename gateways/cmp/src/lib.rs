@@ -7,6 +7,7 @@
 //! [`respond`] builds every response body and header. MACs and the RA's signatures come from
 //! the core (cmp.proto); the edge glue (`gateways/edge/src/cmp`) does the calls.
 
+pub mod crl_status;
 pub mod crypto;
 pub mod der_util;
 pub mod error;
@@ -23,5 +24,8 @@ pub fn fuzz_one(data: &[u8]) {
     if let Ok(req) = parse(data, &limits) {
         let _ = req.check_header(0, &limits);
         let _ = req.verify_signature(&[], 0);
+        if let Some(v) = crl_status::genm_value(&req, parse::ID_IT_CRL_STATUS_LIST) {
+            let _ = crl_status::parse_crl_status_list(v.as_deref());
+        }
     }
 }

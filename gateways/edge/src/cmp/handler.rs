@@ -174,7 +174,7 @@ fn cmp_key(auth: &Authenticated, msg: &Request) -> String {
     format!("cmp:{}:{}", auth.identity, hex::encode(&msg.transaction_id))
 }
 
-fn core_fail(e: &RpcError, context: &str) -> CmpError {
+pub(super) fn core_fail(e: &RpcError, context: &str) -> CmpError {
     let fail = match e.kind {
         ErrorKind::AlreadyExists => FailInfo::TransactionIdInUse,
         ErrorKind::Malformed => FailInfo::BadRequest,
@@ -512,23 +512,12 @@ impl CmpHandler {
                         };
                         out.push((*t, value));
                     } else if *t == ID_IT_CRL_STATUS_LIST {
-                        // RFC 9483 §4.3.4: answered with id-it-crls carrying the tenant's current
-                        // full CRL (the client's thisUpdate is not compared: always the latest).
-                        let chain = ctx
-                            .core
-                            .ca_chain(tenant, "")
-                            .await
-                            .map_err(|e| core_fail(&e, "crlStatusList"))?;
-                        let crl = ctx
-                            .core
-                            .get_crl(certgate_proto::core::GetCrlRequest {
-                                tenant: tenant.to_owned(),
-                                issuer_id: chain.issuer_id,
-                                shard: "full".into(),
-                            })
-                            .await
-                            .map_err(|e| core_fail(&e, "crlStatusList"))?;
-                        out.push((ID_IT_CRLS, Some(respond::crls_value(&[crl.crl_der]))));
+                        // RFC 9483 §4.3.4: id-it-crls with the CRLs newer than the client's
+                        // thisUpdate per source, absent when all are current (crl_status.rs).
+                        let value = certgate_cmp::crl_status::genm_value(msg, *t).flatten();
+                        let crls =
+                            super::crl_status::crls_for(ctx, tenant, value.as_deref()).await?;
+                        out.push((ID_IT_CRLS, crls.map(|c| respond::crls_value(&c))));
                     } else {
                         missing.push("unknown infoType");
                     }

@@ -9,6 +9,7 @@
 //! answer — success or error message — is HTTP 200 `application/pkixcmp` (RFC 6712 §3.3).
 //! The protocol logic is in `certgate-cmp`; [`handler`] does the core calls.
 
+mod crl_status;
 pub mod handler;
 
 use std::path::PathBuf;
