@@ -443,7 +443,10 @@ impl NextCaCert {
     /// the signingTime.
     pub fn new(next_chain: &[Vec<u8>], now_unix: u64) -> Result<Self, ScepError> {
         if next_chain.is_empty() {
-            return Err(ScepError::new(FailInfo::BadRequest, "no next CA certificate"));
+            return Err(ScepError::new(
+                FailInfo::BadRequest,
+                "no next CA certificate",
+            ));
         }
         // Reject what is not a certificate before asking anyone to sign it.
         certificate_set(next_chain)?;
