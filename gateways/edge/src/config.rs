@@ -62,6 +62,11 @@ pub struct Listen {
     /// bounds in `[http3]`.
     #[serde(default = "default_http3")]
     pub http3: bool,
+    /// Threads serving the plain HTTP listener, each its own single-threaded runtime
+    /// ([`crate::workers`]): absent = one per CPU core, `0` = on the shared runtime with the
+    /// other listeners.
+    #[serde(default)]
+    pub http_threads: Option<usize>,
 }
 
 impl Default for Listen {
@@ -71,6 +76,7 @@ impl Default for Listen {
             http: default_http(),
             admin: default_admin(),
             http3: default_http3(),
+            http_threads: None,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod server;
 pub mod shared;
 pub mod status;
 pub mod tenant;
+pub mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +73,9 @@ pub enum StartError {
     /// The Redis client for the fleet's shared state (`[redis]`).
     #[error(transparent)]
     Shared(#[from] shared::SharedError),
+    /// The plain HTTP listener's serving threads (`[listen] http_threads`).
+    #[error("cannot start the HTTP serving threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Binds every listener and serves until `shutdown` flips to true.
@@ -215,11 +219,18 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         })
     };
     let alt_svc = quic.as_ref().map(|(_, v)| v.clone());
+    let http_workers = match cfg.listen.http_threads {
+        Some(0) => None,
+        n => Some(Arc::new(
+            workers::HttpWorkers::start(workers::thread_count(n)).map_err(StartError::Workers)?,
+        )),
+    };
     // HTTP/3 shares the HTTPS listener's pipeline: one set of in-flight cap and bulkheads for
     // the same routes, whichever transport a request came over.
     let https_pipeline = pipeline(());
     let mut tasks = vec![
         status_watch,
+        tokio::spawn(metrics::upkeep(handle.clone(), shutdown.clone())),
         tokio::spawn(server::serve_listener_with(
             https,
             router::Listener::Https,
@@ -228,13 +239,20 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             shutdown.clone(),
             alt_svc,
         )),
-        tokio::spawn(server::serve_listener(
-            http,
-            router::Listener::Http,
-            None,
-            pipeline(()),
-            shutdown.clone(),
-        )),
+        match &http_workers {
+            // One single-threaded runtime per core for the plain listener (workers.rs).
+            Some(w) => {
+                let (w, p, s) = (w.clone(), pipeline(()), shutdown.clone());
+                tokio::spawn(async move { w.serve(http, router::Listener::Http, p, s).await })
+            }
+            None => tokio::spawn(server::serve_listener(
+                http,
+                router::Listener::Http,
+                None,
+                pipeline(()),
+                shutdown.clone(),
+            )),
+        },
         tokio::spawn(admin::serve_admin(
             admin,
             Arc::new(admin::Admin {
@@ -252,10 +270,12 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             shutdown.clone(),
         )));
     }
+    let http_threads = http_workers.as_ref().map_or(0, |w| w.threads());
     info!(
         https = %cfg.listen.https,
         http3 = cfg.listen.http3,
         http = %cfg.listen.http,
+        http_threads = http_threads,
         admin = %cfg.listen.admin,
         cores = ?cfg
             .core_endpoints()
@@ -271,6 +291,9 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         futures::future::join_all(tasks),
     )
     .await;
+    // The serving threads end once every listener has drained (they may drive connections the
+    // other listeners used).
+    drop(http_workers);
     info!("certgate-edge stopped");
     Ok(())
 }

@@ -144,7 +144,33 @@ pub struct HandleCache {
 
 type Handles = (metrics::Counter, metrics::Histogram);
 /// Static labels → tenant → handles.
-type HandleMap = HashMap<[&'static str; 3], HashMap<Box<str>, Handles>>;
+type HandleMap = HashMap<[&'static str; 3], HashMap<Box<str>, Handles, Fnv>, Fnv>;
+
+/// FNV-1a for the handle maps: their keys are a few short label values, where SipHash's setup
+/// costs more than the lookup. Flooding is not a concern: the keys are fixed label values and
+/// tenants the core confirmed, at most [`MAX_CACHED_HANDLES`] of them.
+type Fnv = std::hash::BuildHasherDefault<FnvHasher>;
+
+/// 64-bit FNV-1a.
+struct FnvHasher(u64);
+
+impl Default for FnvHasher {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
 
 /// Set by [`install`]: handles registered from now on reach the Prometheus recorder.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -210,21 +236,51 @@ pub fn record_http_version(
     listener: &'static str,
     status: http::StatusCode,
 ) {
-    let v = match version {
-        http::Version::HTTP_09 => "0.9",
-        http::Version::HTTP_10 => "1.0",
-        http::Version::HTTP_11 => "1.1",
-        http::Version::HTTP_2 => "2",
-        http::Version::HTTP_3 => "3",
-        _ => "other",
+    let (vi, v) = match version {
+        http::Version::HTTP_09 => (0, "0.9"),
+        http::Version::HTTP_10 => (1, "1.0"),
+        http::Version::HTTP_11 => (2, "1.1"),
+        http::Version::HTTP_2 => (3, "2"),
+        http::Version::HTTP_3 => (4, "3"),
+        _ => (5, "other"),
     };
-    let class = match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+    let (ci, class) = match status.as_u16() {
+        100..=199 => (0, "1xx"),
+        200..=299 => (1, "2xx"),
+        300..=399 => (2, "3xx"),
+        400..=499 => (3, "4xx"),
+        _ => (4, "5xx"),
     };
-    metrics::counter!(HTTP_REQUESTS_TOTAL, "http_version" => v, "listener" => listener, "status" => class)
-        .increment(1);
+    // Registered handles per (version, listener, class) for the TCP listeners, so the per-request
+    // path is one atomic add instead of a registry lookup (hashing the key, comparing labels).
+    // Taken only once the recorder is installed (a handle taken before would stay a no-op).
+    static HANDLES: [[[std::sync::OnceLock<metrics::Counter>; 5]; 2]; 6] =
+        [const { [const { [const { std::sync::OnceLock::new() }; 5] }; 2] }; 6];
+    let li = match listener {
+        "http" => Some(0),
+        "https" => Some(1),
+        _ => None,
+    };
+    let make = || metrics::counter!(HTTP_REQUESTS_TOTAL, "http_version" => v, "listener" => listener, "status" => class);
+    match li {
+        Some(li) if INSTALLED.load(Ordering::Relaxed) => {
+            HANDLES[vi][li][ci].get_or_init(make).increment(1)
+        }
+        _ => make().increment(1),
+    }
+}
+
+/// Folds histogram samples into their buckets every few seconds. `install_recorder` (unlike
+/// `install`) spawns no upkeep task, and without one every histogram keeps each raw sample until
+/// the next `/metrics` scrape — memory growing with the request rate when nothing scrapes
+/// (I-8). Runs until `shutdown` flips.
+pub async fn upkeep(handle: PrometheusHandle, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
 }

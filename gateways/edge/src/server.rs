@@ -247,7 +247,7 @@ pub fn tls_config_with_client_anchors(
     Ok(cfg)
 }
 
-fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
