@@ -12,8 +12,8 @@ use aws_lc_rs::digest;
 use aws_lc_rs::signature::{ED25519, UnparsedPublicKey};
 use certgate_proto::Caller;
 use certgate_proto::admin::{
-    CaInfo, Ceremony, CeremonyAction, CreateIntermediate, CreateIssuingCaRequest, CreateRoot,
-    RotateCa, ceremony, ceremony_action,
+    ActivateRolloverRequest, CaInfo, Ceremony, CeremonyAction, CreateIntermediate,
+    CreateIssuingCaRequest, CreateRoot, RotateCa, StageRolloverRequest, ceremony, ceremony_action,
 };
 use certgate_proto::signer::{KeyRole, KeyType};
 use der::{Decode, Encode};
@@ -92,6 +92,14 @@ pub struct Authority {
     signer: Signer,
     custodians: Vec<Custodian>,
     quorum: u32,
+    /// Serialises rollover staging/activation in this process, so two concurrent `stage` calls
+    /// cannot both pass the "nothing staged yet" check (across cores the activation itself is
+    /// a compare-and-set on the staged state).
+    rollover: tokio::sync::Mutex<()>,
+    /// Bumped by every activated rollover in this process: caches of what the active issuer
+    /// certified (the SCEP RA) drop entries from an older generation at once instead of at
+    /// their TTL.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Authority {
@@ -107,6 +115,8 @@ impl Authority {
             signer,
             custodians,
             quorum,
+            rollover: tokio::sync::Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -375,6 +385,7 @@ impl Authority {
         path_len: Option<u8>,
         validity: u64,
         activate: bool,
+        state: &str,
         caller: &Caller,
     ) -> Result<CaRec> {
         let key = self
@@ -431,7 +442,7 @@ impl Authority {
             cert_der,
             signer_key_id: ca_id.to_owned(),
             key_type: kt as i32,
-            state: "active".into(),
+            state: state.to_owned(),
             not_after_unix: not_after,
             created_unix: now,
         };
@@ -443,7 +454,8 @@ impl Authority {
                 tenant,
                 caller,
                 json!({"ca_id": ca_id, "kind": kind, "parent": rec.parent_ca_id,
-                       "serial": x509::serial_hex(&serial), "activate": activate}),
+                       "serial": x509::serial_hex(&serial), "activate": activate,
+                       "state": state}),
             ),
         )?;
         Ok(rec)
@@ -466,6 +478,7 @@ impl Authority {
             None,
             validity,
             false,
+            "active",
             caller,
         )
         .await
@@ -496,6 +509,7 @@ impl Authority {
             path_len,
             validity,
             false,
+            "active",
             caller,
         )
         .await
@@ -533,6 +547,7 @@ impl Authority {
                 None,
                 v,
                 false,
+                "active",
                 caller,
             )
             .await?
@@ -554,6 +569,7 @@ impl Authority {
                 path_len,
                 v,
                 false,
+                "active",
                 caller,
             )
             .await?
@@ -600,9 +616,210 @@ impl Authority {
                 Some(0),
                 validity,
                 req.activate,
+                "active",
                 caller,
             )
             .await?;
         self.ca_info(&rec)
+    }
+
+    /// How many rollovers this process has activated (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The tenant's issuing CA staged for rollover, if any (the newest, should a race between
+    /// cores have staged two).
+    pub fn staged(&self, tenant: &str) -> Result<Option<CaRec>> {
+        Ok(self
+            .store
+            .list_cas(Some(tenant))?
+            .into_iter()
+            .filter(|c| c.kind == "issuing" && c.state == STATE_STAGED && c.tenant == tenant)
+            .max_by_key(|c| c.created_unix))
+    }
+
+    fn rollover_refused(
+        &self,
+        tenant: &str,
+        caller: &Caller,
+        step: &str,
+        err: CoreError,
+    ) -> CoreError {
+        let rule = err.to_rpc().rule;
+        if let Err(e) = self.store.append_audit(&AuditEntry::new(
+            "ca.rollover_refused",
+            tenant,
+            caller,
+            json!({"step": step, "rule": rule}),
+        )) {
+            tracing::warn!(error = %e, "could not audit a refused rollover");
+        }
+        err
+    }
+
+    fn active_issuer(&self, tenant: &str) -> Result<CaRec> {
+        let t = self
+            .store
+            .get_tenant(tenant)?
+            .ok_or_else(|| CoreError::not_found("tenant.unknown", "no such tenant"))?;
+        if t.active_issuer_id.is_empty() {
+            return Err(CoreError::policy(
+                "tenant.no_issuer",
+                "the tenant has no active issuing CA to roll over",
+            ));
+        }
+        self.store
+            .get_ca(&t.active_issuer_id)?
+            .filter(|c| c.tenant == tenant && c.kind == "issuing")
+            .ok_or_else(|| CoreError::Store("active issuing CA missing".into()))
+    }
+
+    /// Admin.StageRollover: a new ISSUING key in the signer and a certificate for it from the
+    /// current issuer's parent (same subject CN unless told otherwise), stored as "staged".
+    pub async fn stage_rollover(
+        &self,
+        req: &StageRolloverRequest,
+        caller: &Caller,
+    ) -> Result<CaInfo> {
+        let _g = self.rollover.lock().await;
+        match self.stage_inner(req, caller).await {
+            Ok(rec) => self.ca_info(&rec),
+            Err(e) => Err(self.rollover_refused(&req.tenant, caller, "stage", e)),
+        }
+    }
+
+    async fn stage_inner(&self, req: &StageRolloverRequest, caller: &Caller) -> Result<CaRec> {
+        check_id("tenant.name", &req.tenant)?;
+        let current = self.active_issuer(&req.tenant)?;
+        if let Some(s) = self.staged(&req.tenant)? {
+            return Err(CoreError::exists(
+                "ca.rollover_staged",
+                format!(
+                    "CA {:?} is already staged for this tenant: activate it first",
+                    s.ca_id
+                ),
+            ));
+        }
+        let ca_id = if req.ca_id.is_empty() {
+            default_next_id(&current.ca_id, crate::now_unix())
+        } else {
+            req.ca_id.clone()
+        };
+        self.new_ca_id_free(&ca_id)?;
+        let common_name = if req.common_name.is_empty() {
+            let cert = x509_cert::Certificate::from_der(&current.cert_der)?;
+            crate::csr::common_name(&cert.tbs_certificate.subject)
+                .unwrap_or_else(|| current.ca_id.clone())
+        } else {
+            req.common_name.clone()
+        };
+        check_cn(&common_name)?;
+        let parent_id = if req.parent_ca_id.is_empty() {
+            current.parent_ca_id.clone()
+        } else {
+            req.parent_ca_id.clone()
+        };
+        let parent = self.signing_parent(&parent_id)?;
+        let validity = if req.validity_seconds == 0 {
+            DEFAULT_ISSUING_VALIDITY
+        } else {
+            req.validity_seconds
+        };
+        let kt = key_type(current.key_type)?;
+        self.make_ca(
+            &ca_id,
+            &req.tenant,
+            "issuing",
+            KeyRole::Issuing,
+            kt,
+            &common_name,
+            Some(&parent),
+            Some(0),
+            validity,
+            false,
+            STATE_STAGED,
+            caller,
+        )
+        .await
+    }
+
+    /// Admin.ActivateRollover: the staged CA becomes the tenant's active issuer, the previous
+    /// one retiring (it keeps its OCSP responses and CRLs, issues nothing new).
+    pub async fn activate_rollover(
+        &self,
+        req: &ActivateRolloverRequest,
+        caller: &Caller,
+    ) -> Result<CaInfo> {
+        let _g = self.rollover.lock().await;
+        let out = (|| {
+            check_id("tenant.name", &req.tenant)?;
+            let current = self.active_issuer(&req.tenant)?;
+            let staged = self.staged(&req.tenant)?.ok_or_else(|| {
+                CoreError::not_found("ca.rollover_none", "no CA is staged for rollover")
+            })?;
+            let (not_before, not_after) = x509::validity_of(&staged.cert_der)?;
+            let now = crate::now_unix();
+            if now < not_before || now >= not_after {
+                return Err(CoreError::policy(
+                    "ca.rollover_not_valid",
+                    "the staged CA certificate is not valid now",
+                ));
+            }
+            self.store.activate_staged_ca(
+                &req.tenant,
+                &staged.ca_id,
+                &current.ca_id,
+                &AuditEntry::new(
+                    "ca.rollover_activated",
+                    &req.tenant,
+                    caller,
+                    json!({"ca_id": staged.ca_id, "previous": current.ca_id}),
+                ),
+            )?;
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            tracing::info!(tenant = %req.tenant, new = %staged.ca_id, previous = %current.ca_id,
+                "issuing CA rollover activated");
+            self.store
+                .get_ca(&staged.ca_id)?
+                .ok_or_else(|| CoreError::Store("activated CA vanished".into()))
+        })();
+        match out {
+            Ok(rec) => self.ca_info(&rec),
+            Err(e) => Err(self.rollover_refused(&req.tenant, caller, "activate", e)),
+        }
+    }
+}
+
+/// The state of an issuing CA staged for rollover: certified, published, issues nothing.
+pub const STATE_STAGED: &str = "staged";
+
+/// The default id of a staged CA: the current issuer's id, "-r" and the time, within 64 bytes.
+fn default_next_id(current: &str, now: i64) -> String {
+    let suffix = format!("-r{now}");
+    let keep = 64usize.saturating_sub(suffix.len());
+    let mut base: String = current.chars().take(keep).collect();
+    // Ids never end up starting with '.', and stay in the id alphabet (the current one is).
+    if base.is_empty() {
+        base.push_str("issuing");
+    }
+    format!("{base}{suffix}")
+}
+
+#[cfg(test)]
+mod rollover_tests {
+    use super::*;
+
+    #[test]
+    fn default_next_id_is_a_valid_id_within_64_bytes() {
+        let id = default_next_id("tenant-issuing-1", 1_700_000_000);
+        assert_eq!(id, "tenant-issuing-1-r1700000000");
+        check_id("ca.id", &id).expect("valid id");
+        let long = "a".repeat(64);
+        let id = default_next_id(&long, 1_700_000_000);
+        assert_eq!(id.len(), 64);
+        assert!(id.ends_with("-r1700000000"));
+        check_id("ca.id", &id).expect("valid id");
     }
 }

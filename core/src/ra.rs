@@ -55,6 +55,9 @@ pub(crate) struct RaSpec<'a> {
     pub profile: &'static str,
     /// Requested lifetime, capped by the issuing CA's.
     pub validity_seconds: u64,
+    /// Certify this existing signer key (same role and type) instead of generating one: an RA
+    /// re-certified under a new issuing CA after a rollover keeps the key clients encrypt to.
+    pub reuse_key: Option<String>,
 }
 
 /// A freshly certified RA key.
@@ -91,7 +94,10 @@ pub(crate) async fn certify(
     let ca = blocking(|| core.store.get_ca(&t.active_issuer_id))?
         .ok_or_else(|| CoreError::Store("active issuing CA missing".into()))?;
 
-    let key_id = format!("{}-ra-{tenant}-{}", spec.kind, crate::acme::random_id(6)?);
+    let key_id = match &spec.reuse_key {
+        Some(k) => k.clone(),
+        None => format!("{}-ra-{tenant}-{}", spec.kind, crate::acme::random_id(6)?),
+    };
     let info = signer
         .ensure_key(&key_id, tenant, spec.role, spec.key_type, None)
         .await?;
@@ -126,7 +132,13 @@ pub(crate) async fn certify(
     }
     let tbs_der = tbs.to_der()?;
     let serial_hex = x509::serial_hex(&serial);
-    let idem_key = format!("{}-ra:{key_id}", spec.kind);
+    // One certificate per (key, issuing CA): a re-certification after a rollover gets its own
+    // idempotency key (the first certificate of a key keeps the historical form).
+    let idem_key = if spec.reuse_key.is_some() {
+        format!("{}-ra:{key_id}:{}", spec.kind, ca.ca_id)
+    } else {
+        format!("{}-ra:{key_id}", spec.kind)
+    };
     let client = format!("certgate-core ({} RA)", spec.label);
 
     let intent = IntentRec {

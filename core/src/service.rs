@@ -363,6 +363,34 @@ impl Core for CoreService {
         Ok(Response::new(out?))
     }
 
+    /// The staged next issuing CA (rollover) with its chain; NOT_FOUND when none is staged.
+    async fn get_next_ca_chain(
+        &self,
+        req: Request<certgate_proto::core::GetNextCaChainRequest>,
+    ) -> Result<Response<GetCaChainResponse>, Status> {
+        let caller = caller_of(&req);
+        check_core_caller(&self.0, &caller, "GetNextCaChain")?;
+        let r = req.into_inner();
+        let state = self.0.clone();
+        let out = blocking(move || {
+            let store = state.store.as_ref();
+            store
+                .get_tenant(&r.tenant)?
+                .ok_or_else(|| CoreError::not_found("tenant.unknown", "no such tenant"))?;
+            let staged = state.authority.staged(&r.tenant)?.ok_or_else(|| {
+                CoreError::not_found("ca.rollover_none", "no CA is staged for rollover")
+            })?;
+            let chain = chain_of(store, &staged.ca_id)?;
+            Ok(GetCaChainResponse {
+                issuer_id: staged.ca_id,
+                chain_der: chain.into_iter().map(|c| c.cert_der).collect(),
+                issuer_ids: Vec::new(),
+            })
+        })
+        .await;
+        Ok(Response::new(out?))
+    }
+
     type WatchStatusStream = StatusStream;
 
     /// Issuers, a snapshot (or a resume from the cursor), live events, heartbeats
@@ -657,6 +685,36 @@ impl Admin for AdminService {
         let caller = self.admit(&req, "SetAcmeSettings")?;
         let out = crate::acme::admin::set_acme_settings(&self.0, &caller, req.get_ref())?;
         Ok(Response::new(out))
+    }
+
+    async fn stage_rollover(
+        &self,
+        req: Request<certgate_proto::admin::StageRolloverRequest>,
+    ) -> Result<Response<CaInfo>, Status> {
+        let caller = self.admit(&req, "StageRollover")?;
+        let info = self
+            .0
+            .authority
+            .stage_rollover(req.get_ref(), &caller)
+            .await?;
+        // Its CRLs exist before activation, so relying parties can fetch them from day one.
+        if let Some(engine) = self.0.issuer.status() {
+            engine.issuer_added(&info.ca_id);
+        }
+        Ok(Response::new(info))
+    }
+
+    async fn activate_rollover(
+        &self,
+        req: Request<certgate_proto::admin::ActivateRolloverRequest>,
+    ) -> Result<Response<CaInfo>, Status> {
+        let caller = self.admit(&req, "ActivateRollover")?;
+        let info = self
+            .0
+            .authority
+            .activate_rollover(req.get_ref(), &caller)
+            .await?;
+        Ok(Response::new(info))
     }
 
     async fn verify_audit(

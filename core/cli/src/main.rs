@@ -18,6 +18,7 @@ mod keys;
 mod pem;
 mod procs;
 mod request;
+mod rollover;
 mod scep;
 mod up;
 
@@ -406,6 +407,42 @@ enum CaCommand {
         #[command(subcommand)]
         command: CeremonyCommand,
     },
+    /// Issuing-CA rollover of a tenant: stage a next CA (published, e.g. SCEP GetNextCACert),
+    /// then activate it.
+    Rollover {
+        #[command(subcommand)]
+        command: RolloverCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloverCommand {
+    /// Generate the next issuing CA (new signer key, certificate from the current issuer's
+    /// parent) and stage it; it issues nothing until activated.
+    Stage {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// The new CA's id (default: the current issuer's id + "-r" + the time).
+        #[arg(long, default_value = "")]
+        ca_id: String,
+        /// The parent that signs it (default: the current issuer's parent).
+        #[arg(long, default_value = "")]
+        parent: String,
+        /// Subject CN (default: the current issuer's).
+        #[arg(long, default_value = "")]
+        common_name: String,
+        /// Validity in days (default 5 years, cut to the parent's).
+        #[arg(long, default_value_t = 0)]
+        validity_days: u64,
+        /// Write the staged CA's chain (new CA first, root last) here as PEM.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Make the staged CA the tenant's issuer; the previous one retires (keeps OCSP and CRLs).
+    Activate {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -643,6 +680,27 @@ async fn run(command: Command) -> Result<()> {
                         commands::ceremony_execute(&clients, &id).await
                     }
                     CeremonyCommand::List => commands::ceremony_list(&clients).await,
+                },
+                CaCommand::Rollover { command } => match command {
+                    RolloverCommand::Stage {
+                        tenant,
+                        ca_id,
+                        parent,
+                        common_name,
+                        validity_days,
+                        out,
+                    } => {
+                        let args = rollover::StageArgs {
+                            ca_id,
+                            parent,
+                            common_name,
+                            validity_days,
+                        };
+                        rollover::stage(&clients, &tenant, args, out.as_deref()).await
+                    }
+                    RolloverCommand::Activate { tenant } => {
+                        rollover::activate(&dd, &clients, &tenant).await
+                    }
                 },
             }
         }

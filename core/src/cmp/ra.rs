@@ -71,6 +71,7 @@ pub async fn ensure_ra(
             extra_extensions: vec![eku],
             profile: RA_PROFILE,
             validity_seconds: RA_VALIDITY_SECONDS,
+            reuse_key: None,
         },
     )
     .await?;

@@ -27,7 +27,14 @@ fn remember(st: &ScepState, ra: &RaRec) {
         if cache.len() >= RA_CACHE_MAX && !cache.contains_key(&ra.tenant) {
             cache.clear();
         }
-        cache.insert(ra.tenant.clone(), (ra.clone(), std::time::Instant::now()));
+        cache.insert(
+            ra.tenant.clone(),
+            (
+                ra.clone(),
+                std::time::Instant::now(),
+                st.core.authority.generation(),
+            ),
+        );
     }
 }
 
@@ -45,22 +52,35 @@ pub const RA_VALIDITY_SECONDS: u64 = 365 * 24 * 3600;
 /// bounds how long another core process's view can lag.
 pub async fn ensure_ra(st: &ScepState, tenant: &str, caller: &Caller) -> Result<(RaRec, bool)> {
     if let Ok(cache) = st.ra_cache.lock()
-        && let Some((ra, at)) = cache.get(tenant)
+        && let Some((ra, at, generation)) = cache.get(tenant)
         && at.elapsed() < RA_CACHE_TTL
+        && *generation == st.core.authority.generation()
     {
         return Ok((ra.clone(), false));
     }
     let store = st.store()?;
-    if let Some(ra) = blocking(|| store.scep_ra(tenant))? {
-        remember(st, &ra);
-        return Ok((ra, false));
+    let found = blocking(|| store.scep_ra(tenant))?;
+    if let Some(ra) = &found
+        && !recertify_needed(st, ra)?
+    {
+        remember(st, ra);
+        return Ok((ra.clone(), false));
     }
     // One creation per process at a time; re-check under the lock so concurrent first uses
     // converge on one RA.
     let _g = st.ra_lock.lock().await;
-    if let Some(ra) = blocking(|| store.scep_ra(tenant))? {
-        return Ok((ra, false));
-    }
+    let found = blocking(|| store.scep_ra(tenant))?;
+    let reuse_key = match found {
+        Some(ra) if !recertify_needed(st, &ra)? => {
+            remember(st, &ra);
+            return Ok((ra, false));
+        }
+        // The tenant's issuing CA was rolled over: certify the same RA key under the new one
+        // (clients that fetched the old RA certificate still encrypt to a key we hold).
+        Some(ra) => Some(ra.signer_key_id),
+        None => None,
+    };
+    let recertified = reuse_key.is_some();
     let c = crate::ra::certify(
         &st.core,
         &st.signer,
@@ -77,6 +97,7 @@ pub async fn ensure_ra(st: &ScepState, tenant: &str, caller: &Caller) -> Result<
             extra_extensions: Vec::new(),
             profile: RA_PROFILE,
             validity_seconds: RA_VALIDITY_SECONDS,
+            reuse_key,
         },
     )
     .await?;
@@ -91,14 +112,28 @@ pub async fn ensure_ra(st: &ScepState, tenant: &str, caller: &Caller) -> Result<
         created_unix: now,
     };
     let audit = AuditEntry::new(
-        "scep.ra.created",
+        if recertified {
+            "scep.ra.recertified"
+        } else {
+            "scep.ra.created"
+        },
         tenant,
         caller,
         json!({"signer_key_id": key_id, "serial": serial_hex, "issuer": ca.ca_id}),
     );
     blocking(|| store.put_scep_ra(&ra, &audit))?;
-    tracing::info!(tenant, serial = %serial_hex, "SCEP RA created");
+    tracing::info!(tenant, serial = %serial_hex, recertified, "SCEP RA certified");
+    remember(st, &ra);
     Ok((ra, true))
+}
+
+/// Whether the RA certificate comes from an issuing CA that is no longer the tenant's active
+/// one (an activated rollover): then it is re-certified under the active CA so GetCACert shows
+/// the CA that now issues. Checked only when the record is read from the store (at most once
+/// per [`RA_CACHE_TTL`] per tenant and process), so the switch shows within that time.
+fn recertify_needed(st: &ScepState, ra: &RaRec) -> Result<bool> {
+    let t = blocking(|| st.core.store.get_tenant(&ra.tenant))?;
+    Ok(matches!(t, Some(t) if !t.active_issuer_id.is_empty() && t.active_issuer_id != ra.issuer_id))
 }
 
 /// The RA certificate, then its issuers up to and including the root.

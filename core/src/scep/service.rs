@@ -48,9 +48,11 @@ pub struct ScepState {
     pub signer: Signer,
     /// Serialises RA creation in this process.
     pub(crate) ra_lock: tokio::sync::Mutex<()>,
-    /// Tenant → RA record recently read from the store (bounded, short TTL; `ra::ensure_ra`).
+    /// Tenant → RA record recently read from the store, when, and the rollover generation
+    /// then (bounded, short TTL; `ra::ensure_ra`).
+    #[allow(clippy::type_complexity)]
     pub(crate) ra_cache: std::sync::Mutex<
-        std::collections::HashMap<String, (crate::store::cmp::RaRec, std::time::Instant)>,
+        std::collections::HashMap<String, (crate::store::cmp::RaRec, std::time::Instant, u64)>,
     >,
 }
 

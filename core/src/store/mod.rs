@@ -239,6 +239,17 @@ pub trait Store: Send + Sync {
     fn list_cas(&self, tenant: Option<&str>) -> Result<Vec<CaRec>>;
     /// Marks a CA "active" / "retiring".
     fn set_ca_state(&self, ca_id: &str, state: &str, audit: &AuditEntry) -> Result<()>;
+    /// Issuing-CA rollover, in one transaction: `staged_id` (a CA of `tenant` in state
+    /// "staged") becomes "active" and the tenant's active issuer; `previous_id` (when not empty)
+    /// becomes "retiring". NOT_FOUND `ca.rollover_none` when `staged_id` is no longer staged
+    /// (another activation won), so two concurrent activations change the tenant once.
+    fn activate_staged_ca(
+        &self,
+        tenant: &str,
+        staged_id: &str,
+        previous_id: &str,
+        audit: &AuditEntry,
+    ) -> Result<()>;
 
     /// The intent under (tenant, key), if any.
     fn get_intent(&self, tenant: &str, idem_key: &str) -> Result<Option<IntentRec>>;

@@ -941,6 +941,56 @@ impl Store for PgStore {
         })
     }
 
+    fn activate_staged_ca(
+        &self,
+        tenant: &str,
+        staged_id: &str,
+        previous_id: &str,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        let (tenant, staged, previous, audit) = (
+            tenant.to_owned(),
+            staged_id.to_owned(),
+            previous_id.to_owned(),
+            audit.clone(),
+        );
+        in_tx!(self, ALL.to_owned(), |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE cas SET state = 'active' WHERE ca_id = $1 AND tenant = $2 AND state = 'staged'",
+                    &[&staged, &tenant],
+                )
+                .await
+                .map_err(db)?;
+            if n != 1 {
+                return Err(CoreError::not_found(
+                    "ca.rollover_none",
+                    "no CA is staged for rollover",
+                ));
+            }
+            if !previous.is_empty() {
+                tx.execute(
+                    "UPDATE cas SET state = 'retiring' WHERE ca_id = $1 AND tenant = $2",
+                    &[&previous, &tenant],
+                )
+                .await
+                .map_err(db)?;
+            }
+            let n = tx
+                .execute(
+                    "UPDATE tenants SET active_issuer_id = $1 WHERE name = $2",
+                    &[&staged, &tenant],
+                )
+                .await
+                .map_err(db)?;
+            if n != 1 {
+                return Err(CoreError::not_found("tenant.unknown", "no such tenant"));
+            }
+            append(&tx, &audit).await?;
+            Ok(())
+        })
+    }
+
     fn get_intent(&self, tenant: &str, idem_key: &str) -> Result<Option<IntentRec>> {
         let (tenant, key) = (tenant.to_owned(), idem_key.to_owned());
         in_tx!(self, tenant_scope(&tenant), |tx| {

@@ -678,6 +678,48 @@ impl Store for SqliteStore {
         })
     }
 
+    fn activate_staged_ca(
+        &self,
+        tenant: &str,
+        staged_id: &str,
+        previous_id: &str,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        let (tenant, staged, previous, audit) = (
+            tenant.to_owned(),
+            staged_id.to_owned(),
+            previous_id.to_owned(),
+            audit.clone(),
+        );
+        self.tx(move |tx| {
+            let n = tx.execute(
+                "UPDATE cas SET state = 'active' WHERE ca_id = ?1 AND tenant = ?2 AND state = 'staged'",
+                params![staged, tenant],
+            )?;
+            if n != 1 {
+                return Err(CoreError::not_found(
+                    "ca.rollover_none",
+                    "no CA is staged for rollover",
+                ));
+            }
+            if !previous.is_empty() {
+                tx.execute(
+                    "UPDATE cas SET state = 'retiring' WHERE ca_id = ?1 AND tenant = ?2",
+                    params![previous, tenant],
+                )?;
+            }
+            let n = tx.execute(
+                "UPDATE tenants SET active_issuer_id = ?1 WHERE name = ?2",
+                params![staged, tenant],
+            )?;
+            if n != 1 {
+                return Err(CoreError::not_found("tenant.unknown", "no such tenant"));
+            }
+            append(tx, &audit)?;
+            Ok(())
+        })
+    }
+
     fn get_intent(&self, tenant: &str, idem_key: &str) -> Result<Option<IntentRec>> {
         self.with(|c| {
             Ok(c.query_row(

@@ -19,14 +19,53 @@ use crate::router::{EdgeContext, EdgeRequest, Handler, HandlerFuture};
 /// Counter of PKIOperation messages by tenant, message type and outcome.
 pub const SCEP_MESSAGES_TOTAL: &str = "certgate_scep_messages_total";
 
-/// The SCEP handler (stateless: every pending fact lives in the core).
-#[derive(Debug, Default)]
-pub struct ScepHandler;
+/// How long GetCACaps reuses the core's answer to "is a CA rollover staged for this tenant?":
+/// clients ask GetCACaps before every operation, the answer changes only when an operator stages
+/// or activates a rollover, and it may show that much later (docs/scep.md).
+pub const NEXT_CA_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most tenants whose rollover state is cached (I-8).
+pub const NEXT_CA_CACHE_CAPACITY: u64 = 1024;
+
+/// The SCEP handler (stateless: every pending fact lives in the core; the only local state is
+/// a short, bounded cache of whether a rollover is staged, for GetCACaps).
+#[derive(Debug)]
+pub struct ScepHandler {
+    next_ca_staged: moka::future::Cache<String, bool>,
+}
+
+impl Default for ScepHandler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl ScepHandler {
     /// A handler.
     pub fn new() -> Self {
-        Self
+        Self {
+            next_ca_staged: moka::future::Cache::builder()
+                .max_capacity(NEXT_CA_CACHE_CAPACITY)
+                .time_to_live(NEXT_CA_CACHE_TTL)
+                .build(),
+        }
+    }
+
+    /// Whether the tenant has a next CA staged (cached). A core that cannot answer counts as
+    /// "no" here and is not cached: GetCACaps then simply does not offer GetNextCACert.
+    async fn next_ca_staged(&self, ctx: &EdgeContext, tenant: &str) -> bool {
+        if let Some(hit) = self.next_ca_staged.get(tenant).await {
+            return hit;
+        }
+        let staged = match ctx.core.next_ca_chain(tenant).await {
+            Ok(_) => true,
+            Err(e) if e.kind == certgate_proto::ErrorKind::NotFound => false,
+            Err(e) => {
+                warn!(tenant, error = %e, "GetCACaps: rollover state unknown");
+                return false;
+            }
+        };
+        self.next_ca_staged.insert(tenant.to_owned(), staged).await;
+        staged
     }
 }
 
@@ -40,7 +79,7 @@ impl Handler for ScepHandler {
     }
 
     fn handle<'a>(&'a self, ctx: &'a EdgeContext, req: EdgeRequest) -> HandlerFuture<'a> {
-        Box::pin(serve(ctx, req))
+        Box::pin(serve(self, ctx, req))
     }
 }
 
@@ -84,7 +123,11 @@ fn bad_request(why: &str) -> EdgeResponse {
     response(StatusCode::BAD_REQUEST, "text/plain", why.to_owned())
 }
 
-async fn serve(ctx: &EdgeContext, req: EdgeRequest) -> Result<EdgeResponse, EdgeError> {
+async fn serve(
+    h: &ScepHandler,
+    ctx: &EdgeContext,
+    req: EdgeRequest,
+) -> Result<EdgeResponse, EdgeError> {
     if !matches!(req.path.as_str(), "" | "/" | "/pkiclient.exe") {
         return Err(EdgeError::NotFound);
     }
@@ -93,7 +136,11 @@ async fn serve(ctx: &EdgeContext, req: EdgeRequest) -> Result<EdgeResponse, Edge
         (Method::GET, b"GetCACaps") => Ok(response(
             StatusCode::OK,
             "text/plain",
-            certgate_scep::ca_caps(),
+            if h.next_ca_staged(ctx, &req.tenant).await {
+                certgate_scep::ca_caps_with_next_ca()
+            } else {
+                certgate_scep::ca_caps()
+            },
         )),
         (Method::GET, b"GetCACert") => {
             let chain = ctx.core.scep_ra_chain(&req.tenant).await?;
@@ -105,17 +152,10 @@ async fn serve(ctx: &EdgeContext, req: EdgeRequest) -> Result<EdgeResponse, Edge
                 der,
             ))
         }
-        // The core has no CA rollover (no next CA is ever staged), so GetCACaps does not offer
-        // GetNextCACert (RFC 8894 §3.5.2) and a client that asks anyway gets a plain 404 that
-        // says why, never an empty or made-up SignedData.
-        (Method::GET, b"GetNextCACert") => {
-            metrics::counter!(SCEP_MESSAGES_TOTAL, "tenant" => req.tenant.clone(), "type" => "GetNextCACert", "outcome" => "no_next_ca").increment(1);
-            Ok(response(
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                "no next CA certificate: no CA rollover is staged for this tenant\n",
-            ))
-        }
+        // RFC 8894 §3.5.2 / §4.7.1: the staged next CA (docs/operations.md, "Issuing CA
+        // rollover") in a SignedData signed by the current RA; with nothing staged a plain 404
+        // that says why, never an empty or made-up SignedData.
+        (Method::GET, b"GetNextCACert") => next_ca_cert(ctx, &req.tenant).await,
         (Method::GET, b"PKIOperation") => {
             let Some(b64) = query_param(req.query.as_deref(), "message") else {
                 return Ok(bad_request("missing message"));
@@ -134,6 +174,48 @@ async fn serve(ctx: &EdgeContext, req: EdgeRequest) -> Result<EdgeResponse, Edge
         (Method::GET | Method::POST, _) => Ok(bad_request("unknown operation")),
         _ => Err(EdgeError::MethodNotAllowed),
     }
+}
+
+async fn next_ca_cert(ctx: &EdgeContext, tenant: &str) -> Result<EdgeResponse, EdgeError> {
+    let count = |outcome: &'static str| {
+        metrics::counter!(SCEP_MESSAGES_TOTAL, "tenant" => tenant.to_owned(), "type" => "GetNextCACert", "outcome" => outcome).increment(1);
+    };
+    let next = match ctx.core.next_ca_chain(tenant).await {
+        Ok(n) => n,
+        Err(e) if e.kind == certgate_proto::ErrorKind::NotFound => {
+            count("no_next_ca");
+            return Ok(response(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "no next CA certificate: no CA rollover is staged for this tenant\n",
+            ));
+        }
+        Err(e) => return Err(EdgeError::Core(e)),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let enc = |e: certgate_scep::ScepError| EdgeError::Malformed(e.to_string());
+    let msg = certgate_scep::NextCaCert::new(&next.chain_der, now).map_err(enc)?;
+    let signed = ctx
+        .core
+        .scep_sign_attributes(SignAttributesRequest {
+            tenant: tenant.to_owned(),
+            signed_attributes_der: msg.signed_attributes_der().to_vec(),
+            digest: msg.digest().name().to_owned(),
+        })
+        .await?;
+    let body = msg
+        .finish(&signed.signature, &signed.ra_cert_der)
+        .map_err(enc)?;
+    count("ok");
+    info!(tenant, next = %next.issuer_id, "GetNextCACert served");
+    Ok(response(
+        StatusCode::OK,
+        certgate_scep::NEXT_CA_CERT_CONTENT_TYPE,
+        body,
+    ))
 }
 
 fn type_label(t: MessageType) -> &'static str {
