@@ -102,6 +102,67 @@ pub fn request_hash(req: &IssueRequest) -> Vec<u8> {
     digest::digest(&digest::SHA256, &buf).as_ref().to_vec()
 }
 
+/// The exact validity window an Issue asks for with `not_before_unix` / `not_after_unix` (ACME
+/// newOrder notBefore/notAfter, RFC 8555 §7.4), or None when it names neither (then
+/// `validity_seconds` or the profile default applies from now, backdated as usual).
+///
+/// A missing notBefore is "now" backdated by [`x509::BACKDATE`]; a missing notAfter is notBefore
+/// plus the profile's default validity. The span must fit the profile's maximum (refused with
+/// `profile.max_validity`, never shortened), notAfter must lie after now and after notBefore, and
+/// notBefore may not lie further ahead than the profile's maximum validity (a certificate that
+/// starts months from now is a mistake, not a request).
+pub fn requested_window(
+    req: &IssueRequest,
+    profile: &Profile,
+    now: i64,
+) -> Result<Option<(i64, i64)>> {
+    let (nb, na) = (req.not_before_unix, req.not_after_unix);
+    if nb == 0 && na == 0 {
+        return Ok(None);
+    }
+    let bad = |m: &str| CoreError::malformed("request.validity", m.to_owned());
+    if nb < 0 || na < 0 {
+        return Err(bad("notBefore and notAfter must be after 1970"));
+    }
+    if req.validity_seconds != 0 {
+        return Err(bad(
+            "validity_seconds cannot be combined with notBefore / notAfter",
+        ));
+    }
+    let max_ahead = i64::try_from(profile.max_validity_seconds).unwrap_or(i64::MAX);
+    if nb != 0 && nb > now.saturating_add(max_ahead) {
+        return Err(bad(
+            "notBefore lies further ahead than the profile's maximum validity",
+        ));
+    }
+    let not_before = if nb == 0 {
+        now - x509::BACKDATE.as_secs() as i64
+    } else {
+        nb
+    };
+    let not_after = if na == 0 {
+        let default = i64::try_from(profile.validity(0)?).unwrap_or(i64::MAX);
+        not_before.saturating_add(default)
+    } else {
+        na
+    };
+    if not_after <= not_before {
+        return Err(bad("notAfter is not after notBefore"));
+    }
+    if not_after <= now {
+        return Err(bad("notAfter is in the past"));
+    }
+    // Without a requested notBefore the span counts from now (the backdating is a courtesy, as
+    // for every other certificate); with one, it is the certificate's whole lifetime.
+    let span = if nb == 0 {
+        not_after - now
+    } else {
+        not_after - not_before
+    };
+    profile.validity(u64::try_from(span).unwrap_or(u64::MAX))?;
+    Ok(Some((not_before, not_after)))
+}
+
 /// The chain of a CA from itself up to and including its root.
 pub fn chain_of(store: &dyn Store, ca_id: &str) -> Result<Vec<CaRec>> {
     let mut out = Vec::new();
@@ -554,7 +615,6 @@ impl Issuer {
             }
         }
         profile.check_sans(&sans)?;
-        let validity = profile.validity(req.validity_seconds)?;
         let ekus = profile.ekus_for(&requested.ekus)?;
         let common_name = requested
             .common_name
@@ -599,6 +659,11 @@ impl Issuer {
         let issuer = IssuerInfo::from_cert(&ca.ca_id, &ca.cert_der, key_type_of(&ca)?)?;
         let serial = x509::random_serial()?;
         let now = crate::now_unix();
+        let window = requested_window(req, &profile, now)?;
+        let validity = match window {
+            Some((_, not_after)) => u64::try_from(not_after.saturating_sub(now)).unwrap_or(0),
+            None => profile.validity(req.validity_seconds)?,
+        };
         let (_, ca_not_after) = x509::validity_of(&ca.cert_der)?;
         if now.saturating_add(validity as i64) > ca_not_after {
             return Err(CoreError::policy(
@@ -606,7 +671,7 @@ impl Issuer {
                 "the requested validity outlives the issuing CA",
             ));
         }
-        let tbs = x509::build_leaf_tbs(&LeafSpec {
+        let spec = LeafSpec {
             issuer: &issuer,
             serial: &serial,
             spki: &requested.key.spki,
@@ -618,7 +683,13 @@ impl Issuer {
             now_unix: now,
             validity_seconds: validity,
             base_url: tenant.public_base_url.trim_end_matches('/'),
-        })?;
+        };
+        let tbs = match window {
+            Some((not_before, not_after)) => {
+                x509::build_leaf_tbs_between(&spec, not_before, not_after)?
+            }
+            None => x509::build_leaf_tbs(&spec)?,
+        };
         Ok((
             IntentRec {
                 tenant: req.tenant.clone(),

@@ -240,14 +240,33 @@ pub struct LeafSpec<'a> {
     pub base_url: &'a str,
 }
 
-/// Builds a leaf TBSCertificate.
+/// Builds a leaf TBSCertificate valid from `now_unix` (backdated by [`BACKDATE`]) for
+/// `validity_seconds`.
 pub fn build_leaf_tbs(spec: &LeafSpec<'_>) -> Result<TbsCertificate> {
-    let (_, sig_alg) = signing_algorithm(spec.issuer.key_type)?;
     let not_before = spec.now_unix - BACKDATE.as_secs() as i64;
     let not_after = spec
         .now_unix
         .checked_add(i64::try_from(spec.validity_seconds).unwrap_or(i64::MAX))
         .ok_or_else(|| CoreError::malformed("request.validity", "validity overflows"))?;
+    build_leaf_tbs_between(spec, not_before, not_after)
+}
+
+/// Builds a leaf TBSCertificate with exactly these notBefore / notAfter (Unix seconds): a
+/// requested window (ACME newOrder notBefore/notAfter, RFC 8555 §7.4) is honoured to the second,
+/// not backdated. `spec.now_unix` and `spec.validity_seconds` are not used; the caller has checked
+/// the window against the profile.
+pub fn build_leaf_tbs_between(
+    spec: &LeafSpec<'_>,
+    not_before: i64,
+    not_after: i64,
+) -> Result<TbsCertificate> {
+    if not_after <= not_before {
+        return Err(CoreError::malformed(
+            "request.validity",
+            "notAfter is not after notBefore",
+        ));
+    }
+    let (_, sig_alg) = signing_algorithm(spec.issuer.key_type)?;
     let subject = match spec.common_name {
         Some(cn) => simple_name(None, Some(cn))?,
         None => RdnSequence(Vec::new()),

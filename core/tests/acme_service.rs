@@ -291,6 +291,8 @@ async fn env_with(adjust: impl FnOnce(&mut AcmeConfig)) -> Env {
         dns_resolver: Some(dns),
         hosts,
         validation_timeout_ms: 5_000,
+        // The responders listen on loopback, which the default SSRF block list refuses.
+        allowed_ranges: vec!["127.0.0.0/8".parse().unwrap()],
         ..AcmeConfig::default()
     };
     adjust(&mut cfg);
@@ -1945,4 +1947,163 @@ async fn tls_alpn01_validates_over_tls12() {
         let ch = respond(&mut e.f, &acct, &a, "tls-alpn-01").await;
         assert_eq!(ch.status, "valid", "{name}: {ch:?}");
     }
+}
+
+/// newOrder notBefore/notAfter (RFC 8555 §7.4): a window inside the profile is echoed by the
+/// order and is exactly the certificate's validity (no backdating); finalizing again through the
+/// issuance path (order put back to ready) is the same request under the same key, so the same
+/// certificate. Windows outside the profile, in the past or inverted are `malformed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requested_not_before_and_not_after_are_the_certificates_validity() {
+    let mut e = env().await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (nb, na) = (now + 3_600, now + 3_600 + 7 * 86_400);
+    let o =
+        e.f.acme
+            .new_order(NewOrderRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                identifiers: vec![dns("test.example")],
+                not_before_unix: nb,
+                not_after_unix: na,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!((o.not_before_unix, o.not_after_unix), (nb, na));
+    validate_http(&mut e, &acct, &k, &o).await;
+    let csr_der = csr(&["test.example"]);
+    let done = finalize(&mut e.f, &acct, &o.order_id, csr_der.clone())
+        .await
+        .unwrap();
+    assert_eq!(done.status, "valid", "{done:?}");
+    assert_eq!((done.not_before_unix, done.not_after_unix), (nb, na));
+    let cert =
+        e.f.acme
+            .get_order_certificate(GetOrderCertificateRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                serial_hex: done.certificate_serial_hex.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(
+        certgate_core::x509::validity_of(&cert.certificate_der).unwrap(),
+        (nb, na)
+    );
+    // A retried finalize that reaches Core.Issue again: same request hash, same certificate.
+    e.f.store
+        .execute_raw(&format!(
+            "UPDATE acme_orders SET status = 'ready', certificate_serial_hex = '' WHERE order_id = '{}'",
+            o.order_id
+        ))
+        .unwrap();
+    let again = finalize(&mut e.f, &acct, &o.order_id, csr_der)
+        .await
+        .unwrap();
+    assert_eq!(again.status, "valid", "{again:?}");
+    assert_eq!(again.certificate_serial_hex, done.certificate_serial_hex);
+
+    // notAfter alone: the certificate starts at issuance and ends exactly then.
+    let na2 = now + 2 * 86_400;
+    let o2 =
+        e.f.acme
+            .new_order(NewOrderRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                identifiers: vec![dns("test.example")],
+                not_after_unix: na2,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!((o2.not_before_unix, o2.not_after_unix), (0, na2));
+    assert_eq!(o2.status, "ready", "the authorization is reused");
+    let done2 = finalize(&mut e.f, &acct, &o2.order_id, csr(&["test.example"]))
+        .await
+        .unwrap();
+    let cert2 =
+        e.f.acme
+            .get_order_certificate(GetOrderCertificateRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                serial_hex: done2.certificate_serial_hex.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    let (nb2, got_na2) = certgate_core::x509::validity_of(&cert2.certificate_der).unwrap();
+    assert_eq!(got_na2, na2);
+    assert!(
+        nb2 <= now + 600 && nb2 < na2,
+        "starts at issuance: {nb2} vs {now}"
+    );
+
+    // Refusals: beyond the profile's 90 days, notBefore an hour ago, inverted, notAfter past.
+    let day = 86_400;
+    for (nb, na, needle) in [
+        (now, now + 120 * day, "profile"),
+        (0, now + 120 * day, "profile"),
+        (now - 3_600, now + day, "in the past"),
+        (now + 2 * day, now + day, "after notBefore"),
+        (0, now - 10, "in the past"),
+    ] {
+        let st =
+            e.f.acme
+                .new_order(NewOrderRequest {
+                    tenant: T.into(),
+                    account_id: acct.clone(),
+                    identifiers: vec![dns("test.example")],
+                    not_before_unix: nb,
+                    not_after_unix: na,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+        let r = err(st);
+        assert_eq!(r.rule, "malformed", "({nb}, {na}): {r:?}");
+        assert!(r.message.contains(needle), "({nb}, {na}): {}", r.message);
+    }
+}
+
+/// SSRF protection through the service: with the default block list (no loopback exception) a
+/// name mapped to 127.0.0.1 fails http-01 with `connection` naming the blocked range, although
+/// the responder there holds the right answer; the same name validates with the exception.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_targets_in_blocked_ranges_are_refused() {
+    let mut e = env_with(|c| c.allowed_ranges.clear()).await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let o = order(&mut e.f, &acct, &["test.example"]).await;
+    let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+    let tok = token(&a, "http-01");
+    e.http
+        .answers
+        .lock()
+        .unwrap()
+        .insert(tok.clone(), k.jwk.key_authorization(&tok));
+    let ch = respond(&mut e.f, &acct, &a, "http-01").await;
+    assert_eq!(ch.status, "invalid");
+    let p = ch.error.unwrap();
+    assert_eq!(p.r#type, "connection");
+    assert!(
+        p.detail.contains("blocked address range 127.0.0.0/8"),
+        "{p:?}"
+    );
+    assert!(
+        e.http.hosts.lock().unwrap().is_empty(),
+        "nothing was contacted"
+    );
+    assert_eq!(
+        get_order(&mut e.f, &acct, &o.order_id).await.status,
+        "invalid"
+    );
 }

@@ -591,6 +591,7 @@ async fn issue_tls(
             issuer_id: String::new(),
             replaces_serial: String::new(),
             await_confirmation: false,
+            ..Default::default()
         })
         .await?
         .into_inner();

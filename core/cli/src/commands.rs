@@ -355,6 +355,7 @@ pub async fn cert_issue(clients: &Clients, a: IssueArgs) -> Result<()> {
             issuer_id: String::new(),
             replaces_serial: String::new(),
             await_confirmation: false,
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -55,8 +55,115 @@ pub struct AcmeConfig {
     /// Lifetime of an order until finalized, s.
     pub order_lifetime_secs: i64,
     /// Dev only (Pebble's convention): validate every name at 127.0.0.1, http-01 on 5002 and
-    /// tls-alpn-01 on 5001. Refused in production mode (I-5).
+    /// tls-alpn-01 on 5001. Refused in production mode (I-5). It also allows the loopback
+    /// target it names, whatever `blocked_ranges` says.
     pub dev_validate_on_localhost: bool,
+    /// SSRF protection: address ranges validation never connects to (http-01 and each of its
+    /// redirect hops, tls-alpn-01), checked on the resolved address before connecting. None =
+    /// [`DEFAULT_BLOCKED_RANGES`]; an empty list blocks nothing.
+    pub blocked_ranges: Option<Vec<IpRange>>,
+    /// Exceptions to `blocked_ranges` (e.g. an internal CA validating hosts on 10.0.0.0/8).
+    pub allowed_ranges: Vec<IpRange>,
+}
+
+/// What validation refuses to connect to unless configured otherwise: loopback, RFC 1918,
+/// link-local, CGNAT (RFC 6598), unique-local (RFC 4193), multicast, unspecified / "this
+/// network", reserved (240/4, incl. broadcast) and the documentation ranges (RFC 5737, RFC 3849,
+/// RFC 9637). IPv4-mapped IPv6 addresses are checked as the IPv4 address they carry.
+pub const DEFAULT_BLOCKED_RANGES: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.2.0/24",
+    "192.168.0.0/16",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "2001:db8::/32",
+    "3fff::/20",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// An address range in CIDR notation (`10.0.0.0/8`, `fc00::/7`; a bare address is a /32 or
+/// /128), as `[acme] blocked_ranges` / `allowed_ranges` name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct IpRange {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Whether `ip` lies in the range (an IPv4-mapped IPv6 address as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not an address range (CIDR, e.g. 10.0.0.0/8 or fc00::/7)");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
+            None => max,
+        };
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Self {
+            net: net.to_canonical(),
+            prefix: if net.is_ipv6() && net.to_canonical().is_ipv4() {
+                prefix.saturating_sub(96)
+            } else {
+                prefix
+            },
+        })
+    }
+}
+
+impl TryFrom<String> for IpRange {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for IpRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
 }
 
 impl Default for AcmeConfig {
@@ -73,6 +180,8 @@ impl Default for AcmeConfig {
             authz_valid_secs: 30 * 86_400,
             order_lifetime_secs: 7 * 86_400,
             dev_validate_on_localhost: false,
+            blocked_ranges: None,
+            allowed_ranges: Vec::new(),
         }
     }
 }
@@ -119,6 +228,59 @@ pub fn acme_error(e: &certgate_acme::Error) -> CoreError {
     }
 }
 
+/// How far a newOrder `notBefore` may lie in the past (client clock skew), seconds.
+pub const MAX_NOT_BEFORE_SKEW_SECS: i64 = 300;
+
+/// newOrder `notBefore` / `notAfter` (RFC 8555 §7.4; Unix seconds, 0 = absent) against the
+/// order's profile, checked when the order is created so a refusal is an immediate `malformed`
+/// problem with a clear detail rather than an invalid order at finalize. Accepted: notBefore no
+/// more than [`MAX_NOT_BEFORE_SKEW_SECS`] in the past, notAfter in the future and after
+/// notBefore, and the window inside what the profile allows ([`crate::issue::requested_window`],
+/// which Core.Issue applies again at finalize: the profile stays the authority).
+pub fn check_requested_window(
+    profile: &crate::store::ProfileRec,
+    not_before: i64,
+    not_after: i64,
+    now: i64,
+) -> Result<(), CoreError> {
+    if not_before == 0 && not_after == 0 {
+        return Ok(());
+    }
+    let bad = |m: String| CoreError::malformed("malformed", m);
+    if not_before < 0 || not_after < 0 {
+        return Err(bad("notBefore and notAfter must be after 1970".into()));
+    }
+    if not_before != 0 && not_before < now - MAX_NOT_BEFORE_SKEW_SECS {
+        return Err(bad(format!(
+            "notBefore lies {} s in the past; at most {MAX_NOT_BEFORE_SKEW_SECS} s of clock skew is accepted",
+            now - not_before
+        )));
+    }
+    if not_after != 0 && not_after <= now {
+        return Err(bad("notAfter is in the past".into()));
+    }
+    if not_before != 0 && not_after != 0 && not_after <= not_before {
+        return Err(bad("notAfter must be after notBefore".into()));
+    }
+    let p = crate::profile::Profile::from_json(&profile.body_json)?;
+    let req = certgate_proto::core::IssueRequest {
+        not_before_unix: not_before,
+        not_after_unix: not_after,
+        ..Default::default()
+    };
+    crate::issue::requested_window(&req, &p, now).map_err(|e| {
+        let why = match e {
+            CoreError::Policy { message, .. } | CoreError::Malformed { message, .. } => message,
+            other => other.to_string(),
+        };
+        bad(format!(
+            "notBefore/notAfter outside what profile {:?} allows (at most {} s of validity): {why}",
+            profile.name, p.max_validity_seconds
+        ))
+    })?;
+    Ok(())
+}
+
 /// A random id or token: `bytes` CSPRNG bytes, base64url.
 pub fn random_id(bytes: usize) -> Result<String, CoreError> {
     let mut b = vec![0u8; bytes];
@@ -159,6 +321,46 @@ mod tests {
         let err = crate::config::Config::parse(&text("production"), std::path::Path::new("/"))
             .expect_err("production refuses");
         assert!(err.0.contains("dev_validate_on_localhost"), "{err}");
+    }
+
+    /// newOrder notBefore/notAfter against the built-in profile (90 days max, 90 days default):
+    /// a window inside it is accepted; outside it, in the past beyond the skew, or inverted is
+    /// `malformed` with a detail that says why.
+    #[test]
+    fn requested_windows_are_checked_against_the_profile() {
+        let p = crate::profile::Profile::builtin_tls_server();
+        let rec = crate::store::ProfileRec {
+            tenant: "t".into(),
+            name: "tls-server".into(),
+            version: 1,
+            body_json: p.to_json(),
+            created_unix: 0,
+        };
+        let now = 1_800_000_000;
+        let day = 86_400;
+        let max = i64::try_from(p.max_validity_seconds).expect("fits");
+        let ok = |nb: i64, na: i64| check_requested_window(&rec, nb, na, now);
+        ok(0, 0).expect("nothing requested");
+        ok(now, now + 7 * day).expect("a week from now");
+        ok(now + day, now + 8 * day).expect("starting tomorrow");
+        ok(now - 60, now + 7 * day).expect("a minute of skew");
+        ok(0, now + max).expect("notAfter at the maximum");
+        ok(now, 0).expect("notBefore alone: default validity");
+        ok(now, now + max).expect("exactly the maximum");
+        let detail = |nb: i64, na: i64| match check_requested_window(&rec, nb, na, now) {
+            Err(CoreError::Malformed { rule, message }) => {
+                assert_eq!(rule, "malformed");
+                message
+            }
+            other => panic!("({nb}, {na}) must be malformed, got {other:?}"),
+        };
+        assert!(detail(now - 3600, now + day).contains("in the past"));
+        assert!(detail(0, now - 1).contains("notAfter is in the past"));
+        assert!(detail(now + 2 * day, now + day).contains("after notBefore"));
+        assert!(detail(now, now + max + 1).contains("profile \"tls-server\""));
+        assert!(detail(0, now + max + 10).contains("exceeds the profile maximum"));
+        assert!(detail(now + max + day, 0).contains("further ahead"));
+        assert!(detail(-5, now + day).contains("1970"));
     }
 
     #[test]

@@ -518,6 +518,7 @@ impl AcmeService {
                 Err(_) => Err(super::validate::Failure {
                     problem_type: "serverInternal",
                     detail: "the CA's settings could not be read".into(),
+                    blocked: false,
                 }),
             };
         }
@@ -544,7 +545,7 @@ impl AcmeService {
         };
         metrics::counter!("certgate_acme_validations_total",
             "protocol" => "acme", "tenant" => authz.tenant.clone(), "type" => ch.kind.clone(),
-            "outcome" => match &result { Ok(()) => "valid", Err(f) => f.problem_type })
+            "outcome" => match &result { Ok(()) => "valid", Err(f) if f.blocked => "blocked", Err(f) => f.problem_type })
         .increment(1);
         tracing::info!(
             tenant = %authz.tenant,
@@ -631,12 +632,6 @@ impl AcmeService {
                 store.set_order_status(&o.tenant, &o.order_id, &["ready"], &update, &audit)
             })?;
         }
-        let validity = if o.not_after_unix > 0 {
-            let from = o.not_before_unix.max(crate::now_unix());
-            u64::try_from(o.not_after_unix - from).unwrap_or(0)
-        } else {
-            0
-        };
         let issue = certgate_proto::core::IssueRequest {
             tenant: o.tenant.clone(),
             profile: o.profile.clone(),
@@ -658,7 +653,11 @@ impl AcmeService {
             protocol: "acme".into(),
             client_identity: o.account_id.clone(),
             idempotency_key: format!("acme-order:{}", o.order_id),
-            validity_seconds: validity,
+            // The order's requested window exactly as stored: a retried finalize is the same
+            // request, so the same certificate (I-3).
+            validity_seconds: 0,
+            not_before_unix: o.not_before_unix,
+            not_after_unix: o.not_after_unix,
             issuer_id: String::new(),
             replaces_serial: if o.replaces.is_empty() {
                 String::new()
@@ -697,6 +696,9 @@ impl AcmeService {
             Err(CoreError::Policy { rule, message } | CoreError::Malformed { rule, message }) => {
                 let kind = if rule.starts_with("csr.") || rule == "profile.key" {
                     "badCSR"
+                } else if rule == "request.validity" || rule == "profile.max_validity" {
+                    // The order's notBefore/notAfter no longer fit (time passed, profile changed).
+                    "malformed"
                 } else {
                     "rejectedIdentifier"
                 };
@@ -994,24 +996,16 @@ impl Acme for AcmeService {
         } else {
             r.profile.clone()
         };
-        if blocking(|| self.0.core.store.latest_profile(&t.name, &profile))?.is_none() {
+        let Some(profile_rec) = blocking(|| self.0.core.store.latest_profile(&t.name, &profile))?
+        else {
             return Err(CoreError::policy(
                 "invalidProfile",
                 format!("no profile {profile:?} in this tenant"),
             )
             .into());
-        }
+        };
         let now = crate::now_unix();
-        if r.not_before_unix != 0 {
-            return Err(CoreError::malformed(
-                "malformed",
-                "notBefore is not supported: certificates start at issuance",
-            )
-            .into());
-        }
-        if r.not_after_unix != 0 && r.not_after_unix <= now {
-            return Err(CoreError::malformed("malformed", "notAfter is in the past").into());
-        }
+        super::check_requested_window(&profile_rec, r.not_before_unix, r.not_after_unix, now)?;
         if !r.replaces.is_empty() {
             blocking(|| self.check_replaces(&t.name, &r.account_id, &r.replaces))?;
         }
@@ -1079,7 +1073,7 @@ impl Acme for AcmeService {
                 })
                 .collect(),
             authz_ids,
-            not_before_unix: 0,
+            not_before_unix: r.not_before_unix,
             not_after_unix: r.not_after_unix,
             error: Vec::new(),
             certificate_serial_hex: String::new(),

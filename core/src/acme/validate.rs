@@ -13,6 +13,12 @@
 //!   SHA-256(key authorization) as a DER OCTET STRING.
 //!
 //! Every attempt is bounded by the configured timeout. Failures name the ACME problem type.
+//!
+//! SSRF protection: every address validation is about to connect to (the resolved identifier,
+//! each http-01 redirect hop, the tls-alpn-01 target) is checked against `[acme]
+//! blocked_ranges` (default [`super::DEFAULT_BLOCKED_RANGES`]) minus `allowed_ranges` before
+//! the connection is made; a blocked one fails with `connection` and is counted as outcome
+//! `blocked`. A DNS answer truncated over UDP (TC) is asked again over TCP (RFC 7766).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -24,7 +30,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use super::AcmeConfig;
+use super::{AcmeConfig, IpRange};
 use crate::store::acme::IdentRec;
 
 /// The most of an http-01 response body read.
@@ -42,20 +48,30 @@ pub struct Failure {
     pub problem_type: &'static str,
     /// Detail for the client.
     pub detail: String,
+    /// The target address was in a blocked range (SSRF protection): nothing was contacted.
+    pub blocked: bool,
 }
 
 fn fail(problem_type: &'static str, detail: impl Into<String>) -> Failure {
     Failure {
         problem_type,
         detail: detail.into(),
+        blocked: false,
     }
 }
+
+/// Largest DNS response read over TCP: the protocol's own 16-bit length bound (RFC 1035 §4.2.2).
+pub const MAX_DNS_TCP_RESPONSE: usize = 65_535;
 
 /// The validators, configured once.
 #[derive(Clone, Debug)]
 pub struct Validator {
     cfg: AcmeConfig,
     resolver: Option<SocketAddr>,
+    /// Ranges never connected to (SSRF protection)...
+    blocked: Vec<IpRange>,
+    /// ...except these.
+    allowed: Vec<IpRange>,
 }
 
 /// The first `nameserver` line of /etc/resolv.conf, if any.
@@ -75,7 +91,47 @@ impl Validator {
     /// Validators with these settings.
     pub fn new(cfg: AcmeConfig) -> Self {
         let resolver = cfg.dns_resolver.or_else(system_resolver);
-        Self { cfg, resolver }
+        let blocked = match &cfg.blocked_ranges {
+            Some(list) => list.clone(),
+            None => super::DEFAULT_BLOCKED_RANGES
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .collect(),
+        };
+        let mut allowed = cfg.allowed_ranges.clone();
+        if cfg.dev_validate_on_localhost {
+            // The dev convention's one target (dev mode only, I-5) is allowed explicitly.
+            allowed.extend("127.0.0.1/32".parse::<IpRange>().ok());
+        }
+        Self {
+            cfg,
+            resolver,
+            blocked,
+            allowed,
+        }
+    }
+
+    /// SSRF protection: refuses an address in a blocked range (and not in an allowed one) before
+    /// anything connects to it.
+    fn check_target(&self, name: &str, addr: SocketAddr) -> Result<SocketAddr, Failure> {
+        let ip = addr.ip().to_canonical();
+        if self.allowed.iter().any(|r| r.contains(ip)) {
+            return Ok(addr);
+        }
+        match self.blocked.iter().find(|r| r.contains(ip)) {
+            None => Ok(addr),
+            Some(range) => {
+                tracing::warn!(%name, %ip, %range, "ACME validation target in a blocked range");
+                Err(Failure {
+                    problem_type: "connection",
+                    detail: format!(
+                        "{name} resolves to {ip}, in the blocked address range {range}: \
+                         validation connects only to public addresses"
+                    ),
+                    blocked: true,
+                })
+            }
+        }
     }
 
     fn timeout(&self) -> Duration {
@@ -118,6 +174,12 @@ impl Validator {
     /// Where to connect for an identifier: the dev shortcut, the static map, the IP itself, or
     /// the system resolver.
     async fn address(&self, id: &IdentRec, port: u16) -> Result<SocketAddr, Failure> {
+        let addr = self.resolve(id, port).await?;
+        self.check_target(&id.value, addr)
+    }
+
+    /// [`Self::address`] before the block-list check.
+    async fn resolve(&self, id: &IdentRec, port: u16) -> Result<SocketAddr, Failure> {
         if self.cfg.dev_validate_on_localhost {
             return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
         }
@@ -248,6 +310,10 @@ impl Validator {
                 continue;
             };
             if m.id() == query_id && m.message_type() == MessageType::Response {
+                if m.truncated() {
+                    // RFC 7766 §5: a truncated UDP answer is asked again over TCP.
+                    return tcp_query(resolver, &wire, query_id).await;
+                }
                 return Ok(m);
             }
         }
@@ -436,6 +502,44 @@ impl Validator {
         }
         Ok(())
     }
+}
+
+/// One DNS query over TCP (RFC 1035 §4.2.2 framing: a 16-bit length before each message), for an
+/// answer that was truncated over UDP. The response is at most [`MAX_DNS_TCP_RESPONSE`] bytes by
+/// the framing; one with another id or not a response is refused. The caller's deadline bounds
+/// it.
+async fn tcp_query(
+    resolver: SocketAddr,
+    wire: &[u8],
+    query_id: u16,
+) -> Result<hickory_proto::op::Message, Failure> {
+    use hickory_proto::op::{Message, MessageType};
+    use hickory_proto::serialize::binary::BinDecodable;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let err = |e: std::io::Error| fail("dns", format!("resolver {resolver} over TCP: {e}"));
+    let len = u16::try_from(wire.len()).map_err(|_| fail("dns", "query too long for TCP"))?;
+    let mut tcp = tokio::net::TcpStream::connect(resolver)
+        .await
+        .map_err(err)?;
+    let mut out = Vec::with_capacity(wire.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(wire);
+    tcp.write_all(&out).await.map_err(err)?;
+    let mut lb = [0u8; 2];
+    tcp.read_exact(&mut lb).await.map_err(err)?;
+    let n = usize::from(u16::from_be_bytes(lb)).min(MAX_DNS_TCP_RESPONSE);
+    let mut buf = vec![0u8; n];
+    tcp.read_exact(&mut buf).await.map_err(err)?;
+    let m = Message::from_bytes(&buf)
+        .map_err(|e| fail("dns", format!("resolver {resolver} over TCP: {e}")))?;
+    if m.id() != query_id || m.message_type() != MessageType::Response {
+        return Err(fail(
+            "dns",
+            format!("resolver {resolver} over TCP answered another query"),
+        ));
+    }
+    Ok(m)
 }
 
 /// Most redirects http-01 follows (RFC 8555 §8.3 lets the client redirect, e.g. to a central
@@ -741,17 +845,354 @@ mod tests {
             ..AcmeConfig::default()
         });
         assert_eq!(
-            prod.address(&id("dns", "mapped.example"), 80)
+            prod.resolve(&id("dns", "mapped.example"), 80)
                 .await
                 .expect("mapped"),
             "192.0.2.7:80".parse::<SocketAddr>().expect("addr")
         );
         assert_eq!(
-            prod.address(&id("ip", "2001:db8::5"), 443)
+            prod.resolve(&id("ip", "2001:db8::5"), 443)
                 .await
                 .expect("ip"),
             "[2001:db8::5]:443".parse::<SocketAddr>().expect("addr")
         );
+        // Both are documentation addresses: the default block list keeps validation away.
+        for (kind, name) in [("dns", "mapped.example"), ("ip", "2001:db8::5")] {
+            let e = prod
+                .address(&id(kind, name), 80)
+                .await
+                .expect_err("documentation range is blocked");
+            assert!(e.blocked && e.problem_type == "connection", "{e:?}");
+        }
+    }
+
+    fn range(s: &str) -> IpRange {
+        s.parse().expect("range parses")
+    }
+
+    fn ident(kind: &str, value: &str) -> IdentRec {
+        IdentRec {
+            kind: kind.into(),
+            value: value.into(),
+        }
+    }
+
+    /// The default SSRF block list covers the ranges it names (IPv4-mapped IPv6 included) and
+    /// nothing public; malformed ranges are refused at config load.
+    #[test]
+    fn default_block_list_covers_private_ranges_only() {
+        let v = Validator::new(AcmeConfig::default());
+        let blocked = |ip: &str| {
+            let addr = SocketAddr::new(ip.parse().expect("ip"), 80);
+            v.check_target("n", addr).is_err()
+        };
+        for ip in [
+            "127.0.0.1",
+            "127.5.6.7",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.254",
+            "0.0.0.0",
+            "224.0.0.251",
+            "255.255.255.255",
+            "192.0.2.1",
+            "198.51.100.1",
+            "203.0.113.9",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd12:3456::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(blocked(ip), "{ip} must be blocked");
+        }
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "192.0.3.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(!blocked(ip), "{ip} must be allowed");
+        }
+        assert!(range("10.0.0.0/8").contains("10.255.0.1".parse().expect("ip")));
+        assert!(!range("10.0.0.0/8").contains("11.0.0.1".parse().expect("ip")));
+        assert!(range("0.0.0.0/0").contains("203.0.113.1".parse().expect("ip")));
+        assert!(range("::ffff:10.0.0.0/104").contains("10.1.1.1".parse().expect("ip")));
+        assert_eq!(range("192.0.2.7").to_string(), "192.0.2.7/32");
+        for bad in ["10.0.0.0/33", "fc00::/129", "nonsense", "10.0.0.0/x", ""] {
+            assert!(bad.parse::<IpRange>().is_err(), "{bad:?} must not parse");
+        }
+        let cfg: AcmeConfig =
+            toml::from_str("blocked_ranges = [\"10.0.0.0/8\"]\nallowed_ranges = [\"10.1.0.0/16\"]")
+                .expect("config parses");
+        let v = Validator::new(cfg);
+        let at = |ip: &str| SocketAddr::new(ip.parse().expect("ip"), 80);
+        assert!(v.check_target("n", at("10.2.0.1")).is_err());
+        assert!(v.check_target("n", at("10.1.0.1")).is_ok());
+        assert!(v.check_target("n", at("127.0.0.1")).is_ok());
+        assert!(toml::from_str::<AcmeConfig>("blocked_ranges = [\"10.0.0.0/99\"]").is_err());
+    }
+
+    /// An HTTP server on `ip`:`port` (0 = any) answering every request with `answer`: either
+    /// the body, or with `redirect:URL` a 302 to URL. Returns the port.
+    async fn http_server(ip: &str, port: u16, answer: String) -> Option<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind((ip, port)).await.ok()?;
+        let port = l.local_addr().ok()?.port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let resp = match answer.strip_prefix("redirect:") {
+                        Some(url) => format!(
+                            "HTTP/1.1 302 Found\r\nLocation: {url}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        ),
+                        None => format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                            answer.len()
+                        ),
+                    };
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        Some(port)
+    }
+
+    /// SSRF: a name that resolves (static map, or the system resolver for `localhost`) to a
+    /// blocked address is refused with `connection` before anything is contacted, although a
+    /// responder there would answer correctly; allowing the range makes the same validation pass.
+    #[tokio::test]
+    async fn http01_to_a_blocked_address_is_refused_and_allowed_ranges_lift_it() {
+        let port = http_server("127.0.0.1", 0, "tok.tp".into())
+            .await
+            .expect("server");
+        let mut hosts = std::collections::BTreeMap::new();
+        hosts.insert(
+            "internal.example".to_owned(),
+            "127.0.0.1".parse().expect("ip"),
+        );
+        let cfg = AcmeConfig {
+            http_port: port,
+            hosts,
+            validation_timeout_ms: 5_000,
+            ..AcmeConfig::default()
+        };
+        let v = Validator::new(cfg.clone());
+        for id in [
+            ident("dns", "internal.example"),
+            ident("dns", "localhost"),
+            ident("ip", "127.0.0.1"),
+        ] {
+            let e = v
+                .validate("http-01", &id, "tok", "tok.tp")
+                .await
+                .expect_err("blocked");
+            assert_eq!(e.problem_type, "connection", "{e:?}");
+            assert!(
+                e.blocked && e.detail.contains("blocked address range"),
+                "{e:?}"
+            );
+        }
+        let open = Validator::new(AcmeConfig {
+            allowed_ranges: vec![range("127.0.0.1/32")],
+            ..cfg
+        });
+        open.validate(
+            "http-01",
+            &ident("dns", "internal.example"),
+            "tok",
+            "tok.tp",
+        )
+        .await
+        .expect("allowed range validates");
+    }
+
+    /// SSRF on redirects: every hop is checked. The first server (127.0.0.1, allowed) redirects
+    /// to a second one on 127.0.0.2, same port, that serves the right answer; with only 127.0.0.1 allowed the hop is
+    /// refused, with 127.0.0.0/8 allowed the validation passes.
+    #[tokio::test]
+    async fn http01_redirect_hops_are_checked_against_the_block_list() {
+        let mut port = None;
+        for _ in 0..20 {
+            let Ok(probe) = std::net::TcpListener::bind("127.0.0.1:0") else {
+                continue;
+            };
+            let p = probe.local_addr().expect("addr").port();
+            drop(probe);
+            if http_server("127.0.0.2", p, "tok.tp".into()).await.is_none() {
+                continue;
+            }
+            let url = format!("http://127.0.0.2:{p}/.well-known/acme-challenge/tok");
+            if http_server("127.0.0.1", p, format!("redirect:{url}"))
+                .await
+                .is_some()
+            {
+                port = Some(p);
+                break;
+            }
+        }
+        let port = port.expect("a port free on 127.0.0.1 and 127.0.0.2");
+        let mut hosts = std::collections::BTreeMap::new();
+        hosts.insert("hop.example".to_owned(), "127.0.0.1".parse().expect("ip"));
+        let cfg = AcmeConfig {
+            http_port: port,
+            hosts,
+            validation_timeout_ms: 5_000,
+            allowed_ranges: vec![range("127.0.0.1/32")],
+            ..AcmeConfig::default()
+        };
+        let e = Validator::new(cfg.clone())
+            .validate("http-01", &ident("dns", "hop.example"), "tok", "tok.tp")
+            .await
+            .expect_err("the hop to 127.0.0.2 is blocked");
+        assert!(e.blocked && e.detail.contains("127.0.0.2"), "{e:?}");
+        Validator::new(AcmeConfig {
+            allowed_ranges: vec![range("127.0.0.0/8")],
+            ..cfg
+        })
+        .validate("http-01", &ident("dns", "hop.example"), "tok", "tok.tp")
+        .await
+        .expect("the redirect is followed when the range is allowed");
+    }
+
+    /// SSRF for tls-alpn-01: the target is checked before the TCP connection (a private name
+    /// and a private IP identifier), and the dev convention's 127.0.0.1 stays allowed.
+    #[tokio::test]
+    async fn tls_alpn01_to_a_blocked_address_is_refused() {
+        let mut hosts = std::collections::BTreeMap::new();
+        hosts.insert(
+            "intranet.example".to_owned(),
+            "10.20.30.40".parse().expect("ip"),
+        );
+        let v = Validator::new(AcmeConfig {
+            hosts,
+            validation_timeout_ms: 5_000,
+            ..AcmeConfig::default()
+        });
+        for id in [ident("dns", "intranet.example"), ident("ip", "192.168.7.7")] {
+            let e = v
+                .validate("tls-alpn-01", &id, "tok", "tok.tp")
+                .await
+                .expect_err("blocked");
+            assert!(e.blocked && e.problem_type == "connection", "{e:?}");
+        }
+        let dev = Validator::new(AcmeConfig {
+            dev_validate_on_localhost: true,
+            ..AcmeConfig::default()
+        });
+        assert!(
+            dev.address(&ident("dns", "any.example"), crate::acme::DEV_TLS_ALPN_PORT)
+                .await
+                .is_ok()
+        );
+    }
+
+    /// RFC 7766: a UDP answer with TC set is asked again over TCP. The responder answers every
+    /// UDP query truncated and empty, and over TCP (same port) with the TXT record, so dns-01
+    /// passes only through the TCP retry.
+    #[tokio::test]
+    async fn dns01_truncated_udp_answer_is_retried_over_tcp() {
+        use hickory_proto::op::{Message, MessageType};
+        use hickory_proto::rr::rdata::TXT;
+        use hickory_proto::rr::{RData, Record};
+        use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let key_auth = "tok.tp";
+        let digest = certgate_acme::base64url(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_auth.as_bytes()).as_ref(),
+        );
+        let answer = move |q: &Message, full: bool| -> Vec<u8> {
+            let mut r = Message::new();
+            r.set_id(q.id())
+                .set_message_type(MessageType::Response)
+                .set_op_code(q.op_code())
+                .set_recursion_desired(q.recursion_desired());
+            for query in q.queries() {
+                r.add_query(query.clone());
+                if full {
+                    r.add_answer(Record::from_rdata(
+                        query.name().clone(),
+                        60,
+                        RData::TXT(TXT::new(vec![digest.clone()])),
+                    ));
+                }
+            }
+            r.set_truncated(!full);
+            r.to_bytes().expect("encode")
+        };
+        let mut bound = None;
+        for _ in 0..20 {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("udp");
+            let addr = udp.local_addr().expect("addr");
+            if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+                bound = Some((udp, tcp, addr));
+                break;
+            }
+        }
+        let (udp, tcp, addr) = bound.expect("a port free for UDP and TCP");
+        let udp_answer = answer.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, peer)) = udp.recv_from(&mut buf).await {
+                if let Ok(q) = Message::from_bytes(&buf[..n]) {
+                    let _ = udp.send_to(&udp_answer(&q, false), peer).await;
+                }
+            }
+        });
+        let tcp_queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = tcp_queries.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = tcp.accept().await {
+                let answer = answer.clone();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut lb = [0u8; 2];
+                    if s.read_exact(&mut lb).await.is_err() {
+                        return;
+                    }
+                    let mut q = vec![0u8; usize::from(u16::from_be_bytes(lb))];
+                    if s.read_exact(&mut q).await.is_err() {
+                        return;
+                    }
+                    let Ok(q) = Message::from_bytes(&q) else {
+                        return;
+                    };
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let out = answer(&q, true);
+                    let mut framed = u16::try_from(out.len())
+                        .expect("small")
+                        .to_be_bytes()
+                        .to_vec();
+                    framed.extend_from_slice(&out);
+                    let _ = s.write_all(&framed).await;
+                });
+            }
+        });
+        let v = Validator::new(AcmeConfig {
+            dns_resolver: Some(addr),
+            validation_timeout_ms: 5_000,
+            ..AcmeConfig::default()
+        });
+        v.validate("dns-01", &ident("dns", "big.example"), "tok", key_auth)
+            .await
+            .expect("valid through the TCP retry");
+        assert_eq!(tcp_queries.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     /// A resolver that never answers is a `dns` problem after the timeout, not a hang.

@@ -358,8 +358,14 @@ pub struct NewOrder {
 }
 
 fn parse_time(s: &str, field: &str) -> Result<OffsetDateTime, Error> {
-    OffsetDateTime::parse(s, &Rfc3339)
-        .map_err(|_| Error::Malformed(format!("{field} is not an RFC 3339 timestamp")))
+    let t = OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|_| Error::Malformed(format!("{field} is not an RFC 3339 timestamp")))?;
+    // The core's wire form is Unix seconds with 0 meaning "absent": earlier is refused here
+    // rather than silently dropped (the core refuses any time in the past anyway).
+    if t.unix_timestamp() <= 0 {
+        return Err(Error::Malformed(format!("{field} lies before 1970")));
+    }
+    Ok(t)
 }
 
 impl WireNewOrder {
@@ -775,6 +781,26 @@ mod tests {
         let o = o.validate().unwrap();
         assert_eq!(o.identifiers.len(), 2);
         assert_eq!(o.profile.as_deref(), Some("tlsserver"));
+        assert_eq!(
+            o.not_before.map(|t| t.unix_timestamp()),
+            Some(1_767_225_600)
+        );
+        assert_eq!(o.not_after.map(|t| t.unix_timestamp()), Some(1_767_830_400));
+        for bad in [
+            r#""notBefore":"1970-01-01T00:00:00Z""#,
+            r#""notBefore":"1969-12-31T00:00:00Z""#,
+            r#""notAfter":"yesterday""#,
+            r#""notAfter":"2026-01-08""#,
+        ] {
+            let o: WireNewOrder = serde_json::from_str(&format!(
+                r#"{{"identifiers":[{{"type":"dns","value":"a.example"}}],{bad}}}"#
+            ))
+            .unwrap();
+            assert!(
+                matches!(o.validate(), Err(Error::Malformed(_))),
+                "{bad} must be malformed"
+            );
+        }
         let o: WireNewOrder = serde_json::from_str(
             r#"{"identifiers":[{"type":"dns","value":"a.example"}],
                 "notBefore":"2026-01-08T00:00:00Z","notAfter":"2026-01-01T00:00:00Z"}"#,

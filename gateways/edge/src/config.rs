@@ -408,6 +408,11 @@ impl EdgeConfig {
         for p in &mut cfg.est.client_ca_files {
             abs(p);
         }
+        for l in cfg.est.labels.values_mut() {
+            for p in l.decrypt_key_files.values_mut() {
+                abs(p);
+            }
+        }
         cfg.est.settings().map_err(ConfigError::Invalid)?;
         let st = &cfg.status;
         if st.cache_max_bytes == 0

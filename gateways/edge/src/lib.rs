@@ -188,10 +188,14 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     drop(nonce_key);
     let cmp_handler =
         Arc::new(cmp::CmpHandler::new(&cfg.cmp).map_err(|e| StartError::Cmp(e.to_string()))?);
-    let est_handler =
-        Arc::new(est::EstHandler::new(cfg.est.settings().map_err(|e| {
-            StartError::Config(config::ConfigError::Invalid(e))
-        })?));
+    let est_handler = Arc::new(
+        est::EstHandler::new(
+            cfg.est
+                .settings()
+                .map_err(|e| StartError::Config(config::ConfigError::Invalid(e)))?,
+        )
+        .with_key_signer(est::key_signer(&cert, &key)),
+    );
     let scep_handler = Arc::new(scep::ScepHandler::new());
     let pipeline = |_: ()| {
         Arc::new(server::Pipeline {

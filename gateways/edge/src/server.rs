@@ -333,7 +333,11 @@ pub async fn serve_listener_with(
                             let conn = s.get_ref().1;
                             if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
                                 tls_exporter = conn
-                                    .export_keying_material([0u8; 32], TLS_EXPORTER_LABEL, Some(&[]))
+                                    .export_keying_material(
+                                        [0u8; 32],
+                                        TLS_EXPORTER_LABEL,
+                                        Some(&[]),
+                                    )
                                     .ok()
                                     .map(TlsExporter);
                             }

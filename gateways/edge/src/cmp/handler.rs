@@ -567,6 +567,7 @@ impl CmpHandler {
                 issuer_id: String::new(),
                 replaces_serial,
                 await_confirmation: !msg.implicit_confirm,
+                ..Default::default()
             })
             .await
             .map_err(|e| core_fail(&e, "issuance"))?;

@@ -13,6 +13,7 @@ use aws_lc_rs::digest;
 use bytes::Bytes;
 use certgate_est::EstError;
 use certgate_est::auth::{check_basic, parse_basic};
+use certgate_est::keyprotect::{self, KeySigner, Recipient, Requested};
 use certgate_est::request::{Pkcs10, decode_csr};
 use certgate_est::response::{self as resp, base64_unwrapped, certs_only};
 use certgate_proto::ErrorKind;
@@ -37,6 +38,9 @@ const REFUSALS: &str = "certgate_est_refusals_total";
 /// The `/.well-known/est/` handler.
 pub struct EstHandler {
     settings: EstSettings,
+    /// Signs the SignedData around encrypted server-generated keys (RFC 7030 §4.4.2): the
+    /// edge's own TLS key. `None` (not ECDSA P-256): encrypted delivery answers 501.
+    key_signer: Option<Arc<KeySigner>>,
     /// The unconfigured `default` label: request's tenant, no enrollment credentials.
     fallback: Arc<Label>,
 }
@@ -104,6 +108,9 @@ impl From<EstError> for Refusal {
                 "body is not a PKCS#10 certification request",
             ),
             EstError::BadAuthorization => Refusal::Unauthenticated,
+            EstError::KeyProtection(m) => Refusal::Status(StatusCode::BAD_REQUEST, m),
+            EstError::Unsupported(m) => Refusal::Status(StatusCode::NOT_IMPLEMENTED, m),
+            EstError::ChannelBinding(m) => Refusal::Status(StatusCode::FORBIDDEN, m),
             _ => Refusal::Status(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
         }
     }
@@ -165,6 +172,14 @@ fn serial_hex(bytes: &[u8]) -> String {
     hex::encode(&bytes[first..])
 }
 
+/// Whom an encrypted server-generated key goes to.
+enum KeyTarget {
+    /// The client's TLS client certificate (DER).
+    Cert(Vec<u8>),
+    /// A label's pre-shared key.
+    Kek(super::PresharedKey),
+}
+
 /// Who the client is, as authenticated (audited as `client_identity`).
 struct Client {
     identity: String,
@@ -175,6 +190,7 @@ impl EstHandler {
     pub fn new(settings: EstSettings) -> Self {
         Self {
             settings,
+            key_signer: None,
             fallback: Arc::new(Label {
                 tenant: DEFAULT_TENANT.to_owned(),
                 profile: String::new(),
@@ -182,8 +198,80 @@ impl EstHandler {
                 client_cert: false,
                 csr_attrs: Vec::new(),
                 serverkeygen: false,
+                channel_binding: false,
+                decrypt_keys: Vec::new(),
             }),
         }
+    }
+
+    /// Sets the key that signs encrypted server-generated keys (the edge's TLS key).
+    pub fn with_key_signer(mut self, signer: Option<KeySigner>) -> Self {
+        self.key_signer = signer.map(Arc::new);
+        self
+    }
+
+    /// RFC 7030 §3.5: when the label requires it, the CSR's challengePassword must be this
+    /// connection's tls-exporter value.
+    fn check_binding(
+        &self,
+        label: &Label,
+        tenant: &str,
+        req: &EdgeRequest,
+        csr: &Pkcs10,
+    ) -> Result<(), Refusal> {
+        if !label.channel_binding {
+            return Ok(());
+        }
+        certgate_est::binding::check(&csr.req, req.tls_exporter.as_ref()).map_err(|e| {
+            ::metrics::counter!(REFUSALS, "tenant" => tenant.to_owned(), "reason" => "channel_binding")
+                .increment(1);
+            Refusal::from(e)
+        })
+    }
+
+    /// Whom a `serverkeygen` key must be encrypted to (RFC 7030 §4.4.1), decided before
+    /// anything is issued; `None` = unprotected PKCS#8 over TLS (nothing was asked).
+    fn key_recipient(
+        &self,
+        label: &Label,
+        req: &EdgeRequest,
+        csr: &Pkcs10,
+    ) -> Result<Option<KeyTarget>, Refusal> {
+        let target = match keyprotect::requested(&csr.req)? {
+            Requested::None => return Ok(None),
+            Requested::Symmetric(id) => label
+                .decrypt_keys
+                .iter()
+                .find(|k| aws_lc_rs::constant_time::verify_slices_are_equal(&k.id, &id).is_ok())
+                .map(|k| KeyTarget::Kek(k.clone()))
+                .ok_or(Refusal::Status(
+                    StatusCode::BAD_REQUEST,
+                    "unknown DecryptKeyIdentifier for this label; the key is not sent unencrypted",
+                ))?,
+            Requested::Asymmetric(id) => {
+                let Some(leaf) = req.peer_certs.as_ref().and_then(|c| c.first()) else {
+                    return Err(Refusal::Status(
+                        StatusCode::BAD_REQUEST,
+                        "AsymmetricDecryptKeyIdentifier must name the TLS client certificate's key, and no client certificate was presented",
+                    ));
+                };
+                if !keyprotect::names_certificate(&id, leaf.as_ref()) {
+                    return Err(Refusal::Status(
+                        StatusCode::BAD_REQUEST,
+                        "AsymmetricDecryptKeyIdentifier does not name the TLS client certificate's key",
+                    ));
+                }
+                keyprotect::supported_recipient(leaf.as_ref())?;
+                KeyTarget::Cert(leaf.as_ref().to_vec())
+            }
+        };
+        if self.key_signer.is_none() {
+            return Err(Refusal::Status(
+                StatusCode::NOT_IMPLEMENTED,
+                "encrypted key delivery needs an ECDSA P-256 edge TLS key to sign with",
+            ));
+        }
+        Ok(Some(target))
     }
 
     /// The label and tenant for a request, or 404.
@@ -293,6 +381,7 @@ impl EstHandler {
             Op::SimpleEnroll => {
                 let client = self.authenticate(label, tenant, req)?;
                 let csr = decode_csr(&req.body, self.settings.max_body_bytes)?;
+                self.check_binding(label, tenant, req, &csr)?;
                 let issued = issue(ctx, tenant, label, &client, &csr.der, "").await?;
                 if let Some(r) = pending_reply(&issued) {
                     return Ok(r);
@@ -309,6 +398,7 @@ impl EstHandler {
                     return Err(Refusal::Unauthenticated);
                 };
                 let csr = decode_csr(&req.body, self.settings.max_body_bytes)?;
+                self.check_binding(label, tenant, req, &csr)?;
                 let serial = reenroll_target(ctx, tenant, leaf.as_ref(), &csr).await?;
                 let client = Client {
                     identity: cert_identity(leaf.as_ref()),
@@ -333,6 +423,8 @@ impl EstHandler {
                 }
                 let client = self.authenticate(label, tenant, req)?;
                 let csr = decode_csr(&req.body, self.settings.max_body_bytes)?;
+                self.check_binding(label, tenant, req, &csr)?;
+                let target = self.key_recipient(label, req, &csr)?;
                 let key = certgate_est::keygen::generate(&csr.req)?;
                 let issued = issue(ctx, tenant, label, &client, &key.csr_der, "").await?;
                 if issued.status == issue_response::Status::Pending as i32 {
@@ -347,8 +439,22 @@ impl EstHandler {
                 let mut nonce = [0u8; 12];
                 aws_lc_rs::rand::fill(&mut nonce).map_err(|_| EstError::KeyGen)?;
                 let boundary = format!("est-{}", hex::encode(nonce));
-                let body: Zeroizing<Vec<u8>> =
-                    resp::serverkeygen_multipart(&boundary, &key.pkcs8, &cms);
+                let body: Zeroizing<Vec<u8>> = match (&target, &self.key_signer) {
+                    (None, _) => resp::serverkeygen_multipart(&boundary, &key.pkcs8, &cms),
+                    (Some(t), Some(signer)) => {
+                        let to = match t {
+                            KeyTarget::Cert(der) => Recipient::Certificate(der),
+                            KeyTarget::Kek(k) => Recipient::Kek {
+                                id: &k.id,
+                                key: &k.key,
+                            },
+                        };
+                        let enveloped = keyprotect::protect(&key.pkcs8, signer, &to)?;
+                        Zeroizing::new(keyprotect::encrypted_multipart(&boundary, &enveloped, &cms))
+                    }
+                    // key_recipient refused this before anything was issued.
+                    (Some(_), None) => return Err(EstError::KeyGen.into()),
+                };
                 drop(key);
                 // The HTTP body buffer cannot be zeroized after hyper has sent it; our copies are.
                 let mut r = http::Response::new(Full::new(Bytes::copy_from_slice(&body)));
@@ -438,6 +544,7 @@ async fn issue(
             issuer_id: String::new(),
             replaces_serial: replaces_serial.to_owned(),
             await_confirmation: false,
+            ..Default::default()
         })
         .await
         .map_err(EdgeError::from)?;
