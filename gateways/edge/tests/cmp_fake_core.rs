@@ -175,6 +175,12 @@ impl Core for Fake {
     }
     /// Tenant `default`: a P-256/RSA-3072 profile for server and client auth with DNS and IP
     /// names; any other tenant: NOT_FOUND, as the core answers (I-4).
+    async fn get_next_ca_chain(
+        &self,
+        _: Request<certgate_proto::core::GetNextCaChainRequest>,
+    ) -> Result<Response<certgate_proto::core::GetCaChainResponse>, Status> {
+        Err(Status::not_found("no CA rollover is staged in this fake"))
+    }
     async fn describe_profile(
         &self,
         req: Request<certgate_proto::core::DescribeProfileRequest>,

@@ -74,6 +74,12 @@ impl Core for Flaky {
     ) -> Result<Response<certgate_proto::core::CrlEntry>, Status> {
         Err(Status::unimplemented("not in this fake"))
     }
+    async fn get_next_ca_chain(
+        &self,
+        _: Request<certgate_proto::core::GetNextCaChainRequest>,
+    ) -> Result<Response<certgate_proto::core::GetCaChainResponse>, Status> {
+        Err(Status::not_found("no CA rollover is staged in this fake"))
+    }
     async fn describe_profile(
         &self,
         _: Request<certgate_proto::core::DescribeProfileRequest>,
