@@ -670,8 +670,7 @@ client_ca_files = ["../ca/root.pem"]
 [est.labels.default]
 basic_username = "{}"
 basic_password_hash = "{hash}"
-# csrattrs: an EC key on P-256, signed with ecdsa-with-SHA256.
-csr_attrs = ["1.2.840.10045.2.1=1.2.840.10045.3.1.7", "1.2.840.10045.4.3.2"]
+# csrattrs: derived from the label's profile (docs/est.md); `csr_attrs = [...]` overrides it.
 "#,
         user.as_str()
     );
