@@ -212,10 +212,9 @@ fn authz_in(
     authz_id: &str,
 ) -> Result<Option<AuthzRec>> {
     let a = c
-        .query_row(
-            &format!(
+        .prepare_cached(&format!(
                 "SELECT {AUTHZ_COLS} FROM acme_authzs WHERE tenant = ?1 AND account_id = ?2 AND authz_id = ?3"
-            ),
+            ))?.query_row(
             params![tenant, account_id, authz_id],
             authz_row,
         )
@@ -240,8 +239,7 @@ fn status_in(from: &[&str]) -> String {
 impl AcmeStore for SqliteStore {
     fn acme_settings(&self, tenant: &str) -> Result<Option<AcmeSettings>> {
         let row: Option<(String, String, String, i64)> = self.with(|c| {
-            Ok(c.query_row(
-                "SELECT terms_of_service, website, caa_identities, eab_required FROM acme_settings WHERE tenant = ?1",
+            Ok(c.prepare_cached("SELECT terms_of_service, website, caa_identities, eab_required FROM acme_settings WHERE tenant = ?1")?.query_row(
                 [tenant],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
@@ -264,12 +262,11 @@ impl AcmeStore for SqliteStore {
         let caa = to_json(&s.caa_identities)?;
         let audit = audit.clone();
         self.tx(move |tx| {
-            tx.execute(
-                "INSERT INTO acme_settings (tenant, terms_of_service, website, caa_identities, eab_required)
+            tx.prepare_cached("INSERT INTO acme_settings (tenant, terms_of_service, website, caa_identities, eab_required)
                  VALUES (?1,?2,?3,?4,?5)
                  ON CONFLICT(tenant) DO UPDATE SET terms_of_service = excluded.terms_of_service,
                    website = excluded.website, caa_identities = excluded.caa_identities,
-                   eab_required = excluded.eab_required",
+                   eab_required = excluded.eab_required")?.execute(
                 params![s.tenant, s.terms_of_service, s.website, caa, s.external_account_required as i64],
             )?;
             append(tx, &audit)?;
@@ -282,9 +279,8 @@ impl AcmeStore for SqliteStore {
         let key = k.key.clone();
         let audit = audit.clone();
         self.tx(move |tx| {
-            let n = tx.execute(
-                "INSERT OR IGNORE INTO acme_eab_keys (tenant, key_id, hmac_key, account_id, created_unix)
-                 VALUES (?1,?2,?3,'',?4)",
+            let n = tx.prepare_cached("INSERT OR IGNORE INTO acme_eab_keys (tenant, key_id, hmac_key, account_id, created_unix)
+                 VALUES (?1,?2,?3,'',?4)")?.execute(
                 params![tenant, key_id, key.as_slice(), created],
             )?;
             if n == 0 {
@@ -297,8 +293,7 @@ impl AcmeStore for SqliteStore {
 
     fn eab_key(&self, tenant: &str, key_id: &str) -> Result<Option<EabKey>> {
         self.with(|c| {
-            Ok(c.query_row(
-                "SELECT hmac_key, account_id, created_unix FROM acme_eab_keys WHERE tenant = ?1 AND key_id = ?2",
+            Ok(c.prepare_cached("SELECT hmac_key, account_id, created_unix FROM acme_eab_keys WHERE tenant = ?1 AND key_id = ?2")?.query_row(
                 params![tenant, key_id],
                 |r| {
                     Ok(EabKey {
@@ -320,8 +315,7 @@ impl AcmeStore for SqliteStore {
         let audit = audit.clone();
         self.tx(move |tx| {
             if let Some(existing) = tx
-                .query_row(
-                    &format!("SELECT {ACCOUNT_COLS} FROM acme_accounts WHERE tenant = ?1 AND jwk_thumbprint = ?2"),
+                .prepare_cached(&format!("SELECT {ACCOUNT_COLS} FROM acme_accounts WHERE tenant = ?1 AND jwk_thumbprint = ?2"))?.query_row(
                     params![a.tenant, a.jwk_thumbprint],
                     account_row,
                 )
@@ -330,8 +324,7 @@ impl AcmeStore for SqliteStore {
                 return Ok(NewAccountOutcome::Existing(finish_account(existing)?));
             }
             if !a.eab_key_id.is_empty() {
-                let n = tx.execute(
-                    "UPDATE acme_eab_keys SET account_id = ?1 WHERE tenant = ?2 AND key_id = ?3 AND account_id = ''",
+                let n = tx.prepare_cached("UPDATE acme_eab_keys SET account_id = ?1 WHERE tenant = ?2 AND key_id = ?3 AND account_id = ''")?.execute(
                     params![a.account_id, a.tenant, a.eab_key_id],
                 )?;
                 if n == 0 {
@@ -341,8 +334,7 @@ impl AcmeStore for SqliteStore {
                     ));
                 }
             }
-            tx.execute(
-                &format!("INSERT INTO acme_accounts ({ACCOUNT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+            tx.prepare_cached(&format!("INSERT INTO acme_accounts ({ACCOUNT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"))?.execute(
                 params![
                     a.tenant,
                     a.account_id,
@@ -362,13 +354,10 @@ impl AcmeStore for SqliteStore {
 
     fn account(&self, tenant: &str, account_id: &str) -> Result<Option<AccountRec>> {
         let raw = self.with(|c| {
-            Ok(c.query_row(
-                &format!(
-                    "SELECT {ACCOUNT_COLS} FROM acme_accounts WHERE tenant = ?1 AND account_id = ?2"
-                ),
-                params![tenant, account_id],
-                account_row,
-            )
+            Ok(c.prepare_cached(&format!(
+                "SELECT {ACCOUNT_COLS} FROM acme_accounts WHERE tenant = ?1 AND account_id = ?2"
+            ))?
+            .query_row(params![tenant, account_id], account_row)
             .optional()?)
         })?;
         raw.map(finish_account).transpose()
@@ -376,13 +365,10 @@ impl AcmeStore for SqliteStore {
 
     fn account_by_thumbprint(&self, tenant: &str, thumbprint: &str) -> Result<Option<AccountRec>> {
         let raw = self.with(|c| {
-            Ok(c.query_row(
-                &format!(
-                    "SELECT {ACCOUNT_COLS} FROM acme_accounts WHERE tenant = ?1 AND jwk_thumbprint = ?2"
-                ),
-                params![tenant, thumbprint],
-                account_row,
-            )
+            Ok(c.prepare_cached(&format!(
+                "SELECT {ACCOUNT_COLS} FROM acme_accounts WHERE tenant = ?1 AND jwk_thumbprint = ?2"
+            ))?
+            .query_row(params![tenant, thumbprint], account_row)
             .optional()?)
         })?;
         raw.map(finish_account).transpose()
@@ -394,11 +380,12 @@ impl AcmeStore for SqliteStore {
         let audit = audit.clone();
         self.tx(move |tx| {
             // Deactivation is final: a deactivated account is never made valid again here.
-            let n = tx.execute(
-                "UPDATE acme_accounts SET contacts = ?1, status = ?2
+            let n = tx
+                .prepare_cached(
+                    "UPDATE acme_accounts SET contacts = ?1, status = ?2
                  WHERE tenant = ?3 AND account_id = ?4 AND status = 'valid'",
-                params![contacts, a.status, a.tenant, a.account_id],
-            )?;
+                )?
+                .execute(params![contacts, a.status, a.tenant, a.account_id])?;
             if n == 0 {
                 return Err(CoreError::policy(
                     "unauthorized",
@@ -408,11 +395,11 @@ impl AcmeStore for SqliteStore {
             // RFC 8555 §7.3.6: pending operations of a deactivated account are cancelled (its
             // pending authorizations end, so its pending orders become invalid).
             if a.status == "deactivated" {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE acme_authzs SET status = 'deactivated'
                      WHERE tenant = ?1 AND account_id = ?2 AND status = 'pending'",
-                    params![a.tenant, a.account_id],
-                )?;
+                )?
+                .execute(params![a.tenant, a.account_id])?;
             }
             append(tx, &audit)?;
             Ok(())
@@ -436,8 +423,7 @@ impl AcmeStore for SqliteStore {
         let audit = audit.clone();
         self.tx(move |tx| {
             let other: Option<String> = tx
-                .query_row(
-                    "SELECT account_id FROM acme_accounts WHERE tenant = ?1 AND jwk_thumbprint = ?2",
+                .prepare_cached("SELECT account_id FROM acme_accounts WHERE tenant = ?1 AND jwk_thumbprint = ?2")?.query_row(
                     params![tenant, thumbprint],
                     |r| r.get(0),
                 )
@@ -445,9 +431,8 @@ impl AcmeStore for SqliteStore {
             if let Some(other) = other {
                 return Ok(Some(other));
             }
-            let n = tx.execute(
-                "UPDATE acme_accounts SET jwk_json = ?1, jwk_thumbprint = ?2
-                 WHERE tenant = ?3 AND account_id = ?4 AND status = 'valid'",
+            let n = tx.prepare_cached("UPDATE acme_accounts SET jwk_json = ?1, jwk_thumbprint = ?2
+                 WHERE tenant = ?3 AND account_id = ?4 AND status = 'valid'")?.execute(
                 params![jwk_json, thumbprint, tenant, account_id],
             )?;
             if n == 0 {
@@ -479,8 +464,7 @@ impl AcmeStore for SqliteStore {
         let audit = audit.clone();
         self.tx(move |tx| {
             for a in &authzs {
-                tx.execute(
-                    &format!("INSERT INTO acme_authzs ({AUTHZ_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+                tx.prepare_cached(&format!("INSERT INTO acme_authzs ({AUTHZ_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"))?.execute(
                     params![
                         a.tenant,
                         a.authz_id,
@@ -494,9 +478,8 @@ impl AcmeStore for SqliteStore {
                     ],
                 )?;
                 for (i, ch) in a.challenges.iter().enumerate() {
-                    tx.execute(
-                        "INSERT INTO acme_challenges (tenant, challenge_id, authz_id, account_id, idx, kind, status, token, validated_unix, error)
-                         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
+                    tx.prepare_cached("INSERT INTO acme_challenges (tenant, challenge_id, authz_id, account_id, idx, kind, status, token, validated_unix, error)
+                         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)")?.execute(
                         params![
                             a.tenant,
                             ch.challenge_id,
@@ -512,8 +495,7 @@ impl AcmeStore for SqliteStore {
                     )?;
                 }
             }
-            tx.execute(
-                &format!("INSERT INTO acme_orders ({ORDER_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)"),
+            tx.prepare_cached(&format!("INSERT INTO acme_orders ({ORDER_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)"))?.execute(
                 params![
                     o.tenant,
                     o.order_id,
@@ -539,8 +521,7 @@ impl AcmeStore for SqliteStore {
 
     fn order(&self, tenant: &str, account_id: &str, order_id: &str) -> Result<Option<OrderRec>> {
         let raw = self.with(|c| {
-            Ok(c.query_row(
-                &format!("SELECT {ORDER_COLS} FROM acme_orders WHERE tenant = ?1 AND account_id = ?2 AND order_id = ?3"),
+            Ok(c.prepare_cached(&format!("SELECT {ORDER_COLS} FROM acme_orders WHERE tenant = ?1 AND account_id = ?2 AND order_id = ?3"))?.query_row(
                 params![tenant, account_id, order_id],
                 order_row,
             )
@@ -551,8 +532,7 @@ impl AcmeStore for SqliteStore {
 
     fn order_by_serial(&self, tenant: &str, serial_hex: &str) -> Result<Option<OrderRec>> {
         let raw = self.with(|c| {
-            Ok(c.query_row(
-                &format!("SELECT {ORDER_COLS} FROM acme_orders WHERE tenant = ?1 AND certificate_serial_hex = ?2 AND certificate_serial_hex <> ''"),
+            Ok(c.prepare_cached(&format!("SELECT {ORDER_COLS} FROM acme_orders WHERE tenant = ?1 AND certificate_serial_hex = ?2 AND certificate_serial_hex <> ''"))?.query_row(
                 params![tenant, serial_hex],
                 order_row,
             )
@@ -568,8 +548,7 @@ impl AcmeStore for SqliteStore {
         replaces: &str,
     ) -> Result<Option<OrderRec>> {
         let raw = self.with(|c| {
-            Ok(c.query_row(
-                &format!("SELECT {ORDER_COLS} FROM acme_orders WHERE tenant = ?1 AND account_id = ?2 AND replaces = ?3 AND status <> 'invalid' LIMIT 1"),
+            Ok(c.prepare_cached(&format!("SELECT {ORDER_COLS} FROM acme_orders WHERE tenant = ?1 AND account_id = ?2 AND replaces = ?3 AND status <> 'invalid' LIMIT 1"))?.query_row(
                 params![tenant, account_id, replaces],
                 order_row,
             )
@@ -627,21 +606,20 @@ impl AcmeStore for SqliteStore {
         let from = status_in(from);
         let audit = audit.clone();
         self.tx(move |tx| {
-            let n = tx.execute(
-                &format!(
+            let n = tx
+                .prepare_cached(&format!(
                     "UPDATE acme_orders SET status = ?1, error = ?2, certificate_serial_hex = ?3,
                        csr_der = CASE WHEN length(?6) > 0 THEN ?6 ELSE csr_der END
                      WHERE tenant = ?4 AND order_id = ?5 AND status IN ({from})"
-                ),
-                params![
+                ))?
+                .execute(params![
                     to.status,
                     to.error,
                     to.certificate_serial_hex,
                     tenant,
                     order_id,
                     to.csr_der
-                ],
-            )?;
+                ])?;
             if n == 0 {
                 return Ok(false);
             }
@@ -664,11 +642,10 @@ impl AcmeStore for SqliteStore {
     ) -> Result<Option<AuthzRec>> {
         self.with(|c| {
             let id: Option<String> = c
-                .query_row(
-                    "SELECT authz_id FROM acme_authzs WHERE tenant = ?1 AND account_id = ?2
+                .prepare_cached("SELECT authz_id FROM acme_authzs WHERE tenant = ?1 AND account_id = ?2
                        AND id_type = ?3 AND id_value = ?4 AND wildcard = ?5
                        AND status IN ('valid', 'pending') AND expires_unix > ?6
-                     ORDER BY CASE status WHEN 'valid' THEN 0 ELSE 1 END, expires_unix DESC LIMIT 1",
+                     ORDER BY CASE status WHEN 'valid' THEN 0 ELSE 1 END, expires_unix DESC LIMIT 1")?.query_row(
                     params![
                         tenant,
                         account_id,
@@ -695,8 +672,7 @@ impl AcmeStore for SqliteStore {
     ) -> Result<Option<(AuthzRec, usize)>> {
         self.with(|c| {
             let id: Option<String> = c
-                .query_row(
-                    "SELECT authz_id FROM acme_challenges WHERE tenant = ?1 AND account_id = ?2 AND challenge_id = ?3",
+                .prepare_cached("SELECT authz_id FROM acme_challenges WHERE tenant = ?1 AND account_id = ?2 AND challenge_id = ?3")?.query_row(
                     params![tenant, account_id, challenge_id],
                     |r| r.get(0),
                 )
@@ -728,11 +704,10 @@ impl AcmeStore for SqliteStore {
         );
         let audit = audit.clone();
         self.tx(move |tx| {
-            let n = tx.execute(
-                "UPDATE acme_challenges SET status = 'processing'
+            let n = tx.prepare_cached("UPDATE acme_challenges SET status = 'processing'
                  WHERE tenant = ?1 AND authz_id = ?2 AND challenge_id = ?3 AND status = 'pending'
                    AND EXISTS (SELECT 1 FROM acme_authzs WHERE tenant = ?1 AND authz_id = ?2 AND status = 'pending')
-                   AND NOT EXISTS (SELECT 1 FROM acme_challenges WHERE tenant = ?1 AND authz_id = ?2 AND status = 'processing')",
+                   AND NOT EXISTS (SELECT 1 FROM acme_challenges WHERE tenant = ?1 AND authz_id = ?2 AND status = 'processing')")?.execute(
                 params![tenant, authz_id, challenge_id],
             )?;
             if n == 0 {
@@ -760,9 +735,8 @@ impl AcmeStore for SqliteStore {
         let audit = audit.clone();
         self.tx(move |tx| {
             let status = if result.valid { "valid" } else { "invalid" };
-            let n = tx.execute(
-                "UPDATE acme_challenges SET status = ?1, validated_unix = ?2, error = ?3
-                 WHERE tenant = ?4 AND authz_id = ?5 AND challenge_id = ?6 AND status = 'processing'",
+            let n = tx.prepare_cached("UPDATE acme_challenges SET status = ?1, validated_unix = ?2, error = ?3
+                 WHERE tenant = ?4 AND authz_id = ?5 AND challenge_id = ?6 AND status = 'processing'")?.execute(
                 params![
                     status,
                     if result.valid { result.now } else { 0 },
@@ -776,15 +750,13 @@ impl AcmeStore for SqliteStore {
                 return Ok(());
             }
             if result.valid {
-                tx.execute(
-                    "UPDATE acme_authzs SET status = 'valid', expires_unix = ?1
-                     WHERE tenant = ?2 AND authz_id = ?3 AND status = 'pending'",
+                tx.prepare_cached("UPDATE acme_authzs SET status = 'valid', expires_unix = ?1
+                     WHERE tenant = ?2 AND authz_id = ?3 AND status = 'pending'")?.execute(
                     params![result.valid_until, tenant, authz_id],
                 )?;
             } else {
-                tx.execute(
-                    "UPDATE acme_authzs SET status = 'invalid'
-                     WHERE tenant = ?1 AND authz_id = ?2 AND status = 'pending'",
+                tx.prepare_cached("UPDATE acme_authzs SET status = 'invalid'
+                     WHERE tenant = ?1 AND authz_id = ?2 AND status = 'pending'")?.execute(
                     params![tenant, authz_id],
                 )?;
             }
@@ -805,10 +777,9 @@ impl AcmeStore for SqliteStore {
         let from = status_in(from);
         let audit = audit.clone();
         self.tx(move |tx| {
-            let n = tx.execute(
-                &format!(
+            let n = tx.prepare_cached(&format!(
                     "UPDATE acme_authzs SET status = ?1 WHERE tenant = ?2 AND authz_id = ?3 AND status IN ({from})"
-                ),
+                ))?.execute(
                 params![to, tenant, authz_id],
             )?;
             if n == 0 {

@@ -110,10 +110,10 @@ fn crl_row(r: &Row<'_>, at: usize) -> rusqlite::Result<CrlRec> {
 }
 
 fn new_event(tx: &rusqlite::Connection, tenant: &str, kind: &str) -> Result<u64> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO status_events (tenant, kind, created_unix) VALUES (?1, ?2, ?3)",
-        params![tenant, kind, crate::now_unix()],
-    )?;
+    )?
+    .execute(params![tenant, kind, crate::now_unix()])?;
     Ok(tx.last_insert_rowid() as u64)
 }
 
@@ -153,14 +153,13 @@ impl StatusStore for SqliteStore {
             let mut last = 0;
             for r in &recs {
                 let cursor = new_event(tx, &r.tenant, "ocsp")?;
-                tx.execute(
-                    &format!(
+                tx.prepare_cached(&format!(
                         "INSERT INTO ocsp_responses ({OCSP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                          ON CONFLICT (tenant, serial_hex, hash_alg) DO UPDATE SET
                            issuer_id = excluded.issuer_id, response_der = excluded.response_der,
                            this_update_unix = excluded.this_update_unix,
                            next_update_unix = excluded.next_update_unix, cursor = excluded.cursor"
-                    ),
+                    ))?.execute(
                     params![
                         r.tenant,
                         r.issuer_id,
@@ -175,7 +174,7 @@ impl StatusStore for SqliteStore {
                 last = cursor;
             }
             for id in &done {
-                tx.execute("DELETE FROM status_pending WHERE id = ?1", params![id])?;
+                tx.prepare_cached("DELETE FROM status_pending WHERE id = ?1")?.execute( params![id])?;
             }
             Ok(last)
         })
@@ -187,14 +186,11 @@ impl StatusStore for SqliteStore {
 
     fn get_ocsp(&self, tenant: &str, serial_hex: &str, hash_alg: &str) -> Result<Option<OcspRec>> {
         self.with(|c| {
-            Ok(c.query_row(
-                &format!(
-                    "SELECT {OCSP_COLS} FROM ocsp_responses
+            Ok(c.prepare_cached(&format!(
+                "SELECT {OCSP_COLS} FROM ocsp_responses
                      WHERE tenant = ?1 AND serial_hex = ?2 AND hash_alg = ?3"
-                ),
-                params![tenant, serial_hex, hash_alg],
-                |r| ocsp_row(r, 0),
-            )
+            ))?
+            .query_row(params![tenant, serial_hex, hash_alg], |r| ocsp_row(r, 0))
             .optional()?)
         })
     }
@@ -240,16 +236,16 @@ impl StatusStore for SqliteStore {
     fn next_crl_number(&self, issuer_id: &str, shard: &str) -> Result<u64> {
         let (issuer_id, shard) = (issuer_id.to_owned(), shard.to_owned());
         self.tx(move |tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO crl_numbers (issuer_id, shard, last_number) VALUES (?1, ?2, 1)
                  ON CONFLICT (issuer_id, shard) DO UPDATE SET last_number = last_number + 1",
-                params![issuer_id, shard],
-            )?;
-            let n: i64 = tx.query_row(
-                "SELECT last_number FROM crl_numbers WHERE issuer_id = ?1 AND shard = ?2",
-                params![issuer_id, shard],
-                |r| r.get(0),
-            )?;
+            )?
+            .execute(params![issuer_id, shard])?;
+            let n: i64 = tx
+                .prepare_cached(
+                    "SELECT last_number FROM crl_numbers WHERE issuer_id = ?1 AND shard = ?2",
+                )?
+                .query_row(params![issuer_id, shard], |r| r.get(0))?;
             Ok(n as u64)
         })
     }
@@ -258,37 +254,34 @@ impl StatusStore for SqliteStore {
         let r = rec.clone();
         self.tx(move |tx| {
             let cursor = new_event(tx, &r.tenant, "crl")?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO crls ({CRL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            tx.prepare_cached(&format!(
+                "INSERT INTO crls ({CRL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT (issuer_id, shard) DO UPDATE SET
                        tenant = excluded.tenant, crl_der = excluded.crl_der,
                        crl_number = excluded.crl_number,
                        this_update_unix = excluded.this_update_unix,
                        next_update_unix = excluded.next_update_unix, cursor = excluded.cursor"
-                ),
-                params![
-                    r.tenant,
-                    r.issuer_id,
-                    r.shard,
-                    r.crl_der,
-                    r.crl_number as i64,
-                    r.this_update_unix,
-                    r.next_update_unix,
-                    cursor as i64
-                ],
-            )?;
+            ))?
+            .execute(params![
+                r.tenant,
+                r.issuer_id,
+                r.shard,
+                r.crl_der,
+                r.crl_number as i64,
+                r.this_update_unix,
+                r.next_update_unix,
+                cursor as i64
+            ])?;
             Ok(cursor)
         })
     }
 
     fn get_crl(&self, issuer_id: &str, shard: &str) -> Result<Option<CrlRec>> {
         self.with(|c| {
-            Ok(c.query_row(
-                &format!("SELECT {CRL_COLS} FROM crls WHERE issuer_id = ?1 AND shard = ?2"),
-                params![issuer_id, shard],
-                |r| crl_row(r, 0),
-            )
+            Ok(c.prepare_cached(&format!(
+                "SELECT {CRL_COLS} FROM crls WHERE issuer_id = ?1 AND shard = ?2"
+            ))?
+            .query_row(params![issuer_id, shard], |r| crl_row(r, 0))
             .optional()?)
         })
     }
@@ -326,11 +319,8 @@ impl StatusStore for SqliteStore {
             // sqlite_sequence keeps the AUTOINCREMENT high-water mark even when every event has
             // been pruned.
             let v: Option<i64> = c
-                .query_row(
-                    "SELECT seq FROM sqlite_sequence WHERE name = 'status_events'",
-                    [],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'status_events'")?
+                .query_row([], |r| r.get(0))
                 .optional()?;
             Ok(v.unwrap_or(0).max(0) as u64)
         })
@@ -339,11 +329,8 @@ impl StatusStore for SqliteStore {
     fn resumable_from(&self) -> Result<u64> {
         self.with(|c| {
             let v: Option<i64> = c
-                .query_row(
-                    "SELECT value FROM status_meta WHERE key = 'pruned_upto'",
-                    [],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT value FROM status_meta WHERE key = 'pruned_upto'")?
+                .query_row([], |r| r.get(0))
                 .optional()?;
             Ok(v.unwrap_or(0).max(0) as u64)
         })
@@ -430,25 +417,24 @@ impl StatusStore for SqliteStore {
 
     fn get_responder(&self, issuer_id: &str) -> Result<Option<Vec<u8>>> {
         self.with(|c| {
-            Ok(c.query_row(
-                "SELECT cert_der FROM ocsp_responders WHERE issuer_id = ?1",
-                params![issuer_id],
-                |r| r.get(0),
+            Ok(
+                c.prepare_cached("SELECT cert_der FROM ocsp_responders WHERE issuer_id = ?1")?
+                    .query_row(params![issuer_id], |r| r.get(0))
+                    .optional()?,
             )
-            .optional()?)
         })
     }
 
     fn put_responder(&self, issuer_id: &str, key_id: &str, cert_der: &[u8]) -> Result<()> {
         let (i, k, d) = (issuer_id.to_owned(), key_id.to_owned(), cert_der.to_vec());
         self.tx(move |tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO ocsp_responders (issuer_id, key_id, cert_der, created_unix)
                  VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (issuer_id) DO UPDATE SET key_id = excluded.key_id,
                    cert_der = excluded.cert_der, created_unix = excluded.created_unix",
-                params![i, k, d, crate::now_unix()],
-            )?;
+            )?
+            .execute(params![i, k, d, crate::now_unix()])?;
             Ok(())
         })
     }
@@ -460,15 +446,14 @@ impl StatusStore for SqliteStore {
             return Ok(0);
         }
         self.tx(move |tx| {
-            let n = tx.execute(
-                "DELETE FROM status_events WHERE cursor <= ?1",
-                params![upto as i64],
-            )?;
-            tx.execute(
+            let n = tx
+                .prepare_cached("DELETE FROM status_events WHERE cursor <= ?1")?
+                .execute(params![upto as i64])?;
+            tx.prepare_cached(
                 "INSERT INTO status_meta (key, value) VALUES ('pruned_upto', ?1)
                  ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
-                params![upto as i64],
-            )?;
+            )?
+            .execute(params![upto as i64])?;
             Ok(n as u64)
         })
     }
