@@ -30,8 +30,89 @@ use tonic::{Request, Response, Status};
 use x509_cert::Certificate;
 
 const SECRET: &[u8] = b"sec123";
-/// What the fake core answers to GetCrl (a DER SEQUENCE, carried untouched).
-const FAKE_CRL: &[u8] = &[0x30, 0x03, 0x02, 0x01, 0x07];
+/// thisUpdate of every CRL the fake core answers (Unix seconds).
+const CRL_THIS_UPDATE: u64 = 1_750_000_000;
+/// The public base URL the fake core's CRLs name in their IssuingDistributionPoint.
+const CRL_BASE: &str = "http://127.0.0.1:8080";
+/// The fake core's tenant with its own issuer (`other-1`, CA `other_ca.pem`); every other tenant
+/// has `issuing-1` (CA `ca.pem`). Both CAs are named CN=MockCA.
+const OTHER_TENANT: &str = "other";
+
+fn crl_url(issuer_id: &str, shard: &str) -> String {
+    format!("{CRL_BASE}/crl/{issuer_id}/{shard}.crl")
+}
+
+/// A CRL as the core builds it: the issuer's name, thisUpdate, and an IssuingDistributionPoint
+/// naming its own URL (the full CRL also every shard's). The signature is not checked by the edge.
+fn fake_crl(issuer_id: &str, shard: &str) -> Vec<u8> {
+    use der::asn1::{BitString, Ia5String, OctetString, UtcTime};
+    use x509_cert::crl::{CertificateList, TbsCertList};
+    use x509_cert::ext::Extension;
+    use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
+    use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+    let ca = if issuer_id == "other-1" {
+        "other_ca.pem"
+    } else {
+        "ca.pem"
+    };
+    let issuer = Certificate::from_pem(data(ca))
+        .expect("ca")
+        .tbs_certificate
+        .subject;
+    let mut urls = vec![crl_url(issuer_id, shard)];
+    if shard == "full" {
+        urls.extend((0..16).map(|i| crl_url(issuer_id, &i.to_string())));
+    }
+    let idp = IssuingDistributionPoint {
+        distribution_point: Some(DistributionPointName::FullName(
+            urls.iter()
+                .map(|u| GeneralName::UniformResourceIdentifier(Ia5String::new(u).expect("ia5")))
+                .collect(),
+        )),
+        only_contains_user_certs: true,
+        only_contains_ca_certs: false,
+        only_some_reasons: None,
+        indirect_crl: false,
+        only_contains_attribute_certs: false,
+    };
+    let time = |t: u64| {
+        x509_cert::time::Time::UtcTime(
+            UtcTime::from_unix_duration(Duration::from_secs(t)).expect("utc"),
+        )
+    };
+    let alg = spki::AlgorithmIdentifierOwned {
+        oid: const_oid::ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2"),
+        parameters: None,
+    };
+    CertificateList {
+        tbs_cert_list: TbsCertList {
+            version: x509_cert::Version::V2,
+            signature: alg.clone(),
+            issuer,
+            this_update: time(CRL_THIS_UPDATE),
+            next_update: Some(time(CRL_THIS_UPDATE + 3600)),
+            revoked_certificates: None,
+            crl_extensions: Some(vec![Extension {
+                extn_id: const_oid::ObjectIdentifier::new_unwrap("2.5.29.28"),
+                critical: true,
+                extn_value: OctetString::new(idp.to_der().expect("idp")).expect("octets"),
+            }]),
+        },
+        signature_algorithm: alg,
+        signature: BitString::from_bytes(issuer_id.as_bytes()).expect("bits"),
+    }
+    .to_der()
+    .expect("crl")
+}
+
+/// The fake core's issuer of `tenant` (I-4: each tenant sees only its own).
+fn issuer_of(tenant: &str) -> &'static str {
+    if tenant == OTHER_TENANT {
+        "other-1"
+    } else {
+        "issuing-1"
+    }
+}
 
 fn data(name: &str) -> Vec<u8> {
     std::fs::read(format!(
@@ -76,6 +157,7 @@ struct State {
     confirmed: Mutex<Vec<ConfirmRequest>>,
     revoked: Mutex<Vec<RevokeRequest>>,
     described: Mutex<u32>,
+    crl_calls: Mutex<Vec<certgate_proto::core::GetCrlRequest>>,
 }
 
 #[derive(Clone, Default)]
@@ -143,12 +225,22 @@ impl Core for Fake {
     }
     async fn get_ca_chain(
         &self,
-        _: Request<GetCaChainRequest>,
+        req: Request<GetCaChainRequest>,
     ) -> Result<Response<GetCaChainResponse>, Status> {
+        let r = req.into_inner();
+        let own = issuer_of(&r.tenant);
+        if !r.issuer_id.is_empty() && r.issuer_id != own {
+            return Err(Status::not_found("no such issuing CA"));
+        }
+        let ca = if own == "other-1" {
+            "other_ca.pem"
+        } else {
+            "ca.pem"
+        };
         Ok(Response::new(GetCaChainResponse {
-            issuer_id: "issuing-1".into(),
-            chain_der: vec![pem_der("ca.pem")],
-            ..Default::default()
+            issuer_id: own.into(),
+            chain_der: vec![pem_der(ca)],
+            issuer_ids: vec![own.into()],
         }))
     }
     async fn get_ocsp(
@@ -162,14 +254,17 @@ impl Core for Fake {
         req: Request<certgate_proto::core::GetCrlRequest>,
     ) -> Result<Response<certgate_proto::core::CrlEntry>, Status> {
         let r = req.into_inner();
-        if r.issuer_id != "issuing-1" || r.shard != "full" {
+        self.0.crl_calls.lock().expect("lock").push(r.clone());
+        let shard_ok = r.shard == "full" || r.shard.parse::<u8>().is_ok_and(|s| s < 16);
+        if r.issuer_id != issuer_of(&r.tenant) || !shard_ok {
             return Err(Status::not_found("no such issuer or shard"));
         }
         Ok(Response::new(certgate_proto::core::CrlEntry {
+            crl_der: fake_crl(&r.issuer_id, &r.shard),
+            this_update_unix: CRL_THIS_UPDATE as i64,
             tenant: r.tenant,
             issuer_id: r.issuer_id,
             shard: r.shard,
-            crl_der: FAKE_CRL.to_vec(),
             ..Default::default()
         }))
     }
@@ -561,7 +656,10 @@ async fn genm_root_ca_key_update_cert_req_template_and_crl_status_list() {
     let itavs = [
         seq(&[&oid("1.3.6.1.5.5.7.4.20")]),
         seq(&[&oid("1.3.6.1.5.5.7.4.19")]),
-        seq(&[&oid("1.3.6.1.5.5.7.4.22")]),
+        seq(&[
+            &oid("1.3.6.1.5.5.7.4.22"),
+            &crl_status_list(&[issuer_status(None)]),
+        ]),
     ];
     let body = tlv(0xb5, &seq(&[&itavs[0], &itavs[1], &itavs[2]]));
     let req = certgate_cmp::parse(&raw, &Limits::default()).expect("vector");
@@ -603,8 +701,223 @@ async fn genm_root_ca_key_update_cert_req_template_and_crl_status_list() {
     );
     assert_eq!(
         itavs[2],
-        vec![oid("1.3.6.1.5.5.7.4.23"), seq(&[FAKE_CRL])],
-        "id-it-crls carries the core's current CRL"
+        vec![
+            oid("1.3.6.1.5.5.7.4.23"),
+            seq(&[&fake_crl("issuing-1", "full")])
+        ],
+        "id-it-crls carries the issuer's current full CRL"
+    );
+}
+
+/// A CRLStatus naming the fake core's CA (CN=MockCA) as issuer.
+fn issuer_status(this_update: Option<u64>) -> certgate_cmp::crl_status::CrlStatus {
+    use x509_cert::ext::pkix::name::GeneralName;
+    let name = Certificate::from_pem(data("ca.pem"))
+        .expect("ca")
+        .tbs_certificate
+        .subject;
+    crl_status(
+        certgate_cmp::crl_status::CrlSource::Issuer(vec![GeneralName::DirectoryName(name)]),
+        this_update,
+    )
+}
+
+/// A CRLStatus naming a distribution point URI.
+fn url_status(uri: &str, this_update: Option<u64>) -> certgate_cmp::crl_status::CrlStatus {
+    use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+    crl_status(
+        certgate_cmp::crl_status::CrlSource::Dpn(DistributionPointName::FullName(vec![
+            GeneralName::UniformResourceIdentifier(der::asn1::Ia5String::new(uri).expect("ia5")),
+        ])),
+        this_update,
+    )
+}
+
+fn crl_status(
+    source: certgate_cmp::crl_status::CrlSource,
+    this_update: Option<u64>,
+) -> certgate_cmp::crl_status::CrlStatus {
+    certgate_cmp::crl_status::CrlStatus {
+        source,
+        this_update: this_update.map(|t| {
+            x509_cert::time::Time::GeneralTime(
+                der::asn1::GeneralizedTime::from_unix_duration(Duration::from_secs(t))
+                    .expect("time"),
+            )
+        }),
+    }
+}
+
+/// The crlStatusList infoValue DER.
+fn crl_status_list(list: &[certgate_cmp::crl_status::CrlStatus]) -> Vec<u8> {
+    list.to_vec().to_der().expect("CRLStatusListValue")
+}
+
+/// A MAC-protected genm with one crlStatusList ITAV (the captured caCerts genm's header, MAC
+/// recomputed with the vectors' secret); `value` None = no infoValue.
+fn crl_status_genm(value: Option<&[u8]>) -> Vec<u8> {
+    use certgate_cmp::der_util::{bits, read_all, read_tlv, seq, tlv};
+    let raw = data("genm_cacerts.der");
+    let (msg, _) = read_tlv(&raw).expect("a SEQUENCE");
+    let parts = read_all(msg.content).expect("fields");
+    let header = parts[0].raw;
+    let oid = certgate_cmp::parse::ID_IT_CRL_STATUS_LIST
+        .to_der()
+        .expect("oid");
+    let itav = match value {
+        Some(v) => seq(&[&oid, v]),
+        None => seq(&[&oid]),
+    };
+    let body = tlv(0xb5, &seq(&[&itav]));
+    let req = certgate_cmp::parse(&raw, &Limits::default()).expect("vector");
+    let alg = req.protection_alg_der.expect("MAC-protected vector");
+    let mac = pbm(&alg, SECRET, &seq(&[header, &body])).expect("pbm");
+    seq(&[header, &body, &tlv(0xa0, &bits(&mac))])
+}
+
+/// POSTs a crlStatusList genm to `path`; Ok(the id-it-crls value: None = absent) or Err(the
+/// error message).
+async fn crl_status_answer(
+    addr: std::net::SocketAddr,
+    path: &str,
+    value: Option<&[u8]>,
+) -> Result<Option<Vec<Vec<u8>>>, certgate_cmp::Request> {
+    use certgate_cmp::der_util::{read_all, read_tlv};
+    let (status, head, resp) = post(addr, "POST", path, CT, &crl_status_genm(value)).await;
+    assert_eq!(status, 200, "{head}");
+    let parsed = certgate_cmp::parse(&resp, &Limits::default())
+        .unwrap_or_else(|(e, _)| panic!("response parses: {e}"));
+    if parsed.body == Body::Other("error") {
+        return Err(parsed);
+    }
+    let (m, _) = read_tlv(&resp).expect("a PKIMessage");
+    let fields = read_all(m.content).expect("fields");
+    assert_eq!(fields[1].tag, 0xb6, "genp");
+    let (list, _) = read_tlv(fields[1].content).expect("GenRepContent");
+    let itavs = read_all(list.content).expect("ITAVs");
+    assert_eq!(itavs.len(), 1, "one answer ITAV");
+    let itav = read_all(itavs[0].content).expect("ITAV");
+    assert_eq!(
+        itav[0].raw,
+        certgate_cmp::parse::ID_IT_CRLS.to_der().expect("oid"),
+        "answered with id-it-crls"
+    );
+    Ok(itav.get(1).map(|v| {
+        assert_eq!(v.tag, 0x30, "SEQUENCE OF CertificateList");
+        let crls = read_all(v.content).expect("CRLs");
+        assert!(!crls.is_empty(), "SIZE (1..MAX)");
+        crls.iter().map(|c| c.raw.to_vec()).collect()
+    }))
+}
+
+/// RFC 9483 §4.3.4 / RFC 9480 §2.17: each source resolves to one of the tenant's CRLs; only CRLs
+/// newer than the client's thisUpdate are sent (absent infoValue when all are current).
+#[tokio::test]
+async fn genm_crl_status_list_sends_only_crls_newer_than_the_clients() {
+    let fake = Fake::default();
+    let (addr, _stop) = edge(fake.clone()).await;
+    let path = "/.well-known/cmp";
+    let shard3 = crl_url("issuing-1", "3");
+    let ans = |list: Vec<certgate_cmp::crl_status::CrlStatus>| async move {
+        crl_status_answer(addr, path, Some(&crl_status_list(&list))).await
+    };
+
+    // No thisUpdate: the client has none, the current shard CRL is sent.
+    let got = ans(vec![url_status(&shard3, None)]).await.expect("genp");
+    assert_eq!(got, Some(vec![fake_crl("issuing-1", "3")]));
+    // The client's thisUpdate is the CRL's: nothing newer → absent infoValue.
+    let got = ans(vec![url_status(&shard3, Some(CRL_THIS_UPDATE))]).await;
+    assert_eq!(got.expect("genp"), None, "current CRL → absent value");
+    // Newer than the client's by one second, from both source kinds, in request order; a
+    // source named twice is answered once.
+    let older = Some(CRL_THIS_UPDATE - 1);
+    let got = ans(vec![
+        url_status(&shard3, older),
+        issuer_status(older),
+        url_status(&shard3, None),
+        url_status(&crl_url("issuing-1", "full"), Some(CRL_THIS_UPDATE)),
+    ])
+    .await
+    .expect("genp");
+    assert_eq!(
+        got,
+        Some(vec![
+            fake_crl("issuing-1", "3"),
+            fake_crl("issuing-1", "full")
+        ])
+    );
+    // A client ahead of the server's CRL gets nothing.
+    let got = ans(vec![issuer_status(Some(CRL_THIS_UPDATE + 60))]).await;
+    assert_eq!(got.expect("genp"), None);
+}
+
+/// Unknown sources are badRequest (well-formed, but no CRL of this CA), undecodable or absent
+/// values badDataFormat; I-4: another tenant's issuer is never looked up, let alone answered.
+#[tokio::test]
+async fn genm_crl_status_list_refuses_unknown_sources_and_other_tenants_crls() {
+    let fake = Fake::default();
+    let (addr, _stop) = edge(fake.clone()).await;
+    let path = "/.well-known/cmp";
+    let refused = |r: Result<Option<Vec<Vec<u8>>>, certgate_cmp::Request>, fail: FailInfo| {
+        let e = r.expect_err("an error message");
+        assert!(has_fail_bit(&e, fail), "failInfo {fail:?}");
+    };
+    let one = |s| crl_status_list(&[s]);
+
+    // Another host with certgate's path: not the URL the CRL names (IssuingDistributionPoint).
+    let evil = "http://crl.example/crl/issuing-1/3.crl";
+    let r = crl_status_answer(addr, path, Some(&one(url_status(evil, None)))).await;
+    refused(r, FailInfo::BadRequest);
+    // A shard the core does not have, a URL that is no CRL path, a name of no CA of the tenant.
+    for s in [
+        url_status(&crl_url("issuing-1", "99"), None),
+        url_status("http://127.0.0.1:8080/ocsp", None),
+        crl_status(
+            certgate_cmp::crl_status::CrlSource::Issuer(vec![
+                x509_cert::ext::pkix::name::GeneralName::DirectoryName(
+                    "CN=Nobody".parse().expect("name"),
+                ),
+            ]),
+            None,
+        ),
+    ] {
+        let r = crl_status_answer(addr, path, Some(&one(s))).await;
+        refused(r, FailInfo::BadRequest);
+    }
+    // Malformed: absent value, empty list, not a CRLStatus.
+    for v in [
+        None,
+        Some(&[0x30u8, 0x00][..]),
+        Some(&[0x30, 0x03, 0x02, 0x01, 0x07][..]),
+    ] {
+        refused(
+            crl_status_answer(addr, path, v).await,
+            FailInfo::BadDataFormat,
+        );
+    }
+
+    // I-4: the default tenant names the other tenant's CRL URL → refused without asking the core.
+    let other_url = crl_url("other-1", "full");
+    let r = crl_status_answer(addr, path, Some(&one(url_status(&other_url, None)))).await;
+    refused(r, FailInfo::BadRequest);
+    // ... and the other tenant names the default tenant's.
+    let other_path = format!("/t/{OTHER_TENANT}/.well-known/cmp");
+    let r = crl_status_answer(
+        addr,
+        &other_path,
+        Some(&one(url_status(&crl_url("issuing-1", "3"), None))),
+    )
+    .await;
+    refused(r, FailInfo::BadRequest);
+    // The other tenant asking by issuer name CN=MockCA (both CAs carry it) gets its own CRL.
+    let got = crl_status_answer(addr, &other_path, Some(&one(issuer_status(None))))
+        .await
+        .expect("genp");
+    assert_eq!(got, Some(vec![fake_crl("other-1", "full")]));
+    let calls = fake.0.crl_calls.lock().expect("lock");
+    assert!(
+        calls.iter().all(|c| c.issuer_id == issuer_of(&c.tenant)),
+        "GetCrl only ever asked for the tenant's own issuer: {calls:?}"
     );
 }
 
