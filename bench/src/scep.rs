@@ -8,10 +8,15 @@
 //! `s{i}-RUN.scep.bench.example`, challengePassword = the dev `scep_challenge`), encrypted to the
 //! RA certificate from GetCACert and signed with the client key — the idempotency key
 //! (transactionID, client key) is new every time, so the core really issues. Requests are built
-//! before the measurement as far as `--messages` goes (a client that runs out builds its next
-//! ones during the measurement, and that is reported). Each CertRep is read as a client must:
-//! the RA signature is verified and the EnvelopedData decrypted with the client key; an
-//! enrollment counts only with status SUCCESS and one certificate.
+//! before the measurement as far as `--messages` goes (they depend on no server state; a client
+//! that runs out builds its next ones during the measurement, and that is reported).
+//!
+//! The load generator shares the fleet's cores, so inside the window it does no RSA work: an
+//! enrollment counts when the CertRep's signed attributes say SUCCESS for this transaction
+//! (transactionID and recipientNonce = our senderNonce, [`peek_reply`]). Every reply (beyond
+//! 50,000: every 100th) is kept and, after the window, read as a client must — RA signature
+//! verified, EnvelopedData decrypted with the client key, a certificate inside — and the run
+//! fails if any does not pass.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,7 +29,7 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use bytes::Bytes;
 use certgate_scep::PkiStatus;
-use certgate_scep::client::{Request, build_request, read_reply};
+use certgate_scep::client::{Request, build_request, peek_reply, read_reply};
 use der::Encode;
 use http_body_util::{BodyExt, Full};
 
@@ -89,10 +94,49 @@ fn client_key(i: usize, run: &str) -> anyhow::Result<ClientKey> {
     })
 }
 
-/// One PKCSReq message, ready to POST, and the index of the key that must read the reply.
+/// One PKCSReq message, ready to POST, the index of the key that must read the reply, and the
+/// transactionID and senderNonce the reply must echo.
 struct Prepared {
-    der: Vec<u8>,
+    der: Bytes,
     key: usize,
+    tid: String,
+    nonce: [u8; 16],
+}
+
+/// CertReps kept for the full check after the window (RA signature, decryption with the client
+/// key, the certificate inside): every reply up to [`KEEP_ALL`], then every 100th (bounded, I-8).
+const KEEP_ALL: u64 = 50_000;
+
+#[derive(Default)]
+struct Kept {
+    seen: AtomicU64,
+    replies: Mutex<Vec<(Bytes, usize)>>,
+}
+
+impl Kept {
+    fn keep(&self, body: Bytes, key: usize) {
+        let n = self.seen.fetch_add(1, Ordering::Relaxed);
+        if n < KEEP_ALL || n % 100 == 0 {
+            if let Ok(mut v) = self.replies.lock() {
+                v.push((body, key));
+            }
+        }
+    }
+}
+
+/// The full client-side check of a SUCCESS CertRep: RA signature, EnvelopedData decrypted with
+/// the client key, a certificate inside.
+fn check_fully(body: &[u8], key: &ClientKey) -> anyhow::Result<()> {
+    let rep = read_reply(body, &key.pkcs8).map_err(|e| anyhow::anyhow!("CertRep: {e}"))?;
+    anyhow::ensure!(
+        rep.status == PkiStatus::Success,
+        "status {:?} failInfo {:?}",
+        rep.status,
+        rep.fail_info
+    );
+    // The issued certificate first, then its chain.
+    anyhow::ensure!(!rep.certs.is_empty(), "SUCCESS without a certificate");
+    Ok(())
 }
 
 struct Maker {
@@ -148,8 +192,10 @@ impl Maker {
         })
         .map_err(|e| anyhow::anyhow!("build_request: {e}"))?;
         Ok(Prepared {
-            der,
+            der: Bytes::from(der),
             key: key % self.keys.len(),
+            tid,
+            nonce,
         })
     }
 }
@@ -163,14 +209,17 @@ type HttpClient = hyper_util::client::legacy::Client<
     Full<Bytes>,
 >;
 
+/// POSTs one PKCSReq and checks, without any RSA work, that the CertRep is SUCCESS for this
+/// transaction (transactionID and recipientNonce = our senderNonce, from the signed
+/// attributes); the reply goes to `kept` for the full check after the window.
 async fn pki_operation(
     http: &HttpClient,
     url: &str,
     msg: &Prepared,
-    keys: &[ClientKey],
+    kept: &Kept,
     shed: &Shed,
 ) -> anyhow::Result<()> {
-    let body = Bytes::from(msg.der.clone());
+    let body = msg.der.clone();
     let resp = loop {
         let req = hyper::Request::post(url)
             .header("content-type", "application/x-pki-message")
@@ -191,16 +240,18 @@ async fn pki_operation(
         "HTTP {status}: {}",
         String::from_utf8_lossy(&body)
     );
-    let key = keys.get(msg.key).context("key index")?;
-    let rep = read_reply(&body, &key.pkcs8).map_err(|e| anyhow::anyhow!("CertRep: {e}"))?;
+    let head = peek_reply(&body).map_err(|e| anyhow::anyhow!("CertRep: {e}"))?;
     anyhow::ensure!(
-        rep.status == PkiStatus::Success,
+        head.status == PkiStatus::Success,
         "status {:?} failInfo {:?}",
-        rep.status,
-        rep.fail_info
+        head.status,
+        head.fail_info
     );
-    // The issued certificate first, then its chain.
-    anyhow::ensure!(!rep.certs.is_empty(), "SUCCESS without a certificate");
+    anyhow::ensure!(
+        head.transaction_id == msg.tid && head.recipient_nonce == msg.nonce,
+        "CertRep for another transaction"
+    );
+    kept.keep(body, msg.key);
     Ok(())
 }
 
@@ -292,9 +343,14 @@ pub(crate) fn scep(args: ScepArgs) -> anyhow::Result<()> {
     // Warm-up and a check that the fleet answers at all.
     let first = maker.make(0)?;
     let shed = Arc::new(Shed(AtomicU64::new(0)));
-    rt.block_on(pki_operation(&http, &url, &first, &maker.keys, &shed))
+    let warm = Kept::default();
+    rt.block_on(pki_operation(&http, &url, &first, &warm, &shed))
         .with_context(|| fleet.up.log())
         .context("first PKCSReq")?;
+    for (body, key) in warm.replies.lock().map_err(|_| anyhow::anyhow!("lock"))?.iter() {
+        check_fully(body, maker.keys.get(*key).context("key index")?).context("first PKCSReq")?;
+    }
+    let kept = Arc::new(Kept::default());
 
     let before = fleet.cpu();
     let load: LoadRun = {
@@ -306,6 +362,7 @@ pub(crate) fn scep(args: ScepArgs) -> anyhow::Result<()> {
             built_live.clone(),
         );
         let shed = shed.clone();
+        let kept = kept.clone();
         rt.block_on(run_closed_loop(
             clients,
             Duration::from_secs(args.seconds),
@@ -318,6 +375,7 @@ pub(crate) fn scep(args: ScepArgs) -> anyhow::Result<()> {
                     built_live.clone(),
                 );
                 let shed = shed.clone();
+                let kept = kept.clone();
                 async move {
                     let pre = queues
                         .get(w)
@@ -332,7 +390,7 @@ pub(crate) fn scep(args: ScepArgs) -> anyhow::Result<()> {
                             }
                         }
                     };
-                    Some(pki_operation(&http, &url, &msg, &maker.keys, &shed).await)
+                    Some(pki_operation(&http, &url, &msg, &kept, &shed).await)
                 }
             },
         ))
@@ -347,6 +405,23 @@ pub(crate) fn scep(args: ScepArgs) -> anyhow::Result<()> {
         "    CPU per enrollment: {}",
         cpu_per_op(&before, &after, load.lat_us.len())
     );
+    // Every counted enrollment was SUCCESS for its own transaction; now the full client check
+    // (RSA on the same cores, so outside the window) of the kept replies.
+    let kept = std::mem::take(&mut *kept.replies.lock().map_err(|_| anyhow::anyhow!("lock"))?);
+    let mut bad = 0usize;
+    for (body, key) in &kept {
+        let key = maker.keys.get(*key).context("key index")?;
+        if let Err(e) = check_fully(body, key) {
+            bad += 1;
+            eprintln!("  CertRep failed the full check: {e:#}");
+        }
+    }
+    println!(
+        "    full client check after the window (RA signature, decryption, certificate): {} of {} replies OK",
+        kept.len() - bad,
+        kept.len()
+    );
+    anyhow::ensure!(bad == 0, "{bad} CertReps failed the full client check");
     let live = built_live.load(Ordering::Relaxed);
     if live > 0 {
         println!("    note: {live} messages were built during the measurement (raise --messages)");

@@ -131,6 +131,61 @@ pub fn read_reply(der_bytes: &[u8], client_key_pkcs8: &[u8]) -> Result<Reply, Sc
         si.signature.as_bytes(),
     )
     .map_err(|_| err("RA signature does not verify"))?;
+    let head = reply_fields(attrs)?;
+    let mut certs = Vec::new();
+    let mut crls = Vec::new();
+    if let Some(ec) = &sd.encap_content_info.econtent {
+        let env_der = ec
+            .decode_as::<OctetString>()
+            .map_err(|_| err("econtent"))?
+            .as_bytes()
+            .to_vec();
+        let plain = decrypt_enveloped(&env_der, client_key_pkcs8)?;
+        let ci = ContentInfo::from_der(&plain).map_err(|_| err("inner ContentInfo"))?;
+        let inner: SignedData = ci
+            .content
+            .decode_as()
+            .map_err(|_| err("inner SignedData"))?;
+        if let Some(set) = inner.certificates {
+            for c in set.0.iter() {
+                if let CertificateChoices::Certificate(c) = c {
+                    certs.push(c.to_der().map_err(|_| err("encoding"))?);
+                }
+            }
+        }
+        if let Some(set) = inner.crls {
+            for c in set.0.iter() {
+                if let cms::revocation::RevocationInfoChoice::Crl(c) = c {
+                    crls.push(c.to_der().map_err(|_| err("encoding"))?);
+                }
+            }
+        }
+    }
+    Ok(Reply {
+        status: head.status,
+        fail_info: head.fail_info,
+        transaction_id: head.transaction_id,
+        recipient_nonce: head.recipient_nonce,
+        certs,
+        crls,
+        ra_cert_der: ra.to_der().map_err(|_| err("encoding"))?,
+    })
+}
+
+/// The signed attributes a client correlates a CertRep by, read without any cryptography.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyHead {
+    /// pkiStatus.
+    pub status: PkiStatus,
+    /// failInfo, when FAILURE.
+    pub fail_info: Option<FailInfo>,
+    /// transactionID.
+    pub transaction_id: String,
+    /// recipientNonce.
+    pub recipient_nonce: Vec<u8>,
+}
+
+fn reply_fields(attrs: &cms::signed_data::SignedAttributes) -> Result<ReplyHead, ScepError> {
     let mut status = None;
     let mut fail_info = None;
     let mut tid = String::new();
@@ -173,45 +228,27 @@ pub fn read_reply(der_bytes: &[u8], client_key_pkcs8: &[u8]) -> Result<Reply, Sc
             _ => {}
         }
     }
-    let status = status.ok_or_else(|| err("no pkiStatus"))?;
-    let mut certs = Vec::new();
-    let mut crls = Vec::new();
-    if let Some(ec) = &sd.encap_content_info.econtent {
-        let env_der = ec
-            .decode_as::<OctetString>()
-            .map_err(|_| err("econtent"))?
-            .as_bytes()
-            .to_vec();
-        let plain = decrypt_enveloped(&env_der, client_key_pkcs8)?;
-        let ci = ContentInfo::from_der(&plain).map_err(|_| err("inner ContentInfo"))?;
-        let inner: SignedData = ci
-            .content
-            .decode_as()
-            .map_err(|_| err("inner SignedData"))?;
-        if let Some(set) = inner.certificates {
-            for c in set.0.iter() {
-                if let CertificateChoices::Certificate(c) = c {
-                    certs.push(c.to_der().map_err(|_| err("encoding"))?);
-                }
-            }
-        }
-        if let Some(set) = inner.crls {
-            for c in set.0.iter() {
-                if let cms::revocation::RevocationInfoChoice::Crl(c) = c {
-                    crls.push(c.to_der().map_err(|_| err("encoding"))?);
-                }
-            }
-        }
-    }
-    Ok(Reply {
-        status,
+    Ok(ReplyHead {
+        status: status.ok_or_else(|| err("no pkiStatus"))?,
         fail_info,
         transaction_id: tid,
         recipient_nonce: rnonce,
-        certs,
-        crls,
-        ra_cert_der: ra.to_der().map_err(|_| err("encoding"))?,
     })
+}
+
+/// Reads a CertRep's pkiStatus, failInfo, transactionID and recipientNonce **without** checking
+/// the RA signature or decrypting anything: for a load generator that correlates replies cheaply
+/// while it measures and checks them fully with [`read_reply`] afterwards. Never trust it alone.
+pub fn peek_reply(der_bytes: &[u8]) -> Result<ReplyHead, ScepError> {
+    let ci = ContentInfo::from_der(der_bytes).map_err(|_| err("not ContentInfo"))?;
+    let sd: SignedData = ci.content.decode_as().map_err(|_| err("not SignedData"))?;
+    let si = sd
+        .signer_infos
+        .0
+        .iter()
+        .next()
+        .ok_or_else(|| err("no signer"))?;
+    reply_fields(si.signed_attrs.as_ref().ok_or_else(|| err("no attrs"))?)
 }
 
 /// Decrypts an EnvelopedData (first KeyTransRecipientInfo, RSA PKCS#1 v1.5, AES-CBC) with an

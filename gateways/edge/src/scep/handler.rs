@@ -25,12 +25,18 @@ pub const SCEP_MESSAGES_TOTAL: &str = "certgate_scep_messages_total";
 pub const NEXT_CA_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 /// Most tenants whose rollover state is cached (I-8).
 pub const NEXT_CA_CACHE_CAPACITY: u64 = 1024;
+/// How long a PKIOperation reuses the tenant's RA certificate (to find the recipient info
+/// addressed to the RA) instead of asking `Scep.GetRaChain` per message. A message addressed to
+/// an RA certificate newer than the cached one (re-certified at a CA rollover) refetches at once,
+/// so the TTL only bounds memory of a retired certificate. GetCACert always asks the core.
+pub const RA_CERT_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The SCEP handler (stateless: every pending fact lives in the core; the only local state is
 /// a short, bounded cache of whether a rollover is staged, for GetCACaps).
 #[derive(Debug)]
 pub struct ScepHandler {
     next_ca_staged: moka::future::Cache<String, bool>,
+    ra_cert: moka::future::Cache<String, Bytes>,
 }
 
 impl Default for ScepHandler {
@@ -47,7 +53,31 @@ impl ScepHandler {
                 .max_capacity(NEXT_CA_CACHE_CAPACITY)
                 .time_to_live(NEXT_CA_CACHE_TTL)
                 .build(),
+            ra_cert: moka::future::Cache::builder()
+                .max_capacity(NEXT_CA_CACHE_CAPACITY)
+                .time_to_live(RA_CERT_CACHE_TTL)
+                .build(),
         }
+    }
+
+    /// The tenant's RA certificate (DER), cached for [`RA_CERT_CACHE_TTL`]; `fresh` skips the
+    /// cache (and refills it).
+    async fn ra_cert(
+        &self,
+        ctx: &EdgeContext,
+        tenant: &str,
+        fresh: bool,
+    ) -> Result<Bytes, EdgeError> {
+        if !fresh && let Some(hit) = self.ra_cert.get(tenant).await {
+            return Ok(hit);
+        }
+        let ra = ctx.core.scep_ra_chain(tenant).await?;
+        let Some(cert) = ra.chain_der.into_iter().next() else {
+            return Err(EdgeError::Malformed("tenant has no SCEP RA".into()));
+        };
+        let cert = Bytes::from(cert);
+        self.ra_cert.insert(tenant.to_owned(), cert.clone()).await;
+        Ok(cert)
     }
 
     /// Whether the tenant has a next CA staged (cached). A core that cannot answer counts as
@@ -168,9 +198,9 @@ async fn serve(
             let Ok(der) = base64::engine::general_purpose::STANDARD.decode(&b64) else {
                 return Ok(bad_request("message is not base64"));
             };
-            pki_operation(ctx, &req.tenant, &der).await
+            pki_operation(h, ctx, &req.tenant, &der).await
         }
-        (Method::POST, b"PKIOperation") => pki_operation(ctx, &req.tenant, &req.body).await,
+        (Method::POST, b"PKIOperation") => pki_operation(h, ctx, &req.tenant, &req.body).await,
         (Method::GET | Method::POST, _) => Ok(bad_request("unknown operation")),
         _ => Err(EdgeError::MethodNotAllowed),
     }
@@ -266,6 +296,7 @@ fn serial_hex(serial: &[u8]) -> String {
 }
 
 async fn pki_operation(
+    h: &ScepHandler,
     ctx: &EdgeContext,
     tenant: &str,
     der: &[u8],
@@ -287,11 +318,12 @@ async fn pki_operation(
         }
     };
     let label = type_label(msg.message_type);
-    let ra = ctx.core.scep_ra_chain(tenant).await?;
-    let Some(ra_cert) = ra.chain_der.first() else {
-        return Err(EdgeError::Malformed("tenant has no SCEP RA".into()));
+    let kt = match msg.key_transport(&h.ra_cert(ctx, tenant, false).await?) {
+        Ok(kt) => Ok(kt),
+        // Perhaps addressed to an RA certificate newer than the cached one: ask the core.
+        Err(_) => msg.key_transport(&h.ra_cert(ctx, tenant, true).await?),
     };
-    let rep = match decide(ctx, tenant, &msg, ra_cert, &ra.chain_der).await? {
+    let rep = match decide(ctx, tenant, &msg, kt).await? {
         Ok(rep) => {
             metrics::counter!(SCEP_MESSAGES_TOTAL, "tenant" => tenant.to_owned(), "type" => label, "outcome" => "ok").increment(1);
             rep
@@ -363,10 +395,9 @@ async fn decide(
     ctx: &EdgeContext,
     tenant: &str,
     msg: &PkiMessage,
-    ra_cert: &[u8],
-    _ra_chain: &[Vec<u8>],
+    kt: Result<certgate_scep::KeyTransport, certgate_scep::ScepError>,
 ) -> Result<Decision, EdgeError> {
-    let kt = match msg.key_transport(ra_cert) {
+    let kt = match kt {
         Ok(kt) => kt,
         Err(e) => return Ok(Err(e.fail_info)),
     };
