@@ -300,9 +300,10 @@ mod tests {
     #[test]
     fn published_signature_algorithms_are_exactly_the_verified_ones() {
         use crate::profile::KeyAlgorithm as K;
-        use rcgen::PublicKeyData;
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let spki = SubjectPublicKeyInfoOwned::from_der(&key.public_key_der()).unwrap();
+        let spki = parse_csr(&csr(&rcgen::PKCS_ECDSA_P256_SHA256, &["a.example.com"]))
+            .unwrap()
+            .key
+            .spki;
         let candidates = [
             rfc5912::ECDSA_WITH_SHA_224,
             rfc5912::ECDSA_WITH_SHA_256,
