@@ -882,3 +882,129 @@ async fn bad_inputs_get_the_right_problem_and_nothing_is_issued() {
 fn fleet_edge_alive(fleet: &Fleet) -> bool {
     certgate_e2e::http_get(fleet.admin, "/healthz").map(|r| r.0) == Some(200)
 }
+
+/// RFC 3339 (UTC, seconds) of a Unix time, as a client sends it.
+fn rfc3339(unix: i64) -> String {
+    der::DateTime::from_unix_duration(Duration::from_secs(
+        u64::try_from(unix).expect("after 1970"),
+    ))
+    .expect("representable")
+    .to_string()
+}
+
+/// newOrder notBefore/notAfter (RFC 8555 §7.4) through the real edge and core: a window inside
+/// the profile is echoed by the order and is exactly the issued certificate's validity; asking
+/// finalize again returns the same certificate; windows beyond the profile's maximum, in the
+/// past or inverted are `malformed` problems that say why, and the edge keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_order_validity_window_end_to_end() {
+    let _lock = dev_port_lock();
+    let fleet = fleet();
+    let base = format!("https://{}", fleet.https);
+    let mut c = Client::new(&fleet, &format!("{base}/acme/directory")).await;
+    c.new_account().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let day = 86_400;
+    let url = c.url("newOrder");
+    let name = "window.example.org";
+    let ident = json!([{"type": "dns", "value": name}]);
+
+    for (nb, na, needle) in [
+        (Some(now), now + 400 * day, "profile"),
+        (None, now + 400 * day, "profile"),
+        (Some(now - 3_600), now + day, "in the past"),
+        (Some(now + 2 * day), now + day, "notBefore"),
+        (None, now - 60, "in the past"),
+    ] {
+        let mut req = json!({"identifiers": ident, "notAfter": rfc3339(na)});
+        if let Some(nb) = nb {
+            req["notBefore"] = json!(rfc3339(nb));
+        }
+        let r = c.post(&url, Some(&req)).await;
+        assert_eq!(
+            (r.status, r.problem().as_str()),
+            (400, "malformed"),
+            "{req}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let detail = r.json()["detail"].as_str().unwrap_or("").to_owned();
+        assert!(detail.contains(needle), "{req}: {detail}");
+    }
+
+    let (nb, na) = (now + 3_600, now + 3_600 + 10 * day);
+    let r = c
+        .post(
+            &url,
+            Some(&json!({"identifiers": ident, "notBefore": rfc3339(nb), "notAfter": rfc3339(na)})),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        201,
+        "newOrder: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let order_url = r.header("location").expect("order Location");
+    let order = r.json();
+    assert_eq!(order["notBefore"], rfc3339(nb), "{order}");
+    assert_eq!(order["notAfter"], rfc3339(na), "{order}");
+    let authz_url = order["authorizations"][0]
+        .as_str()
+        .expect("authz")
+        .to_owned();
+    let finalize_url = order["finalize"].as_str().expect("finalize").to_owned();
+    let authz = c.post(&authz_url, None).await.json();
+    let ch = authz["challenges"]
+        .as_array()
+        .expect("challenges")
+        .iter()
+        .find(|c| c["type"] == "http-01")
+        .expect("http-01 offered")
+        .clone();
+    let token = ch["token"].as_str().expect("token").to_owned();
+    let responder = http01_responder(token.clone(), c.key_authorization(&token)).await;
+    let r = c
+        .post(ch["url"].as_str().expect("challenge url"), Some(&json!({})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let authz = poll(&mut c, &authz_url, &["valid", "invalid"]).await;
+    responder.abort();
+    assert_eq!(authz["status"], "valid", "{authz}");
+    let (_, csr_der) = csr(&[name]);
+    let r = c
+        .post(&finalize_url, Some(&json!({"csr": b64(&csr_der)})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let order = poll(&mut c, &order_url, &["valid", "invalid"]).await;
+    assert_eq!(order["status"], "valid", "{order}");
+    assert_eq!(order["notBefore"], rfc3339(nb), "{order}");
+    let cert_url = order["certificate"]
+        .as_str()
+        .expect("certificate")
+        .to_owned();
+    let pem = String::from_utf8(c.post(&cert_url, None).await.body).expect("pem");
+    let leaf_b64: String = pem
+        .split("-----END CERTIFICATE-----")
+        .next()
+        .expect("first block")
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let leaf = base64::engine::general_purpose::STANDARD
+        .decode(leaf_b64.trim())
+        .expect("leaf der");
+    assert_eq!(
+        certgate_core::x509::validity_of(&leaf).expect("validity"),
+        (nb, na),
+        "the certificate has exactly the requested dates"
+    );
+    // Finalize again: the same certificate.
+    let r = c
+        .post(&finalize_url, Some(&json!({"csr": b64(&csr_der)})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["certificate"], cert_url.as_str());
+}
