@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +25,8 @@ use tokio::sync::{Semaphore, watch};
 struct TestHandler {
     protocol: &'static str,
     gate: Arc<Semaphore>,
+    /// Requests that reached the handler (past the bulkhead), counted before the gate.
+    entered: Arc<AtomicUsize>,
 }
 
 impl Handler for TestHandler {
@@ -32,6 +35,7 @@ impl Handler for TestHandler {
     }
     fn handle<'a>(&'a self, _: &'a EdgeContext, req: EdgeRequest) -> HandlerFuture<'a> {
         Box::pin(async move {
+            self.entered.fetch_add(1, Ordering::SeqCst);
             let _p = self.gate.acquire().await.map_err(|_| EdgeError::Timeout)?;
             let body = format!("{} {} {}", self.protocol, req.tenant, req.body.len());
             Ok(http::Response::new(Full::new(Bytes::from(body))))
@@ -51,11 +55,13 @@ impl Handler for TestHandler {
 struct Edge {
     addr: std::net::SocketAddr,
     slow_gate: Arc<Semaphore>,
+    slow_entered: Arc<AtomicUsize>,
     _stop: watch::Sender<bool>,
 }
 
 async fn edge() -> Edge {
     let slow_gate = Arc::new(Semaphore::new(0));
+    let slow_entered = Arc::new(AtomicUsize::new(0));
     let router = Router::new()
         .mount(Mount {
             prefix: "/slow/",
@@ -63,6 +69,7 @@ async fn edge() -> Edge {
             handler: Arc::new(TestHandler {
                 protocol: "ocsp",
                 gate: slow_gate.clone(),
+                entered: slow_entered.clone(),
             }),
         })
         .mount(Mount {
@@ -71,6 +78,7 @@ async fn edge() -> Edge {
             handler: Arc::new(TestHandler {
                 protocol: "est",
                 gate: slow_gate.clone(),
+                entered: slow_entered.clone(),
             }),
         })
         .mount(Mount {
@@ -79,6 +87,7 @@ async fn edge() -> Edge {
             handler: Arc::new(TestHandler {
                 protocol: "acme",
                 gate: Arc::new(Semaphore::new(1000)),
+                entered: Arc::new(AtomicUsize::new(0)),
             }),
         });
     let limits = Limits {
@@ -114,6 +123,7 @@ async fn edge() -> Edge {
     Edge {
         addr,
         slow_gate,
+        slow_entered,
         _stop: tx,
     }
 }
@@ -144,13 +154,22 @@ async fn occupy(
     path: &'static str,
     n: usize,
 ) -> Vec<tokio::task::JoinHandle<(u16, String, String)>> {
+    let before = e.slow_entered.load(Ordering::SeqCst);
     let mut held = Vec::new();
     for _ in 0..n {
         let addr = e.addr;
         held.push(tokio::spawn(async move { request(addr, path, b"").await }));
     }
-    // The handler blocks on the gate; wait for all of them to be waiting there.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The handler blocks on the gate; wait for all of them to be waiting there (counted, not
+    // slept for: a loaded machine may take long to schedule them).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while e.slow_entered.load(Ordering::SeqCst) < before + n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} requests never reached the handler"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     held
 }
 
