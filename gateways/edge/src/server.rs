@@ -78,20 +78,21 @@ impl Pipeline {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let start = Instant::now();
-        let path = req.uri().path().to_owned();
-        let Some((tenant, rest)) = split_tenant(&path) else {
+        let (parts, body) = req.into_parts();
+        // Path and tenant are borrowed from the request's URI (no copies per request).
+        let path = parts.uri.path();
+        let Some((mut tenant, rest)) = split_tenant(path) else {
             let e = EdgeError::Malformed("invalid tenant name".into());
             metrics::record("edge", "invalid", e.outcome(), start.elapsed());
             return e.into_response();
         };
-        let mut tenant = tenant.to_owned();
         if tenant == DEFAULT_TENANT && !path.starts_with("/t/") {
-            let host = req
-                .uri()
+            let host = parts
+                .uri
                 .host()
-                .or_else(|| req.headers().get(http::header::HOST)?.to_str().ok());
+                .or_else(|| parts.headers.get(http::header::HOST)?.to_str().ok());
             if let Some(t) = self.guard.tenant_config.tenant_for_host(host) {
-                tenant = t.to_owned();
+                tenant = t;
             }
         }
         let Some((handler, sub)) = self.router.route(listener, rest) else {
@@ -104,12 +105,11 @@ impl Pipeline {
             return EdgeError::NotFound.into_response();
         };
         let protocol = handler.protocol();
-        let sub = sub.to_owned();
 
         let Ok(_permit) = self.in_flight.try_acquire() else {
             metrics::record_shed(protocol, "unknown", "listener");
             metrics::record(protocol, "unknown", "shed", start.elapsed());
-            return handler.render_error(&tenant, EdgeError::Overloaded);
+            return handler.render_error(tenant, EdgeError::Overloaded);
         };
         // An unknown tenant is a 404 that names nothing else; a core that cannot say lets the
         // request through (the handler's own core calls carry the tenant and fail the same way).
@@ -117,17 +117,17 @@ impl Pipeline {
             && let Some(dir) = &self.guard.tenants
             // Boxed: the lookup's future (moka + a core RPC) is kilobytes, and inlined it would
             // make every request's future that large, copied by hyper on each request.
-            && let Ok(None) = Box::pin(dir.lookup(&tenant)).await
+            && let Ok(None) = Box::pin(dir.lookup(tenant)).await
         {
             metrics::record(protocol, "unknown", "not_found", start.elapsed());
-            return handler.render_error(&tenant, EdgeError::NotFound);
+            return handler.render_error(tenant, EdgeError::NotFound);
         }
-        let _admission = match self.guard.bulkheads.admit(protocol, &tenant) {
+        let _admission = match self.guard.bulkheads.admit(protocol, tenant) {
             Ok(a) => a,
             Err(pool) => {
-                metrics::record_shed(protocol, &tenant, pool.label());
-                metrics::record(protocol, &tenant, "shed", start.elapsed());
-                return handler.render_error(&tenant, EdgeError::Overloaded);
+                metrics::record_shed(protocol, tenant, pool.label());
+                metrics::record(protocol, tenant, "shed", start.elapsed());
+                return handler.render_error(tenant, EdgeError::Overloaded);
             }
         };
         let max_body = self
@@ -138,27 +138,26 @@ impl Pipeline {
             .unwrap_or(self.limits.max_body_bytes)
             .min(handler.max_body_bytes().unwrap_or(usize::MAX));
         let deadline = Duration::from_millis(self.limits.request_timeout_ms);
+        let peer_certs = parts.extensions.get::<PeerCerts>().map(|p| p.0.clone());
+        let tls_exporter = parts.extensions.get::<TlsExporter>().map(|e| e.0);
+        let mut edge_req = EdgeRequest {
+            peer_certs,
+            tls_exporter,
+            tenant: tenant.to_owned(),
+            method: parts.method,
+            path: sub.to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers,
+            body: bytes::Bytes::new(),
+            listener,
+            peer,
+        };
         let result = tokio::time::timeout(deadline, async {
-            let (parts, body) = req.into_parts();
-            let body = Limited::new(body, max_body)
+            edge_req.body = Limited::new(body, max_body)
                 .collect()
                 .await
                 .map_err(|_| EdgeError::BodyTooLarge)?
                 .to_bytes();
-            let peer_certs = parts.extensions.get::<PeerCerts>().map(|p| p.0.clone());
-            let tls_exporter = parts.extensions.get::<TlsExporter>().map(|e| e.0);
-            let edge_req = EdgeRequest {
-                peer_certs,
-                tls_exporter,
-                tenant: tenant.clone(),
-                method: parts.method,
-                path: sub,
-                query: parts.uri.query().map(str::to_owned),
-                headers: parts.headers,
-                body,
-                listener,
-                peer,
-            };
             handler.handle(&self.ctx, edge_req).await
         })
         .await
@@ -176,13 +175,13 @@ impl Pipeline {
                     .extensions()
                     .get::<metrics::Endpoint>()
                     .map_or("other", |e| e.0);
-                metrics::record_endpoint(protocol, &tenant, endpoint, outcome, start.elapsed());
+                metrics::record_endpoint(protocol, tenant, endpoint, outcome, start.elapsed());
                 resp
             }
             Err(e) => {
                 debug!(protocol, tenant = %tenant, error = %e, "request refused");
-                metrics::record(protocol, &tenant, e.outcome(), start.elapsed());
-                handler.render_error(&tenant, e)
+                metrics::record(protocol, tenant, e.outcome(), start.elapsed());
+                handler.render_error(tenant, e)
             }
         }
     }

@@ -320,6 +320,9 @@ pub(super) struct Prebuilt {
     content_length: HeaderValue,
     /// (max-age seconds, its `Cache-Control` value): max-age falls by one each second.
     cache_control: std::sync::Mutex<Option<(u64, HeaderValue)>>,
+    /// (max-age seconds, the whole header set of a GET/POST 200 at that max-age): cloning a
+    /// built map is cheaper than five inserts (each hashes the name and probes the table).
+    ok_headers: std::sync::Mutex<Option<(u64, http::HeaderMap)>>,
 }
 
 impl Prebuilt {
@@ -332,6 +335,7 @@ impl Prebuilt {
             expires: v(&r.expires_header),
             content_length: HeaderValue::from(r.der.len()),
             cache_control: std::sync::Mutex::new(None),
+            ok_headers: std::sync::Mutex::new(None),
         }
     }
 
@@ -363,7 +367,35 @@ impl Prebuilt {
         let body = if no_body { Bytes::new() } else { r.der.clone() };
         let mut resp = http::Response::new(Full::new(body));
         *resp.status_mut() = status;
-        let h = resp.headers_mut();
+        if no_body || status != StatusCode::OK {
+            self.fill_headers(resp.headers_mut(), r, now, no_body, status);
+            return resp;
+        }
+        // The hot path (GET/POST 200): the header set built once per entry and second.
+        let max_age = r.max_age(now);
+        // `try_lock`: a request never waits for another; on contention it builds its own.
+        let mut slot = self.ok_headers.try_lock().ok();
+        if let Some(Some((age, h))) = slot.as_deref()
+            && *age == max_age
+        {
+            *resp.headers_mut() = h.clone();
+            return resp;
+        }
+        self.fill_headers(resp.headers_mut(), r, now, no_body, status);
+        if let Some(slot) = slot.as_deref_mut() {
+            *slot = Some((max_age, resp.headers().clone()));
+        }
+        resp
+    }
+
+    fn fill_headers(
+        &self,
+        h: &mut http::HeaderMap,
+        r: &CachedResponse,
+        now: SystemTime,
+        no_body: bool,
+        status: StatusCode,
+    ) {
         h.reserve(6);
         h.insert(header::CONTENT_TYPE, self.content_type.clone());
         if let Some(v) = self.cache_control(r, now) {
@@ -382,7 +414,6 @@ impl Prebuilt {
             // HEAD: the length of what GET would send.
             h.insert(header::CONTENT_LENGTH, self.content_length.clone());
         }
-        resp
     }
 }
 
