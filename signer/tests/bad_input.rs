@@ -219,8 +219,27 @@ async fn a_call_abandoned_mid_signature_is_still_audited_once() {
         abandoned > 0,
         "at least one call must have been abandoned for this test to mean anything"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let records = audit_records(&dir.path().join("audit.jsonl"));
+    // The abandoned signatures finish on the blocking pool and are audited then: wait for them
+    // (a loaded machine may take seconds) instead of sleeping a fixed time, then check the count.
+    let audit = dir.path().join("audit.jsonl");
+    let signed = || {
+        std::fs::read(&audit)
+            .unwrap_or_default()
+            .split(|b| *b == b'\n')
+            .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+            .filter(|r| r["op"] == "Sign")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while signed() < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of 20 Sign calls audited",
+            signed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let records = audit_records(&audit);
     let signs = records.iter().filter(|r| r["op"] == "Sign").count();
     assert_eq!(signs, 20, "every Sign call is audited, abandoned or not");
     running.shutdown().await.expect("shutdown");
