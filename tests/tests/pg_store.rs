@@ -1790,3 +1790,105 @@ mod pending {
         assert_eq!(out.trim(), "0", "no tenant, no rows");
     }
 }
+
+/// Issuing-CA rollover on PostgreSQL (docs/operations.md "Issuing CA rollover"): a staged CA row
+/// is activated in one transaction — staged → active + the tenant's issuer, previous → retiring —
+/// and two cores activating at the same moment change the tenant once (the second finds nothing
+/// staged: NOT_FOUND `ca.rollover_none`). Another tenant cannot activate it (I-4).
+#[test]
+fn issuing_ca_rollover_on_postgres() {
+    use certgate_core::store::CaRec;
+    let pg = PgServer::start();
+    let (a, b) = two_cores(&pg);
+    for t in ["t1", "t2"] {
+        a.put_tenant(
+            &TenantRec {
+                name: t.into(),
+                public_base_url: "http://127.0.0.1:8080".into(),
+                default_profile: "tls-server".into(),
+                active_issuer_id: String::new(),
+            },
+            &audit("tenant.put", t),
+        )
+        .expect("tenant");
+    }
+    let ca = |id: &str, tenant: &str, state: &str| CaRec {
+        ca_id: id.into(),
+        tenant: tenant.into(),
+        kind: "issuing".into(),
+        parent_ca_id: "root".into(),
+        cert_der: format!("der-{id}").into_bytes(),
+        signer_key_id: id.into(),
+        key_type: 1,
+        state: state.into(),
+        not_after_unix: i64::MAX / 2,
+        created_unix: 1,
+    };
+    a.put_ca(&ca("old", "t1", "active"), true, &audit("ca.created", "t1"))
+        .expect("old CA");
+    b.put_ca(
+        &ca("next", "t1", "staged"),
+        false,
+        &audit("ca.created", "t1"),
+    )
+    .expect("staged CA");
+    assert_eq!(
+        b.get_tenant("t1").expect("t").expect("t1").active_issuer_id,
+        "old",
+        "staging does not change the issuer"
+    );
+    assert_eq!(b.get_ca("next").expect("ca").expect("next").state, "staged");
+
+    // Another tenant names it: nothing changes.
+    assert!(matches!(
+        a.activate_staged_ca("t2", "next", "old", &audit("ca.rollover_activated", "t2")),
+        Err(CoreError::NotFound {
+            rule: "ca.rollover_none",
+            ..
+        })
+    ));
+
+    let barrier = Arc::new(Barrier::new(2));
+    let race = |s: Arc<PgStore>, barrier: Arc<Barrier>| {
+        std::thread::spawn(move || {
+            barrier.wait();
+            s.activate_staged_ca("t1", "next", "old", &audit("ca.rollover_activated", "t1"))
+        })
+    };
+    let ra = race(a.clone(), barrier.clone());
+    let rb = race(b.clone(), barrier);
+    let results = [ra.join().expect("thread"), rb.join().expect("thread")];
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "exactly one activation wins: {results:?}"
+    );
+    assert!(results.iter().any(|r| matches!(
+        r,
+        Err(CoreError::NotFound {
+            rule: "ca.rollover_none",
+            ..
+        })
+    )));
+    assert_eq!(
+        a.get_tenant("t1").expect("t").expect("t1").active_issuer_id,
+        "next"
+    );
+    assert_eq!(a.get_ca("next").expect("ca").expect("next").state, "active");
+    assert_eq!(b.get_ca("old").expect("ca").expect("old").state, "retiring");
+    assert_eq!(
+        b.get_tenant("t2").expect("t").expect("t2").active_issuer_id,
+        "",
+        "the other tenant is untouched"
+    );
+    let records = b.audit_records().expect("records");
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.kind == "ca.rollover_activated")
+            .count(),
+        1,
+        "the losing activation left no audit record"
+    );
+    assert_eq!(verify_chain(&records, None).error, None);
+}
