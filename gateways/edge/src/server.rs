@@ -152,16 +152,24 @@ impl Pipeline {
             listener,
             peer,
         };
-        let result = tokio::time::timeout(deadline, async {
+        let work = async {
             edge_req.body = Limited::new(body, max_body)
                 .collect()
                 .await
                 .map_err(|_| EdgeError::BodyTooLarge)?
                 .to_bytes();
             handler.handle(&self.ctx, edge_req).await
-        })
-        .await
-        .unwrap_or(Err(EdgeError::Timeout));
+        };
+        tokio::pin!(work);
+        // A request answered on its first poll (a cached OCSP GET, an AIA hit) never reaches
+        // the timer: the deadline's clock read, runtime-handle lookup and timer entry are set up
+        // only for work that actually waits.
+        let result = match futures::poll!(work.as_mut()) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => tokio::time::timeout(deadline, work)
+                .await
+                .unwrap_or(Err(EdgeError::Timeout)),
+        };
         match result {
             Ok(resp) => {
                 let outcome = if resp.status().is_success() || resp.status().is_redirection() {
