@@ -149,6 +149,8 @@ pub fn names_certificate(key_id: &[u8], cert_der: &[u8]) -> bool {
 /// (ECDSA P-256) and certificate.
 pub struct KeySigner {
     cert_der: Vec<u8>,
+    /// Intermediates sent along in the SignedData so clients can build the path.
+    chain: Vec<Certificate>,
     key: EcdsaKeyPair,
 }
 
@@ -174,7 +176,41 @@ impl KeySigner {
                 "the edge TLS key does not match its certificate",
             ));
         }
-        Ok(Self { cert_der, key })
+        Ok(Self {
+            cert_der,
+            chain: Vec::new(),
+            key,
+        })
+    }
+
+    /// Adds the certificates (DER) above the signer's, to be sent in the SignedData.
+    pub fn with_chain(mut self, chain: &[Vec<u8>]) -> Result<Self, EstError> {
+        self.chain = chain
+            .iter()
+            .map(|c| Certificate::from_der(c).map_err(|_| EstError::BadCertificate))
+            .collect::<Result<_, _>>()?;
+        Ok(self)
+    }
+}
+
+/// Checks before anything is issued that `cert_der`'s key is one [`protect`] can encrypt to
+/// (RSA, or EC P-256), so a request it cannot answer is refused without minting a certificate.
+pub fn supported_recipient(cert_der: &[u8]) -> Result<(), EstError> {
+    let cert = Certificate::from_der(cert_der).map_err(|_| EstError::BadCertificate)?;
+    let spki = &cert.tbs_certificate.subject_public_key_info;
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+    if spki.algorithm.oid == RSA_ENCRYPTION
+        || (spki.algorithm.oid == ID_EC_PUBLIC_KEY && curve == Some(SECP_256_R_1))
+    {
+        Ok(())
+    } else {
+        Err(EstError::Unsupported(
+            "encryption to this key type is not supported (RSA or EC P-256 only)",
+        ))
     }
 }
 
@@ -261,9 +297,12 @@ fn signed_key_package(pkcs8: &[u8], signer: &KeySigner) -> Result<Zeroizing<Vec<
         version: CmsVersion::V3,
         digest_algorithms: enc(SetOfVec::try_from(vec![alg(ID_SHA_256)]))?,
         encap_content_info: encap,
-        certificates: Some(enc(CertificateSet::try_from(vec![
-            CertificateChoices::Certificate(cert),
-        ]))?),
+        certificates: Some(enc(CertificateSet::try_from(
+            std::iter::once(cert)
+                .chain(signer.chain.iter().cloned())
+                .map(CertificateChoices::Certificate)
+                .collect::<Vec<_>>(),
+        ))?),
         crls: None,
         signer_infos: SignerInfos(enc(SetOfVec::try_from(vec![si]))?),
     };

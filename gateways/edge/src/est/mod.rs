@@ -257,12 +257,13 @@ impl EstConfig {
 /// certificate (first PEM block) and key, when the key is ECDSA P-256; otherwise `None` (and
 /// encrypted key delivery answers 501).
 pub fn key_signer(cert_pem: &[u8], key_pem: &[u8]) -> Option<certgate_est::keyprotect::KeySigner> {
-    let cert = certgate_proto::transport::certs_from_pem(cert_pem)
-        .ok()?
-        .into_iter()
-        .next()?;
+    let certs = certgate_proto::transport::certs_from_pem(cert_pem).ok()?;
+    let (leaf, chain) = certs.split_first()?;
+    let chain: Vec<Vec<u8>> = chain.iter().map(|c| c.to_vec()).collect();
     let key = certgate_proto::transport::key_from_pem(key_pem).ok()?;
-    match certgate_est::keyprotect::KeySigner::new(cert.to_vec(), key.secret_der()) {
+    match certgate_est::keyprotect::KeySigner::new(leaf.to_vec(), key.secret_der())
+        .and_then(|s| s.with_chain(&chain))
+    {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "EST encrypted serverkeygen disabled");
