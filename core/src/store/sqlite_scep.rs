@@ -163,6 +163,26 @@ impl ScepStore for SqliteStore {
         now: i64,
         consumed_audit: &AuditEntry,
     ) -> Result<ChallengeMatch> {
+        // A static challenge (the common case: every PKCSReq of a device fleet) is only read:
+        // check it on a reader connection, without a trip through the writer thread and its
+        // group commit. Only a miss goes on to the one-time challenges below.
+        let static_hit = self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT digest FROM scep_static_challenges
+                 WHERE tenant = ?1 AND (profile = ?2 OR profile = '')",
+            )?;
+            let statics = stmt
+                .query_map(params![tenant, profile], |r| r.get::<_, Vec<u8>>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut hit = false;
+            for d in &statics {
+                hit |= ct_eq(d, &digest);
+            }
+            Ok(hit)
+        })?;
+        if static_hit {
+            return Ok(ChallengeMatch::Static);
+        }
         let (tenant, profile) = (tenant.to_owned(), profile.to_owned());
         let audit = consumed_audit.clone();
         // In the writer transaction: the read and the delete of a one-time challenge are one
