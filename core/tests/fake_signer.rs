@@ -170,19 +170,23 @@ struct Fleet {
     admin: AdminClient<tonic::transport::Channel>,
     custodians: Vec<(String, Ed25519KeyPair)>,
     signer_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The signer server task: ends once it has stopped and closed its connections.
+    signer_task: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
-fn serve_signer(path: &Path, fake: FakeSigner) -> tokio::sync::oneshot::Sender<()> {
+type SignerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
+fn serve_signer(path: &Path, fake: FakeSigner) -> (tokio::sync::oneshot::Sender<()>, SignerTask) {
     let listener = bind_unix(path).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(
+    let task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(SignerServer::new(fake))
             .serve_with_incoming_shutdown(unix_incoming(listener), async {
                 let _ = rx.await;
             }),
     );
-    tx
+    (tx, task)
 }
 
 async fn fleet(quorum: u32, custodian_count: usize, admin_allow: AllowList) -> Fleet {
@@ -199,7 +203,7 @@ async fn fleet_with(
     let dir = tmp.path().to_owned();
     let fake = FakeSigner::default();
     let signer_sock = dir.join("signer.sock");
-    let signer_stop = serve_signer(&signer_sock, fake.clone());
+    let (signer_stop, signer_task) = serve_signer(&signer_sock, fake.clone());
     let rng = SystemRandom::new();
     let custodians: Vec<(String, Ed25519KeyPair)> = (0..custodian_count)
         .map(|i| {
@@ -263,6 +267,7 @@ async fn fleet_with(
         admin: AdminClient::new(ch),
         custodians,
         signer_stop: Some(signer_stop),
+        signer_task: Some(signer_task),
     }
 }
 
@@ -613,7 +618,14 @@ async fn i5_signer_down_is_unavailable_with_retry_after() {
     if let Some(stop) = f.signer_stop.take() {
         let _ = stop.send(());
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait for the signer to be down (its connections closed), not a fixed time: on a loaded
+    // machine the core's open connection could otherwise still answer.
+    let task = f.signer_task.take().expect("signer task");
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the signer stops")
+        .expect("join")
+        .expect("signer server");
     let _ = std::fs::remove_file(f.dir.join("signer.sock"));
     let e = err(f
         .core
@@ -727,7 +739,24 @@ async fn i7_audit_chain_is_signed_and_verifies() {
         .issue(issue_req("t1", "a", csr(&["a.example.com"])))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The audit loop signs pending records every 200 ms: wait until it has signed them (a loaded
+    // machine may take seconds) instead of sleeping a fixed time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while f
+        .store
+        .audit_records()
+        .unwrap()
+        .iter()
+        .filter(|r| r.signature.is_some())
+        .count()
+        < 5
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit records never signed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let v = f
         .admin
         .verify_audit(VerifyAuditRequest {})
