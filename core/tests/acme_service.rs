@@ -2076,9 +2076,12 @@ async fn requested_not_before_and_not_after_are_the_certificates_validity() {
 
 /// SSRF protection through the service: with the default block list (no loopback exception) a
 /// name mapped to 127.0.0.1 fails http-01 with `connection` naming the blocked range, although
-/// the responder there holds the right answer; the same name validates with the exception.
+/// the responder there holds the right answer; nothing is contacted, and the refusal is counted
+/// as outcome `blocked` (this test installs the process's Prometheus recorder: nextest runs each
+/// test in its own process).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validation_targets_in_blocked_ranges_are_refused() {
+    let metrics = certgate_core::metrics_http::install().unwrap();
     let mut e = env_with(|c| c.allowed_ranges.clear()).await;
     let k = account_key();
     let acct = new_account(&mut e.f, T, &k).await;
@@ -2106,4 +2109,14 @@ async fn validation_targets_in_blocked_ranges_are_refused() {
         get_order(&mut e.f, &acct, &o.order_id).await.status,
         "invalid"
     );
+    let text = metrics.render();
+    let blocked = text
+        .lines()
+        .find(|l| {
+            l.starts_with("certgate_acme_validations_total{")
+                && l.contains("outcome=\"blocked\"")
+                && l.contains("type=\"http-01\"")
+        })
+        .unwrap_or_else(|| panic!("no blocked validation counted:\n{text}"));
+    assert!(blocked.ends_with(" 1"), "{blocked}");
 }
