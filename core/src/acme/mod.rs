@@ -141,14 +141,15 @@ impl std::str::FromStr for IpRange {
         if prefix > max {
             return Err(bad());
         }
-        Ok(Self {
-            net: net.to_canonical(),
-            prefix: if net.is_ipv6() && net.to_canonical().is_ipv4() {
-                prefix.saturating_sub(96)
-            } else {
-                prefix
-            },
-        })
+        // An IPv4-mapped range (::ffff:a.b.c.d/96 or longer) is kept as the IPv4 range it maps,
+        // since addresses are compared in canonical form; a shorter prefix stays IPv6.
+        if net.is_ipv6() && net.to_canonical().is_ipv4() && prefix >= 96 {
+            return Ok(Self {
+                net: net.to_canonical(),
+                prefix: prefix - 96,
+            });
+        }
+        Ok(Self { net, prefix })
     }
 }
 

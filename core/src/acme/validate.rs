@@ -928,6 +928,8 @@ mod tests {
         assert!(!range("10.0.0.0/8").contains("11.0.0.1".parse().expect("ip")));
         assert!(range("0.0.0.0/0").contains("203.0.113.1".parse().expect("ip")));
         assert!(range("::ffff:10.0.0.0/104").contains("10.1.1.1".parse().expect("ip")));
+        assert!(range("::ffff:10.0.0.0/104").contains("::ffff:10.1.1.1".parse().expect("ip")));
+        assert!(!range("::ffff:0:0/95").contains("10.1.1.1".parse().expect("ip")));
         assert_eq!(range("192.0.2.7").to_string(), "192.0.2.7/32");
         for bad in ["10.0.0.0/33", "fc00::/129", "nonsense", "10.0.0.0/x", ""] {
             assert!(bad.parse::<IpRange>().is_err(), "{bad:?} must not parse");
