@@ -473,12 +473,21 @@ impl Admin for AdminService {
         }
         let store = self.0.store.as_ref();
         if !t.active_issuer_id.is_empty() {
-            store
+            let ca = store
                 .get_ca(&t.active_issuer_id)?
                 .filter(|c| c.tenant == t.name && c.kind == "issuing")
                 .ok_or_else(|| {
                     CoreError::not_found("issuer.unknown", "no such issuing CA for this tenant")
                 })?;
+            // A staged rollover CA becomes the issuer only through ActivateRollover, which also
+            // retires the previous one in the same transaction.
+            if ca.state == crate::ca::STATE_STAGED {
+                return Err(CoreError::policy(
+                    "ca.rollover_staged",
+                    "this CA is staged for rollover: activate it with ActivateRollover",
+                )
+                .into());
+            }
         }
         let rec = TenantRec {
             name: t.name.clone(),

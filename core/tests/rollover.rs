@@ -276,6 +276,24 @@ async fn stage_list_publish_activate_and_old_certificates_keep_their_status() {
         .unwrap_err());
     assert_eq!(e.kind, ErrorKind::NotFound);
 
+    // PutTenant cannot make it the issuer behind ActivateRollover's back.
+    let e = err(f
+        .admin
+        .clone()
+        .put_tenant(certgate_proto::admin::Tenant {
+            name: T.into(),
+            public_base_url: "http://127.0.0.1:8080".into(),
+            default_profile: String::new(),
+            active_issuer_id: staged.ca_id.clone(),
+        })
+        .await
+        .unwrap_err());
+    assert_eq!(e.rule, "ca.rollover_staged");
+    assert_eq!(
+        f.store.get_tenant(T).unwrap().unwrap().active_issuer_id,
+        old_id
+    );
+
     // A staged CA issues nothing, even when named; default issuance stays on the old CA.
     let e = err(issue(&f, "named-staged", &staged.ca_id).await.unwrap_err());
     assert_eq!(e.rule, "issuer.not_active");

@@ -3,8 +3,8 @@
 
 use certgate_scep::client::{self, Request};
 use certgate_scep::{
-    CertRep, FailInfo, MessageType, PkiStatus, RequestContent, ca_caps, ca_cert_response,
-    parse_pki_message,
+    CertRep, FailInfo, MessageType, NextCaCert, PkiStatus, RequestContent, ca_caps,
+    ca_caps_with_next_ca, ca_cert_response, parse_pki_message,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -411,5 +411,92 @@ fn ca_caps_and_ca_cert() {
     assert!(
         text.contains("Test SCEP RA") && text.contains("device-1"),
         "{text}"
+    );
+}
+
+/// GetNextCACert (RFC 8894 §3.5.2 / §4.7.1): the next CA certificates (the client certificate
+/// stands in for the next CA) in a SignedData signed by the RA that `openssl cms -verify`
+/// accepts with the RA certificate, detached over empty content, with exactly the given
+/// certificates (not the RA's); a tampered signature fails; GetCACaps adds GetNextCACert last.
+#[test]
+fn next_ca_cert_is_signed_by_the_ra_and_carries_only_the_next_certificates() {
+    assert_eq!(
+        ca_caps_with_next_ca(),
+        format!("{}GetNextCACert\n", ca_caps())
+    );
+    assert!(NextCaCert::new(&[], 1_700_000_000).is_err());
+    assert!(NextCaCert::new(&[b"not a certificate".to_vec()], 1_700_000_000).is_err());
+    let f = fixture();
+    let msg = NextCaCert::new(std::slice::from_ref(&f.client_cert), 1_700_000_000).expect("build");
+    let sig = client::rsa_sign(&f.ra_key, msg.digest(), msg.signed_attributes_der()).expect("sign");
+    let der = msg.finish(&sig, &f.ra_cert).expect("finish");
+    std::fs::write(path(&f, "next.der"), &der).expect("write");
+    std::fs::write(path(&f, "empty"), b"").expect("write");
+    openssl(
+        f.dir.path(),
+        &[
+            "cms",
+            "-verify",
+            "-inform",
+            "DER",
+            "-in",
+            "next.der",
+            "-content",
+            "empty",
+            "-certfile",
+            "ra.pem",
+            "-CAfile",
+            "ra.pem",
+            "-out",
+            "content.bin",
+        ],
+    );
+    openssl(
+        f.dir.path(),
+        &[
+            "pkcs7",
+            "-inform",
+            "DER",
+            "-in",
+            "next.der",
+            "-print_certs",
+            "-out",
+            "next.pem",
+        ],
+    );
+    let text = std::fs::read_to_string(path(&f, "next.pem")).expect("read");
+    assert!(text.contains("device-1"), "{text}");
+    assert!(
+        !text.contains("Test SCEP RA"),
+        "the RA certificate is not a next CA: {text}"
+    );
+
+    // Signed by someone else's key (the client's): refused.
+    let msg = NextCaCert::new(std::slice::from_ref(&f.client_cert), 1_700_000_000).expect("build");
+    let sig =
+        client::rsa_sign(&f.client_key, msg.digest(), msg.signed_attributes_der()).expect("sign");
+    let der = msg.finish(&sig, &f.ra_cert).expect("finish");
+    std::fs::write(path(&f, "forged.der"), &der).expect("write");
+    let out = Command::new("openssl")
+        .current_dir(f.dir.path())
+        .args([
+            "cms",
+            "-verify",
+            "-inform",
+            "DER",
+            "-in",
+            "forged.der",
+            "-content",
+            "empty",
+            "-certfile",
+            "ra.pem",
+            "-CAfile",
+            "ra.pem",
+        ])
+        .output()
+        .expect("run openssl");
+    assert!(
+        !out.status.success(),
+        "a forged GetNextCACert answer verified"
     );
 }
