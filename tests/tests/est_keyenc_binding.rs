@@ -17,7 +17,7 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use certgate_e2e::{Fleet, openssl_csr, run};
+use certgate_e2e::{Fleet, run};
 use der::asn1::{BitString, ObjectIdentifier, OctetStringRef, PrintableStringRef, SetOfVec};
 use der::{Any, Decode, Encode};
 use http_body_util::{BodyExt, Full};
@@ -321,6 +321,74 @@ fn open_and_match(fleet: &Fleet, dir: &Path, parts: &[(String, Vec<u8>)], decryp
     assert_eq!(key_pub, cert_pub, "the delivered key is the certificate's");
 }
 
+/// Enrolls a TLS client certificate for `name` (key made by `openssl req -newkey NEWKEY`) on
+/// the `enc` label; returns (key path, leaf + issuing CA chain path, subjectKeyIdentifier).
+async fn enroll_client(
+    fleet: &Fleet,
+    c: &mut Conn,
+    userpass: &str,
+    name: &str,
+    newkey: &[&str],
+) -> (PathBuf, PathBuf, Vec<u8>) {
+    let dir = fleet.scratch();
+    let key = dir.join(format!("{name}.key"));
+    let csr_der = dir.join(format!("{name}.csr.der"));
+    let mut args = vec!["req", "-new", "-nodes", "-newkey"];
+    args.extend_from_slice(newkey);
+    let (key_s, csr_s) = (s(&key), s(&csr_der));
+    let subj = format!("/CN={name}.example");
+    let san = format!("subjectAltName=DNS:{name}.example");
+    args.extend_from_slice(&[
+        "-keyout", &key_s, "-out", &csr_s, "-outform", "DER", "-subj", &subj, "-addext", &san,
+    ]);
+    let (ok, _, err) = run(Command::new("openssl").args(&args));
+    assert!(ok, "openssl req: {err}");
+    let der = std::fs::read(&csr_der).expect("csr der");
+    let (st, _, body) = c.post("enc/simpleenroll", userpass, &der).await;
+    assert_eq!(st, 200, "{name}: {}", String::from_utf8_lossy(&body));
+    let p7 = STANDARD
+        .decode(
+            body.iter()
+                .copied()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect::<Vec<_>>(),
+        )
+        .expect("base64");
+    let p7_path = dir.join(format!("{name}.p7"));
+    std::fs::write(&p7_path, &p7).expect("write");
+    let (ok, cert_pem, err) = run(Command::new("openssl").args([
+        "pkcs7",
+        "-inform",
+        "DER",
+        "-in",
+        &s(&p7_path),
+        "-print_certs",
+    ]));
+    assert!(ok, "{err}");
+    // The TLS client chain: the leaf and its issuing CA (the edge trusts the root only).
+    let chain_path = dir.join(format!("{name}-chain.pem"));
+    let chain = std::fs::read_to_string(fleet.chain_pem()).expect("chain.pem");
+    std::fs::write(&chain_path, format!("{cert_pem}{chain}")).expect("write");
+    let leaf = certgate_proto::transport::certs_from_pem(cert_pem.as_bytes())
+        .expect("client cert pem")[0]
+        .to_vec();
+    let parsed = x509_cert::Certificate::from_der(&leaf).expect("leaf");
+    let ski = parsed
+        .tbs_certificate
+        .extensions
+        .iter()
+        .flatten()
+        .find(|e| e.extn_id == oid("2.5.29.14"))
+        .map(|e| {
+            der::asn1::OctetString::from_der(e.extn_value.as_bytes())
+                .expect("ski")
+                .as_bytes()
+                .to_vec()
+        })
+        .expect("issued leaves carry a subjectKeyIdentifier");
+    (key, chain_path, ski)
+}
+
 /// Adds the test labels to edge.toml: `bound` (channel binding) and `enc` (a pre-shared key
 /// and TLS client certificates), both with the dev Basic credentials of the default label.
 fn configure(fleet: &Fleet) -> Vec<u8> {
@@ -489,87 +557,46 @@ async fn channel_binding_and_encrypted_serverkeygen_against_real_processes() {
         .await;
     assert_eq!(st, 400, "{}", String::from_utf8_lossy(&body));
 
-    // Asymmetric: enroll a P-256 TLS client certificate first, then ask for the key encrypted
-    // to it (its SKI) → KeyAgreeRecipientInfo (ECDH), opened by OpenSSL with that key.
-    let (ckey, ccsr) = openssl_csr(&dir, "client", "client.example");
-    let (ok, _, err) = run(Command::new("openssl").args([
-        "req",
-        "-in",
-        &s(&ccsr),
-        "-outform",
-        "DER",
-        "-out",
-        &s(&dir.join("client.csr.der")),
-    ]));
-    assert!(ok, "{err}");
-    let ccsr_der = std::fs::read(dir.join("client.csr.der")).expect("csr der");
-    let (st, _, body) = c.post("enc/simpleenroll", &userpass, &ccsr_der).await;
-    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
-    let p7 = STANDARD
-        .decode(
-            body.iter()
-                .copied()
-                .filter(|b| !b.is_ascii_whitespace())
-                .collect::<Vec<_>>(),
-        )
-        .expect("base64");
-    std::fs::write(dir.join("client.p7"), &p7).expect("write");
-    let (ok, cert_pem, err) = run(Command::new("openssl").args([
-        "pkcs7",
-        "-inform",
-        "DER",
-        "-in",
-        &s(&dir.join("client.p7")),
-        "-print_certs",
-    ]));
-    assert!(ok, "{err}");
-    let ccert = dir.join("client.pem");
-    std::fs::write(&ccert, &cert_pem).expect("write");
-    // The TLS client chain: the leaf and its issuing CA (the edge trusts the root only).
-    let client_chain = dir.join("client-chain.pem");
-    let chain = std::fs::read_to_string(fleet.chain_pem()).expect("chain.pem");
-    std::fs::write(&client_chain, format!("{cert_pem}{chain}")).expect("write");
-    let leaf = certgate_proto::transport::certs_from_pem(cert_pem.as_bytes())
-        .expect("client cert pem")[0]
-        .to_vec();
-    let parsed = x509_cert::Certificate::from_der(&leaf).expect("leaf");
-    let ski = parsed
-        .tbs_certificate
-        .extensions
-        .iter()
-        .flatten()
-        .find(|e| e.extn_id == oid("2.5.29.14"))
-        .map(|e| {
-            der::asn1::OctetString::from_der(e.extn_value.as_bytes())
-                .expect("ski")
-                .as_bytes()
-                .to_vec()
-        })
-        .expect("issued leaves carry a subjectKeyIdentifier");
-    let with_cert = Client::new(&fleet, Some((client_chain.clone(), ckey.clone())));
-    let mut cc = with_cert.connect(&fleet, false).await;
-    let (st, ct, body) = cc
-        .post(
-            "enc/serverkeygen",
-            &userpass,
-            &csr(
-                "CN=skg-ecdh",
-                vec![attr(ASYMM_DECRYPT_KEY_ID, octets(&ski))],
-            ),
-        )
-        .await;
-    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
-    let ecdh_dir = dir.join("ecdh");
-    std::fs::create_dir_all(&ecdh_dir).expect("mkdir");
-    let p = parts(&ct, &body);
-    tokio::task::block_in_place(|| {
-        open_and_match(
-            &fleet,
-            &ecdh_dir,
-            &p,
-            &["-recip", &s(&ccert), "-inkey", &s(&ckey)],
-        )
-    });
+    // Asymmetric: enroll a TLS client certificate first (EC P-256, then RSA-2048), then ask
+    // for the key encrypted to it (its SKI) → KeyAgreeRecipientInfo (ECDH) /
+    // KeyTransRecipientInfo (RSA), opened by OpenSSL with that certificate's key.
+    let mut last = None;
+    for (name, newkey) in [
+        (
+            "ecdh",
+            ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"].as_slice(),
+        ),
+        ("rsa", ["rsa:2048"].as_slice()),
+    ] {
+        let mut c = anon.connect(&fleet, false).await;
+        let (ckey, cchain, ski) = enroll_client(&fleet, &mut c, &userpass, name, newkey).await;
+        let with_cert = Client::new(&fleet, Some((cchain.clone(), ckey.clone())));
+        let mut cc = with_cert.connect(&fleet, false).await;
+        let (st, ct, body) = cc
+            .post(
+                "enc/serverkeygen",
+                &userpass,
+                &csr(
+                    &format!("CN=skg-{name}"),
+                    vec![attr(ASYMM_DECRYPT_KEY_ID, octets(&ski))],
+                ),
+            )
+            .await;
+        assert_eq!(st, 200, "{name}: {}", String::from_utf8_lossy(&body));
+        let out = dir.join(name);
+        std::fs::create_dir_all(&out).expect("mkdir");
+        let p = parts(&ct, &body);
+        tokio::task::block_in_place(|| {
+            open_and_match(
+                &fleet,
+                &out,
+                &p,
+                &["-recip", &s(&cchain), "-inkey", &s(&ckey)],
+            )
+        });
+        last = Some(with_cert);
+    }
+    let with_cert = last.expect("a client");
     // A key identifier that is not the presented certificate's: 400.
     let mut cc = with_cert.connect(&fleet, false).await;
     let (st, _, body) = cc
