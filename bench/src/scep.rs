@@ -116,10 +116,10 @@ struct Kept {
 impl Kept {
     fn keep(&self, body: Bytes, key: usize) {
         let n = self.seen.fetch_add(1, Ordering::Relaxed);
-        if n < KEEP_ALL || n % 100 == 0 {
-            if let Ok(mut v) = self.replies.lock() {
-                v.push((body, key));
-            }
+        if (n < KEEP_ALL || n.is_multiple_of(100))
+            && let Ok(mut v) = self.replies.lock()
+        {
+            v.push((body, key));
         }
     }
 }
@@ -347,7 +347,12 @@ pub(crate) fn scep(args: ScepArgs) -> anyhow::Result<()> {
     rt.block_on(pki_operation(&http, &url, &first, &warm, &shed))
         .with_context(|| fleet.up.log())
         .context("first PKCSReq")?;
-    for (body, key) in warm.replies.lock().map_err(|_| anyhow::anyhow!("lock"))?.iter() {
+    for (body, key) in warm
+        .replies
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .iter()
+    {
         check_fully(body, maker.keys.get(*key).context("key index")?).context("first PKCSReq")?;
     }
     let kept = Arc::new(Kept::default());
