@@ -221,7 +221,16 @@ async fn shutdown_lets_the_request_in_flight_finish_then_refuses_new_connections
         let r = c.get("/slow/last").await;
         (c, r)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the request has reached the handler (it then sleeps 800 ms there) instead of a
+    // fixed 200 ms, which a loaded machine may not give the request to arrive.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.slow.peak.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the handler"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(s.slow.inside.load(Ordering::SeqCst), 1);
     let stopped_at = Instant::now();
     s.stop.send(true).expect("stop");
