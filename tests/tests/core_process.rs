@@ -664,18 +664,30 @@ async fn ceremony_quorum_tenant_isolation_and_audit_tamper_detection() {
         .into_inner();
     assert!(!r.already_revoked);
 
-    // let the background task sign the chain, then verify offline, then tamper three ways
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (ok, out) = f.audit_verify();
-    assert!(ok, "{out}");
-    // the signer's own JSONL audit log was ingested into the core chain
-    let (ok, count, _) = run(Command::new("sqlite3")
-        .arg(f.dir.join("core.db"))
-        .arg("SELECT COUNT(*) FROM audit WHERE kind = 'signer.audit'"));
-    assert!(
-        ok && count.trim() != "0",
-        "signer log not ingested: {count}"
-    );
+    // let the background task sign the chain and ingest the signer's log (every 200 ms; waited
+    // for, not slept for: a loaded machine may take seconds), then verify offline, then tamper
+    // three ways
+    let ingested = || {
+        let (ok, count, _) = run(Command::new("sqlite3")
+            .arg(f.dir.join("core.db"))
+            .arg("SELECT COUNT(*) FROM audit WHERE kind = 'signer.audit'"));
+        (ok && count.trim() != "0", count)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        // the signer's own JSONL audit log was ingested into the core chain, and the chain is
+        // signed (audit-verify names the audit key)
+        let (done, count) = ingested();
+        let (ok, out) = f.audit_verify();
+        if done && ok && out.contains("audit key sha256 ") {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "signer log not ingested ({count}) or chain not signed: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(out.starts_with("OK"), "{out}");
     // pinning the audit key: the right hash verifies, a wrong one fails
     let sha = out
