@@ -371,19 +371,26 @@ impl Prebuilt {
             self.fill_headers(resp.headers_mut(), r, now, no_body, status);
             return resp;
         }
-        // The hot path (GET/POST 200): the header set built once per entry and second.
+        // The hot path (GET/POST 200): the entry's header set, built once; from one second to
+        // the next only `Cache-Control`'s max-age changes, and is replaced in place.
         let max_age = r.max_age(now);
         // `try_lock`: a request never waits for another; on contention it builds its own.
-        let mut slot = self.ok_headers.try_lock().ok();
-        if let Some(Some((age, h))) = slot.as_deref()
-            && *age == max_age
-        {
-            *resp.headers_mut() = h.clone();
-            return resp;
-        }
-        self.fill_headers(resp.headers_mut(), r, now, no_body, status);
-        if let Some(slot) = slot.as_deref_mut() {
-            *slot = Some((max_age, resp.headers().clone()));
+        match self.ok_headers.try_lock().as_deref_mut() {
+            Ok(Some((age, h))) => {
+                if *age != max_age {
+                    match self.cache_control(r, now) {
+                        Some(v) => h.insert(header::CACHE_CONTROL, v),
+                        None => h.remove(header::CACHE_CONTROL),
+                    };
+                    *age = max_age;
+                }
+                *resp.headers_mut() = h.clone();
+            }
+            Ok(slot) => {
+                self.fill_headers(resp.headers_mut(), r, now, no_body, status);
+                *slot = Some((max_age, resp.headers().clone()));
+            }
+            Err(_) => self.fill_headers(resp.headers_mut(), r, now, no_body, status),
         }
         resp
     }
@@ -486,4 +493,53 @@ fn record(protocol: &'static str, tenant: &str, outcome: &'static str, start: In
             histogram.record(start.elapsed().as_secs_f64());
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    fn entry(next_update: SystemTime) -> CachedResponse {
+        CachedResponse {
+            der: Bytes::from_static(b"\x30\x03\x0a\x01\x00"),
+            content_type: "application/ocsp-response",
+            this_update: UNIX_EPOCH,
+            next_update,
+            etag: Bytes::from_static(b"\"e\""),
+            last_modified_header: Bytes::from_static(b"Thu, 01 Jan 1970 00:00:00 GMT"),
+            expires_header: Bytes::from_static(b"Thu, 01 Jan 1970 01:00:00 GMT"),
+        }
+    }
+
+    /// The stored GET header set follows `Cache-Control`'s max-age second by second and is
+    /// otherwise exactly what a freshly built response carries (HEAD and 304 are built apart).
+    #[test]
+    fn prebuilt_ok_headers_follow_max_age_and_match_a_fresh_build() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        let r = entry(t0 + Duration::from_secs(100));
+        let p = Prebuilt::new(&r);
+        for (i, secs) in [0u64, 0, 1, 1, 30, 99, 100, 150].into_iter().enumerate() {
+            let now = t0 + Duration::from_secs(secs) + Duration::from_millis(250);
+            let resp = p.response(&r, now, false, StatusCode::OK);
+            let want = cached(&r, now, false, StatusCode::OK);
+            assert_eq!(resp.headers(), want.headers(), "request {i} at +{secs}s");
+            let cc = resp
+                .headers()
+                .get(header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .expect("cache-control");
+            assert!(
+                cc.starts_with(&format!("max-age={}, ", 99u64.saturating_sub(secs))),
+                "{cc} at +{secs}s"
+            );
+            let head = p.response(&r, now, true, StatusCode::OK);
+            assert_eq!(
+                head.headers(),
+                cached(&r, now, true, StatusCode::OK).headers()
+            );
+            assert!(head.headers().contains_key(header::CONTENT_LENGTH));
+        }
+    }
 }
