@@ -369,6 +369,7 @@ async fn authz(f: &mut Fleet, account: &str, id: &str) -> Authorization {
             tenant: T.into(),
             account_id: account.into(),
             authz_id: id.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -381,6 +382,7 @@ async fn get_order(f: &mut Fleet, account: &str, id: &str) -> Order {
             tenant: T.into(),
             account_id: account.into(),
             order_id: id.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -401,6 +403,7 @@ async fn respond(
             account_id: account.into(),
             challenge_id: ch.challenge_id.clone(),
             wait_ms: 8_000,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -443,6 +446,7 @@ async fn finalize(
             account_id: account.into(),
             order_id: order_id.into(),
             csr_der,
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())
@@ -612,6 +616,7 @@ async fn http01_full_flow_issues_a_verifiable_certificate_once() {
                 tenant: T.into(),
                 account_id: acct.clone(),
                 serial_hex: done.certificate_serial_hex.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -696,6 +701,7 @@ async fn http01_full_flow_issues_a_verifiable_certificate_once() {
                 account_id: acct.clone(),
                 cursor: String::new(),
                 page_size: 1,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -709,6 +715,7 @@ async fn http01_full_flow_issues_a_verifiable_certificate_once() {
                 account_id: acct.clone(),
                 cursor: list.next_cursor,
                 page_size: 1,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -739,6 +746,7 @@ async fn other_accounts_and_tenants_see_nothing() {
                     tenant: tenant.into(),
                     account_id: account.into(),
                     order_id: o.order_id.clone(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err();
@@ -749,6 +757,7 @@ async fn other_accounts_and_tenants_see_nothing() {
                     tenant: tenant.into(),
                     account_id: account.into(),
                     authz_id: o.authorization_ids[0].clone(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err();
@@ -759,6 +768,7 @@ async fn other_accounts_and_tenants_see_nothing() {
                     tenant: tenant.into(),
                     account_id: account.into(),
                     serial_hex: done.certificate_serial_hex.clone(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err();
@@ -770,6 +780,7 @@ async fn other_accounts_and_tenants_see_nothing() {
                     account_id: account.into(),
                     order_id: o.order_id.clone(),
                     csr_der: csr(&["test.example"]),
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err();
@@ -981,6 +992,7 @@ async fn revocation_by_owner_or_certificate_key_only() {
             certificate_der: cert,
             reason,
             auth: Some(auth),
+            ..Default::default()
         }
     };
     use revoke_certificate_request::Auth;
@@ -1329,6 +1341,7 @@ async fn account_lifecycle_deactivation_and_polling() {
                 set_contacts: true,
                 contacts: vec!["mailto:new@test.example".into()],
                 deactivate: false,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -1342,6 +1355,7 @@ async fn account_lifecycle_deactivation_and_polling() {
                 set_contacts: true,
                 contacts: vec!["tel:+1555".into()],
                 deactivate: false,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -1353,6 +1367,7 @@ async fn account_lifecycle_deactivation_and_polling() {
                 tenant: T.into(),
                 account_id: acct.clone(),
                 new_jwk_json: k_other.json.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -1365,6 +1380,7 @@ async fn account_lifecycle_deactivation_and_polling() {
                 tenant: T.into(),
                 account_id: acct.clone(),
                 new_jwk_json: k2.json.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -1394,6 +1410,7 @@ async fn account_lifecycle_deactivation_and_polling() {
                 account_id: acct.clone(),
                 challenge_id: ch.challenge_id.clone(),
                 wait_ms: 0,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -1418,6 +1435,7 @@ async fn account_lifecycle_deactivation_and_polling() {
                 tenant: T.into(),
                 account_id: acct.clone(),
                 authz_id: o2.authorization_ids[0].clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -1443,6 +1461,7 @@ async fn account_lifecycle_deactivation_and_polling() {
             set_contacts: false,
             contacts: Vec::new(),
             deactivate: true,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -1522,6 +1541,7 @@ async fn revocation_by_an_account_holding_authorizations_for_all_names() {
         certificate_der: cert.clone(),
         reason: 0,
         auth: Some(revoke_certificate_request::Auth::AccountId(account.into())),
+        ..Default::default()
     };
     // Authorized for one of the two names only: refused.
     let o1 = order(&mut e.f, &holder, &["test.example"]).await;
@@ -1605,6 +1625,7 @@ async fn saturated_validations_are_refused_not_queued() {
         account_id: acct.clone(),
         challenge_id: cid,
         wait_ms: 0,
+        ..Default::default()
     };
     let first =
         e.f.acme
@@ -1759,6 +1780,7 @@ async fn garbage_inputs_are_refused_with_problem_types_and_the_core_keeps_servin
                 certificate_der: b"garbage".to_vec(),
                 reason: 0,
                 auth: Some(revoke_certificate_request::Auth::AccountId(acct.clone())),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -1770,6 +1792,7 @@ async fn garbage_inputs_are_refused_with_problem_types_and_the_core_keeps_servin
                 account_id: acct.clone(),
                 cursor: "not-a-cursor".into(),
                 page_size: 0,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -1990,6 +2013,7 @@ async fn requested_not_before_and_not_after_are_the_certificates_validity() {
                 tenant: T.into(),
                 account_id: acct.clone(),
                 serial_hex: done.certificate_serial_hex.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -2036,6 +2060,7 @@ async fn requested_not_before_and_not_after_are_the_certificates_validity() {
                 tenant: T.into(),
                 account_id: acct.clone(),
                 serial_hex: done2.certificate_serial_hex.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -2119,4 +2144,87 @@ async fn validation_targets_in_blocked_ranges_are_refused() {
         })
         .unwrap_or_else(|| panic!("no blocked validation counted:\n{text}"));
     assert!(blocked.ends_with(" 1"), "{blocked}");
+}
+
+/// Edges cache account keys and state on every call the key that verified the request: the
+/// core refuses (unauthorized) a key that is no longer the account's (rolled over through
+/// another edge) and a deactivated account, on reads as on writes, so a stale edge cache
+/// authorizes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stated_key_must_be_the_accounts_current_key_of_a_valid_account() {
+    use certgate_proto::acme::{KeyChangeRequest, UpdateAccountRequest};
+    let mut e = env().await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let old_tp = k.jwk.thumbprint();
+    let o = order(&mut e.f, &acct, &["stated.test.example"]).await;
+    let get = |tp: &str| GetOrderRequest {
+        tenant: T.into(),
+        account_id: acct.clone(),
+        order_id: o.order_id.clone(),
+        account_key_thumbprint: tp.into(),
+    };
+    // The current key: served.
+    e.f.acme.get_order(get(&old_tp)).await.expect("current key");
+    // Another key: refused, on reads and writes alike.
+    let bad = account_key().jwk.thumbprint();
+    let s = e.f.acme.get_order(get(&bad)).await.expect_err("other key");
+    assert_eq!(err(s).rule, "unauthorized");
+    let s =
+        e.f.acme
+            .new_order(NewOrderRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                identifiers: vec![dns("stated2.test.example")],
+                account_key_thumbprint: bad.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("other key");
+    assert_eq!(err(s).rule, "unauthorized");
+
+    // Rolled over: the old key is refused at once, the new one served.
+    let k2 = account_key();
+    e.f.acme
+        .key_change(KeyChangeRequest {
+            tenant: T.into(),
+            account_id: acct.clone(),
+            new_jwk_json: k2.json.clone(),
+            account_key_thumbprint: old_tp.clone(),
+        })
+        .await
+        .expect("key change");
+    let s = e.f.acme.get_order(get(&old_tp)).await.expect_err("old key");
+    assert_eq!(err(s).rule, "unauthorized");
+    let s =
+        e.f.acme
+            .get_authorization(GetAuthorizationRequest {
+                tenant: T.into(),
+                account_id: acct.clone(),
+                authz_id: o.authorization_ids[0].clone(),
+                account_key_thumbprint: old_tp.clone(),
+            })
+            .await
+            .expect_err("old key");
+    assert_eq!(err(s).rule, "unauthorized");
+    let new_tp = k2.jwk.thumbprint();
+    e.f.acme.get_order(get(&new_tp)).await.expect("new key");
+
+    // Deactivated: refused even under its current key.
+    e.f.acme
+        .update_account(UpdateAccountRequest {
+            tenant: T.into(),
+            account_id: acct.clone(),
+            deactivate: true,
+            account_key_thumbprint: new_tp.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("deactivate");
+    let s =
+        e.f.acme
+            .get_order(get(&new_tp))
+            .await
+            .expect_err("deactivated");
+    assert_eq!(err(s).rule, "unauthorized");
 }

@@ -306,8 +306,16 @@ impl AcmeService {
     }
 
     /// A valid account of the tenant; NOT_FOUND (accountDoesNotExist) otherwise, and
-    /// `unauthorized` for a deactivated one.
-    fn valid_account(&self, tenant: &str, account_id: &str) -> Result<AccountRec> {
+    /// `unauthorized` for a deactivated one, or when `key_thumbprint` (the key the edge verified
+    /// the request with; "" = not stated) is not the account's current key. Edges cache account
+    /// keys; this check makes the store, not a cache, decide (a key rolled over or an account
+    /// deactivated through another edge is refused at once).
+    fn valid_account(
+        &self,
+        tenant: &str,
+        account_id: &str,
+        key_thumbprint: &str,
+    ) -> Result<AccountRec> {
         let a = self
             .0
             .store()?
@@ -319,7 +327,22 @@ impl AcmeService {
                 format!("the account is {}", a.status),
             ));
         }
+        if !key_thumbprint.is_empty() && key_thumbprint != a.jwk_thumbprint {
+            return Err(CoreError::policy(
+                "unauthorized",
+                "the request is not signed with the account's current key",
+            ));
+        }
         Ok(a)
+    }
+
+    /// [`Self::valid_account`] when the edge stated the key it verified the request with
+    /// (read-only calls of edges that do not state it check nothing more, as before).
+    fn stated_account(&self, tenant: &str, account_id: &str, key_thumbprint: &str) -> Result<()> {
+        if !key_thumbprint.is_empty() {
+            blocking(|| self.valid_account(tenant, account_id, key_thumbprint))?;
+        }
+        Ok(())
     }
 
     /// The order as of now: pending/ready recomputed from its authorizations and expiry (RFC
@@ -435,7 +458,13 @@ impl AcmeService {
             caller,
             json!({"order": o.order_id, "from": o.status, "to": next}),
         );
-        store.set_order_status(&o.tenant, &o.order_id, &[&o.status], &update, &audit)?;
+        if store.set_order_status(&o.tenant, &o.order_id, &[&o.status], &update, &audit)? {
+            // Stored exactly this change (compare-and-set): no need to read it back.
+            o.status = update.status;
+            o.error = update.error;
+            o.certificate_serial_hex = update.certificate_serial_hex;
+            return Ok(o);
+        }
         // Whatever won the race is what is stored now.
         match store.order(&o.tenant, &o.account_id, &o.order_id)? {
             Some(stored) => o = stored,
@@ -584,7 +613,7 @@ impl AcmeService {
         // Marks the finalization as under way here (a concurrent one proceeds anyway: issuance
         // is idempotent under the order's key).
         let _claim = Running::claim(&self.0.finalizing, &r.tenant, &r.order_id);
-        self.valid_account(&r.tenant, &r.account_id)?;
+        self.valid_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
         let store = self.0.store()?;
         let o = store
             .order(&r.tenant, &r.account_id, &r.order_id)?
@@ -668,6 +697,7 @@ impl AcmeService {
             },
             await_confirmation: false,
         };
+        let mut issued = None;
         match self.0.core.issuer.issue(issue, caller).await {
             Ok(resp) => {
                 let audit = AuditEntry::new(
@@ -682,9 +712,16 @@ impl AcmeService {
                     certificate_serial_hex: resp.serial_hex.clone(),
                     csr_der: Vec::new(),
                 };
-                blocking(|| {
+                if blocking(|| {
                     store.set_order_status(&o.tenant, &o.order_id, &["processing"], &update, &audit)
-                })?;
+                })? {
+                    // This call stored the change (compare-and-set): answer it without a read.
+                    let mut done = o.clone();
+                    done.status = update.status;
+                    done.error = update.error;
+                    done.certificate_serial_hex = update.certificate_serial_hex;
+                    issued = Some(done);
+                }
             }
             Err(CoreError::AlreadyExists { .. }) => {
                 // The same order finalized concurrently with a different CSR: the first won.
@@ -736,6 +773,9 @@ impl AcmeService {
                 });
                 return Err(e);
             }
+        }
+        if let Some(done) = issued {
+            return Ok(order_proto(&done));
         }
         let o = store
             .order(&r.tenant, &r.account_id, &r.order_id)?
@@ -895,7 +935,8 @@ impl Acme for AcmeService {
         let caller = caller_of(&req);
         self.check(&caller, "UpdateAccount")?;
         let r = req.into_inner();
-        let mut a = blocking(|| self.valid_account(&r.tenant, &r.account_id))?;
+        let mut a =
+            blocking(|| self.valid_account(&r.tenant, &r.account_id, &r.account_key_thumbprint))?;
         if r.set_contacts {
             validate_contacts(&r.contacts).map_err(|e| acme_error(&e))?;
             a.contacts = r.contacts.clone();
@@ -921,7 +962,7 @@ impl Acme for AcmeService {
         let caller = caller_of(&req);
         self.check(&caller, "KeyChange")?;
         let r = req.into_inner();
-        blocking(|| self.valid_account(&r.tenant, &r.account_id))?;
+        blocking(|| self.valid_account(&r.tenant, &r.account_id, &r.account_key_thumbprint))?;
         let jwk = parse_jwk(&r.new_jwk_json)?;
         let tp = jwk.thumbprint();
         let audit = AuditEntry::new(
@@ -952,6 +993,7 @@ impl Acme for AcmeService {
         let store = self.0.store()?;
         blocking(|| store.account(&r.tenant, &r.account_id))?
             .ok_or_else(|| CoreError::not_found("accountDoesNotExist", "no such account"))?;
+        self.stated_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
         let before = if r.cursor.is_empty() {
             None
         } else {
@@ -977,7 +1019,7 @@ impl Acme for AcmeService {
         self.check(&caller, "NewOrder")?;
         let r = req.into_inner();
         let t = blocking(|| self.tenant(&r.tenant))?;
-        blocking(|| self.valid_account(&t.name, &r.account_id))?;
+        blocking(|| self.valid_account(&t.name, &r.account_id, &r.account_key_thumbprint))?;
         let wire: Vec<WireIdentifier> = r
             .identifiers
             .iter()
@@ -1092,7 +1134,12 @@ impl Acme for AcmeService {
         );
         blocking(|| store.insert_order(&o, &new_authzs, &audit))?;
         metrics::counter!("certgate_acme_orders_total", "protocol" => "acme", "tenant" => t.name.clone()).increment(1);
-        let o = blocking(|| self.refresh_order(o, &caller))?;
+        // A new order whose authorizations are all new is pending (nothing to recompute).
+        let o = if new_authzs.len() == o.authz_ids.len() {
+            o
+        } else {
+            blocking(|| self.refresh_order(o, &caller))?
+        };
         Ok(Response::new(order_proto(&o)))
     }
 
@@ -1100,6 +1147,7 @@ impl Acme for AcmeService {
         let caller = caller_of(&req);
         self.check(&caller, "GetOrder")?;
         let r = req.into_inner();
+        self.stated_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
         let store = self.0.store()?;
         let o = blocking(|| store.order(&r.tenant, &r.account_id, &r.order_id))?
             .ok_or_else(|| not_found("acme.order"))?;
@@ -1116,6 +1164,7 @@ impl Acme for AcmeService {
                 account_id: r.account_id.clone(),
                 order_id: r.order_id.clone(),
                 csr_der: o.csr_der.clone(),
+                account_key_thumbprint: r.account_key_thumbprint.clone(),
             };
             match self.finalize_inner(again, &caller).await {
                 Ok(done) => return Ok(Response::new(done)),
@@ -1132,6 +1181,7 @@ impl Acme for AcmeService {
         let caller = caller_of(&req);
         self.check(&caller, "GetAuthorization")?;
         let r = req.into_inner();
+        self.stated_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
         let store = self.0.store()?;
         let a = blocking(|| store.authz(&r.tenant, &r.account_id, &r.authz_id))?
             .ok_or_else(|| not_found("acme.authorization"))?;
@@ -1145,6 +1195,7 @@ impl Acme for AcmeService {
         let caller = caller_of(&req);
         self.check(&caller, "DeactivateAuthorization")?;
         let r = req.into_inner();
+        self.stated_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
         let store = self.0.store()?;
         let a = blocking(|| store.authz(&r.tenant, &r.account_id, &r.authz_id))?
             .ok_or_else(|| not_found("acme.authorization"))?;
@@ -1184,7 +1235,8 @@ impl Acme for AcmeService {
         let caller = caller_of(&req);
         self.check(&caller, "RespondChallenge")?;
         let r = req.into_inner();
-        let account = blocking(|| self.valid_account(&r.tenant, &r.account_id))?;
+        let account =
+            blocking(|| self.valid_account(&r.tenant, &r.account_id, &r.account_key_thumbprint))?;
         let store = self.0.store()?;
         let (authz, idx) =
             blocking(|| store.authz_of_challenge(&r.tenant, &r.account_id, &r.challenge_id))?
@@ -1289,6 +1341,7 @@ impl Acme for AcmeService {
         let caller = caller_of(&req);
         self.check(&caller, "GetOrderCertificate")?;
         let r = req.into_inner();
+        self.stated_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
         let store = self.0.store()?;
         let serial = r.serial_hex.trim().to_ascii_lowercase();
         let o = blocking(|| store.order_by_serial(&r.tenant, &serial))?
@@ -1335,7 +1388,7 @@ impl Acme for AcmeService {
         let store = self.0.store()?;
         let client = match &r.auth {
             Some(revoke_certificate_request::Auth::AccountId(account_id)) => {
-                blocking(|| self.valid_account(&r.tenant, account_id))?;
+                blocking(|| self.valid_account(&r.tenant, account_id, &r.account_key_thumbprint))?;
                 let owner = blocking(|| store.order_by_serial(&r.tenant, &serial))?
                     .is_some_and(|o| o.account_id == *account_id);
                 if !owner {

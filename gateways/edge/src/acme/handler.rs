@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use certgate_acme::ari::{self, CertId};
 use certgate_acme::directory::{self, AcmeUrls, DirectoryMeta};
-use certgate_acme::jwk::Jwk;
 use certgate_acme::jws::{self, Payload, Verified};
 use certgate_acme::nonce::{NonceStore, NonceVerifier, REPLAY_NONCE_HEADER};
 use certgate_acme::payload::{
@@ -24,6 +23,7 @@ use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::Full;
 
 use super::AcmeConfig;
+use super::accounts::{AccountCache, CachedAccount};
 use super::render::{self, Fail};
 use crate::error::{EdgeError, EdgeResponse};
 use crate::metrics::{self, Endpoint};
@@ -37,6 +37,7 @@ const ARI_RETRY_AFTER: Duration = Duration::from_secs(6 * 3600);
 /// The ACME handler, mounted at `/acme/` on the HTTPS listener.
 pub struct AcmeHandler {
     cfg: AcmeConfig,
+    accounts: AccountCache,
     nonces: NonceVerifier,
     store: Arc<dyn NonceStore>,
     tenants: TenantDirectory,
@@ -194,15 +195,24 @@ enum KeyRule {
 /// A request whose JWS verified, with its account (for `kid` requests).
 struct Authed {
     verified: Verified,
-    account: Option<pb::Account>,
+    account: Option<Arc<CachedAccount>>,
 }
 
 impl Authed {
     fn account_id(&self) -> Result<&str, Fail> {
         self.account
             .as_ref()
-            .map(|a| a.account_id.as_str())
+            .map(|a| a.account.account_id.as_str())
             .ok_or(Fail::Acme(certgate_acme::Error::ServerInternal))
+    }
+
+    /// The thumbprint of the account key that verified the request ("" for `jwk` requests),
+    /// stated to the core on every call (it refuses a key that is no longer the account's).
+    fn key_thumbprint(&self) -> String {
+        self.account
+            .as_ref()
+            .map(|a| a.account.jwk_thumbprint.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -234,6 +244,10 @@ impl AcmeHandler {
     ) -> Result<Self, certgate_acme::Error> {
         let nonces = NonceVerifier::new(1, nonce_key, Duration::from_secs(cfg.nonce_ttl_seconds))?;
         Ok(Self {
+            accounts: AccountCache::new(
+                cfg.account_cache_capacity,
+                Duration::from_secs(cfg.account_cache_ttl_seconds),
+            ),
             cfg,
             nonces,
             store,
@@ -375,20 +389,37 @@ impl AcmeHandler {
             None => (jws.verify_embedded()?, None),
             Some(kid) => {
                 let id = urls.account_id_from_kid(kid)?.to_owned();
-                let account = self
-                    .get_account(&req.tenant, &id)
-                    .await?
-                    .ok_or(certgate_acme::Error::AccountDoesNotExist)?;
-                let key_json: serde_json::Value = serde_json::from_str(&account.jwk_json)
-                    .map_err(|_| certgate_acme::Error::ServerInternal)?;
-                let key = Jwk::from_value(&key_json)?;
-                let verified = jws.verify_with(&key)?;
+                // The cached key first; a signature it does not verify gets one fresh look at
+                // the core's copy (the key may have been rolled over through another edge).
+                let cached = match self.accounts.get(&req.tenant, &id) {
+                    Some(c) => match jws.clone().verify_with(&c.key) {
+                        Ok(v) => Some((v, c)),
+                        Err(_) => {
+                            self.accounts.invalidate(&req.tenant, &id);
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                let (verified, account) = match cached {
+                    Some(hit) => hit,
+                    None => {
+                        let account = self
+                            .get_account(&req.tenant, &id)
+                            .await?
+                            .ok_or(certgate_acme::Error::AccountDoesNotExist)?;
+                        let account = Arc::new(CachedAccount::new(account)?);
+                        let verified = jws.verify_with(&account.key)?;
+                        self.accounts.insert(&req.tenant, account.clone());
+                        (verified, account)
+                    }
+                };
                 // Only the key holder learns the account's state (RFC 8555 §7.3.6: a deactivated
                 // account's key authorizes nothing).
-                if account.status != "valid" {
+                if account.account.status != "valid" {
                     return Err(Fail::Acme(certgate_acme::Error::Unauthorized(format!(
                         "account is {}",
-                        account.status
+                        account.account.status
                     ))));
                 }
                 (verified, Some(account))
@@ -441,9 +472,9 @@ impl AcmeHandler {
                     .await?;
                 let rc = a.verified.json::<WireRevokeCert>()?.validate()?;
                 let auth = match &a.account {
-                    Some(acc) => {
-                        pb::revoke_certificate_request::Auth::AccountId(acc.account_id.clone())
-                    }
+                    Some(acc) => pb::revoke_certificate_request::Auth::AccountId(
+                        acc.account.account_id.clone(),
+                    ),
                     None => {
                         rc.check_signed_by_certificate_key(&a.verified.key)?;
                         pb::revoke_certificate_request::Auth::CertificateKeyJwkJson(
@@ -451,13 +482,21 @@ impl AcmeHandler {
                         )
                     }
                 };
-                core.acme_revoke_certificate(pb::RevokeCertificateRequest {
-                    tenant,
-                    certificate_der: rc.certificate,
-                    reason: u32::from(rc.reason),
-                    auth: Some(auth),
-                })
-                .await?;
+                let out = core
+                    .acme_revoke_certificate(pb::RevokeCertificateRequest {
+                        tenant: tenant.clone(),
+                        certificate_der: rc.certificate,
+                        reason: u32::from(rc.reason),
+                        auth: Some(auth),
+                        account_key_thumbprint: a.key_thumbprint(),
+                    })
+                    .await;
+                if out.is_err()
+                    && let Ok(id) = a.account_id()
+                {
+                    self.accounts.invalidate(&tenant, id);
+                }
+                out?;
                 Ok(Answer::empty(StatusCode::OK))
             }
             Route::RenewalInfo(_) | Route::Directory | Route::NewNonce => {
@@ -548,9 +587,28 @@ impl AcmeHandler {
         urls: &AcmeUrls,
         a: Authed,
     ) -> Result<Answer, Fail> {
+        let account_id = a.account_id()?.to_owned();
+        let out = self.kid_endpoint_inner(req, route, urls, a).await;
+        // A refusal (the core may have found the account deactivated or its key rolled over
+        // through another edge) and any account change made through this edge drop the cached
+        // copy, so the next request sees the core's.
+        if out.is_err() || matches!(route, Route::Account(_) | Route::KeyChange) {
+            self.accounts.invalidate(&req.tenant, &account_id);
+        }
+        out
+    }
+
+    async fn kid_endpoint_inner(
+        &self,
+        req: &EdgeRequest,
+        route: &Route,
+        urls: &AcmeUrls,
+        a: Authed,
+    ) -> Result<Answer, Fail> {
         let core = self.tenants_core();
         let tenant = req.tenant.clone();
         let account_id = a.account_id()?.to_owned();
+        let tp = a.key_thumbprint();
         let v = &a.verified;
         match route {
             Route::Account(id) => {
@@ -559,8 +617,27 @@ impl AcmeHandler {
                         "the account URL is not the kid's account".into(),
                     )));
                 }
+                // The account as the core holds it now (a cached copy may predate a contact
+                // change made through another edge), still under the key that signed this.
+                let fresh = || async {
+                    let acc = self
+                        .get_account(&tenant, &account_id)
+                        .await?
+                        .ok_or(certgate_acme::Error::AccountDoesNotExist)?;
+                    if acc.status != "valid" || acc.jwk_thumbprint != tp {
+                        return Err(Fail::Acme(certgate_acme::Error::Unauthorized(format!(
+                            "account is {}",
+                            if acc.status == "valid" {
+                                "under another key"
+                            } else {
+                                &acc.status
+                            }
+                        ))));
+                    }
+                    Ok::<_, Fail>(Some(acc))
+                };
                 let acc = match &v.payload {
-                    Payload::PostAsGet => a.account.clone(),
+                    Payload::PostAsGet => fresh().await?,
                     Payload::Json(_) => {
                         let update = v.json::<WireAccountUpdate>()?.validate()?;
                         let (set_contacts, contacts, deactivate) = match update {
@@ -571,16 +648,17 @@ impl AcmeHandler {
                         if set_contacts || deactivate {
                             Some(
                                 core.acme_update_account(pb::UpdateAccountRequest {
-                                    tenant,
+                                    tenant: tenant.clone(),
                                     account_id: account_id.clone(),
                                     set_contacts,
                                     contacts,
                                     deactivate,
+                                    account_key_thumbprint: tp.clone(),
                                 })
                                 .await?,
                             )
                         } else {
-                            a.account.clone()
+                            fresh().await?
                         }
                     }
                 }
@@ -605,6 +683,7 @@ impl AcmeHandler {
                     .to_owned();
                 let page = core
                     .acme_list_orders(pb::ListOrdersRequest {
+                        account_key_thumbprint: tp.clone(),
                         tenant,
                         account_id: account_id.clone(),
                         cursor,
@@ -635,6 +714,7 @@ impl AcmeHandler {
                 let new_key = payload::check_key_change(v, &account_url)?;
                 let r = core
                     .acme_key_change(pb::KeyChangeRequest {
+                        account_key_thumbprint: tp.clone(),
                         tenant,
                         account_id: account_id.clone(),
                         new_jwk_json: new_key.canonical_json(),
@@ -661,6 +741,7 @@ impl AcmeHandler {
                 let unix = |t: Option<time::OffsetDateTime>| t.map_or(0, |t| t.unix_timestamp());
                 let result = core
                     .acme_new_order(pb::NewOrderRequest {
+                        account_key_thumbprint: tp.clone(),
                         tenant: tenant.clone(),
                         account_id: account_id.clone(),
                         identifiers: no.identifiers.iter().map(render::ident_to_pb).collect(),
@@ -694,6 +775,7 @@ impl AcmeHandler {
                 v.expect_post_as_get()?;
                 let o = core
                     .acme_get_order(pb::GetOrderRequest {
+                        account_key_thumbprint: tp.clone(),
                         tenant,
                         account_id,
                         order_id: id.clone(),
@@ -705,6 +787,7 @@ impl AcmeHandler {
             }
             Route::Authz(id) => {
                 let r = pb::GetAuthorizationRequest {
+                    account_key_thumbprint: tp.clone(),
                     tenant,
                     account_id,
                     authz_id: id.clone(),
@@ -734,6 +817,7 @@ impl AcmeHandler {
                     Payload::PostAsGet => {
                         let az = core
                             .acme_get_authorization(pb::GetAuthorizationRequest {
+                                account_key_thumbprint: tp.clone(),
                                 tenant,
                                 account_id,
                                 authz_id: authz_id.clone(),
@@ -756,6 +840,7 @@ impl AcmeHandler {
                             })?;
                         let r = core
                             .acme_respond_challenge(pb::RespondChallengeRequest {
+                                account_key_thumbprint: tp.clone(),
                                 tenant: tenant.clone(),
                                 account_id: account_id.clone(),
                                 challenge_id: ch_id.clone(),
@@ -790,6 +875,7 @@ impl AcmeHandler {
                 let csr = v.json::<Finalize>()?.csr_der()?;
                 let order = core
                     .acme_get_order(pb::GetOrderRequest {
+                        account_key_thumbprint: tp.clone(),
                         tenant: tenant.clone(),
                         account_id: account_id.clone(),
                         order_id: id.clone(),
@@ -827,6 +913,7 @@ impl AcmeHandler {
                 }
                 let result = core
                     .acme_finalize(pb::FinalizeRequest {
+                        account_key_thumbprint: tp.clone(),
                         tenant: tenant.clone(),
                         account_id,
                         order_id: id.clone(),
@@ -853,6 +940,7 @@ impl AcmeHandler {
                 v.expect_post_as_get()?;
                 let c = core
                     .acme_get_order_certificate(pb::GetOrderCertificateRequest {
+                        account_key_thumbprint: tp.clone(),
                         tenant,
                         account_id,
                         serial_hex: serial.clone(),

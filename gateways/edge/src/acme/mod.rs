@@ -1,6 +1,7 @@
 //! ACME (RFC 8555) over HTTP: the glue between the edge's pipeline and the sans-I/O
 //! `certgate-acme` crate, with the state kept by the core's `Acme` service.
 
+pub mod accounts;
 pub mod handler;
 pub mod render;
 
@@ -89,6 +90,11 @@ pub struct AcmeConfig {
     pub challenge_wait_ms: u32,
     /// Orders per page of an account's orders list.
     pub orders_page_size: u32,
+    /// Accounts whose parsed key this edge keeps (0 = none: every `kid` request asks the core).
+    /// The core still checks every request's key and account state (see `acme::accounts`).
+    pub account_cache_capacity: u64,
+    /// How long one cached account is kept, seconds.
+    pub account_cache_ttl_seconds: u64,
 }
 
 impl Default for AcmeConfig {
@@ -101,6 +107,8 @@ impl Default for AcmeConfig {
             max_body_bytes: 64 * 1024,
             challenge_wait_ms: 3000,
             orders_page_size: 50,
+            account_cache_capacity: 100_000,
+            account_cache_ttl_seconds: 300,
         }
     }
 }
