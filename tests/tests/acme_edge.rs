@@ -1008,3 +1008,94 @@ async fn new_order_validity_window_end_to_end() {
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["certificate"], cert_url.as_str());
 }
+
+/// Edges cache account keys (`[acme] account_cache_capacity`), yet a change made through one
+/// edge is honoured at once by another edge that cached the account before it: a deactivated
+/// account and a rolled-over key are refused there on the very next request (the core checks
+/// the key each edge states), and the new key works there without any wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_edges_cached_account_sees_deactivation_and_key_rollover_at_once() {
+    let fleet = fleet();
+    let base = format!("https://{}", fleet.https);
+    // A second edge on the same core, same base URL and nonce key (as behind a load balancer).
+    let (https2, http2, admin2) = (
+        certgate_e2e::free_port(),
+        certgate_e2e::free_port(),
+        certgate_e2e::free_port(),
+    );
+    let cfg = std::fs::read_to_string(fleet.edge_config()).expect("edge.toml");
+    let listen = format!(
+        "[listen]\nhttps = \"127.0.0.1:{https2}\"\nhttp = \"127.0.0.1:{http2}\"\nadmin = \"127.0.0.1:{admin2}\"\n"
+    );
+    let start = cfg.find("[listen]").expect("[listen]");
+    let end = cfg[start..]
+        .find("\n\n")
+        .map_or(cfg.len(), |e| start + e + 1);
+    let cfg2 = format!("{}{listen}{}", &cfg[..start], &cfg[end..]);
+    let path2 = fleet.edge_config().with_file_name("edge2.toml");
+    std::fs::write(&path2, cfg2).expect("edge2.toml");
+    let mut cmd = std::process::Command::new(certgate_e2e::bin("certgate-edge"));
+    cmd.arg("--config").arg(&path2);
+    let _edge2 =
+        certgate_e2e::ChildGuard::spawn("certgate-edge-2", cmd, &fleet.scratch().join("edge2.log"));
+    let admin2: SocketAddr = ([127, 0, 0, 1], admin2).into();
+    let deadline = Instant::now() + certgate_e2e::READY_TIMEOUT;
+    while certgate_e2e::http_get(admin2, "/healthz").map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "second edge not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let edge1 = fleet.https;
+    let edge2: SocketAddr = ([127, 0, 0, 1], https2).into();
+
+    // Deactivation through edge 1 after edge 2 cached the account.
+    let mut c = Client::new(&fleet, &format!("{base}/acme/directory")).await;
+    c.new_account().await;
+    let kid = c.kid.clone().expect("kid");
+    let orders = format!("{kid}/orders");
+    c.http.addr = edge2;
+    let r = c.post(&orders, None).await;
+    assert_eq!(
+        r.status, 200,
+        "edge 2 serves (and caches) the account: {r:?}"
+    );
+    c.http.addr = edge1;
+    let r = c.post(&kid, Some(&json!({"status": "deactivated"}))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    c.http.addr = edge2;
+    let r = c.post(&orders, None).await;
+    assert_eq!(
+        (r.status, r.problem().as_str()),
+        (403, "unauthorized"),
+        "edge 2 refuses the deactivated account at once: {r:?}"
+    );
+
+    // Key rollover through edge 1 after edge 2 cached the old key.
+    let mut c = Client::new(&fleet, &format!("{base}/acme/directory")).await;
+    c.new_account().await;
+    let kid = c.kid.clone().expect("kid");
+    let orders = format!("{kid}/orders");
+    c.http.addr = edge2;
+    let r = c.post(&orders, None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    c.http.addr = edge1;
+    let new_key = TestKey::es256();
+    let kc_url = c.url("keyChange");
+    let inner = new_key.sign_jws(
+        &new_key.header(None, None, &kc_url),
+        json!({"account": kid, "oldKey": c.key.jwk()})
+            .to_string()
+            .as_bytes(),
+    );
+    let r = c.post(&kc_url, Some(&inner)).await;
+    assert_eq!(r.status, 200, "keyChange: {r:?}");
+    c.http.addr = edge2;
+    let r = c.post(&orders, None).await;
+    assert_eq!(
+        (r.status, r.problem().as_str()),
+        (403, "unauthorized"),
+        "edge 2 refuses the rolled-over key at once: {r:?}"
+    );
+    c.key = new_key;
+    let r = c.post(&orders, None).await;
+    assert_eq!(r.status, 200, "edge 2 takes the new key at once: {r:?}");
+}
