@@ -218,6 +218,11 @@ fn pkcsreq_round_trip_and_openssl_reads_the_certrep() {
     assert_eq!(reply.transaction_id, "tx-0001");
     assert_eq!(reply.recipient_nonce, vec![7u8; 16]);
     assert_eq!(reply.certs, vec![f.ra_cert.clone()]);
+    // The bench's cheap read of the same reply agrees (no signature check, no decryption).
+    let head = client::peek_reply(&der).expect("peek reply");
+    assert_eq!(head.status, PkiStatus::Success);
+    assert_eq!(head.transaction_id, "tx-0001");
+    assert_eq!(head.recipient_nonce, vec![7u8; 16]);
 
     // OpenSSL verifies the RA signature and decrypts the envelope with the client key.
     std::fs::write(path(&f, "rep.der"), &der).expect("write");
@@ -304,6 +309,8 @@ fn failure_and_pending_replies_carry_status_and_fail_info() {
         assert_eq!(reply.status, status);
         assert_eq!(reply.fail_info, fi);
         assert!(reply.certs.is_empty());
+        let head = client::peek_reply(&der).expect("peek");
+        assert_eq!((head.status, head.fail_info), (status, fi));
     }
 }
 
