@@ -1147,11 +1147,15 @@ impl Acme for AcmeService {
         let caller = caller_of(&req);
         self.check(&caller, "GetOrder")?;
         let r = req.into_inner();
-        self.stated_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
         let store = self.0.store()?;
-        let o = blocking(|| store.order(&r.tenant, &r.account_id, &r.order_id))?
-            .ok_or_else(|| not_found("acme.order"))?;
-        let o = blocking(|| self.refresh_order(o, &caller))?;
+        // One blocking section for the lookups (each would otherwise hand the worker off).
+        let o = blocking(|| {
+            self.stated_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
+            let o = store
+                .order(&r.tenant, &r.account_id, &r.order_id)?
+                .ok_or_else(|| not_found("acme.order"))?;
+            self.refresh_order(o, &caller)
+        })?;
         // Processing with no finalization under way here: left by a core that stopped between
         // accepting the CSR and storing the certificate. Issue again with the stored CSR under
         // the same idempotency key (the recorded intent is signed: one certificate).
@@ -1181,10 +1185,13 @@ impl Acme for AcmeService {
         let caller = caller_of(&req);
         self.check(&caller, "GetAuthorization")?;
         let r = req.into_inner();
-        self.stated_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
         let store = self.0.store()?;
-        let a = blocking(|| store.authz(&r.tenant, &r.account_id, &r.authz_id))?
-            .ok_or_else(|| not_found("acme.authorization"))?;
+        let a = blocking(|| {
+            self.stated_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
+            store
+                .authz(&r.tenant, &r.account_id, &r.authz_id)?
+                .ok_or_else(|| not_found("acme.authorization"))
+        })?;
         Ok(Response::new(authz_proto(&a, crate::now_unix())))
     }
 
@@ -1235,12 +1242,15 @@ impl Acme for AcmeService {
         let caller = caller_of(&req);
         self.check(&caller, "RespondChallenge")?;
         let r = req.into_inner();
-        let account =
-            blocking(|| self.valid_account(&r.tenant, &r.account_id, &r.account_key_thumbprint))?;
         let store = self.0.store()?;
-        let (authz, idx) =
-            blocking(|| store.authz_of_challenge(&r.tenant, &r.account_id, &r.challenge_id))?
+        let (account, (authz, idx)) = blocking(|| {
+            let account =
+                self.valid_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
+            let found = store
+                .authz_of_challenge(&r.tenant, &r.account_id, &r.challenge_id)?
                 .ok_or_else(|| not_found("acme.challenge"))?;
+            Ok::<_, CoreError>((account, found))
+        })?;
         let now = crate::now_unix();
         let ch = authz
             .challenges
@@ -1341,16 +1351,21 @@ impl Acme for AcmeService {
         let caller = caller_of(&req);
         self.check(&caller, "GetOrderCertificate")?;
         let r = req.into_inner();
-        self.stated_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
         let store = self.0.store()?;
         let serial = r.serial_hex.trim().to_ascii_lowercase();
-        let o = blocking(|| store.order_by_serial(&r.tenant, &serial))?
-            .filter(|o| o.account_id == r.account_id)
-            .ok_or_else(|| not_found("acme.certificate"))?;
         let core_store = self.0.core.store.as_ref();
-        let cert = blocking(|| core_store.get_cert(&o.tenant, &o.certificate_serial_hex))?
-            .ok_or_else(|| not_found("acme.certificate"))?;
-        let chain = blocking(|| chain_of(core_store, &cert.issuer_id))?;
+        let (cert, chain) = blocking(|| {
+            self.stated_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
+            let o = store
+                .order_by_serial(&r.tenant, &serial)?
+                .filter(|o| o.account_id == r.account_id)
+                .ok_or_else(|| not_found("acme.certificate"))?;
+            let cert = core_store
+                .get_cert(&o.tenant, &o.certificate_serial_hex)?
+                .ok_or_else(|| not_found("acme.certificate"))?;
+            let chain = chain_of(core_store, &cert.issuer_id)?;
+            Ok::<_, CoreError>((cert, chain))
+        })?;
         // Issuing CA up to, not including, the root the client is expected to have.
         let chain_der = chain
             .into_iter()
