@@ -107,7 +107,7 @@ impl Default for AcmeConfig {
             max_body_bytes: 64 * 1024,
             challenge_wait_ms: 3000,
             orders_page_size: 50,
-            account_cache_capacity: 100_000,
+            account_cache_capacity: 10_000,
             account_cache_ttl_seconds: 300,
         }
     }
