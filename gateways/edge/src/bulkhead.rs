@@ -28,8 +28,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use crate::permits::{OwnedPermit, Permits};
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// `[bulkheads]` in edge.toml.
 #[derive(Debug, Clone, Deserialize)]
@@ -112,7 +112,7 @@ impl Pool {
 #[derive(Debug)]
 #[allow(dead_code)] // held for their Drop
 enum ProtocolPermit {
-    Fixed(OwnedSemaphorePermit),
+    Fixed(OwnedPermit),
     Adaptive(AdaptiveSlot),
 }
 
@@ -121,7 +121,7 @@ enum ProtocolPermit {
 #[derive(Debug)]
 pub struct Admission {
     _protocol: ProtocolPermit,
-    _tenant: OwnedSemaphorePermit,
+    _tenant: OwnedPermit,
 }
 
 /// An AIMD concurrency limit learning the unloaded latency online (module docs).
@@ -309,18 +309,18 @@ impl Drop for AdaptiveSlot {
 pub struct Bulkheads {
     cfg: BulkheadConfig,
     protocols: RwLock<HashMap<&'static str, ProtocolPool>>,
-    tenants: moka::sync::Cache<String, Arc<Semaphore>>,
+    tenants: moka::sync::Cache<String, Arc<Permits>>,
     /// The `default` tenant's pool, held outside the cache: every plain-path request (all of
     /// OCSP and CRL unless Host-mapped) takes it, so it skips the moka probe. One extra pool
     /// beyond `max_tenant_pools`, never evicted.
-    default_tenant: Arc<Semaphore>,
+    default_tenant: Arc<Permits>,
     clock: Clock,
 }
 
 /// A protocol's pool: fixed size, or adaptive (issuance protocols).
 #[derive(Clone)]
 enum ProtocolPool {
-    Fixed(Arc<Semaphore>),
+    Fixed(Arc<Permits>),
     Adaptive(Arc<AdaptivePool>),
 }
 
@@ -335,7 +335,7 @@ impl Bulkheads {
     pub fn new(cfg: BulkheadConfig) -> Self {
         Self {
             tenants: moka::sync::Cache::new(cfg.max_tenant_pools),
-            default_tenant: Arc::new(Semaphore::new(cfg.per_tenant)),
+            default_tenant: Arc::new(Permits::new(cfg.per_tenant)),
             protocols: RwLock::new(HashMap::new()),
             cfg,
             clock: Clock::Real,
@@ -363,7 +363,7 @@ impl Bulkheads {
                     self.clock.clone(),
                 )))
             } else {
-                ProtocolPool::Fixed(Arc::new(Semaphore::new(size)))
+                ProtocolPool::Fixed(Arc::new(Permits::new(size)))
             }
         };
         match self.protocols.write() {
@@ -382,13 +382,13 @@ impl Bulkheads {
         } else {
             let per_tenant = self.cfg.per_tenant;
             self.tenants
-                .get_with_by_ref(tenant, || Arc::new(Semaphore::new(per_tenant)))
+                .get_with_by_ref(tenant, || Arc::new(Permits::new(per_tenant)))
         }
         .try_acquire_owned()
-        .map_err(|_| Pool::Tenant)?;
+        .ok_or(Pool::Tenant)?;
         let p = match self.protocol_pool(protocol) {
             ProtocolPool::Fixed(s) => {
-                ProtocolPermit::Fixed(s.try_acquire_owned().map_err(|_| Pool::Protocol)?)
+                ProtocolPermit::Fixed(s.try_acquire_owned().ok_or(Pool::Protocol)?)
             }
             ProtocolPool::Adaptive(a) => ProtocolPermit::Adaptive(a.admit(tenant)?),
         };
@@ -401,7 +401,7 @@ impl Bulkheads {
     /// Free permits in `protocol`'s pool (for tests and debugging).
     pub fn available(&self, protocol: &'static str) -> usize {
         match self.protocol_pool(protocol) {
-            ProtocolPool::Fixed(s) => s.available_permits(),
+            ProtocolPool::Fixed(s) => s.available(),
             ProtocolPool::Adaptive(a) => {
                 let st = a.state.lock().unwrap_or_else(|e| e.into_inner());
                 (st.limit.floor() as usize).saturating_sub(st.in_flight)

@@ -18,6 +18,7 @@ pub mod error;
 pub mod est;
 pub mod h3;
 pub mod metrics;
+pub mod permits;
 pub mod profile_policy;
 pub mod ratelimit;
 pub mod router;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::info;
 
@@ -214,7 +215,7 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             ),
             ctx: ctx.clone(),
             limits: cfg.limits.clone(),
-            in_flight: Semaphore::new(cfg.limits.max_in_flight),
+            in_flight: permits::Permits::new(cfg.limits.max_in_flight),
             guard: server::Guard {
                 bulkheads: bulkhead::Bulkheads::new(cfg.bulkheads.clone()),
                 tenant_config: cfg.tenants.clone(),

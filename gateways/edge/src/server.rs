@@ -3,10 +3,11 @@
 //!
 //! Bounds (I-8): a semaphore caps open connections per listener (acquired before `accept`, so
 //! excess connections wait in the kernel backlog rather than in memory); TLS handshakes and
-//! header reads have timeouts; bodies are read through `http_body_util::Limited`; a second
-//! semaphore caps requests in service and sheds the rest with 503 + Retry-After; per-protocol
-//! and per-tenant bulkheads ([`crate::bulkhead`]) then shed what one protocol or tenant would
-//! take from the others; every request has a deadline and a per-protocol body limit.
+//! header reads have timeouts; bodies are read through `http_body_util::Limited`; a lock-free
+//! counter ([`crate::permits`]) caps requests in service and sheds the rest with 503 +
+//! Retry-After; per-protocol and per-tenant bulkheads ([`crate::bulkhead`]) then shed what one
+//! protocol or tenant would take from the others; every request has a deadline and a
+//! per-protocol body limit.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::bulkhead::Bulkheads;
 use crate::config::Limits;
 use crate::error::{EdgeError, EdgeResponse};
 use crate::metrics;
+use crate::permits::Permits;
 use crate::router::{EdgeContext, EdgeRequest, Listener, Router};
 use crate::tenant::{DEFAULT_TENANT, TenantConfig, TenantDirectory, split_tenant};
 
@@ -43,7 +45,7 @@ pub struct Pipeline {
     /// Bounds.
     pub limits: Limits,
     /// Requests in service (all protocols); beyond, 503 before routing.
-    pub in_flight: Semaphore,
+    pub in_flight: Permits,
     /// Bulkheads and tenant routing.
     pub guard: Guard,
 }
@@ -106,7 +108,7 @@ impl Pipeline {
         };
         let protocol = handler.protocol();
 
-        let Ok(_permit) = self.in_flight.try_acquire() else {
+        let Some(_permit) = self.in_flight.try_acquire() else {
             metrics::record_shed(protocol, "unknown", "listener");
             metrics::record(protocol, "unknown", "shed", start.elapsed());
             return handler.render_error(tenant, EdgeError::Overloaded);

@@ -13,6 +13,7 @@ use certgate_edge::ca::CaCerts;
 use certgate_edge::config::Limits;
 use certgate_edge::core_client::CoreClient;
 use certgate_edge::error::{EdgeError, EdgeResponse};
+use certgate_edge::permits::Permits;
 use certgate_edge::router::{
     EdgeContext, EdgeRequest, Handler, HandlerFuture, Listener, Mount, Router,
 };
@@ -102,7 +103,7 @@ async fn edge() -> Edge {
             ca: CaCerts::new(4, Duration::from_secs(1)),
         },
         limits,
-        in_flight: Semaphore::new(100),
+        in_flight: Permits::new(100),
         guard: Guard {
             bulkheads: Bulkheads::new(BulkheadConfig {
                 per_protocol: 50,

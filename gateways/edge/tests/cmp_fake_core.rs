@@ -11,6 +11,7 @@ use certgate_edge::ca::CaCerts;
 use certgate_edge::cmp::{CmpConfig, CmpHandler};
 use certgate_edge::config::Limits as EdgeLimits;
 use certgate_edge::core_client::CoreClient;
+use certgate_edge::permits::Permits;
 use certgate_edge::router::{EdgeContext, Listener, Router};
 use certgate_edge::server::{Pipeline, serve_listener};
 use certgate_proto::RpcError;
@@ -24,7 +25,7 @@ use certgate_proto::core::{
 use der::{Decode, DecodePem, Encode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tonic::transport::{Endpoint, Server};
 use tonic::{Request, Response, Status};
 use x509_cert::Certificate;
@@ -397,7 +398,7 @@ async fn edge_with(fake: Fake, cfg: CmpConfig) -> (std::net::SocketAddr, watch::
             ca: CaCerts::new(16, Duration::from_secs(60)),
         },
         limits: EdgeLimits::default(),
-        in_flight: Semaphore::new(8),
+        in_flight: Permits::new(8),
         guard: Default::default(),
     });
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -21,12 +21,13 @@ use certgate_edge::config::Limits;
 use certgate_edge::core_client::CoreClient;
 use certgate_edge::error::{EdgeError, EdgeResponse};
 use certgate_edge::h3::{Http3Config, bind, serve_h3, server_config};
+use certgate_edge::permits::Permits;
 use certgate_edge::router::{
     EdgeContext, EdgeRequest, Handler, HandlerFuture, Listener, Mount, Router,
 };
 use certgate_edge::server::{Pipeline, tls_config};
 use h3client::H3Client;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 /// Sleeps `delay`, counting how many requests are inside at once.
 struct Slow {
@@ -152,7 +153,7 @@ async fn server(cfg: Http3Config, delay: Duration, limits: Limits) -> Server {
             ca: CaCerts::new(4, Duration::from_secs(60)),
         },
         limits,
-        in_flight: Semaphore::new(64),
+        in_flight: Permits::new(64),
         guard: Default::default(),
     });
     let tls = tls_config(&cert_pem, &key_pem).expect("tls config");

@@ -9,6 +9,7 @@ use std::time::Duration;
 use certgate_edge::ca::CaCerts;
 use certgate_edge::config::Limits;
 use certgate_edge::core_client::CoreClient;
+use certgate_edge::permits::Permits;
 use certgate_edge::router::{EdgeContext, Listener, Router};
 use certgate_edge::server::{Pipeline, serve_listener};
 use certgate_proto::RpcError;
@@ -19,7 +20,7 @@ use certgate_proto::core::{
 };
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tonic::transport::{Endpoint, Server};
 use tonic::{Request, Response, Status};
 
@@ -162,7 +163,7 @@ async fn edge_task(
             ca: CaCerts::new(16, Duration::from_secs(60)),
         },
         limits: Limits::default(),
-        in_flight: Semaphore::new(8),
+        in_flight: Permits::new(8),
         guard: Default::default(),
     });
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -15,6 +15,7 @@ use base64::Engine;
 use certgate_edge::ca::CaCerts;
 use certgate_edge::config::Limits;
 use certgate_edge::core_client::CoreClient;
+use certgate_edge::permits::Permits;
 use certgate_edge::router::{EdgeContext, Listener, Router};
 use certgate_edge::server::{Pipeline, serve_listener};
 use certgate_edge::status::watch::WatchSettings;
@@ -447,7 +448,7 @@ async fn start_edge_guarded(
             ca: CaCerts::new(16, Duration::from_secs(60)),
         },
         limits: Limits::default(),
-        in_flight: Semaphore::new(512),
+        in_flight: Permits::new(512),
         guard,
     });
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use certgate_edge::ca::CaCerts;
 use certgate_edge::config::Limits;
 use certgate_edge::core_client::CoreClient;
+use certgate_edge::permits::Permits;
 use certgate_edge::router::{
     EdgeContext, EdgeRequest, Handler, HandlerFuture, Listener, Mount, Router,
 };
@@ -21,7 +22,7 @@ use certgate_proto::acme::acme_server::{Acme, AcmeServer};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tonic::transport::{Endpoint, Server};
 use tonic::{Request, Response, Status};
 
@@ -202,7 +203,7 @@ async fn unknown_tenants_are_404_known_and_host_mapped_ones_reach_the_handler() 
             ca: CaCerts::new(4, Duration::from_secs(1)),
         },
         limits: Limits::default(),
-        in_flight: Semaphore::new(64),
+        in_flight: Permits::new(64),
         guard: Guard {
             tenant_config,
             tenants: Some(dir),

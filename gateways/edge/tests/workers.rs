@@ -10,6 +10,7 @@ use certgate_edge::ca::CaCerts;
 use certgate_edge::config::Limits;
 use certgate_edge::core_client::CoreClient;
 use certgate_edge::error::EdgeError;
+use certgate_edge::permits::Permits;
 use certgate_edge::router::{
     EdgeContext, EdgeRequest, Handler, HandlerFuture, Listener, Mount, Router,
 };
@@ -65,7 +66,7 @@ async fn edge(threads: usize, max_connections: usize) -> Edge {
             max_connections,
             ..Limits::default()
         },
-        in_flight: Semaphore::new(100),
+        in_flight: Permits::new(100),
         guard: Default::default(),
     });
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
