@@ -306,6 +306,8 @@ async fn run(config: Config, fault: Fault) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
+        // Opt-in (CERTGATE_PARENT_PID): a SIGKILLed `certgate up` must not leave us running.
+        _ = certgate_proto::parent::parent_gone() => {},
     }
     tracing::info!("certgate-core stopping");
     let _ = stop_tx.send(true);

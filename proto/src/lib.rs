@@ -6,6 +6,7 @@
 //! call them from facts the kernel or TLS established, never from anything the caller claims.
 
 pub mod error;
+pub mod parent;
 pub mod transport;
 
 /// Generated code, nested by protobuf package so cross-file references (`admin` uses `signer`

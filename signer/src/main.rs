@@ -97,6 +97,8 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
             r = running_wait(running) => r,
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; exiting"); Ok(()) }
             _ = term.recv() => { tracing::info!("terminated; exiting"); Ok(()) }
+            // Opt-in (CERTGATE_PARENT_PID): a SIGKILLed `certgate up` must not leave us running.
+            _ = certgate_proto::parent::parent_gone() => { tracing::info!("parent gone; exiting"); Ok(()) }
         }
     })
 }

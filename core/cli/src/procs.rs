@@ -58,6 +58,12 @@ impl Proc {
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true)
+            // The children exit by themselves if this process dies without stopping them
+            // (SIGKILL, crash): see certgate_proto::parent.
+            .env(
+                certgate_proto::parent::PARENT_PID_ENV,
+                std::process::id().to_string(),
+            )
             // Own process group: a terminal's Ctrl-C reaches only `certgate up`, which then
             // stops the children in order (edge, core, signer) instead of all racing at once.
             .process_group(0)

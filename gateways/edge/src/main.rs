@@ -48,7 +48,11 @@ fn main() -> ExitCode {
     rt.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            wait_for_signal().await;
+            // Opt-in (CERTGATE_PARENT_PID): a SIGKILLed `certgate up` must not leave us running.
+            tokio::select! {
+                _ = wait_for_signal() => {},
+                _ = certgate_proto::parent::parent_gone() => {},
+            }
             let _ = tx.send(true);
         });
         match certgate_edge::run(cfg, rx).await {
