@@ -381,14 +381,17 @@ pub async fn serve_listener_with(
                 Ok(io) => {
                     let conn = b.serve_connection(TokioIo::new(io), svc);
                     tokio::pin!(conn);
+                    // Biased, shutdown first: a handler finishing in the same poll as the
+                    // shutdown still answers with `connection: close` / after GOAWAY.
                     tokio::select! {
-                        r = conn.as_mut() => r.map_err(|e| e.to_string()),
+                        biased;
                         _ = stopped(&mut conn_shutdown) => {
                             // Finish the requests in flight, accept no new ones on this
                             // connection (HTTP/2 GOAWAY, HTTP/1.1 close after the response).
                             conn.as_mut().graceful_shutdown();
                             conn.await.map_err(|e| e.to_string())
                         }
+                        r = conn.as_mut() => r.map_err(|e| e.to_string()),
                     }
                 }
                 Err(e) => Err(e),

@@ -221,13 +221,16 @@ fn serve(h: Handoff) {
         });
         let conn = b.serve_connection(TokioIo::new(stream), svc);
         tokio::pin!(conn);
+        // Biased, shutdown first: when the shutdown and a finished handler wake this task in
+        // the same poll, the response must still go out with `connection: close`.
         let result = tokio::select! {
-            r = conn.as_mut() => r,
+            biased;
             _ = stopped(&mut shutdown) => {
                 // Finish the requests in flight, accept no new ones on this connection.
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
+            r = conn.as_mut() => r,
         };
         if let Err(e) = result {
             debug!(listener = label, %peer, error = %e, "connection ended with an error");
