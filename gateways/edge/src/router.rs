@@ -89,6 +89,14 @@ pub trait Handler: Send + Sync + 'static {
         let _ = tenant;
         err.into_response()
     }
+    /// The tenant whose bulkhead admits a request to `path` (after the prefix) arriving for
+    /// `tenant`. The default is the URL's (or Host's) tenant; a handler whose paths name another
+    /// tenant (an EST label mapped to a tenant at the plain path) answers that one, so the
+    /// label's tenant is isolated like `/t/{tenant}/` is (I-8).
+    fn admission_tenant<'s>(&'s self, tenant: &'s str, path: &str) -> &'s str {
+        let _ = path;
+        tenant
+    }
 }
 
 /// A handler mounted at a path prefix on some listeners.

@@ -124,11 +124,12 @@ impl Pipeline {
             metrics::record(protocol, "unknown", "not_found", start.elapsed());
             return handler.render_error(tenant, EdgeError::NotFound);
         }
-        let _admission = match self.guard.bulkheads.admit(protocol, tenant) {
+        let admitted_as = handler.admission_tenant(tenant, sub);
+        let _admission = match self.guard.bulkheads.admit(protocol, admitted_as) {
             Ok(a) => a,
             Err(pool) => {
-                metrics::record_shed(protocol, tenant, pool.label());
-                metrics::record(protocol, tenant, "shed", start.elapsed());
+                metrics::record_shed(protocol, admitted_as, pool.label());
+                metrics::record(protocol, admitted_as, "shed", start.elapsed());
                 return handler.render_error(tenant, EdgeError::Overloaded);
             }
         };

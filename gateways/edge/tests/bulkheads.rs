@@ -53,6 +53,26 @@ impl Handler for TestHandler {
     }
 }
 
+/// A [`TestHandler`] whose paths `routers/…` belong to tenant `acme-corp` (as an EST label
+/// mapped to a tenant at the plain path).
+struct LabelHandler(TestHandler);
+
+impl Handler for LabelHandler {
+    fn protocol(&self) -> &'static str {
+        self.0.protocol()
+    }
+    fn handle<'a>(&'a self, ctx: &'a EdgeContext, req: EdgeRequest) -> HandlerFuture<'a> {
+        self.0.handle(ctx, req)
+    }
+    fn admission_tenant<'s>(&'s self, tenant: &'s str, path: &str) -> &'s str {
+        if path.starts_with("routers/") {
+            "acme-corp"
+        } else {
+            tenant
+        }
+    }
+}
+
 struct Edge {
     addr: std::net::SocketAddr,
     slow_gate: Arc<Semaphore>,
@@ -81,6 +101,15 @@ async fn edge() -> Edge {
                 gate: slow_gate.clone(),
                 entered: slow_entered.clone(),
             }),
+        })
+        .mount(Mount {
+            prefix: "/lab/",
+            listeners: &[Listener::Http],
+            handler: Arc::new(LabelHandler(TestHandler {
+                protocol: "est",
+                gate: slow_gate.clone(),
+                entered: slow_entered.clone(),
+            })),
         })
         .mount(Mount {
             prefix: "/fast/",
@@ -238,4 +267,28 @@ async fn per_protocol_body_limit_answers_413() {
     e.slow_gate.add_permits(10);
     let (status, head, _) = request(e.addr, "/slow/x", &[b'a'; 5000]).await;
     assert_eq!(status, 200, "{head}");
+}
+
+#[tokio::test]
+async fn a_label_mapped_to_a_tenant_at_the_plain_path_fills_that_tenants_pool_not_the_default() {
+    let e = edge().await;
+    // per_tenant is 5: five held requests fill acme-corp's pool, not the default tenant's.
+    let held = occupy(&e, "/lab/routers/x", 5).await;
+    let (status, head, _) = request(e.addr, "/lab/routers/x", b"").await;
+    assert_eq!(status, 503, "acme-corp's pool is full: {head}");
+    // The default tenant (same plain path, no label) still has its whole pool.
+    for _ in 0..5 {
+        let (status, head, body) = request(e.addr, "/fast/x", b"abc").await;
+        assert_eq!(status, 200, "{head}");
+        assert_eq!(body, "acme default 3");
+    }
+    e.slow_gate.add_permits(100);
+    for h in held {
+        let (status, head, body) = h.await.expect("join");
+        assert_eq!(status, 200, "{head}");
+        assert_eq!(
+            body, "est default 0",
+            "the handler still sees the URL's tenant"
+        );
+    }
 }

@@ -567,6 +567,18 @@ impl Handler for EstHandler {
         Some(self.settings.max_body_bytes)
     }
 
+    fn admission_tenant<'s>(&'s self, tenant: &'s str, path: &str) -> &'s str {
+        // `{label}/{op}` at the plain path: the label's tenant (what `label()` will serve).
+        match path.split_once('/') {
+            Some((name, _)) if tenant == DEFAULT_TENANT => self
+                .settings
+                .labels
+                .get(name)
+                .map_or(tenant, |l| l.tenant.as_str()),
+            _ => tenant,
+        }
+    }
+
     fn handle<'a>(&'a self, ctx: &'a EdgeContext, req: EdgeRequest) -> HandlerFuture<'a> {
         Box::pin(async move {
             let parts: Vec<&str> = req.path.split('/').collect();
@@ -625,5 +637,26 @@ mod tests {
         assert!(h.label("routers", "other").is_none());
         assert!(h.label("unknown", "default").is_none());
         assert_eq!(h.label("default", "t1").expect("fallback").1, "t1");
+    }
+
+    #[test]
+    fn a_label_at_the_plain_path_is_admitted_under_its_tenants_bulkhead() {
+        let cfg: super::super::EstConfig =
+            toml::from_str("[labels.routers]\ntenant = \"acme-corp\"\n").expect("parses");
+        let h = EstHandler::new(cfg.settings().expect("valid"));
+        assert_eq!(
+            h.admission_tenant(DEFAULT_TENANT, "routers/simpleenroll"),
+            "acme-corp"
+        );
+        assert_eq!(
+            h.admission_tenant(DEFAULT_TENANT, "simpleenroll"),
+            DEFAULT_TENANT
+        );
+        assert_eq!(
+            h.admission_tenant(DEFAULT_TENANT, "unknown/simpleenroll"),
+            DEFAULT_TENANT
+        );
+        // Under /t/{tenant}/ the URL's tenant stays (label() refuses a mismatch anyway).
+        assert_eq!(h.admission_tenant("other", "routers/simpleenroll"), "other");
     }
 }
