@@ -375,6 +375,24 @@ impl Fleet {
         }
     }
 
+    /// Issuances the core recorded for `protocol` (`issue.intent` audit entries), read from the
+    /// core's SQLite store with the `sqlite3` CLI (read-only, beside the running core).
+    pub fn issued_by(&self, protocol: &str) -> usize {
+        let out = std::process::Command::new("sqlite3")
+            .arg("-readonly")
+            .arg(self.data_dir().join("core/core.db"))
+            .arg(format!(
+                "SELECT count(*) FROM audit WHERE kind = 'issue.intent' \
+                 AND details LIKE '%\"protocol\":\"{protocol}\"%'"
+            ))
+            .output()
+            .expect("sqlite3 runs");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a count")
+    }
+
     /// The data dir.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")

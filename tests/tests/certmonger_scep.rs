@@ -24,21 +24,6 @@ fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// Issuances the core recorded for SCEP (`issue.intent` audit entries with protocol scep).
-fn scep_issued(fleet: &Fleet) -> usize {
-    let db = fleet.data_dir().join("core/core.db");
-    let out = Command::new("sqlite3")
-        .arg("-readonly")
-        .arg(&db)
-        .arg("SELECT count(*) FROM audit WHERE kind = 'issue.intent' AND details LIKE '%\"protocol\":\"scep\"%'")
-        .output()
-        .expect("sqlite3 runs");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("a count")
-}
-
 /// The SubjectPublicKeyInfo (PEM) of a certificate or of a private key.
 fn public_key(path: &Path, cert: bool) -> String {
     let args: Vec<String> = if cert {
@@ -106,7 +91,7 @@ exit 0
     // before counting.
     let (status, _) = http_get(fleet.http, "/scep?operation=GetCACert").expect("GetCACert");
     assert_eq!(status, 200, "GetCACert");
-    let base = scep_issued(&fleet);
+    let base = fleet.issued_by("scep");
 
     let mut cmd = Command::new("timeout");
     cmd.args([
@@ -190,7 +175,7 @@ exit 0
         "a certificate was written for the wrong challenge"
     );
     assert_eq!(
-        scep_issued(&fleet),
+        fleet.issued_by("scep"),
         base + 1,
         "exactly one SCEP issuance (the good challenge)\n{transcript}"
     );

@@ -36,21 +36,6 @@ fn x509_field(cert: &Path, flag: &str) -> String {
     out.trim().to_owned()
 }
 
-/// Issuances the core recorded for EST (`issue.intent` audit entries with protocol est).
-fn est_issued(fleet: &Fleet) -> usize {
-    let db = fleet.data_dir().join("core/core.db");
-    let out = Command::new("sqlite3")
-        .arg("-readonly")
-        .arg(&db)
-        .arg("SELECT count(*) FROM audit WHERE kind = 'issue.intent' AND details LIKE '%\"protocol\":\"est\"%'")
-        .output()
-        .expect("sqlite3 runs");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("a count")
-}
-
 struct Est<'a> {
     fleet: &'a Fleet,
     url: String,
@@ -216,7 +201,7 @@ fn strongswan_enrolls_and_reenrolls_curl_covers_csrattrs_serverkeygen_and_refusa
     );
     verify(&fleet, &c1);
     assert!(x509_field(&c1, "-subject").contains("est1.example"));
-    let issued_after_enroll = est_issued(&fleet);
+    let issued_after_enroll = fleet.issued_by("est");
     assert_eq!(issued_after_enroll, 1);
 
     // simplereenroll authenticated by the certificate being renewed (TLS client auth).
@@ -231,7 +216,7 @@ fn strongswan_enrolls_and_reenrolls_curl_covers_csrattrs_serverkeygen_and_refusa
     verify(&fleet, &c2);
     assert_ne!(x509_field(&c1, "-serial"), x509_field(&c2, "-serial"));
     assert_eq!(x509_field(&c1, "-subject"), x509_field(&c2, "-subject"));
-    assert_eq!(est_issued(&fleet), 2);
+    assert_eq!(fleet.issued_by("est"), 2);
     // The core audited the re-enrollment under the TLS client certificate's identity, replacing c1.
     let audit = Command::new("sqlite3")
         .arg("-readonly")
@@ -283,7 +268,7 @@ fn strongswan_enrolls_and_reenrolls_curl_covers_csrattrs_serverkeygen_and_refusa
         Some(&b64_3),
     );
     assert_eq!(code, 401, "{hdrs}");
-    assert_eq!(est_issued(&fleet), 2);
+    assert_eq!(fleet.issued_by("est"), 2);
 
     // curl: authentication and bad input.
     let (_k4, csr4) = openssl_csr(&fleet.scratch(), "dev4", "est4.example");
@@ -325,7 +310,7 @@ fn strongswan_enrolls_and_reenrolls_curl_covers_csrattrs_serverkeygen_and_refusa
         "oversize bodies: {codes:?}"
     );
     assert_eq!(
-        est_issued(&fleet),
+        fleet.issued_by("est"),
         2,
         "a refused request issued a certificate"
     );
@@ -401,7 +386,7 @@ fn strongswan_enrolls_and_reenrolls_curl_covers_csrattrs_serverkeygen_and_refusa
         "serverkeygen key does not match the certificate"
     );
     assert!(x509_field(&c5, "-subject").contains("skg.example"));
-    assert_eq!(est_issued(&fleet), 3);
+    assert_eq!(fleet.issued_by("est"), 3);
 
     // The private key never reached the core's store or audit.
     let key_b64 = part_b64("application/pkcs8");

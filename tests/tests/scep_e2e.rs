@@ -35,21 +35,6 @@ fn x509_field(cert: &Path, flag: &str) -> String {
     out.trim().to_owned()
 }
 
-/// Issuances the core recorded for SCEP (`issue.intent` audit entries with protocol scep).
-fn scep_issued(fleet: &Fleet) -> usize {
-    let db = fleet.data_dir().join("core/core.db");
-    let out = Command::new("sqlite3")
-        .arg("-readonly")
-        .arg(&db)
-        .arg("SELECT count(*) FROM audit WHERE kind = 'issue.intent' AND details LIKE '%\"protocol\":\"scep\"%'")
-        .output()
-        .expect("sqlite3 runs");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("a count")
-}
-
 /// `pki` with `args`; (success, stdout, stderr).
 fn pki(args: &[&str]) -> (bool, Vec<u8>, String) {
     let out = Command::new("pki")
@@ -107,7 +92,7 @@ fn strongswan_enrolls_renews_and_wrong_challenge_is_refused() {
     let ra = s(&p("ra.pem"));
 
     // The RA certificate (created on first use) may be audited as an issuance of its own.
-    let base = scep_issued(&fleet);
+    let base = fleet.issued_by("scep");
 
     // PKCSReq with the dev challenge.
     rsa_key(&p("dev.key"));
@@ -142,7 +127,7 @@ fn strongswan_enrolls_renews_and_wrong_challenge_is_refused() {
     std::fs::write(p("dev.pem"), cert).expect("write cert");
     verify(&fleet, &p("dev.pem"));
     assert!(x509_field(&p("dev.pem"), "-subject").contains("scep-device"));
-    assert_eq!(scep_issued(&fleet), base + 1);
+    assert_eq!(fleet.issued_by("scep"), base + 1);
 
     // RenewalReq signed with the issued certificate and its key, for a new key.
     rsa_key(&p("dev2.key"));
@@ -182,7 +167,7 @@ fn strongswan_enrolls_renews_and_wrong_challenge_is_refused() {
         x509_field(&p("dev.pem"), "-serial"),
         x509_field(&p("dev2.pem"), "-serial")
     );
-    assert_eq!(scep_issued(&fleet), base + 2);
+    assert_eq!(fleet.issued_by("scep"), base + 2);
 
     // An old client's DES-EDE3-CBC content (strongSwan `--cipher des3`).
     rsa_key(&p("des.key"));
@@ -216,7 +201,7 @@ fn strongswan_enrolls_renews_and_wrong_challenge_is_refused() {
     assert!(ok, "pki --scep --cipher des3: {err}");
     std::fs::write(p("des.pem"), cert).expect("write cert");
     verify(&fleet, &p("des.pem"));
-    assert_eq!(scep_issued(&fleet), base + 3);
+    assert_eq!(fleet.issued_by("scep"), base + 3);
 
     // A wrong challenge: FAILURE, nothing issued.
     rsa_key(&p("bad.key"));
@@ -247,7 +232,7 @@ fn strongswan_enrolls_renews_and_wrong_challenge_is_refused() {
     ]);
     assert!(!ok, "a wrong challenge must be refused");
     assert!(err.to_lowercase().contains("fail"), "{err}");
-    assert_eq!(scep_issued(&fleet), base + 3);
+    assert_eq!(fleet.issued_by("scep"), base + 3);
 
     get_cert_get_crl_and_malformed(&fleet, &url, &p("ra.pem"), &p("dev.pem"), &p("dev.key"));
 }
