@@ -395,6 +395,15 @@ impl Scep for ScepService {
         count("CheckChallenge", &r.tenant, outcome);
         Ok(Response::new(CheckChallengeResponse { ok: out? }))
     }
+
+    async fn enroll(
+        &self,
+        req: Request<certgate_proto::scep::EnrollRequest>,
+    ) -> Result<Response<certgate_proto::scep::EnrollResponse>, Status> {
+        let caller = caller_of(&req);
+        self.0.check(false, &caller, "Enroll")?;
+        Err(Status::unimplemented("Scep.Enroll: not yet implemented"))
+    }
 }
 
 #[tonic::async_trait]
