@@ -11,11 +11,12 @@ mod lenient;
 mod message;
 mod reply;
 
+pub mod ber;
 pub mod client;
 
 pub use message::{
-    DigestAlg, IssuerAndSerial, KeyTransport, MAX_MESSAGE_LEN, MessageType, PkiMessage,
-    RequestContent, parse_pki_message,
+    DEFAULT_SIGNING_TIME_SKEW, DigestAlg, IssuerAndSerial, KeyTransport, MAX_MESSAGE_LEN,
+    MessageType, PkiMessage, RequestContent, parse_pki_message, parse_pki_message_at,
 };
 pub use reply::{
     CertRep, NEXT_CA_CERT_CONTENT_TYPE, NextCaCert, ca_caps, ca_caps_with_next_ca, ca_cert_response,
@@ -128,6 +129,8 @@ pub mod oids {
     pub const CONTENT_TYPE: Oid = Oid::new_unwrap("1.2.840.113549.1.9.3");
     /// PKCS#9 messageDigest.
     pub const MESSAGE_DIGEST: Oid = Oid::new_unwrap("1.2.840.113549.1.9.4");
+    /// PKCS#9 signingTime (RFC 5652 §11.3).
+    pub const SIGNING_TIME: Oid = Oid::new_unwrap("1.2.840.113549.1.9.5");
     /// PKCS#9 challengePassword.
     pub const CHALLENGE_PASSWORD: Oid = Oid::new_unwrap("1.2.840.113549.1.9.7");
     /// id-data.

@@ -20,6 +20,11 @@ use zeroize::Zeroizing;
 /// Upper bound on a PKIOperation message (DER); larger input is refused before parsing.
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 
+/// How far a request's signingTime may be from the gateway's clock before it is refused with
+/// badTime (RFC 8894 §3.2.1.4.5) by [`parse_pki_message_at`]: generous enough for devices
+/// whose clocks drift, tight enough that a captured request cannot be replayed days later.
+pub const DEFAULT_SIGNING_TIME_SKEW: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The SCEP messageType values (RFC 8894 §3.2.1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageType {
@@ -194,7 +199,7 @@ fn octets(v: &der::Any) -> Option<Vec<u8>> {
 /// transactionID and senderNonce could be read, [`ScepError::reply_to`] so that the answer can
 /// be a CertRep FAILURE rather than an HTTP error (RFC 8894 §3.3.2.2).
 pub fn parse_pki_message(der_bytes: &[u8]) -> Result<PkiMessage, ScepError> {
-    parse_verified(der_bytes).map_err(|mut e| {
+    parse_verified(der_bytes).map(|(m, _)| m).map_err(|mut e| {
         if der_bytes.len() <= MAX_MESSAGE_LEN {
             e.reply_to = reply_to(der_bytes).map(Box::new);
         }
@@ -202,11 +207,47 @@ pub fn parse_pki_message(der_bytes: &[u8]) -> Result<PkiMessage, ScepError> {
     })
 }
 
+/// [`parse_pki_message`], and then the signingTime signed attribute (RFC 5652 §11.3, UTCTime or
+/// GeneralizedTime), when the client sent one, must lie within `max_skew` of `now`: otherwise
+/// the message is refused with badTime (RFC 8894 §3.2.1.4.5), addressed for a CertRep FAILURE.
+/// The time is judged only after the signature verified, so a forged time cannot make a valid
+/// request fail. Without signingTime the message is accepted (RFC 8894 does not require it).
+pub fn parse_pki_message_at(
+    der_bytes: &[u8],
+    now: std::time::SystemTime,
+    max_skew: std::time::Duration,
+) -> Result<PkiMessage, ScepError> {
+    let with_reply = |mut e: ScepError| {
+        if der_bytes.len() <= MAX_MESSAGE_LEN {
+            e.reply_to = reply_to(der_bytes).map(Box::new);
+        }
+        e
+    };
+    let (msg, signing_time) = parse_verified(der_bytes).map_err(with_reply)?;
+    if let Some(t) = signing_time {
+        let skew = t
+            .duration_since(now)
+            .or_else(|_| now.duration_since(t))
+            .unwrap_or(std::time::Duration::MAX);
+        if skew > max_skew {
+            return Err(with_reply(bad(
+                FailInfo::BadTime,
+                format!(
+                    "signingTime is {}s from the gateway's clock (at most {}s)",
+                    skew.as_secs(),
+                    max_skew.as_secs()
+                ),
+            )));
+        }
+    }
+    Ok(msg)
+}
+
 /// The addressing fields of a message that failed [`parse_verified`]: a SignedData with exactly
 /// one SignerInfo whose signed attributes hold one transactionID (1..=128 characters) and one
 /// 16-byte senderNonce. Nothing here is trusted; a FAILURE only echoes them.
 fn reply_to(der_bytes: &[u8]) -> Option<ReplyTo> {
-    let ci = ContentInfo::from_der(der_bytes).ok()?;
+    let ci = ContentInfo::from_der(&crate::ber::normalise(der_bytes).ok()?).ok()?;
     if ci.content_type != oids::SIGNED_DATA {
         return None;
     }
@@ -237,10 +278,16 @@ fn reply_to(der_bytes: &[u8]) -> Option<ReplyTo> {
     })
 }
 
-fn parse_verified(der_bytes: &[u8]) -> Result<PkiMessage, ScepError> {
+/// The verified message and its signingTime, if it has one.
+fn parse_verified(
+    der_bytes: &[u8],
+) -> Result<(PkiMessage, Option<std::time::SystemTime>), ScepError> {
     if der_bytes.len() > MAX_MESSAGE_LEN {
         return Err(bad(FailInfo::BadRequest, "message too large"));
     }
+    // BER (indefinite lengths, chunked content) from streaming clients → DER; DER is borrowed.
+    let der_bytes = &*crate::ber::normalise(der_bytes)
+        .map_err(|e| bad(FailInfo::BadRequest, e.to_string()))?;
     let ci = ContentInfo::from_der(der_bytes)
         .map_err(|_| bad(FailInfo::BadRequest, "not a CMS ContentInfo"))?;
     if ci.content_type != oids::SIGNED_DATA {
@@ -283,6 +330,7 @@ fn parse_verified(der_bytes: &[u8]) -> Result<PkiMessage, ScepError> {
     let mut sender_nonce = None;
     let mut message_digest = None;
     let mut content_type = None;
+    let mut signing_time = None;
     for a in attrs.iter() {
         let mut vals = a.values.iter();
         let (Some(v), None) = (vals.next(), vals.next()) else {
@@ -294,6 +342,13 @@ fn parse_verified(der_bytes: &[u8]) -> Result<PkiMessage, ScepError> {
             oids::SENDER_NONCE => sender_nonce = octets(v),
             oids::MESSAGE_DIGEST => message_digest = octets(v),
             oids::CONTENT_TYPE => content_type = v.decode_as::<ObjectIdentifier>().ok(),
+            oids::SIGNING_TIME => {
+                let t = v
+                    .to_der()
+                    .and_then(|d| x509_cert::time::Time::from_der(&d))
+                    .map_err(|_| bad(FailInfo::BadRequest, "malformed signingTime"))?;
+                signing_time = Some(t.to_system_time());
+            }
             _ => {}
         }
     }
@@ -373,7 +428,7 @@ fn parse_verified(der_bytes: &[u8]) -> Result<PkiMessage, ScepError> {
         .map_err(|_| bad(FailInfo::BadMessageCheck, "signature does not verify"))?;
 
     let enc = |e: der::Error| bad(FailInfo::BadRequest, format!("encoding: {e}"));
-    Ok(PkiMessage {
+    let msg = PkiMessage {
         message_type,
         transaction_id,
         sender_nonce,
@@ -385,12 +440,16 @@ fn parse_verified(der_bytes: &[u8]) -> Result<PkiMessage, ScepError> {
         },
         digest,
         enveloped,
-    })
+    };
+    Ok((msg, signing_time))
 }
 
 impl PkiMessage {
     fn enveloped_data(&self) -> Result<EnvelopedData, ScepError> {
-        let ci = ContentInfo::from_der(&self.enveloped)
+        // A streaming client's EnvelopedData is BER (indefinite lengths, chunked content).
+        let der_bytes = crate::ber::normalise_enveloped(&self.enveloped)
+            .map_err(|e| bad(FailInfo::BadRequest, e.to_string()))?;
+        let ci = ContentInfo::from_der(&der_bytes)
             .map_err(|_| bad(FailInfo::BadRequest, "content is not a ContentInfo"))?;
         if ci.content_type != oids::ENVELOPED_DATA {
             return Err(bad(FailInfo::BadRequest, "content is not EnvelopedData"));
