@@ -43,6 +43,18 @@ pub enum MessageType {
 }
 
 impl MessageType {
+    /// The messageType attribute value ("19" for PKCSReq, …).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::CertRep => "3",
+            Self::RenewalReq => "17",
+            Self::PkcsReq => "19",
+            Self::CertPoll => "20",
+            Self::GetCert => "21",
+            Self::GetCrl => "22",
+        }
+    }
+
     fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "3" => Self::CertRep,
@@ -96,6 +108,16 @@ impl DigestAlg {
             Self::Sha384 => "sha384",
             Self::Sha512 => "sha512",
         }
+    }
+    /// The algorithm [`DigestAlg::name`] names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "sha1" => Self::Sha1,
+            "sha256" => Self::Sha256,
+            "sha384" => Self::Sha384,
+            "sha512" => Self::Sha512,
+            _ => return None,
+        })
     }
     /// Hashes `data`.
     pub fn digest(self, data: &[u8]) -> Vec<u8> {
@@ -445,6 +467,60 @@ fn parse_verified(
 }
 
 impl PkiMessage {
+    /// The pkcsPKIEnvelope (EnvelopedData ContentInfo, DER) whose digest the client signed.
+    pub fn enveloped_der(&self) -> &[u8] {
+        &self.enveloped
+    }
+
+    /// A message rebuilt from the parts of one that [`parse_pki_message`] accepted (the core's
+    /// `Scep.Enroll`: the edge parsed the request and verified its signature, the core holds
+    /// the RA key). The signature is not checked again; the fields are checked as the parser
+    /// checks them, and the signer certificate must hold an RSA key.
+    pub fn from_verified_parts(
+        message_type: &str,
+        transaction_id: &str,
+        sender_nonce: &[u8],
+        signer_cert_der: &[u8],
+        digest: &str,
+        enveloped_der: &[u8],
+    ) -> Result<Self, ScepError> {
+        let message_type = MessageType::parse(message_type)
+            .filter(|t| *t != MessageType::CertRep)
+            .ok_or_else(|| bad(FailInfo::BadRequest, "unknown messageType"))?;
+        if transaction_id.is_empty() || transaction_id.len() > 128 {
+            return Err(bad(FailInfo::BadRequest, "bad transactionID length"));
+        }
+        if sender_nonce.len() != 16 {
+            return Err(bad(FailInfo::BadRequest, "senderNonce must be 16 bytes"));
+        }
+        let digest = DigestAlg::from_name(digest)
+            .ok_or_else(|| bad(FailInfo::BadAlg, "unsupported digest algorithm"))?;
+        if enveloped_der.is_empty() || enveloped_der.len() > MAX_MESSAGE_LEN {
+            return Err(bad(FailInfo::BadRequest, "bad pkcsPKIEnvelope length"));
+        }
+        let signer = lenient::Cert::from_der_lenient(signer_cert_der)
+            .map_err(|_| bad(FailInfo::BadCertId, "malformed signer certificate"))?;
+        let spki = &signer.tbs_certificate.subject_public_key_info;
+        if spki.algorithm.oid != oids::RSA_ENCRYPTION {
+            return Err(bad(FailInfo::BadAlg, "signer key is not RSA"));
+        }
+        let sid = signer.issuer_serial();
+        let enc = |e: der::Error| bad(FailInfo::BadRequest, format!("encoding: {e}"));
+        Ok(Self {
+            message_type,
+            transaction_id: transaction_id.to_owned(),
+            sender_nonce: sender_nonce.to_vec(),
+            signer_cert_der: signer_cert_der.to_vec(),
+            signer_spki_der: spki.to_der().map_err(enc)?,
+            signer_id: IssuerAndSerial {
+                issuer_der: sid.issuer.to_der().map_err(enc)?,
+                serial: sid.serial_number.as_bytes().to_vec(),
+            },
+            digest,
+            enveloped: enveloped_der.to_vec(),
+        })
+    }
+
     fn enveloped_data(&self) -> Result<EnvelopedData, ScepError> {
         // A streaming client's EnvelopedData is BER (indefinite lengths, chunked content).
         let der_bytes = crate::ber::normalise_enveloped(&self.enveloped)
