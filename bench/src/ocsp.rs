@@ -44,6 +44,13 @@ pub(crate) struct OcspArgs {
     /// Skip nginx and cfssl (edge only).
     #[arg(long)]
     no_peers: bool,
+    /// Open-loop rates as fractions of the edge's measured GET peak; each rate drives the edge
+    /// and then nginx (the control) with the same generator.
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75")]
+    open_fractions: Vec<f64>,
+    /// Open-loop connections (one generator thread each).
+    #[arg(long, default_value_t = 64)]
+    open_connections: usize,
     /// Directory with `certgate`, `certgate-signer`, `certgate-core`, `certgate-edge` (default:
     /// next to this executable).
     #[arg(long)]
@@ -347,48 +354,309 @@ fn quantile_ms(sorted_us: &[u64], q: f64) -> f64 {
     sorted_us[idx.min(sorted_us.len() - 1)] as f64 / 1000.0
 }
 
-/// Open loop over `conns` keep-alive connections at `rate` GETs/s in total for `d`: each
-/// connection sends on its own schedule; latency counts from the scheduled time.
-async fn open_loop_get(
+/// One request of an open-loop run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sample {
+    /// Scheduled send time, µs from the run's start.
+    sched_us: u64,
+    /// From the scheduled send time to the response's last byte, µs (what a user waits: a
+    /// request that left late because the generator was late counts its lateness).
+    lat_us: u64,
+    /// From the scheduled send time to the actual send, µs: the generator's own lateness (timer
+    /// wake-up, or no free connection).
+    late_us: u64,
+}
+
+/// The result of [`open_loop`].
+struct OpenLoop {
+    rate: f64,
+    samples: Vec<Sample>,
+    errors: u64,
+    /// Whether every thread's timer slack could be set to 1 µs.
+    fine_timers: bool,
+}
+
+/// Reads one HTTP/1.1 response (Content-Length framed) from a blocking stream; returns the
+/// status. `buf` keeps bytes read past the response (none with one request in flight).
+fn read_response(stream: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<u16> {
+    use std::io::Read;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end])?.to_ascii_lowercase();
+            let status: u16 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .context("status line")?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let total = end + 4 + len;
+            while buf.len() < total {
+                let n = stream.read(&mut chunk)?;
+                anyhow::ensure!(n > 0, "connection closed");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..total);
+            return Ok(status);
+        }
+        let n = stream.read(&mut chunk)?;
+        anyhow::ensure!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Sets this thread's timer slack to 1 µs (default 50 µs: `nanosleep` may overshoot by that
+/// much on purpose). `/proc/<tid>/timerslack_ns`, the tid read from `/proc/thread-self` (no
+/// `prctl` without unsafe code).
+fn fine_timer_slack() -> bool {
+    std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|l| l.file_name().map(|t| t.to_string_lossy().into_owned()))
+        .is_some_and(|tid| std::fs::write(format!("/proc/{tid}/timerslack_ns"), "1000").is_ok())
+}
+
+/// Open-loop load: `rate` requests/s in total for `d`, request `i` scheduled at exactly
+/// `i / rate` s after the start, whichever connection is free takes it. `conns` OS threads,
+/// one blocking keep-alive connection each: a thread claims the next scheduled request only when
+/// its previous response has arrived, so one slow response delays no other request's schedule
+/// (only a stall of all `conns` connections does, and then the delay is counted: latency runs
+/// from the scheduled time, never from the actual send — no coordinated omission). Threads sleep
+/// with `nanosleep` and a timer slack of 1 µs ([`fine_timer_slack`]), not tokio's
+/// 1 ms timer wheel (which releases a millisecond's requests at once, in bursts); the lateness
+/// of every send is recorded and reported, so the generator's granularity is measured, not
+/// assumed.
+fn open_loop(
     addr: SocketAddr,
-    paths: Arc<Vec<String>>,
+    heads: Arc<Vec<Vec<u8>>>,
     rate: f64,
     conns: usize,
     d: Duration,
-) -> anyhow::Result<(Vec<u64>, u64)> {
-    let per_conn = Duration::from_secs_f64(conns as f64 / rate.max(1.0));
-    let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let mut tasks = Vec::new();
-    for c in 0..conns {
-        let paths = paths.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(addr).await?;
-            let offset = per_conn.mul_f64(c as f64 / conns as f64);
-            let (mut lat, mut errors) = (Vec::new(), 0u64);
-            for i in 0u32.. {
-                let at = start + offset + per_conn * i;
-                if at - start >= d {
-                    break;
-                }
-                tokio::time::sleep_until(at).await;
-                let path = &paths[(c * 7919 + i as usize) % paths.len()];
-                let head = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
-                match conn.exchange(head.as_bytes(), &[]).await {
-                    Ok((200, _)) => lat.push(at.elapsed().as_micros() as u64),
-                    _ => errors += 1,
-                }
-            }
-            anyhow::Ok((lat, errors))
-        }));
+) -> anyhow::Result<OpenLoop> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let rate = rate.max(1.0);
+    let total = (rate * d.as_secs_f64()) as u64;
+    let next = Arc::new(AtomicU64::new(0));
+    let fine = Arc::new(AtomicBool::new(true));
+    // Connect everything first; the schedule starts once all are open.
+    let mut streams = Vec::with_capacity(conns);
+    for _ in 0..conns.max(1) {
+        let s = std::net::TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        streams.push(s);
     }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, e) = t.await??;
-        all.extend(l);
+    let start = Instant::now() + Duration::from_millis(100);
+    let mut threads = Vec::with_capacity(streams.len());
+    for (c, mut stream) in streams.into_iter().enumerate() {
+        let (heads, next, fine) = (heads.clone(), next.clone(), fine.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("open-loop-{c}"))
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    if !fine_timer_slack() {
+                        fine.store(false, Ordering::Relaxed);
+                    }
+                    let (mut out, mut errors) = (Vec::new(), 0u64);
+                    let mut buf = Vec::with_capacity(4096);
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            break;
+                        }
+                        let off = Duration::from_nanos((i as f64 * 1e9 / rate) as u64);
+                        let at = start + off;
+                        let now = Instant::now();
+                        if at > now {
+                            std::thread::sleep(at - now);
+                        }
+                        let sent = Instant::now();
+                        let head = &heads[(i as usize).wrapping_mul(7919) % heads.len()];
+                        let ok = stream
+                            .write_all(head)
+                            .map_err(anyhow::Error::from)
+                            .and_then(|()| read_response(&mut stream, &mut buf));
+                        let done = Instant::now();
+                        match ok {
+                            Ok(200) => out.push(Sample {
+                                sched_us: off.as_micros() as u64,
+                                lat_us: done.duration_since(at).as_micros() as u64,
+                                late_us: sent.saturating_duration_since(at).as_micros() as u64,
+                            }),
+                            Ok(_) => errors += 1,
+                            Err(_) => {
+                                // A broken connection: count it, reconnect, go on.
+                                errors += 1;
+                                buf.clear();
+                                match std::net::TcpStream::connect(addr) {
+                                    Ok(s) => {
+                                        let _ = s.set_nodelay(true);
+                                        stream = s;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                    }
+                    (out, errors)
+                })?,
+        );
+    }
+    let (mut samples, mut errors) = (Vec::with_capacity(total as usize), 0);
+    for t in threads {
+        let (s, e) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("an open-loop thread panicked"))?;
+        samples.extend(s);
         errors += e;
     }
-    all.sort_unstable();
-    Ok((all, errors))
+    samples.sort_unstable_by_key(|s| s.sched_us);
+    Ok(OpenLoop {
+        rate,
+        samples,
+        errors,
+        fine_timers: fine.load(Ordering::Relaxed),
+    })
+}
+
+/// One open-loop run with what the bench reports about it.
+struct OpenRun {
+    name: &'static str,
+    frac: f64,
+    stats: OpenStats,
+    per_second: Vec<f64>,
+    threads: Vec<(String, f64, u64, u64)>,
+    gen_cpu_us: f64,
+    run: OpenLoop,
+}
+
+/// Quantiles of an open-loop run.
+#[derive(Clone, Copy, Debug)]
+struct OpenStats {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    late_p50: f64,
+    late_p99: f64,
+    /// Share of requests sent more than 1 ms late.
+    late_1ms: f64,
+}
+
+fn open_stats(r: &OpenLoop) -> OpenStats {
+    let mut lat: Vec<u64> = r.samples.iter().map(|s| s.lat_us).collect();
+    let mut late: Vec<u64> = r.samples.iter().map(|s| s.late_us).collect();
+    lat.sort_unstable();
+    late.sort_unstable();
+    OpenStats {
+        p50: quantile_ms(&lat, 0.5),
+        p99: quantile_ms(&lat, 0.99),
+        p999: quantile_ms(&lat, 0.999),
+        max: quantile_ms(&lat, 1.0),
+        late_p50: quantile_ms(&late, 0.5),
+        late_p99: quantile_ms(&late, 0.99),
+        late_1ms: late.iter().filter(|&&l| l > 1000).count() as f64 / late.len().max(1) as f64,
+    }
+}
+
+/// p99 (ms) per `window` of scheduled time: where in the run the tail happens.
+fn windowed_p99(samples: &[Sample], window: Duration) -> Vec<f64> {
+    let w = window.as_micros().max(1) as u64;
+    let mut out: Vec<f64> = Vec::new();
+    let mut cur: Vec<u64> = Vec::new();
+    let mut idx = 0;
+    for s in samples {
+        let k = s.sched_us / w;
+        while k > idx {
+            cur.sort_unstable();
+            out.push(quantile_ms(&cur, 0.99));
+            cur.clear();
+            idx += 1;
+        }
+        cur.push(s.lat_us);
+    }
+    cur.sort_unstable();
+    out.push(quantile_ms(&cur, 0.99));
+    out
+}
+
+/// (thread name, CPU seconds, voluntary, involuntary context switches) of every thread of `pid`.
+fn thread_stats(pid: u32) -> Vec<(String, f64, u64, u64)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let p = e.path();
+        let (Ok(stat), Ok(status)) = (
+            std::fs::read_to_string(p.join("stat")),
+            std::fs::read_to_string(p.join("status")),
+        ) else {
+            continue;
+        };
+        let name = stat
+            .split_once('(')
+            .and_then(|(_, r)| r.rsplit_once(')'))
+            .map(|(n, _)| n.to_owned())
+            .unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let cpu = (ticks(11) + ticks(12)) / 100.0;
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        out.push((
+            name,
+            cpu,
+            field("voluntary_ctxt_switches:"),
+            field("nonvoluntary_ctxt_switches:"),
+        ));
+    }
+    out
+}
+
+/// Per thread name (threads of one name summed): CPU seconds and context switches between two
+/// [`thread_stats`] snapshots, busiest first.
+fn thread_delta(
+    before: &[(String, f64, u64, u64)],
+    after: &[(String, f64, u64, u64)],
+) -> Vec<(String, f64, u64, u64)> {
+    let mut sum: std::collections::BTreeMap<String, (f64, u64, u64)> = Default::default();
+    for (n, c, v, i) in after {
+        let e = sum.entry(n.clone()).or_default();
+        e.0 += c;
+        e.1 += v;
+        e.2 += i;
+    }
+    for (n, c, v, i) in before {
+        if let Some(e) = sum.get_mut(n) {
+            e.0 -= c;
+            e.1 = e.1.saturating_sub(*v);
+            e.2 = e.2.saturating_sub(*i);
+        }
+    }
+    let mut v: Vec<_> = sum
+        .into_iter()
+        .map(|(n, (c, vo, i))| (n, c, vo, i))
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
 }
 
 fn nginx_conf(dir: &Path, port: u16) -> anyhow::Result<PathBuf> {
@@ -646,15 +914,68 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
         )?;
         (Some(n), Some(f))
     };
-    let half_rate = edge_get.rps / 2.0;
-    println!("open loop: edge GET at {half_rate:.0}/s (half the GET peak) …");
-    let (half_lat, half_err) = rt.block_on(open_loop_get(
-        edge_addr,
-        Arc::new(paths.clone()),
-        half_rate,
-        c,
-        Duration::from_secs(s),
-    ))?;
+    // Open loop at fractions of the edge's GET peak: the edge, then nginx (the control) at the
+    // same rate with the same generator and paths. If nginx shows the same tail, the tail is
+    // the machine and the generator, not the edge.
+    let heads: Arc<Vec<Vec<u8>>> = Arc::new(
+        paths
+            .iter()
+            .map(|p| format!("GET {p} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes())
+            .collect(),
+    );
+    let nginx_pids: Vec<u32> = match peers.first() {
+        Some(master) if !args.no_peers => {
+            let m = master.0.0.id();
+            let kids =
+                std::fs::read_to_string(format!("/proc/{m}/task/{m}/children")).unwrap_or_default();
+            std::iter::once(m)
+                .chain(kids.split_whitespace().filter_map(|k| k.parse().ok()))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    let oc = args.open_connections;
+    let mut open_runs: Vec<OpenRun> = Vec::new();
+    for &frac in &args.open_fractions {
+        let rate = edge_get.rps * frac;
+        let mut targets = vec![("certgate-edge GET", edge_addr, vec![edge_child.0.id()])];
+        if !args.no_peers {
+            targets.push((
+                "nginx static file",
+                SocketAddr::from(([127, 0, 0, 1], nginx_port)),
+                nginx_pids.clone(),
+            ));
+        }
+        for (name, addr, pids) in targets {
+            println!(
+                "open loop: {name} at {rate:.0}/s ({:.0}% of the edge GET peak), {oc} connections …",
+                frac * 100.0
+            );
+            let before: Vec<_> = pids.iter().flat_map(|&p| thread_stats(p)).collect();
+            let gen0 = cpu_seconds(&std::process::id().to_string());
+            let r = open_loop(addr, heads.clone(), rate, oc, Duration::from_secs(s))?;
+            let gen1 = cpu_seconds(&std::process::id().to_string());
+            let after: Vec<_> = pids.iter().flat_map(|&p| thread_stats(p)).collect();
+            let gen_cpu_us = match (gen0, gen1) {
+                (Some(a), Some(b)) => (b - a) * 1e6 / (r.samples.len().max(1) as f64),
+                _ => f64::NAN,
+            };
+            open_runs.push(OpenRun {
+                name,
+                frac,
+                stats: open_stats(&r),
+                per_second: windowed_p99(&r.samples, Duration::from_secs(1)),
+                threads: thread_delta(&before, &after),
+                gen_cpu_us,
+                run: r,
+            });
+        }
+    }
+    let half = open_runs
+        .iter()
+        .filter(|r| r.name.starts_with("certgate"))
+        .min_by(|a, b| (a.frac - 0.5).abs().total_cmp(&(b.frac - 0.5).abs()))
+        .map(|r| (r.run.rate, r.stats));
 
     println!("timing {} revocations to both edges …", args.revocations);
     let prop = rt.block_on(propagation(
@@ -703,12 +1024,53 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "edge GET open loop at {half_rate:.0}/s over {c} connections: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms ({} requests, {half_err} errors)",
-        quantile_ms(&half_lat, 0.5),
-        quantile_ms(&half_lat, 0.99),
-        quantile_ms(&half_lat, 0.999),
-        half_lat.len()
+        "open loop (own generator: {oc} blocking connections, one thread each, latency from the scheduled send; send lateness = the generator's own delay):"
     );
+    println!();
+    println!(
+        "| rate req/s | of edge GET peak | server | p50 ms | p99 ms | p99.9 ms | max ms | send late p50/p99 ms | sent > 1 ms late | errors | generator CPU µs/req |"
+    );
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &open_runs {
+        let st = r.stats;
+        println!(
+            "| {:.0} | {:.0}% | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3}/{:.3} | {:.2}% | {} | {:.1} |",
+            r.run.rate,
+            r.frac * 100.0,
+            r.name,
+            st.p50,
+            st.p99,
+            st.p999,
+            st.max,
+            st.late_p50,
+            st.late_p99,
+            st.late_1ms * 100.0,
+            r.run.errors,
+            r.gen_cpu_us
+        );
+    }
+    println!();
+    for r in &open_runs {
+        let secs: Vec<String> = r.per_second.iter().map(|p| format!("{p:.1}")).collect();
+        println!(
+            "{} at {:.0}%: p99 per second (ms): {}{}",
+            r.name,
+            r.frac * 100.0,
+            secs.join(" "),
+            if r.run.fine_timers {
+                ""
+            } else {
+                " (timer slack not settable: coarser sends)"
+            }
+        );
+        let threads: Vec<String> = r
+            .threads
+            .iter()
+            .filter(|(_, cpu, _, _)| *cpu > 0.0)
+            .map(|(n, cpu, vol, inv)| format!("{n} {cpu:.2} s ({vol} vol / {inv} invol switches)"))
+            .collect();
+        println!("    server threads: {}", threads.join("; "));
+    }
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         println!(
             "edge CPU per GET at peak: {:.1} µs",
@@ -727,7 +1089,7 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
     );
     if let (Some(n), Some(f)) = (&nginx, &cfssl) {
         println!(
-            "targets: GET ≥ 80% of nginx → {:.0}% {}; POST ≥ 5× cfssl → {:.1}× {}; p99 < 5 ms at half peak → {:.2} ms {}; propagation p99 < 1 s → {:.0} ms {}",
+            "targets: GET ≥ 80% of nginx → {:.0}% {}; POST ≥ 5× cfssl → {:.1}× {}; p99 < 5 ms at half peak (open loop nearest 50%) → {:.2} ms {}; propagation p99 < 1 s → {:.0} ms {}",
             100.0 * edge_get.rps / n.rps,
             if edge_get.rps >= 0.8 * n.rps {
                 "met"
@@ -740,8 +1102,8 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
             } else {
                 "NOT met"
             },
-            quantile_ms(&half_lat, 0.99),
-            if quantile_ms(&half_lat, 0.99) < 5.0 {
+            half.map_or(f64::NAN, |h| h.1.p99),
+            if half.is_some_and(|h| h.1.p99 < 5.0) {
                 "met"
             } else {
                 "NOT met"
