@@ -111,7 +111,11 @@ impl Parser {
                     .get(pos..pos + k)
                     .ok_or(BerError("truncated length"))?;
                 pos += k;
-                Some(bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b)))
+                Some(
+                    bytes
+                        .iter()
+                        .fold(0usize, |acc, b| (acc << 8) | usize::from(*b)),
+                )
             }
         };
         let tag = &input[..tag_len];
@@ -386,11 +390,17 @@ mod tests {
             (&[0x04, 0x80, 0x00, 0x00][..], "primitive indefinite"),
             (&[0x30, 0x03, 0x02, 0x01][..], "truncated"),
             (&[0x30, 0x00, 0x00][..], "trailing bytes"),
-            (&[0x24, 0x80, 0x02, 0x01, 0x05, 0x00, 0x00][..], "chunk not OCTET STRING"),
+            (
+                &[0x24, 0x80, 0x02, 0x01, 0x05, 0x00, 0x00][..],
+                "chunk not OCTET STRING",
+            ),
             (&[0x30, 0x85, 1, 0, 0, 0, 0][..], "5 length octets"),
             (&[0x30, 0xff][..], "reserved length"),
             (&[0x00, 0x00][..], "bare end-of-contents"),
-            (&[0x1f, 0x81, 0x81, 0x81, 0x01, 0x00][..], "tag number too large"),
+            (
+                &[0x1f, 0x81, 0x81, 0x81, 0x01, 0x00][..],
+                "tag number too large",
+            ),
             (&deep[..], "too deep"),
             (&[][..], "empty"),
         ] {
@@ -421,8 +431,8 @@ mod tests {
         assert_eq!(
             &*der,
             &[
-                0x30, 0x18, 0x06, 0x01, 0x2a, 0xa0, 0x13, 0x30, 0x11, 0x02, 0x01, 0x00, 0x31,
-                0x00, 0x30, 0x0a, 0x06, 0x01, 0x2a, 0x30, 0x00, 0x80, 0x03, b'x', b'y', b'z'
+                0x30, 0x18, 0x06, 0x01, 0x2a, 0xa0, 0x13, 0x30, 0x11, 0x02, 0x01, 0x00, 0x31, 0x00,
+                0x30, 0x0a, 0x06, 0x01, 0x2a, 0x30, 0x00, 0x80, 0x03, b'x', b'y', b'z'
             ]
         );
         // The plain normaliser keeps the [0] constructed (it cannot know it is IMPLICIT).

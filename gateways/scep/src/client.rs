@@ -40,7 +40,28 @@ fn err(why: &str) -> ScepError {
 
 /// Builds a PKIOperation message (DER), signed with SHA-256 and sha256WithRSAEncryption.
 pub fn build_request(r: &Request<'_>) -> Result<Vec<u8>, ScepError> {
-    let env = envelope(r.content_der, r.ra_cert_der)?;
+    build_request_with(r, &RequestOptions::default())
+}
+
+/// What [`build_request_with`] does differently from [`build_request`] (edge-case tests).
+#[derive(Debug, Default, Clone)]
+pub struct RequestOptions {
+    /// Add a signingTime signed attribute (RFC 5652 §11.3) with this time: UTCTime before
+    /// 2050, GeneralizedTime from then on, as RFC 5652 requires (whole seconds).
+    pub signing_time: Option<std::time::SystemTime>,
+    /// Encode signingTime as GeneralizedTime even before 2050 (some clients do).
+    pub signing_time_generalized: bool,
+    /// Use this pkcsPKIEnvelope (an EnvelopedData ContentInfo, DER or BER, e.g. made by
+    /// `openssl cms -encrypt -stream`) instead of encrypting `content_der` here.
+    pub envelope: Option<Vec<u8>>,
+}
+
+/// [`build_request`] with [`RequestOptions`].
+pub fn build_request_with(r: &Request<'_>, o: &RequestOptions) -> Result<Vec<u8>, ScepError> {
+    let env = match &o.envelope {
+        Some(e) => e.clone(),
+        None => envelope(r.content_der, r.ra_cert_der)?,
+    };
     let set = AttrSet {
         message_type: r.message_type,
         transaction_id: r.transaction_id.to_owned(),
@@ -49,7 +70,30 @@ pub fn build_request(r: &Request<'_>) -> Result<Vec<u8>, ScepError> {
         status: None,
         fail_info: None,
     };
-    let attrs = signed_attributes(&set, DigestAlg::Sha256, Some(&env))?;
+    let mut attrs = signed_attributes(&set, DigestAlg::Sha256, Some(&env))?;
+    if let Some(t) = o.signing_time {
+        use x509_cert::time::Time;
+        let generalized = || {
+            der::asn1::GeneralizedTime::from_system_time(t)
+                .map(Time::GeneralTime)
+                .map_err(|_| err("signingTime"))
+        };
+        let time = if o.signing_time_generalized {
+            generalized()?
+        } else {
+            match der::asn1::UtcTime::from_system_time(t) {
+                Ok(u) => Time::UtcTime(u),
+                Err(_) => generalized()?, // 2050 and later
+            }
+        };
+        let value = der::Any::encode_from(&time).map_err(|_| err("encoding"))?;
+        attrs
+            .insert(x509_cert::attr::Attribute {
+                oid: oids::SIGNING_TIME,
+                values: der::asn1::SetOfVec::try_from(vec![value]).map_err(|_| err("encoding"))?,
+            })
+            .map_err(|_| err("encoding"))?;
+    }
     let tbs = attrs.to_der().map_err(|_| err("encoding"))?;
     let kp = RsaKeyPair::from_pkcs8(r.signer_key_pkcs8).map_err(|_| err("signer key"))?;
     let mut sig = vec![0u8; kp.public_modulus_len()];
@@ -372,4 +416,74 @@ pub fn cert_serial(cert_der: &[u8]) -> Result<Vec<u8>, ScepError> {
         .serial_number
         .as_bytes()
         .to_vec())
+}
+
+/// One DER element at the start of `input`: (identifier octet, content, bytes after it).
+/// Single-octet tags and definite lengths only (what [`build_request`] produces).
+fn der_tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8]), ScepError> {
+    let (&tag, rest) = input.split_first().ok_or_else(|| err("truncated"))?;
+    let (&l0, rest) = rest.split_first().ok_or_else(|| err("truncated"))?;
+    let (len, rest) = if l0 < 0x80 {
+        (usize::from(l0), rest)
+    } else {
+        let k = usize::from(l0 & 0x7f);
+        if k == 0 || k > 4 || rest.len() < k {
+            return Err(err("not DER"));
+        }
+        let len = rest[..k]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[k..])
+    };
+    if rest.len() < len {
+        return Err(err("truncated"));
+    }
+    Ok((tag, &rest[..len], &rest[len..]))
+}
+
+/// Re-encodes a DER SignedData ContentInfo (a PKIOperation request) the way OpenSSL's
+/// `cms -sign -stream` and other streaming encoders send it: indefinite lengths on ContentInfo,
+/// its `[0]`, SignedData, EncapsulatedContentInfo and eContent's `[0]`, and the eContent as a
+/// constructed OCTET STRING of `chunk`-byte pieces. The signature stays valid (it covers the
+/// signed attributes' DER and the content octets, neither changed). For BER tests.
+pub fn to_streaming_ber(der_bytes: &[u8], chunk: usize) -> Result<Vec<u8>, ScepError> {
+    const EOC: [u8; 2] = [0, 0];
+    let chunk = chunk.max(1);
+    let (_, ci, _) = der_tlv(der_bytes)?;
+    let (_, _, after_oid) = der_tlv(ci)?;
+    let oid_part = &ci[..ci.len() - after_oid.len()];
+    let (_, explicit, _) = der_tlv(after_oid)?;
+    let (_, sd, _) = der_tlv(explicit)?;
+    // version, digestAlgorithms, encapContentInfo, then the rest verbatim.
+    let (_, _, r1) = der_tlv(sd)?;
+    let (_, _, r2) = der_tlv(r1)?;
+    let head = &sd[..sd.len() - r2.len()];
+    let (_, eci, tail) = der_tlv(r2)?;
+    let (_, _, eci_rest) = der_tlv(eci)?;
+    let econtent_type = &eci[..eci.len() - eci_rest.len()];
+    let (_, econtent_explicit, _) = der_tlv(eci_rest)?;
+    let (_, octets, _) = der_tlv(econtent_explicit)?;
+
+    let mut out = vec![0x30, 0x80];
+    out.extend_from_slice(oid_part);
+    out.extend_from_slice(&[0xa0, 0x80, 0x30, 0x80]);
+    out.extend_from_slice(head);
+    out.extend_from_slice(&[0x30, 0x80]);
+    out.extend_from_slice(econtent_type);
+    out.extend_from_slice(&[0xa0, 0x80, 0x24, 0x80]);
+    for piece in octets.chunks(chunk) {
+        out.extend_from_slice(
+            &OctetString::new(piece)
+                .and_then(|o| o.to_der())
+                .map_err(|_| err("encoding"))?,
+        );
+    }
+    out.extend_from_slice(&EOC); // constructed OCTET STRING
+    out.extend_from_slice(&EOC); // [0] eContent
+    out.extend_from_slice(&EOC); // EncapsulatedContentInfo
+    out.extend_from_slice(tail);
+    out.extend_from_slice(&EOC); // SignedData
+    out.extend_from_slice(&EOC); // [0]
+    out.extend_from_slice(&EOC); // ContentInfo
+    Ok(out)
 }
