@@ -25,10 +25,10 @@
 //! flooding tenant, or a limit that just shrank, cannot lock the others out.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
-use crate::permits::{OwnedPermit, Permits};
+use crate::permits::{OwnedPermit, Permit, Permits};
 use serde::Deserialize;
 
 /// `[bulkheads]` in edge.toml.
@@ -109,19 +109,31 @@ impl Pool {
 }
 
 /// The protocol's share of an admitted request: a fixed pool's permit or an adaptive pool's slot.
+/// A fixed pool in [`Bulkheads`]' slot table lives as long as the bulkheads, so its permit
+/// borrows it (no reference count per request); one beyond the table is held by `Arc`.
 #[derive(Debug)]
 #[allow(dead_code)] // held for their Drop
-enum ProtocolPermit {
-    Fixed(OwnedPermit),
+enum ProtocolPermit<'a> {
+    Fixed(Permit<'a>),
+    FixedOwned(OwnedPermit),
     Adaptive(AdaptiveSlot),
 }
 
-/// Both permits of an admitted request; dropping it frees them (and, for an adaptive pool,
-/// reports the request's latency to it).
+/// The tenant's share: the `default` tenant's pool is a field of [`Bulkheads`] (borrowed); the
+/// other tenants' pools may be evicted from their cache while permits are out (owned).
 #[derive(Debug)]
-pub struct Admission {
-    _protocol: ProtocolPermit,
-    _tenant: OwnedPermit,
+#[allow(dead_code)] // held for their Drop
+enum TenantPermit<'a> {
+    Default(Permit<'a>),
+    Named(OwnedPermit),
+}
+
+/// Both permits of an admitted request; dropping it frees them (and, for an adaptive pool,
+/// reports the request's latency to it). Borrows the [`Bulkheads`] that admitted it.
+#[derive(Debug)]
+pub struct Admission<'a> {
+    _protocol: ProtocolPermit<'a>,
+    _tenant: TenantPermit<'a>,
 }
 
 /// An AIMD concurrency limit learning the unloaded latency online (module docs).
@@ -305,15 +317,26 @@ impl Drop for AdaptiveSlot {
     }
 }
 
+/// Protocol pools found by a scan of [`Bulkheads::slots`] (no lock, no hash); the route table
+/// has about ten protocols, a protocol beyond this many goes to the locked map.
+const PROTOCOL_SLOTS: usize = 16;
+
 /// The pools.
 pub struct Bulkheads {
     cfg: BulkheadConfig,
+    /// The protocol pools, filled in order the first time each protocol is admitted and never
+    /// replaced: the per-request lookup is a scan comparing `&'static str`s (pointer first),
+    /// then a borrowed permit — instead of a `RwLock` read, a SipHash of the name and two
+    /// reference counts. Filled under `fill` (so no protocol gets two pools).
+    slots: [OnceLock<(&'static str, ProtocolPool)>; PROTOCOL_SLOTS],
+    fill: Mutex<()>,
+    /// Protocols beyond the slots (never in practice: the route table's set is fixed).
     protocols: RwLock<HashMap<&'static str, ProtocolPool>>,
     tenants: moka::sync::Cache<String, Arc<Permits>>,
     /// The `default` tenant's pool, held outside the cache: every plain-path request (all of
     /// OCSP and CRL unless Host-mapped) takes it, so it skips the moka probe. One extra pool
     /// beyond `max_tenant_pools`, never evicted.
-    default_tenant: Arc<Permits>,
+    default_tenant: Permits,
     clock: Clock,
 }
 
@@ -335,62 +358,102 @@ impl Bulkheads {
     pub fn new(cfg: BulkheadConfig) -> Self {
         Self {
             tenants: moka::sync::Cache::new(cfg.max_tenant_pools),
-            default_tenant: Arc::new(Permits::new(cfg.per_tenant)),
+            default_tenant: Permits::new(cfg.per_tenant),
+            slots: [const { OnceLock::new() }; PROTOCOL_SLOTS],
+            fill: Mutex::new(()),
             protocols: RwLock::new(HashMap::new()),
             cfg,
             clock: Clock::Real,
         }
     }
 
-    fn protocol_pool(&self, protocol: &'static str) -> ProtocolPool {
+    /// The protocol's pool in the slot table, if it is there (the per-request path).
+    fn slot(&self, protocol: &'static str) -> Option<&ProtocolPool> {
+        for slot in &self.slots {
+            // Slots fill in order: the first empty one ends the scan.
+            let (name, pool) = slot.get()?;
+            // Equal `&'static str`s from one route table are usually one pointer; compare the
+            // text too, so two copies of a name still share one pool.
+            if std::ptr::eq(*name, protocol) || *name == protocol {
+                return Some(pool);
+            }
+        }
+        None
+    }
+
+    /// The protocol's pool: from the slot table, filling the next slot the first time; beyond
+    /// the table, from the locked map. `Err` carries a pool held by `Arc` (the map's).
+    fn protocol_pool(&self, protocol: &'static str) -> Result<&ProtocolPool, ProtocolPool> {
+        if let Some(p) = self.slot(protocol) {
+            return Ok(p);
+        }
+        let _fill = self.fill.lock().unwrap_or_else(|e| e.into_inner());
+        // Another thread may have filled it while this one waited.
+        if let Some(p) = self.slot(protocol) {
+            return Ok(p);
+        }
+        if let Some(slot) = self.slots.iter().find(|s| s.get().is_none()) {
+            let pool = self.new_protocol_pool(protocol);
+            // Only writer under `fill`: the slot is still empty.
+            let (_, p) = slot.get_or_init(|| (protocol, pool));
+            return Ok(p);
+        }
         if let Ok(m) = self.protocols.read()
             && let Some(s) = m.get(protocol)
         {
-            return s.clone();
+            return Err(s.clone());
         }
+        let make = || self.new_protocol_pool(protocol);
+        Err(match self.protocols.write() {
+            Ok(mut m) => m.entry(protocol).or_insert_with(make).clone(),
+            // A poisoned map cannot happen without a panic elsewhere; a fresh pool still bounds.
+            Err(_) => make(),
+        })
+    }
+
+    fn new_protocol_pool(&self, protocol: &'static str) -> ProtocolPool {
         let size = self
             .cfg
             .protocols
             .get(protocol)
             .copied()
             .unwrap_or(self.cfg.per_protocol);
-        let make = || {
-            if self.cfg.adaptive.iter().any(|p| p == protocol) {
-                ProtocolPool::Adaptive(Arc::new(AdaptivePool::new(
-                    protocol,
-                    size,
-                    &self.cfg,
-                    self.clock.clone(),
-                )))
-            } else {
-                ProtocolPool::Fixed(Arc::new(Permits::new(size)))
-            }
-        };
-        match self.protocols.write() {
-            Ok(mut m) => m.entry(protocol).or_insert_with(make).clone(),
-            // A poisoned map cannot happen without a panic elsewhere; a fresh pool still bounds.
-            Err(_) => make(),
+        if self.cfg.adaptive.iter().any(|p| p == protocol) {
+            ProtocolPool::Adaptive(Arc::new(AdaptivePool::new(
+                protocol,
+                size,
+                &self.cfg,
+                self.clock.clone(),
+            )))
+        } else {
+            ProtocolPool::Fixed(Arc::new(Permits::new(size)))
         }
     }
 
     /// Takes a permit from both pools, or says which one is full. Never waits.
-    pub fn admit(&self, protocol: &'static str, tenant: &str) -> Result<Admission, Pool> {
+    pub fn admit(&self, protocol: &'static str, tenant: &str) -> Result<Admission<'_>, Pool> {
         // The tenant's permit first: a request its tenant pool refuses never touches (or
         // reports a latency sample to) the protocol's pool.
         let t = if tenant == crate::tenant::DEFAULT_TENANT {
-            self.default_tenant.clone()
+            TenantPermit::Default(self.default_tenant.try_acquire().ok_or(Pool::Tenant)?)
         } else {
             let per_tenant = self.cfg.per_tenant;
-            self.tenants
-                .get_with_by_ref(tenant, || Arc::new(Permits::new(per_tenant)))
-        }
-        .try_acquire_owned()
-        .ok_or(Pool::Tenant)?;
+            TenantPermit::Named(
+                self.tenants
+                    .get_with_by_ref(tenant, || Arc::new(Permits::new(per_tenant)))
+                    .try_acquire_owned()
+                    .ok_or(Pool::Tenant)?,
+            )
+        };
         let p = match self.protocol_pool(protocol) {
-            ProtocolPool::Fixed(s) => {
-                ProtocolPermit::Fixed(s.try_acquire_owned().ok_or(Pool::Protocol)?)
+            Ok(ProtocolPool::Fixed(s)) => {
+                ProtocolPermit::Fixed(s.try_acquire().ok_or(Pool::Protocol)?)
             }
-            ProtocolPool::Adaptive(a) => ProtocolPermit::Adaptive(a.admit(tenant)?),
+            Ok(ProtocolPool::Adaptive(a)) => ProtocolPermit::Adaptive(a.admit(tenant)?),
+            Err(ProtocolPool::Fixed(s)) => {
+                ProtocolPermit::FixedOwned(s.try_acquire_owned().ok_or(Pool::Protocol)?)
+            }
+            Err(ProtocolPool::Adaptive(a)) => ProtocolPermit::Adaptive(a.admit(tenant)?),
         };
         Ok(Admission {
             _protocol: p,
@@ -400,7 +463,15 @@ impl Bulkheads {
 
     /// Free permits in `protocol`'s pool (for tests and debugging).
     pub fn available(&self, protocol: &'static str) -> usize {
-        match self.protocol_pool(protocol) {
+        let owned;
+        let pool = match self.protocol_pool(protocol) {
+            Ok(p) => p,
+            Err(p) => {
+                owned = p;
+                &owned
+            }
+        };
+        match pool {
             ProtocolPool::Fixed(s) => s.available(),
             ProtocolPool::Adaptive(a) => {
                 let st = a.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -471,6 +542,112 @@ mod tests {
         assert!(b.tenants.entry_count() <= 8, "{}", b.tenants.entry_count());
     }
 
+    #[test]
+    fn every_protocol_gets_its_own_pool_in_and_beyond_the_slot_table() {
+        const NAMES: [&str; PROTOCOL_SLOTS + 4] = [
+            "p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "p11", "p12", "p13",
+            "p14", "p15", "p16", "p17", "p18", "p19",
+        ];
+        let b = Bulkheads::new(BulkheadConfig {
+            per_protocol: 1,
+            per_tenant: 1000,
+            adaptive: vec![],
+            ..BulkheadConfig::default()
+        });
+        // One permit held per protocol, the slots filled and four protocols beyond them.
+        let held: Vec<_> = NAMES
+            .iter()
+            .map(|p| {
+                b.admit(p, DEFAULT)
+                    .expect("each protocol's own first permit")
+            })
+            .collect();
+        assert!(b.slots.iter().all(|s| s.get().is_some()), "slots filled");
+        for p in NAMES {
+            assert_eq!(
+                b.admit(p, DEFAULT).err(),
+                Some(Pool::Protocol),
+                "{p} is full"
+            );
+            assert_eq!(b.available(p), 0, "{p}");
+        }
+        drop(held);
+        for p in NAMES {
+            assert_eq!(b.available(p), 1, "{p} released");
+        }
+    }
+
+    #[test]
+    fn one_protocol_name_from_two_places_shares_one_pool() {
+        let b = small();
+        let copy: &'static str = String::from("ocsp").leak();
+        assert!(!std::ptr::eq(copy, "ocsp"), "a distinct pointer");
+        let _held = b.admit("ocsp", DEFAULT).expect("first");
+        assert_eq!(b.admit(copy, DEFAULT).err(), Some(Pool::Protocol));
+        assert_eq!(b.admit(copy, "other").err(), Some(Pool::Protocol));
+    }
+
+    #[test]
+    fn racing_first_admissions_create_one_pool_per_protocol() {
+        const THREADS: usize = 8;
+        for _ in 0..20 {
+            let b = Arc::new(Bulkheads::new(BulkheadConfig {
+                per_protocol: 3,
+                per_tenant: 100,
+                ..BulkheadConfig::default()
+            }));
+            let start = Arc::new(std::sync::Barrier::new(THREADS));
+            let counted = Arc::new(std::sync::Barrier::new(THREADS));
+            let won: usize = (0..THREADS)
+                .map(|i| {
+                    let (b, start, counted) = (b.clone(), start.clone(), counted.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        let tenant = if i % 2 == 0 { DEFAULT } else { "other" };
+                        let a = b.admit("ocsp", tenant);
+                        let won = a.is_ok();
+                        counted.wait();
+                        drop(a);
+                        usize::from(won)
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .sum();
+            assert_eq!(won, 3, "one pool of 3, whichever thread created it");
+            assert_eq!(
+                b.slots.iter().filter(|s| s.get().is_some()).count(),
+                1,
+                "one slot"
+            );
+            assert_eq!(b.available("ocsp"), 3);
+        }
+    }
+
+    #[test]
+    fn named_tenant_permits_survive_their_pool_being_evicted() {
+        let b = Bulkheads::new(BulkheadConfig {
+            protocols: BTreeMap::from([("acme".to_owned(), 4)]),
+            per_tenant: 3,
+            ..BulkheadConfig::default()
+        });
+        let held: Vec<_> = (0..3)
+            .map(|_| b.admit("acme", "t").expect("t's three"))
+            .collect();
+        b.tenants.invalidate("t");
+        b.tenants.run_pending_tasks();
+        // A fresh pool for `t` (the evicted one lives on in the permits), and the protocol's
+        // own bound still counts the old permits.
+        let _fresh = b.admit("acme", "t").expect("fresh pool");
+        assert_eq!(b.admit("acme", "u").err(), Some(Pool::Protocol));
+        drop(held);
+        assert!(
+            b.admit("acme", "u").is_ok(),
+            "released into the protocol pool"
+        );
+    }
+
     fn adaptive(size: usize) -> Bulkheads {
         Bulkheads::new(BulkheadConfig {
             protocols: BTreeMap::from([("est".to_owned(), size)]),
@@ -481,8 +658,8 @@ mod tests {
 
     fn est_pool(b: &Bulkheads) -> Arc<AdaptivePool> {
         match b.protocol_pool("est") {
-            ProtocolPool::Adaptive(a) => a,
-            ProtocolPool::Fixed(_) => panic!("est is adaptive by default"),
+            Ok(ProtocolPool::Adaptive(a)) => a.clone(),
+            _ => panic!("est is adaptive by default, in a slot"),
         }
     }
 
