@@ -69,7 +69,7 @@ impl Admin {
             }
             "/metrics" => text(
                 StatusCode::OK,
-                self.metrics.render(),
+                crate::metrics::render(&self.metrics),
                 "text/plain; version=0.0.4; charset=utf-8",
             ),
             _ => EdgeError::NotFound.into_response(),

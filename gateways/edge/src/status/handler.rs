@@ -481,16 +481,16 @@ fn record(protocol: &'static str, tenant: &str, outcome: &'static str, start: In
                     "tenant" => tenant.to_owned(),
                     "outcome" => outcome
                 ),
-                metrics::histogram!(
+                crate::metrics::latency_histogram(
                     STATUS_REQUEST_SECONDS,
-                    "protocol" => protocol,
-                    "outcome" => outcome
+                    "Status (OCSP, CRL) request latency",
+                    &[("protocol", protocol), ("outcome", outcome)],
                 ),
             )
         },
         |counter, histogram| {
             counter.increment(1);
-            histogram.record(start.elapsed().as_secs_f64());
+            histogram.record(start.elapsed());
         },
     );
 }
