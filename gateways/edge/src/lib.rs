@@ -17,6 +17,7 @@ pub mod core_pool;
 pub mod error;
 pub mod est;
 pub mod h3;
+pub mod linger;
 pub mod metrics;
 pub mod permits;
 pub mod profile_policy;

@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 use crate::bulkhead::Bulkheads;
 use crate::config::Limits;
 use crate::error::{EdgeError, EdgeResponse};
+use crate::linger::LingerIo;
 use crate::metrics;
 use crate::permits::Permits;
 use crate::router::{EdgeContext, EdgeRequest, Listener, Router};
@@ -140,6 +141,10 @@ impl Pipeline {
             .copied()
             .unwrap_or(self.limits.max_body_bytes)
             .min(handler.max_body_bytes().unwrap_or(usize::MAX));
+        // A declared length over the limit is refused before a byte of the body is read (and
+        // without `100 Continue`): the client learns at once, the upload is never buffered.
+        let declared_too_large =
+            !body.is_end_stream() && declared_length(&parts.headers, &body) > max_body as u64;
         let deadline = Duration::from_millis(self.limits.request_timeout_ms);
         let peer_certs = parts.extensions.get::<PeerCerts>().map(|p| p.0.clone());
         let tls_exporter = parts.extensions.get::<TlsExporter>().map(|e| e.0);
@@ -156,6 +161,9 @@ impl Pipeline {
             peer,
         };
         let work = async {
+            if declared_too_large {
+                return Err(EdgeError::BodyTooLarge);
+            }
             edge_req.body = Limited::new(body, max_body)
                 .collect()
                 .await
@@ -196,6 +204,17 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The body length the request declares: its `Content-Length` (HTTP/1.1, HTTP/2 and HTTP/3
+/// alike), or the body's own lower size bound; 0 when neither says.
+fn declared_length<B: hyper::body::Body>(headers: &http::HeaderMap, body: &B) -> u64 {
+    let header = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    header.max(body.size_hint().lower())
 }
 
 /// The verified TLS client certificate chain of a connection (leaf first), when the client
@@ -320,7 +339,9 @@ pub async fn serve_listener_with(
         let alt_svc = alt_svc.clone();
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            // The permit travels with the socket: a connection closed while its client is still
+            // sending lingers (linger.rs) and keeps counting against the cap until really closed.
+            let stream = LingerIo::new(stream, Some(permit));
             ::metrics::gauge!(metrics::CONNECTIONS_OPEN, "listener" => label).increment(1.0);
             let b = builder(&pipeline.limits);
             // The client certificate chain rustls verified (optional client auth, EST), handed

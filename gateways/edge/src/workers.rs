@@ -206,7 +206,8 @@ fn serve(h: Handoff) {
         Listener::Http => "http",
     };
     tokio::spawn(async move {
-        let _permit = permit;
+        // The permit travels with the socket (a lingering close keeps it, linger.rs).
+        let stream = crate::linger::LingerIo::new(stream, Some(permit));
         let _open = OpenGuard(open);
         ::metrics::gauge!(metrics::CONNECTIONS_OPEN, "listener" => label).increment(1.0);
         let b = crate::server::builder(&pipeline.limits);
