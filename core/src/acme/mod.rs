@@ -11,6 +11,7 @@
 //! `urn:ietf:params:acme:error:{rule}`.
 
 pub mod admin;
+pub mod caa;
 pub mod service;
 pub mod validate;
 
@@ -40,8 +41,9 @@ pub struct AcmeConfig {
     /// DNS server (UDP) dns-01 asks for TXT records; None = the first `nameserver` of
     /// /etc/resolv.conf.
     pub dns_resolver: Option<SocketAddr>,
-    /// Static name → address map consulted before DNS for http-01 and tls-alpn-01.
-    pub hosts: BTreeMap<String, IpAddr>,
+    /// Static name → address(es) map consulted before DNS for http-01 and tls-alpn-01 (and
+    /// their redirect hops): `name = "192.0.2.1"` or `name = ["192.0.2.1", "2001:db8::1"]`.
+    pub hosts: BTreeMap<String, HostAddrs>,
     /// Deadline of one validation attempt, ms.
     pub validation_timeout_ms: u64,
     /// Validations running at once; beyond, RespondChallenge is refused with RATE_LIMITED (I-8).
@@ -64,6 +66,85 @@ pub struct AcmeConfig {
     pub blocked_ranges: Option<Vec<IpRange>>,
     /// Exceptions to `blocked_ranges` (e.g. an internal CA validating hosts on 10.0.0.0/8).
     pub allowed_ranges: Vec<IpRange>,
+    /// CAA is checked again at finalize for an authorization whose validation is at least this
+    /// old, s (default 8 h: CA/B Forum BR 3.2.2.8 lets a CAA check be relied on for 8 hours,
+    /// while valid authorizations are reused for `authz_valid_secs`). 0 = always re-check.
+    pub caa_recheck_secs: i64,
+    /// RFC 8657 `accounturi`: the base URLs the edges publish under (their `[acme] base_url`,
+    /// e.g. `https://acme.example.org`). Empty = any http(s) URL whose path is this account's
+    /// (`/acme/acct/{id}` or `/t/{tenant}/acme/acct/{id}`); otherwise a base followed by that path.
+    pub account_uri_bases: Vec<String>,
+}
+
+/// The address(es) of one `[acme.hosts]` name: one address or a list (at most
+/// [`MAX_HOST_ADDRS`]), like a DNS answer with several A/AAAA records.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "HostAddrsRepr")]
+pub struct HostAddrs(Vec<IpAddr>);
+
+/// Most addresses one `[acme.hosts]` name may list.
+pub const MAX_HOST_ADDRS: usize = 16;
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum HostAddrsRepr {
+    One(IpAddr),
+    Many(Vec<IpAddr>),
+}
+
+impl HostAddrs {
+    /// The addresses, in the configured order.
+    pub fn addrs(&self) -> &[IpAddr] {
+        &self.0
+    }
+}
+
+impl TryFrom<HostAddrsRepr> for HostAddrs {
+    type Error = String;
+
+    fn try_from(r: HostAddrsRepr) -> Result<Self, Self::Error> {
+        let list = match r {
+            HostAddrsRepr::One(a) => vec![a],
+            HostAddrsRepr::Many(l) => l,
+        };
+        Self::try_from(list)
+    }
+}
+
+impl TryFrom<Vec<IpAddr>> for HostAddrs {
+    type Error = String;
+
+    fn try_from(list: Vec<IpAddr>) -> Result<Self, Self::Error> {
+        if list.is_empty() || list.len() > MAX_HOST_ADDRS {
+            return Err(format!(
+                "[acme.hosts]: between 1 and {MAX_HOST_ADDRS} addresses per name"
+            ));
+        }
+        Ok(Self(list))
+    }
+}
+
+impl From<IpAddr> for HostAddrs {
+    fn from(a: IpAddr) -> Self {
+        Self(vec![a])
+    }
+}
+
+/// `"192.0.2.1"` or a comma-separated list `"192.0.2.1,2001:db8::1"`.
+impl std::str::FromStr for HostAddrs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let list = s
+            .split(',')
+            .map(|a| {
+                a.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| format!("{a:?} is not an IP address"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::try_from(list)
+    }
 }
 
 /// What validation refuses to connect to unless configured otherwise: loopback, RFC 1918,
@@ -183,6 +264,8 @@ impl Default for AcmeConfig {
             dev_validate_on_localhost: false,
             blocked_ranges: None,
             allowed_ranges: Vec::new(),
+            caa_recheck_secs: 8 * 3600,
+            account_uri_bases: Vec::new(),
         }
     }
 }
@@ -205,6 +288,9 @@ impl AcmeConfig {
             || self.order_lifetime_secs <= 0
         {
             return Err("[acme] lifetimes must be positive".into());
+        }
+        if self.caa_recheck_secs < 0 {
+            return Err("[acme] caa_recheck_secs must not be negative".into());
         }
         Ok(())
     }

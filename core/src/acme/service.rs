@@ -122,7 +122,7 @@ impl AcmeState {
 pub struct AcmeService(pub Arc<AcmeState>);
 
 /// Runs store work without stalling the async workers (as the issuance path does).
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(super) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
@@ -541,7 +541,16 @@ impl AcmeService {
                 Ok(ids) => {
                     state
                         .validator
-                        .check_caa(&authz.identifier.value, authz.wildcard, &ids)
+                        .check_caa(
+                            &authz.identifier.value,
+                            &super::validate::CaaRequest {
+                                identities: &ids,
+                                wildcard: authz.wildcard,
+                                tenant: &authz.tenant,
+                                account_id: &authz.account_id,
+                                method: &ch.kind,
+                            },
+                        )
                         .await
                 }
                 Err(_) => Err(super::validate::Failure {
@@ -613,6 +622,11 @@ impl AcmeService {
         // Marks the finalization as under way here (a concurrent one proceeds anyway: issuance
         // is idempotent under the order's key).
         let _claim = Running::claim(&self.0.finalizing, &r.tenant, &r.order_id);
+        // CAA again when the proof is older than the window (RFC 8659, BR 3.2.2.8), before the
+        // order can move to processing: a refusal issues nothing.
+        let now = crate::now_unix();
+        super::caa::recheck_at_finalize(&self.0, &r.tenant, &r.account_id, &r.order_id, now)
+            .await?;
         self.valid_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
         let store = self.0.store()?;
         let o = store
