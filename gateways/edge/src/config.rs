@@ -253,6 +253,9 @@ pub struct EdgeConfig {
     /// The EST gateway (issue 6): labels, Basic credentials, TLS client-certificate anchors.
     #[serde(default)]
     pub est: crate::est::EstConfig,
+    /// The SCEP gateway (issue 6): the signingTime window.
+    #[serde(default)]
+    pub scep: crate::scep::ScepConfig,
     /// Fleet state shared through Redis (nonces, rate limits, OCSP tier); absent = in process.
     #[serde(default)]
     pub redis: Option<crate::shared::RedisConfig>,
@@ -414,6 +417,7 @@ impl EdgeConfig {
             }
         }
         cfg.est.settings().map_err(ConfigError::Invalid)?;
+        cfg.scep.validate().map_err(ConfigError::Invalid)?;
         let st = &cfg.status;
         if st.cache_max_bytes == 0
             || st.max_miss_in_flight == 0

@@ -198,7 +198,7 @@ pub async fn run(cfg: EdgeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         )
         .with_key_signer(est::key_signer(&cert, &key)),
     );
-    let scep_handler = Arc::new(scep::ScepHandler::new());
+    let scep_handler = Arc::new(scep::ScepHandler::with_config(&cfg.scep));
     let pipeline = |_: ()| {
         Arc::new(server::Pipeline {
             router: scep::mount(

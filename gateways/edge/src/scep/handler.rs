@@ -37,6 +37,8 @@ pub const RA_CERT_CACHE_TTL: std::time::Duration = std::time::Duration::from_sec
 pub struct ScepHandler {
     next_ca_staged: moka::future::Cache<String, bool>,
     ra_cert: moka::future::Cache<String, Bytes>,
+    /// `[scep] max_signing_time_skew_seconds`.
+    signing_time_skew: std::time::Duration,
 }
 
 impl Default for ScepHandler {
@@ -57,6 +59,15 @@ impl ScepHandler {
                 .max_capacity(NEXT_CA_CACHE_CAPACITY)
                 .time_to_live(RA_CERT_CACHE_TTL)
                 .build(),
+            signing_time_skew: certgate_scep::DEFAULT_SIGNING_TIME_SKEW,
+        }
+    }
+
+    /// A handler with edge.toml's `[scep]` settings.
+    pub fn with_config(cfg: &super::ScepConfig) -> Self {
+        Self {
+            signing_time_skew: std::time::Duration::from_secs(cfg.max_signing_time_skew_seconds),
+            ..Self::new()
         }
     }
 
@@ -301,7 +312,10 @@ async fn pki_operation(
     tenant: &str,
     der: &[u8],
 ) -> Result<EdgeResponse, EdgeError> {
-    let msg = match certgate_scep::parse_pki_message(der) {
+    // A signingTime outside the window is refused like any unverifiable message: CertRep
+    // FAILURE badTime, counted with type "unknown".
+    let now = std::time::SystemTime::now();
+    let msg = match certgate_scep::parse_pki_message_at(der, now, h.signing_time_skew) {
         Ok(m) => m,
         Err(e) => {
             metrics::counter!(SCEP_MESSAGES_TOTAL, "tenant" => tenant.to_owned(), "type" => "unknown", "outcome" => fail_label(e.fail_info)).increment(1);

@@ -15,6 +15,36 @@ use crate::router::{Listener, Mount, Router};
 
 pub use handler::ScepHandler;
 
+/// `[scep]` in edge.toml: the SCEP gateway's knobs (the tenant's challenge and RA live in the
+/// core).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScepConfig {
+    /// How far (seconds) a request's signingTime signed attribute may be from the edge's clock,
+    /// either way, before the request is answered with CertRep FAILURE badTime (RFC 8894
+    /// §3.2.1.4.5): it bounds how long a captured request stays replayable and must allow for
+    /// device clock drift. Requests without signingTime are accepted. 1..=86400, default 600.
+    pub max_signing_time_skew_seconds: u64,
+}
+
+impl Default for ScepConfig {
+    fn default() -> Self {
+        Self {
+            max_signing_time_skew_seconds: certgate_scep::DEFAULT_SIGNING_TIME_SKEW.as_secs(),
+        }
+    }
+}
+
+impl ScepConfig {
+    /// Checks the bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=86_400).contains(&self.max_signing_time_skew_seconds) {
+            return Err("[scep] max_signing_time_skew_seconds must be 1..=86400".into());
+        }
+        Ok(())
+    }
+}
+
 /// Mounts SCEP on the plain HTTP listener at its three customary paths.
 pub fn mount(router: Router, handler: Arc<ScepHandler>) -> Router {
     router
