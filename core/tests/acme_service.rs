@@ -188,7 +188,7 @@ fn alpn_cert_with(
 }
 
 /// name (lower case, trailing dot) → TXT values; "CAA:" + name → CAA issuer domains (`wild:`
-/// prefix: issuewild).
+/// prefix: issuewild), optionally with RFC 8657 parameters (`ca.example; accounturi=URL`).
 type TxtMap = Arc<Mutex<HashMap<String, Vec<String>>>>;
 
 async fn dns_responder() -> (SocketAddr, TxtMap) {
@@ -226,18 +226,24 @@ async fn dns_responder() -> (SocketAddr, TxtMap) {
                     for v in values {
                         let rdata = if !caa {
                             RData::TXT(TXT::new(vec![v.clone()]))
-                        } else if let Some(w) = v.strip_prefix("wild:") {
-                            RData::CAA(CAA::new_issuewild(
-                                false,
-                                Some(hickory_proto::rr::Name::from_ascii(w).unwrap()),
-                                vec![],
-                            ))
                         } else {
-                            RData::CAA(CAA::new_issue(
-                                false,
-                                Some(hickory_proto::rr::Name::from_ascii(v).unwrap()),
-                                vec![],
-                            ))
+                            let (wild, v) = match v.strip_prefix("wild:") {
+                                Some(w) => (true, w),
+                                None => (false, v.as_str()),
+                            };
+                            let mut parts = v.split(';').map(str::trim);
+                            let issuer = Some(
+                                hickory_proto::rr::Name::from_ascii(parts.next().unwrap()).unwrap(),
+                            );
+                            let params = parts
+                                .filter_map(|p| p.split_once('='))
+                                .map(|(k, v)| hickory_proto::rr::rdata::caa::KeyValue::new(k, v))
+                                .collect();
+                            RData::CAA(if wild {
+                                CAA::new_issuewild(false, issuer, params)
+                            } else {
+                                CAA::new_issue(false, issuer, params)
+                            })
                         };
                         resp.add_answer(Record::from_rdata(query.name().clone(), 60, rdata));
                     }
@@ -1899,8 +1905,9 @@ async fn caa_records_are_checked_after_validation() {
     assert_eq!(ch.status, "valid", "{ch:?}");
 }
 
-/// RFC 8555 §8.3: http-01 follows plain-http redirects on the validation port (here to another
-/// name and path), refuses https redirects and stops redirect loops.
+/// RFC 8555 §8.3: http-01 follows http redirects on the validation port (here to another name
+/// and path), refuses https redirects to a port that is neither 443 nor the TLS port, and stops
+/// redirect loops (https targets: `acme::validate::tests`, with a real rustls server).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http01_follows_http_redirects_within_bounds() {
     let port = std::sync::Arc::new(std::sync::Mutex::new(0u16));
@@ -1926,9 +1933,9 @@ async fn http01_follows_http_redirects_within_bounds() {
             format!("REDIRECT:http://www.test.example:{port}/central/{tok}"),
         );
         m.insert(format!("/central/{tok}"), k.jwk.key_authorization(&tok));
-        // www.test.example → https: refused.
+        // www.test.example → https on the http port: refused.
         let tok = token(&by_name["www.test.example"], "http-01");
-        m.insert(tok, "REDIRECT:https://www.test.example/x".into());
+        m.insert(tok, format!("REDIRECT:https://www.test.example:{port}/x"));
         // bad.test.example → itself, forever.
         let tok = token(&by_name["bad.test.example"], "http-01");
         m.insert(
@@ -1942,7 +1949,7 @@ async fn http01_follows_http_redirects_within_bounds() {
     assert_eq!(ch.status, "invalid");
     let p = ch.error.unwrap();
     assert_eq!(p.r#type, "connection");
-    assert!(p.detail.contains("https"), "{}", p.detail);
+    assert!(p.detail.contains("only ports 443 and"), "{}", p.detail);
     let ch = respond(&mut e.f, &acct, &by_name["bad.test.example"], "http-01").await;
     assert_eq!(ch.status, "invalid");
     assert!(ch.error.unwrap().detail.contains("redirects"));
@@ -2227,4 +2234,137 @@ async fn a_stated_key_must_be_the_accounts_current_key_of_a_valid_account() {
             .await
             .expect_err("deactivated");
     assert_eq!(err(s).rule, "unauthorized");
+}
+
+/// Sets the tenant's CAA identities to `ca.example` and the CAA records of `test.example.`.
+async fn caa_setup(e: &mut Env, records: &[&str]) {
+    e.f.admin
+        .set_acme_settings(certgate_proto::admin::AcmeSettings {
+            tenant: T.into(),
+            caa_identities: vec!["ca.example".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    set_caa(e, records);
+}
+
+fn set_caa(e: &Env, records: &[&str]) {
+    e.txt.lock().unwrap().insert(
+        "CAA:test.example.".into(),
+        records.iter().map(|r| (*r).to_owned()).collect(),
+    );
+}
+
+/// RFC 8657 at validation: a CAA record restricted to another account (`accounturi`) or to
+/// other methods (`validationmethods`) does not authorize (`caa`); one naming this account's URL
+/// and the method used does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caa_rfc8657_accounturi_and_validationmethods_are_enforced() {
+    let mut e = env().await;
+    caa_setup(&mut e, &[]).await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let mine = format!("https://acme.example.org/t/{T}/acme/acct/{acct}");
+    let cases = [
+        (
+            "ca.example; accounturi=https://acme.example.org/t/acme-t/acme/acct/someone-else"
+                .to_owned(),
+            false,
+        ),
+        ("ca.example; validationmethods=dns-01".to_owned(), false),
+        (format!("ca.example; accounturi={mine}"), true),
+        (
+            format!("ca.example; accounturi={mine}; validationmethods=tls-alpn-01,http-01"),
+            true,
+        ),
+    ];
+    for (record, allowed) in cases {
+        set_caa(&e, &[record.as_str()]);
+        let o = order(&mut e.f, &acct, &["www.test.example"]).await;
+        let a = authz(&mut e.f, &acct, &o.authorization_ids[0]).await;
+        assert_eq!(a.status, "pending", "a fresh authorization per case");
+        let tok = token(&a, "http-01");
+        e.http
+            .answers
+            .lock()
+            .unwrap()
+            .insert(tok.clone(), k.jwk.key_authorization(&tok));
+        let ch = respond(&mut e.f, &acct, &a, "http-01").await;
+        if allowed {
+            assert_eq!(ch.status, "valid", "{record}: {ch:?}");
+            // Next case needs a fresh authorization: drop this one.
+            e.f.acme
+                .deactivate_authorization(GetAuthorizationRequest {
+                    tenant: T.into(),
+                    account_id: acct.clone(),
+                    authz_id: a.authz_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        } else {
+            assert_eq!(ch.status, "invalid", "{record}");
+            let p = ch.error.unwrap();
+            assert_eq!(p.r#type, "caa", "{record}: {p:?}");
+            assert!(p.detail.contains("RFC 8657"), "{}", p.detail);
+        }
+    }
+}
+
+/// CAA again at finalize (RFC 8659, BR 3.2.2.8): with `caa_recheck_secs = 0` every finalize
+/// re-checks, so CAA records changed after validation to name another CA, or to allow only a
+/// method other than the one that proved the name, fail finalize with `caa` and nothing is
+/// issued (the order stays ready, no certificate under its key); restoring the records lets the
+/// same order finalize. Within the default 8-hour window the validation-time check stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caa_is_checked_again_at_finalize_when_the_proof_is_old() {
+    let mut e = env_with(|c| c.caa_recheck_secs = 0).await;
+    caa_setup(&mut e, &["ca.example"]).await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let o = order(&mut e.f, &acct, &["www.test.example"]).await;
+    validate_http(&mut e, &acct, &k, &o).await;
+    assert_eq!(
+        get_order(&mut e.f, &acct, &o.order_id).await.status,
+        "ready"
+    );
+    for records in [
+        &["other-ca.example"][..],
+        &["ca.example; validationmethods=dns-01"],
+    ] {
+        set_caa(&e, records);
+        let s = finalize(&mut e.f, &acct, &o.order_id, csr(&["www.test.example"]))
+            .await
+            .expect_err("CAA refuses at finalize");
+        assert_eq!(err(s).rule, "caa", "{records:?}");
+        let now = get_order(&mut e.f, &acct, &o.order_id).await;
+        assert_eq!(now.status, "ready");
+        assert!(now.certificate_serial_hex.is_empty());
+        assert!(
+            e.f.store
+                .cert_by_key(T, &format!("acme-order:{}", o.order_id))
+                .unwrap()
+                .is_none(),
+            "nothing issued"
+        );
+    }
+    set_caa(&e, &["ca.example; validationmethods=http-01"]);
+    let done = finalize(&mut e.f, &acct, &o.order_id, csr(&["www.test.example"]))
+        .await
+        .unwrap();
+    assert_eq!(done.status, "valid");
+
+    // Default window: the proof is seconds old, so finalize relies on the validation's check.
+    let mut e = env().await;
+    caa_setup(&mut e, &["ca.example"]).await;
+    let k = account_key();
+    let acct = new_account(&mut e.f, T, &k).await;
+    let o = order(&mut e.f, &acct, &["www.test.example"]).await;
+    validate_http(&mut e, &acct, &k, &o).await;
+    set_caa(&e, &["other-ca.example"]);
+    let done = finalize(&mut e.f, &acct, &o.order_id, csr(&["www.test.example"]))
+        .await
+        .unwrap();
+    assert_eq!(done.status, "valid");
 }
