@@ -8,6 +8,7 @@
 pub mod h3client;
 pub mod pg;
 pub mod redis;
+pub mod tls_stores;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

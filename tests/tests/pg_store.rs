@@ -26,6 +26,7 @@ fn config(pg: &PgServer, name: &str, migrate: bool) -> PgConfig {
         timeout_ms: 5000,
         crl_lease_secs: 60,
         application_name: name.into(),
+        tls: None,
     }
 }
 
@@ -1359,6 +1360,64 @@ mod acme {
         assert_eq!(
             (p2.order_ids.as_slice(), p2.next),
             (&["o2".to_owned()][..], None)
+        );
+
+        // A validation moves the order that created the authorization pending → ready in its
+        // own transaction, once all of the order's authorizations are valid; two cores finishing
+        // its last two authorizations at once leave it ready (exactly one of them moves it).
+        sa.insert_order(
+            &order("ta", &winner, "o9", &["z8", "z9"]),
+            &[
+                authz("ta", &winner, "z8", "h.example"),
+                authz("ta", &winner, "z9", "i.example"),
+            ],
+            &audit("order", "ta"),
+        )
+        .expect("o9");
+        for z in ["z8", "z9"] {
+            assert!(
+                sa.start_challenge("ta", z, &format!("{z}-http-01"), &audit("s", "ta"))
+                    .expect("start")
+            );
+        }
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = ["z8", "z9"]
+            .iter()
+            .enumerate()
+            .map(|(i, z)| {
+                let s = if i == 0 { a.clone() } else { b.clone() };
+                let (barrier, z) = (barrier.clone(), (*z).to_owned());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    acme(&s)
+                        .finish_challenge(
+                            "ta",
+                            &z,
+                            &format!("{z}-http-01"),
+                            &ChallengeResult {
+                                valid: true,
+                                now: 5,
+                                valid_until: 2_000,
+                                error: Vec::new(),
+                            },
+                            &audit("finish", "ta"),
+                        )
+                        .expect("finish")
+                })
+            })
+            .collect();
+        let readied: Vec<Option<String>> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        assert_eq!(
+            readied.iter().flatten().collect::<Vec<_>>(),
+            ["o9"],
+            "{readied:?}"
+        );
+        assert_eq!(
+            sb.order("ta", &winner, "o9").expect("q").expect("o").status,
+            "ready"
         );
 
         // An EAB key binds exactly one account; an unknown or used key creates nothing.

@@ -16,6 +16,7 @@ mod pg_pending;
 mod pg_scep;
 mod pg_schema;
 mod pg_status;
+mod pg_tls;
 pub mod scep;
 pub mod sqlite;
 mod sqlite_acme;
@@ -28,7 +29,7 @@ pub mod status;
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::error::Result;
 
-pub use pg::{PgConfig, PgStore};
+pub use pg::{PgConfig, PgStore, PgTlsConfig, PgTlsMode};
 pub use sqlite::SqliteStore;
 
 /// A tenant.

@@ -33,6 +33,8 @@ use tokio_postgres::{NoTls, Row};
 use zeroize::Zeroizing;
 
 use super::pg_schema::{MIGRATION_LOCK, MIGRATIONS, rls_sql};
+use super::pg_tls::MakeRustls;
+pub use super::pg_tls::{PgTlsConfig, PgTlsMode};
 use super::{
     CaRec, CeremonyRec, CertRec, IntentOutcome, IntentRec, ProfileRec, RevokeOp, Store, TenantRec,
 };
@@ -74,6 +76,10 @@ pub struct PgConfig {
     /// `application_name` of this core's connections (visible in `pg_stat_activity`).
     #[serde(default = "default_application_name")]
     pub application_name: String,
+    /// `[store.tls]`: TLS (verify-full) for every connection to the server; unset, the URLs'
+    /// hosts are reached in plain TCP (loopback or a trusted network only).
+    #[serde(default)]
+    pub tls: Option<PgTlsConfig>,
 }
 
 fn default_pool_size() -> usize {
@@ -107,6 +113,13 @@ impl PgConfig {
             if c.get_user().is_none() {
                 return Err(format!("[store] {what} must name a user"));
             }
+            // Without [store.tls] there is no TLS implementation: a URL asking for TLS would
+            // only fail at the first connection, so say why now.
+            if self.tls.is_none() && c.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+                return Err(format!(
+                    "[store] {what} has sslmode=require: configure [store.tls] (ca_file) for TLS"
+                ));
+            }
         }
         if self.pool_size == 0 || self.pool_size > 1024 {
             return Err("[store] pool_size must be between 1 and 1024".into());
@@ -117,6 +130,9 @@ impl PgConfig {
         if self.password_file.is_some() && self.password_env.is_some() {
             return Err("[store] set at most one of password_file and password_env".into());
         }
+        if let Some(t) = &self.tls {
+            t.check()?;
+        }
         Ok(())
     }
 
@@ -125,6 +141,7 @@ impl PgConfig {
         let fix = |p: Option<PathBuf>| p.map(|p| if p.is_absolute() { p } else { base.join(p) });
         self.password_file = fix(self.password_file.take());
         self.migrate_password_file = fix(self.migrate_password_file.take());
+        self.tls = self.tls.take().map(|t| t.resolve(base));
         self
     }
 }
@@ -158,7 +175,18 @@ fn read_password(
 pub(crate) fn db(e: tokio_postgres::Error) -> CoreError {
     match e.as_db_error() {
         Some(d) => CoreError::Store(format!("postgres: {} ({})", d.message(), d.code().code())),
-        None => CoreError::Store(format!("postgres: {e}")),
+        None => {
+            // The causes say why a connection failed (a TLS certificate refused, a refused
+            // TCP connection); tokio-postgres's own message is only "error performing TLS
+            // handshake". None of them carries a password.
+            let mut msg = format!("postgres: {e}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                msg.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            CoreError::Store(msg)
+        }
     }
 }
 
@@ -254,6 +282,8 @@ pub struct PgStore {
     pub(crate) pool: Pool,
     pub(crate) lease: Arc<tokio::sync::Mutex<Lease>>,
     pub(crate) lease_cfg: tokio_postgres::Config,
+    /// TLS of the app role's connections (`[store.tls]`), None for plain TCP.
+    pub(crate) tls: Option<MakeRustls>,
     pub(crate) lease_ttl: Duration,
     timeout: Duration,
 }
@@ -271,19 +301,52 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-async fn connect_one(cfg: &tokio_postgres::Config) -> Result<tokio_postgres::Client> {
-    let (client, conn) = cfg.connect(NoTls).await.map_err(db)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "postgres connection ended");
+/// One connection outside the pool (migrations, the CRL lease), over TLS when `tls` is set
+/// (the config then carries `sslmode=require`); its driver task logs how it ended as `what`.
+pub(crate) async fn connect_one(
+    cfg: &tokio_postgres::Config,
+    tls: Option<&MakeRustls>,
+    what: &'static str,
+) -> Result<tokio_postgres::Client> {
+    fn drive<F>(conn: F, what: &'static str)
+    where
+        F: Future<Output = std::result::Result<(), tokio_postgres::Error>> + Send + 'static,
+    {
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %e, "postgres {what} connection ended");
+            }
+        });
+    }
+    match tls {
+        Some(t) => {
+            let (client, conn) = cfg.connect(t.clone()).await.map_err(db)?;
+            drive(conn, what);
+            Ok(client)
         }
-    });
-    Ok(client)
+        None => {
+            let (client, conn) = cfg.connect(NoTls).await.map_err(db)?;
+            drive(conn, what);
+            Ok(client)
+        }
+    }
+}
+
+/// `[store.tls]` applied to one role's connection config: TLS is required whatever the URL's
+/// `sslmode` said, so a server without TLS is refused rather than used in the clear.
+fn require_tls(c: &mut tokio_postgres::Config, tls: Option<&MakeRustls>) {
+    if tls.is_some() {
+        c.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
 }
 
 /// Applies pending migrations as the owner and grants the app role what it needs.
-async fn migrate(owner: tokio_postgres::Config, app_user: String) -> Result<i32> {
-    let mut client = connect_one(&owner).await?;
+async fn migrate(
+    owner: tokio_postgres::Config,
+    tls: Option<MakeRustls>,
+    app_user: String,
+) -> Result<i32> {
+    let mut client = connect_one(&owner, tls.as_ref(), "migration").await?;
     let tx = client.transaction().await.map_err(db)?;
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, $2)",
@@ -365,8 +428,18 @@ impl PgStore {
             ms = cfg.timeout_ms,
             idle = cfg.timeout_ms.saturating_mul(4)
         );
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(PgTlsConfig::app_connector)
+            .transpose()?;
+        let migrate_tls = match (&cfg.tls, &cfg.migrate_url) {
+            (Some(t), Some(_)) => Some(t.migrate_connector()?),
+            _ => None,
+        };
         let mut app = tokio_postgres::Config::from_str(&cfg.url)
             .map_err(|e| CoreError::Store(format!("[store] url: {e}")))?;
+        require_tls(&mut app, tls.as_ref());
         app.options(&options)
             .application_name(&cfg.application_name)
             .connect_timeout(timeout);
@@ -378,6 +451,7 @@ impl PgStore {
             Some(u) => {
                 let mut o = tokio_postgres::Config::from_str(u)
                     .map_err(|e| CoreError::Store(format!("[store] migrate_url: {e}")))?;
+                require_tls(&mut o, migrate_tls.as_ref());
                 o.application_name(format!("{}-migrate", cfg.application_name))
                     .connect_timeout(timeout);
                 if let Some(pw) = read_password(
@@ -401,13 +475,13 @@ impl PgStore {
                 "-c statement_timeout={half} -c lock_timeout={half} -c idle_in_transaction_session_timeout={idle}",
                 idle = cfg.timeout_ms.saturating_mul(4)
             ));
-        let mgr = Manager::from_config(
-            app,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let mgr_cfg = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let mgr = match &tls {
+            Some(t) => Manager::from_config(app, t.clone(), mgr_cfg),
+            None => Manager::from_config(app, NoTls, mgr_cfg),
+        };
         let pool = Pool::builder(mgr)
             .max_size(cfg.pool_size)
             .wait_timeout(Some(timeout))
@@ -425,13 +499,14 @@ impl PgStore {
                 held: HashMap::new(),
             })),
             lease_cfg,
+            tls,
             lease_ttl: Duration::from_secs(cfg.crl_lease_secs.max(1)),
             // Migrations may take longer than one call; the per-call bound applies after.
             timeout: Duration::from_secs(120),
         };
         if let Some(owner) = owner {
             let user = app_user.clone();
-            store.run(migrate(owner, user))?;
+            store.run(migrate(owner, migrate_tls, user))?;
         }
         let pool = store.pool.clone();
         let (version, privileged): (i32, bool) = store.run(async move {

@@ -268,6 +268,7 @@ impl StatusStore for PgStore {
         let (issuer, shard) = (issuer_id.to_owned(), shard.to_owned());
         let lease = self.lease.clone();
         let cfg = self.lease_cfg.clone();
+        let tls = self.tls.clone();
         let ttl = self.lease_ttl;
         self.run(async move {
             let mut l = lease.lock().await;
@@ -275,12 +276,7 @@ impl StatusStore for PgStore {
             // A session that died took its locks with it.
             if l.client.as_ref().is_none_or(|c| c.is_closed()) {
                 l.held.clear();
-                let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(db)?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::warn!(error = %e, "postgres CRL lease connection ended");
-                    }
-                });
+                let client = super::pg::connect_one(&cfg, tls.as_ref(), "CRL lease").await?;
                 l.client = Some(client);
             }
             // Split borrows: the session and the set of locks it holds, updated as each step

@@ -59,9 +59,21 @@ pub enum Fallback {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port/db` (or `redis+unix:///path`). Must not carry a password: use
-    /// `password_file`, so the secret stays out of the config text and logs.
+    /// `redis://host:port/db`, `rediss://host:port/db` (TLS, needs `tls_ca_file`) or
+    /// `redis+unix:///path`. Must not carry a password: use `password_file`, so the secret
+    /// stays out of the config text and logs.
     pub url: String,
+    /// With `rediss://`: PEM CA certificate(s) the server's certificate must chain to (the
+    /// system roots are not enough to pin the fleet's Redis). The server certificate must name
+    /// the URL's host (DNS name or IP address).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// With `rediss://`: PEM client certificate chain (Redis `tls-auth-clients yes`).
+    #[serde(default)]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// Its private key (PEM), read into a zeroizing buffer.
+    #[serde(default)]
+    pub tls_client_key_file: Option<PathBuf>,
     /// A file holding the Redis password (`requirepass`/ACL), read once at start.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
@@ -137,6 +149,32 @@ impl RedisConfig {
         if info.redis_settings().password().is_some() {
             return Err("[redis] url must not carry a password; use password_file".into());
         }
+        match info.addr() {
+            redis::ConnectionAddr::TcpTls { insecure: true, .. } => {
+                return Err("[redis] url: #insecure (no certificate check) is refused".into());
+            }
+            redis::ConnectionAddr::TcpTls { .. } => {
+                if self.tls_ca_file.is_none() {
+                    return Err("[redis] a rediss:// url needs tls_ca_file".into());
+                }
+                if self.tls_client_cert_file.is_some() != self.tls_client_key_file.is_some() {
+                    return Err(
+                        "[redis] set both tls_client_cert_file and tls_client_key_file, or neither"
+                            .into(),
+                    );
+                }
+            }
+            _ => {
+                // TLS files beside a plain URL mean TLS was intended: say so rather than
+                // connect in the clear.
+                if self.tls_ca_file.is_some()
+                    || self.tls_client_cert_file.is_some()
+                    || self.tls_client_key_file.is_some()
+                {
+                    return Err("[redis] tls_* files need a rediss:// url".into());
+                }
+            }
+        }
         if self.pool_size == 0
             || self.pool_size > 64
             || self.max_in_flight == 0
@@ -161,11 +199,64 @@ impl RedisConfig {
 
     /// Makes `password_file` absolute against `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
-        if let Some(p) = self.password_file.as_mut()
-            && p.is_relative()
-        {
-            *p = base.join(&*p);
+        for p in [
+            &mut self.password_file,
+            &mut self.tls_ca_file,
+            &mut self.tls_client_cert_file,
+            &mut self.tls_client_key_file,
+        ] {
+            if let Some(p) = p.as_mut()
+                && p.is_relative()
+            {
+                *p = base.join(&*p);
+            }
         }
+    }
+
+    /// The client for `info`: over TLS with the configured CA (and client certificate) for a
+    /// `rediss://` URL, plain otherwise.
+    fn client(&self, info: redis::ConnectionInfo) -> Result<redis::Client, SharedError> {
+        let Some(ca) = &self.tls_ca_file else {
+            return redis::Client::open(info).map_err(|e| SharedError::Config(kind(&e).to_owned()));
+        };
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|source| SharedError::File {
+                path: p.clone(),
+                source,
+            })
+        };
+        let root_cert = read(ca)?;
+        // Checked here too: redis would otherwise fall back to the system roots for a file
+        // without certificates.
+        if !root_cert
+            .windows(b"-----BEGIN CERTIFICATE-----".len())
+            .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+        {
+            return Err(SharedError::Config(format!(
+                "no PEM certificate in {}",
+                ca.display()
+            )));
+        }
+        let client_tls = match (&self.tls_client_cert_file, &self.tls_client_key_file) {
+            (Some(c), Some(k)) => {
+                let key = Zeroizing::new(read(k)?);
+                Some(redis::ClientTlsConfig {
+                    client_cert: read(c)?,
+                    // The redis client keeps its own copy for reconnecting (not zeroized by
+                    // us, as with the password); ours is wiped when `key` drops.
+                    client_key: key.to_vec(),
+                })
+            }
+            _ => None,
+        };
+        redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls,
+                root_cert: Some(root_cert),
+            },
+        )
+        .map_err(|e| SharedError::Config(format!("redis TLS: {}", kind(&e))))
     }
 }
 
@@ -178,6 +269,14 @@ pub enum SharedError {
     /// The password file could not be read.
     #[error("cannot read the redis password file {path}: {source}")]
     Password {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A TLS file (`tls_ca_file`, client certificate or key) could not be read.
+    #[error("cannot read {path}: {source}")]
+    File {
         /// The file.
         path: PathBuf,
         /// The error.
@@ -257,8 +356,7 @@ impl RedisPool {
             let settings = info.redis_settings().clone().set_password(text.trim_end());
             info = info.set_redis_settings(settings);
         }
-        let client =
-            redis::Client::open(info).map_err(|e| SharedError::Config(kind(&e).to_owned()))?;
+        let client = cfg.client(info)?;
         let op_timeout = Duration::from_millis(cfg.op_timeout_ms);
         let manager_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(op_timeout))
