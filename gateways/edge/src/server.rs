@@ -32,6 +32,8 @@ use crate::permits::Permits;
 use crate::router::{EdgeContext, EdgeRequest, Listener, Router};
 use crate::tenant::{DEFAULT_TENANT, TenantConfig, TenantDirectory, split_tenant};
 
+pub(crate) mod idle;
+
 /// Time a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections get to finish after SIGTERM.
@@ -278,9 +280,12 @@ pub fn tls_config_with_client_anchors(
 
 pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
+    let _ = limits;
+    // No per-request header timer: the connection's idle watchdog ([`idle`]) bounds the time
+    // to a complete request head (and idle keep-alive) per connection, `header_timeout_ms`.
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(limits.header_timeout_ms))
+        .header_read_timeout(None)
         .max_buf_size(64 * 1024);
     b.http2()
         .timer(TokioTimer::new())
@@ -380,7 +385,11 @@ pub async fn serve_listener_with(
                 }
                 None => Ok(Box::new(stream)),
             };
+            let activity = Arc::new(idle::Activity::default());
+            let idle_after = Duration::from_millis(pipeline.limits.header_timeout_ms);
+            let act = activity.clone();
             let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                let busy = act.begin();
                 let pipeline = pipeline.clone();
                 if let Some(pc) = &peer_certs {
                     req.extensions_mut().insert(pc.clone());
@@ -390,6 +399,7 @@ pub async fn serve_listener_with(
                 }
                 let alt_svc = alt_svc.clone();
                 async move {
+                    let _busy = busy;
                     let version = req.version();
                     let mut resp = pipeline.serve(which, peer, req).await;
                     metrics::record_http_version(version, label, resp.status());
@@ -401,19 +411,27 @@ pub async fn serve_listener_with(
             });
             let result = match io {
                 Ok(io) => {
+                    let io = idle::Watched::new(io, activity.clone());
                     let conn = b.serve_connection(TokioIo::new(io), svc);
                     tokio::pin!(conn);
-                    // Biased, shutdown first: a handler finishing in the same poll as the
-                    // shutdown still answers with `connection: close` / after GOAWAY.
-                    tokio::select! {
-                        biased;
-                        _ = stopped(&mut conn_shutdown) => {
-                            // Finish the requests in flight, accept no new ones on this
-                            // connection (HTTP/2 GOAWAY, HTTP/1.1 close after the response).
-                            conn.as_mut().graceful_shutdown();
-                            conn.await.map_err(|e| e.to_string())
+                    // Shutdown first: a handler finishing in the same poll as the shutdown
+                    // still answers with `connection: close` / after GOAWAY. On shutdown:
+                    // finish the requests in flight, accept no new ones on this connection
+                    // (HTTP/2 GOAWAY, HTTP/1.1 close after the response).
+                    match idle::serve(
+                        conn.as_mut(),
+                        |c| c.graceful_shutdown(),
+                        &mut conn_shutdown,
+                        &activity,
+                        idle_after,
+                    )
+                    .await
+                    {
+                        idle::Ended::Done(r) => r.map_err(|e| e.to_string()),
+                        idle::Ended::Idle => {
+                            debug!(listener = label, %peer, "closed: no request head in time");
+                            Ok(())
                         }
-                        r = conn.as_mut() => r.map_err(|e| e.to_string()),
                     }
                 }
                 Err(e) => Err(e),

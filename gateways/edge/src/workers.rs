@@ -37,7 +37,7 @@ use tracing::{debug, warn};
 
 use crate::metrics;
 use crate::router::Listener;
-use crate::server::{DRAIN, Pipeline, stopped};
+use crate::server::{DRAIN, Pipeline, idle, stopped};
 
 /// Accepted connections queued per runtime before the acceptor waits (each already holds a
 /// connection permit, so this only bounds the hand-off, I-8).
@@ -211,30 +211,41 @@ fn serve(h: Handoff) {
         let _open = OpenGuard(open);
         ::metrics::gauge!(metrics::CONNECTIONS_OPEN, "listener" => label).increment(1.0);
         let b = crate::server::builder(&pipeline.limits);
+        let activity = Arc::new(idle::Activity::default());
+        let idle_after = Duration::from_millis(pipeline.limits.header_timeout_ms);
+        let act = activity.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let busy = act.begin();
             let pipeline = pipeline.clone();
             async move {
+                let _busy = busy;
                 let version = req.version();
                 let resp = pipeline.serve(which, peer, req).await;
                 metrics::record_http_version(version, label, resp.status());
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
+        let stream = idle::Watched::new(stream, activity.clone());
         let conn = b.serve_connection(TokioIo::new(stream), svc);
         tokio::pin!(conn);
-        // Biased, shutdown first: when the shutdown and a finished handler wake this task in
-        // the same poll, the response must still go out with `connection: close`.
-        let result = tokio::select! {
-            biased;
-            _ = stopped(&mut shutdown) => {
-                // Finish the requests in flight, accept no new ones on this connection.
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        // Shutdown first: when the shutdown and a finished handler wake this task in the same
+        // poll, the response must still go out with `connection: close`. On shutdown: finish
+        // the requests in flight, accept no new ones on this connection. Idle (no request head
+        // within `header_timeout_ms`): closed.
+        match idle::serve(
+            conn.as_mut(),
+            |c| c.graceful_shutdown(),
+            &mut shutdown,
+            &activity,
+            idle_after,
+        )
+        .await
+        {
+            idle::Ended::Done(Err(e)) => {
+                debug!(listener = label, %peer, error = %e, "connection ended with an error");
             }
-            r = conn.as_mut() => r,
-        };
-        if let Err(e) = result {
-            debug!(listener = label, %peer, error = %e, "connection ended with an error");
+            idle::Ended::Done(Ok(())) => {}
+            idle::Ended::Idle => debug!(listener = label, %peer, "closed: no request head in time"),
         }
         ::metrics::gauge!(metrics::CONNECTIONS_OPEN, "listener" => label).decrement(1.0);
     });
