@@ -3,7 +3,8 @@
 //! core with the in-process fake signer (tests/common): the RA chain against `openssl verify`
 //! and pkilint, DecryptKey against keys `openssl pkeyutl` encrypted to the RA certificate,
 //! SignAttributes against `openssl dgst -verify` with the RA certificate's key, and the challenge
-//! store (static, one-time, wrong, other tenant, other profile).
+//! store (static, one-time, wrong, other tenant, other profile), and `Scep.Enroll` (PKCSReq and
+//! RenewalReq answered with an RA-signed CertRep read back as a client reads it).
 
 mod common;
 
@@ -12,9 +13,11 @@ use std::process::Command;
 use certgate_core::store::Store;
 use certgate_proto::ErrorKind;
 use certgate_proto::scep::{
-    CheckChallengeRequest, DecryptKeyRequest, GetRaChainRequest, PutChallengeRequest,
-    SignAttributesRequest,
+    CheckChallengeRequest, DecryptKeyRequest, EnrollRequest, EnrollResponse, GetRaChainRequest,
+    PutChallengeRequest, SignAttributesRequest,
 };
+use certgate_scep::client::{Request as ScepRequest, build_request, read_reply};
+use certgate_scep::{FailInfo, PkiStatus};
 use common::{Fleet, err, fleet, pem};
 use der::Decode;
 
@@ -375,4 +378,243 @@ async fn challenges_static_one_time_wrong_and_other_tenant() {
         assert!(!text.contains(secret), "audit must not carry {secret}");
     }
     assert!(!text.contains(std::str::from_utf8(&otp).unwrap()));
+}
+
+/// A SCEP client: an RSA-2048 key and its self-signed signer certificate.
+struct ScepClient {
+    pkcs8: Vec<u8>,
+    cert_der: Vec<u8>,
+    rcgen: rcgen::KeyPair,
+}
+
+fn scep_client(cn: &str) -> ScepClient {
+    use aws_lc_rs::encoding::AsDer as _;
+    let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("keygen");
+    let pkcs8 = kp.as_der().expect("pkcs8").as_ref().to_vec();
+    let rcgen = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+        &rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8.clone()),
+        &rcgen::PKCS_RSA_SHA256,
+    )
+    .expect("rcgen key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let cert_der = params.self_signed(&rcgen).expect("self-signed").der().to_vec();
+    ScepClient {
+        pkcs8,
+        cert_der,
+        rcgen,
+    }
+}
+
+/// A PKCS#10 request for `name` with the client's key and, if given, a challengePassword.
+fn csr(c: &ScepClient, name: &str, challenge: Option<&str>) -> Vec<u8> {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let attrs = challenge
+        .map(|pw| {
+            let pw = der::Encode::to_der(&der::asn1::Utf8StringRef::new(pw).expect("utf8"))
+                .expect("der");
+            let mut values = vec![0x31, u8::try_from(pw.len()).expect("short")];
+            values.extend_from_slice(&pw);
+            vec![rcgen::Attribute {
+                oid: &[1, 2, 840, 113549, 1, 9, 7],
+                values,
+            }]
+        })
+        .unwrap_or_default();
+    params
+        .serialize_request_with_attributes(&c.rcgen, attrs)
+        .expect("csr")
+        .der()
+        .to_vec()
+}
+
+/// The EnrollRequest an edge sends for a message signed by `signer_cert`/`signer_key`: built
+/// and parsed (signature checked) with certgate-scep, as the edge does.
+#[allow(clippy::too_many_arguments)]
+fn enroll_request(
+    tenant: &str,
+    ra_cert: &[u8],
+    message_type: &'static str,
+    tid: &str,
+    content: &[u8],
+    signer_cert: &[u8],
+    signer_key: &[u8],
+) -> (EnrollRequest, [u8; 16]) {
+    let mut nonce = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut nonce).expect("rng");
+    let der = build_request(&ScepRequest {
+        message_type,
+        transaction_id: tid,
+        sender_nonce: nonce,
+        content_der: content,
+        signer_cert_der: signer_cert,
+        signer_key_pkcs8: signer_key,
+        ra_cert_der: ra_cert,
+    })
+    .expect("request");
+    let msg = certgate_scep::parse_pki_message(&der).expect("parses and verifies");
+    (
+        EnrollRequest {
+            tenant: tenant.into(),
+            message_type: msg.message_type.code().into(),
+            transaction_id: msg.transaction_id.clone(),
+            sender_nonce: msg.sender_nonce.clone(),
+            signer_cert_der: msg.signer_cert_der.clone(),
+            digest: msg.digest.name().into(),
+            enveloped_data_der: msg.enveloped_der().to_vec(),
+        },
+        nonce,
+    )
+}
+
+async fn enroll(f: &Fleet, r: EnrollRequest) -> EnrollResponse {
+    f.scep.clone().enroll(r).await.expect("Enroll answers").into_inner()
+}
+
+fn issued(f: &Fleet) -> usize {
+    f.store
+        .audit_records()
+        .expect("audit")
+        .iter()
+        .filter(|r| r.kind == "issue.intent" && r.details.contains("\"protocol\":\"scep\""))
+        .count()
+}
+
+/// Reads `rep` as the client `c` does (RA signature, decryption with the client key) and
+/// checks the echoed transactionID and nonce.
+fn reply(rep: &EnrollResponse, c: &ScepClient, tid: &str, nonce: &[u8; 16]) -> certgate_scep::client::Reply {
+    let r = read_reply(&rep.cert_rep_der, &c.pkcs8).expect("a CertRep the client can read");
+    assert_eq!(r.transaction_id, tid);
+    assert_eq!(r.recipient_nonce, nonce);
+    assert_eq!(rep.pki_status, r.status.name());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_pkcsreq_renewalreq_failures_and_one_time_challenges() {
+    let mut f = setup().await;
+    f.bootstrap(OTHER).await;
+    let ra = ra_chain(&f, T).await.remove(0);
+    let other_ra = ra_chain(&f, OTHER).await.remove(0);
+    // The RA certificates are issued (and audited) like any other: count from here.
+    let base = issued(&f);
+    let issued = |f: &Fleet| issued(f) - base;
+    let c = scep_client("enroll-client");
+    let req = |tid: &str, name: &str, pw: Option<&str>| {
+        enroll_request(T, &ra, "19", tid, &csr(&c, name, pw), &c.cert_der, &c.pkcs8)
+    };
+
+    // No challenge configured yet, then a wrong one, then none at all: FAILURE badRequest,
+    // nothing issued.
+    let (r, n) = req("tx-nochal", "a.scep.test", Some("s3cret"));
+    let rep = enroll(&f, r).await;
+    assert_eq!(reply(&rep, &c, "tx-nochal", &n).fail_info, Some(FailInfo::BadRequest));
+    put(&f, T, "", b"s3cret", false).await;
+    let (r, n) = req("tx-wrong", "a.scep.test", Some("s3cret!"));
+    let rep = enroll(&f, r).await;
+    assert_eq!((rep.pki_status.as_str(), rep.fail_info.as_str()), ("FAILURE", "badRequest"));
+    assert_eq!(reply(&rep, &c, "tx-wrong", &n).status, PkiStatus::Failure);
+    let (r, _) = req("tx-none", "a.scep.test", None);
+    assert_eq!(enroll(&f, r).await.fail_info, "badRequest");
+    assert_eq!(issued(&f), 0, "nothing issued on bad input");
+
+    // The right challenge: SUCCESS with the certificate for the client's key, encrypted to it.
+    let (r, n_ok) = req("tx-ok", "a.scep.test", Some("s3cret"));
+    let first = r.clone();
+    let rep = enroll(&f, r).await;
+    assert_eq!((rep.pki_status.as_str(), rep.fail_info.as_str()), ("SUCCESS", ""));
+    let got = reply(&rep, &c, "tx-ok", &n_ok);
+    assert_eq!(got.status, PkiStatus::Success);
+    assert_eq!(got.ra_cert_der, ra, "signed by the tenant's RA");
+    let cert = certifying(&got.certs, &c).expect("the certificate certifies the client's key");
+    assert_eq!(issued(&f), 1);
+    // The same transaction again (a client retry): the same certificate, not a second one.
+    let again = enroll(&f, first).await;
+    let again = reply(&again, &c, "tx-ok", &n_ok);
+    assert_eq!(certifying(&again.certs, &c), Some(cert.clone()));
+    assert_eq!(issued(&f), 1, "idempotent per transactionID and client key");
+
+    // Tenant isolation: a message encrypted to T's RA sent for OTHER does not decrypt there
+    // (badMessageCheck); one encrypted to OTHER's RA with T's challenge is refused (badRequest).
+    let (mut r, _) = req("tx-cross", "b.scep.test", Some("s3cret"));
+    r.tenant = OTHER.into();
+    assert_eq!(enroll(&f, r).await.fail_info, "badMessageCheck");
+    let (r, _) = enroll_request(
+        OTHER,
+        &other_ra,
+        "19",
+        "tx-other",
+        &csr(&c, "b.scep.test", Some("s3cret")),
+        &c.cert_der,
+        &c.pkcs8,
+    );
+    assert_eq!(enroll(&f, r).await.fail_info, "badRequest");
+    assert_eq!(issued(&f), 1);
+
+    // A one-time challenge is good for exactly one enrollment.
+    let otp = String::from_utf8(put(&f, T, "", b"", true).await).expect("ascii");
+    let (r, _) = req("tx-otp-1", "c.scep.test", Some(&otp));
+    assert_eq!(enroll(&f, r).await.pki_status, "SUCCESS");
+    let (r, _) = req("tx-otp-2", "c.scep.test", Some(&otp));
+    assert_eq!(enroll(&f, r).await.fail_info, "badRequest", "consumed");
+    assert_eq!(issued(&f), 2);
+
+    // RenewalReq signed by the issued certificate: a new certificate for a new key.
+    let next = scep_client("enroll-client-next");
+    let (r, n) = enroll_request(
+        T,
+        &ra,
+        "17",
+        "tx-renew",
+        &csr(&next, "a.scep.test", None),
+        &cert,
+        &c.pkcs8,
+    );
+    let rep = enroll(&f, r).await;
+    assert_eq!(rep.pki_status, "SUCCESS", "{}", rep.fail_info);
+    let renewed = read_reply(&rep.cert_rep_der, &c.pkcs8).expect("encrypted to the old cert");
+    assert_eq!(renewed.recipient_nonce, n);
+    assert!(certifying(&renewed.certs, &next).is_some(), "certifies the new key");
+    assert_eq!(issued(&f), 3);
+    // RenewalReq signed by a certificate this CA never issued: badCertId, nothing issued.
+    let (r, _) = enroll_request(
+        T,
+        &ra,
+        "17",
+        "tx-renew-bad",
+        &csr(&next, "a.scep.test", None),
+        &c.cert_der,
+        &c.pkcs8,
+    );
+    assert_eq!(enroll(&f, r).await.fail_info, "badCertId");
+    assert_eq!(issued(&f), 3);
+
+    // Enroll answers enrollment messages only; a CertPoll is the edge's to route elsewhere.
+    let (r, _) = enroll_request(T, &ra, "20", "tx-poll", b"\x30\x00", &c.cert_der, &c.pkcs8);
+    let e = err(f.scep.clone().enroll(r).await.unwrap_err());
+    assert_eq!(e.rule, "scep.enroll");
+}
+
+
+/// The certificate among `certs` (a degenerate SignedData's SET OF, in DER order) that certifies
+/// the client's key.
+fn certifying(certs: &[Vec<u8>], c: &ScepClient) -> Option<Vec<u8>> {
+    let spki = |der: &[u8]| {
+        der::Encode::to_der(
+            &x509_cert::Certificate::from_der(der)
+                .expect("certificate")
+                .tbs_certificate
+                .subject_public_key_info,
+        )
+        .expect("spki")
+    };
+    let want = spki(&c.cert_der);
+    certs.iter().find(|d| spki(d) == want).cloned()
 }

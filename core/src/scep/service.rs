@@ -8,11 +8,13 @@ use std::sync::Arc;
 use certgate_proto::Caller;
 use certgate_proto::scep::scep_admin_server::ScepAdmin;
 use certgate_proto::scep::scep_server::Scep;
+use certgate_proto::core::{IssueRequest, issue_request, issue_response};
 use certgate_proto::scep::{
     CheckChallengeRequest, CheckChallengeResponse, DecryptKeyRequest, DecryptKeyResponse,
-    GetRaChainRequest, GetRaChainResponse, PutChallengeRequest, PutChallengeResponse,
-    SignAttributesRequest, SignAttributesResponse,
+    EnrollRequest, EnrollResponse, GetRaChainRequest, GetRaChainResponse, PutChallengeRequest,
+    PutChallengeResponse, SignAttributesRequest, SignAttributesResponse,
 };
+use certgate_scep::{CertRep, FailInfo, MessageType, PkiMessage, PkiStatus, RequestContent};
 use certgate_proto::signer::{Algorithm, KeyTransport};
 use certgate_proto::transport::caller_of;
 use const_oid::ObjectIdentifier;
@@ -280,7 +282,26 @@ impl ScepService {
                 format!("SignedAttributes must be 1 to {MAX_SIGNED_ATTRIBUTES} bytes"),
             ));
         }
-        let alg = match r.digest.as_str() {
+        let (ra, _) = ra::ensure_ra(&self.0, &r.tenant, caller).await?;
+        let signature = self
+            .ra_sign(&ra, &r.digest, &r.signed_attributes_der)
+            .await?;
+        Ok(SignAttributesResponse {
+            signature,
+            ra_cert_der: ra.cert_der,
+        })
+    }
+
+    /// Has the signer sign `signed_attributes_der` with the RA key (RSA PKCS#1 v1.5 with
+    /// `digest`: "sha256" or "sha512"; audited by the signer) and checks the signature against
+    /// the RA certificate before it leaves the core.
+    async fn ra_sign(
+        &self,
+        ra: &crate::store::cmp::RaRec,
+        digest: &str,
+        signed_attributes_der: &[u8],
+    ) -> Result<Vec<u8>> {
+        let alg = match digest {
             "" | "sha256" => Algorithm::RsaPkcs1Sha256,
             "sha512" => Algorithm::RsaPkcs1Sha512,
             other => {
@@ -290,22 +311,18 @@ impl ScepService {
                 )));
             }
         };
-        let (ra, _) = ra::ensure_ra(&self.0, &r.tenant, caller).await?;
         let signature = self
             .0
             .signer
-            .sign(&ra.signer_key_id, alg, r.signed_attributes_der.clone())
+            .sign(&ra.signer_key_id, alg, signed_attributes_der.to_vec())
             .await?;
         crate::x509::verify_signature(
             &crate::issue::spki_of(&ra.cert_der)?,
             alg,
-            &r.signed_attributes_der,
+            signed_attributes_der,
             &signature,
         )?;
-        Ok(SignAttributesResponse {
-            signature,
-            ra_cert_der: ra.cert_der,
-        })
+        Ok(signature)
     }
 
     fn check_challenge(
@@ -330,6 +347,210 @@ impl ScepService {
             store.check_scep_challenge(&r.tenant, &r.profile, digest, crate::now_unix(), &audit)
         })?;
         Ok(m != ChallengeMatch::None)
+    }
+}
+
+/// What a PKCSReq/RenewalReq is answered with: a CertRep to build, or the failInfo of a FAILURE.
+type Decision = std::result::Result<Answer, FailInfo>;
+
+/// A non-FAILURE answer.
+enum Answer {
+    /// SUCCESS with the issued certificate and its chain.
+    Issued(Vec<Vec<u8>>),
+    /// PENDING: held for manual approval.
+    Pending,
+}
+
+/// The failInfo for a refusal the client caused (the edge's mapping before `Scep.Enroll`:
+/// RFC 8894 §3.3.2.2); `Err` for a core or signer that cannot answer now (the client retries).
+fn fail_info_of(e: CoreError) -> Result<FailInfo> {
+    match &e {
+        CoreError::Malformed { rule, .. } if *rule == "scep.decrypt_failed" => {
+            Ok(FailInfo::BadMessageCheck)
+        }
+        CoreError::Malformed { rule, .. } if *rule == "scep.unsupported_alg" => {
+            Ok(FailInfo::BadAlg)
+        }
+        CoreError::Malformed { .. }
+        | CoreError::Policy { .. }
+        | CoreError::AlreadyExists { .. } => Ok(FailInfo::BadRequest),
+        CoreError::NotFound { .. } => Ok(FailInfo::BadCertId),
+        _ => Err(e),
+    }
+}
+
+/// The Issue idempotency key of a SCEP transaction: its transactionID and the client's key
+/// (the same key the edge used with `Core.Issue`, so retries across the change still match).
+fn idempotency_key(msg: &PkiMessage) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &msg.signer_spki_der);
+    format!("scep:{}:{}", msg.transaction_id, hex::encode(d.as_ref()))
+}
+
+impl ScepService {
+    /// `Scep.Enroll`: decides, then has the RA sign the CertRep.
+    async fn enroll(&self, r: &EnrollRequest, caller: &Caller) -> Result<EnrollResponse> {
+        let msg = PkiMessage::from_verified_parts(
+            &r.message_type,
+            &r.transaction_id,
+            &r.sender_nonce,
+            &r.signer_cert_der,
+            &r.digest,
+            &r.enveloped_data_der,
+        )
+        .map_err(|e| CoreError::malformed("scep.enroll", e.reason))?;
+        if !matches!(
+            msg.message_type,
+            MessageType::PkcsReq | MessageType::RenewalReq
+        ) {
+            return Err(CoreError::malformed(
+                "scep.enroll",
+                "Scep.Enroll answers PKCSReq and RenewalReq only",
+            ));
+        }
+        let (ra, _) = ra::ensure_ra(&self.0, &r.tenant, caller).await?;
+        let enc = |e: certgate_scep::ScepError| CoreError::Internal(format!("CertRep: {e}"));
+        let (rep, status, fail) = match self.decide_enroll(&msg, &ra, &r.tenant, caller).await? {
+            Ok(Answer::Issued(certs)) => (
+                CertRep::success(&msg, &certs, &[]).map_err(enc)?,
+                PkiStatus::Success,
+                None,
+            ),
+            Ok(Answer::Pending) => (
+                CertRep::pending(&msg).map_err(enc)?,
+                PkiStatus::Pending,
+                None,
+            ),
+            Err(f) => {
+                tracing::info!(tenant = %r.tenant, tx = %msg.transaction_id, fail = f.name(), "SCEP FAILURE");
+                (
+                    CertRep::failure(&msg, f).map_err(enc)?,
+                    PkiStatus::Failure,
+                    Some(f),
+                )
+            }
+        };
+        let signature = self
+            .ra_sign(&ra, rep.digest().name(), rep.signed_attributes_der())
+            .await?;
+        let cert_rep_der = rep.finish(&signature, &ra.cert_der).map_err(enc)?;
+        Ok(EnrollResponse {
+            cert_rep_der,
+            pki_status: status.name().to_owned(),
+            fail_info: fail.map(|f| f.name().to_owned()).unwrap_or_default(),
+        })
+    }
+
+    /// Decrypts the request with the RA key, checks the challenge (PKCSReq) or the renewed
+    /// certificate (RenewalReq) and issues. Nothing is issued unless every check passed.
+    async fn decide_enroll(
+        &self,
+        msg: &PkiMessage,
+        ra: &crate::store::cmp::RaRec,
+        tenant: &str,
+        caller: &Caller,
+    ) -> Result<Decision> {
+        let kt = match msg.key_transport(&ra.cert_der) {
+            Ok(kt) => kt,
+            Err(e) => return Ok(Err(e.fail_info)),
+        };
+        if kt.encrypted_key.is_empty() || kt.encrypted_key.len() > MAX_ENCRYPTED_KEY {
+            return Ok(Err(FailInfo::BadMessageCheck));
+        }
+        let scheme = match key_transport_of(&kt.key_encryption_alg_der) {
+            Ok(s) => s,
+            Err(e) => return fail_info_of(e).map(Err),
+        };
+        let cek = match self
+            .0
+            .signer
+            .decrypt(&ra.signer_key_id, scheme, kt.encrypted_key)
+            .await
+        {
+            Ok(cek) => cek,
+            Err(CoreError::Signer(s)) if s.rule == "signer.decrypt_failed" => {
+                return Ok(Err(FailInfo::BadMessageCheck));
+            }
+            Err(e) => return Err(e),
+        };
+        let content = match msg.decrypt_content(&cek) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e.fail_info)),
+        };
+        drop(cek);
+        let RequestContent::CertRequest { csr_der, challenge } = content else {
+            return Ok(Err(FailInfo::BadRequest));
+        };
+        let mut replaces = String::new();
+        if msg.message_type == MessageType::PkcsReq {
+            let Some(challenge) = challenge else {
+                tracing::info!(tenant, tx = %msg.transaction_id, "PKCSReq without challengePassword");
+                return Ok(Err(FailInfo::BadRequest));
+            };
+            let check = CheckChallengeRequest {
+                tenant: tenant.to_owned(),
+                profile: String::new(),
+                challenge: Vec::new(),
+            };
+            match self.check_challenge(&check, &challenge, caller) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(tenant, tx = %msg.transaction_id, "SCEP challenge refused");
+                    return Ok(Err(FailInfo::BadRequest));
+                }
+                Err(e) => return fail_info_of(e).map(Err),
+            }
+        } else {
+            // RenewalReq: signed by a current certificate of this tenant (the store's record,
+            // byte for byte, and not revoked).
+            let serial = &msg.signer_id.serial;
+            let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
+            let serial = &serial[start..];
+            if serial.is_empty() || serial.len() > 21 {
+                return Ok(Err(FailInfo::BadRequest));
+            }
+            let serial = crate::x509::serial_hex(serial);
+            let store = &self.0.core.store;
+            match blocking(|| store.get_cert(tenant, &serial))? {
+                Some(rec) if rec.cert_der == msg.signer_cert_der && !rec.revoked => {
+                    replaces = serial;
+                }
+                Some(_) => return Ok(Err(FailInfo::BadRequest)),
+                None => return Ok(Err(FailInfo::BadCertId)),
+            }
+        }
+        let issued = self
+            .0
+            .core
+            .issuer
+            .issue(
+                IssueRequest {
+                    tenant: tenant.to_owned(),
+                    request: Some(issue_request::Request::CsrDer(csr_der)),
+                    protocol: "scep".into(),
+                    client_identity: format!("scep:{}", msg.transaction_id),
+                    idempotency_key: idempotency_key(msg),
+                    replaces_serial: replaces,
+                    ..Default::default()
+                },
+                caller,
+            )
+            .await;
+        match issued {
+            Ok(r) if r.status == issue_response::Status::Pending as i32 => {
+                tracing::info!(tenant, tx = %msg.transaction_id, pending = %r.pending_id, "SCEP request awaits approval");
+                metrics::counter!("certgate_scep_pending_total").increment(1);
+                Ok(Ok(Answer::Pending))
+            }
+            Ok(r) => {
+                let mut certs = vec![r.certificate_der];
+                certs.extend(r.chain_der);
+                Ok(Ok(Answer::Issued(certs)))
+            }
+            Err(e) => {
+                tracing::info!(tenant, tx = %msg.transaction_id, error = %e, "SCEP request refused");
+                fail_info_of(e).map(Err)
+            }
+        }
     }
 }
 
@@ -398,11 +619,19 @@ impl Scep for ScepService {
 
     async fn enroll(
         &self,
-        req: Request<certgate_proto::scep::EnrollRequest>,
-    ) -> Result<Response<certgate_proto::scep::EnrollResponse>, Status> {
+        req: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
         let caller = caller_of(&req);
         self.0.check(false, &caller, "Enroll")?;
-        Err(Status::unimplemented("Scep.Enroll: not yet implemented"))
+        let r = req.into_inner();
+        let out = ScepService::enroll(self, &r, &caller).await;
+        let outcome = match &out {
+            Ok(resp) if resp.pki_status == PkiStatus::Failure.name() => "failure",
+            Ok(resp) if resp.pki_status == PkiStatus::Pending.name() => "pending",
+            other => outcome_of(other),
+        };
+        count("Enroll", &r.tenant, outcome);
+        Ok(Response::new(out?))
     }
 }
 

@@ -86,6 +86,7 @@ pub const METHODS: &[(&str, Idempotency)] = {
         ("scep_decrypt_key", Idempotent),
         ("scep_sign_attributes", Idempotent),
         ("scep_check_challenge", No), // consumes a one-time challenge
+        ("scep_enroll", No),          // consumes a one-time challenge, then issues
     ]
 };
 
@@ -703,6 +704,20 @@ impl CoreClient {
         self.call("scep_check_challenge", req, |m, r| {
             let mut c = m.scep.clone();
             async move { c.check_challenge(r).await }
+        })
+        .await
+    }
+
+    /// `Scep.Enroll`: one PKCSReq/RenewalReq answered by the core (decrypt, challenge or
+    /// renewal check, Issue, RA-signed CertRep). Not retried: a one-time challenge is consumed
+    /// before the issuance.
+    pub async fn scep_enroll(
+        &self,
+        req: certgate_proto::scep::EnrollRequest,
+    ) -> Result<certgate_proto::scep::EnrollResponse, RpcError> {
+        self.call("scep_enroll", req, |m, r| {
+            let mut c = m.scep.clone();
+            async move { c.enroll(r).await }
         })
         .await
     }

@@ -48,6 +48,17 @@ impl FailInfo {
             Self::BadCertId => "4",
         }
     }
+
+    /// The RFC 8894 name ("badAlg", …), as `Scep.Enroll` reports it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BadAlg => "badAlg",
+            Self::BadMessageCheck => "badMessageCheck",
+            Self::BadRequest => "badRequest",
+            Self::BadTime => "badTime",
+            Self::BadCertId => "badCertId",
+        }
+    }
 }
 
 /// The pkiStatus of a CertRep.
@@ -68,6 +79,15 @@ impl PkiStatus {
             Self::Success => "0",
             Self::Failure => "2",
             Self::Pending => "3",
+        }
+    }
+
+    /// The RFC 8894 name ("SUCCESS", "FAILURE", "PENDING"), as `Scep.Enroll` reports it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Success => "SUCCESS",
+            Self::Failure => "FAILURE",
+            Self::Pending => "PENDING",
         }
     }
 }
