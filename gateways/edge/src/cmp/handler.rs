@@ -324,12 +324,21 @@ impl CmpHandler {
                     .ca_chain(tenant, "")
                     .await
                     .map_err(|e| core_fail(&e, "trust anchors"))?;
+                let mut tenant_cas = Vec::new();
                 for der in &chain.chain_der {
                     if let Ok(c) = Certificate::from_der(der) {
+                        tenant_cas.push(c.tbs_certificate.subject.clone());
                         anchors.push(c);
                     }
                 }
                 let cert = msg.verify_signature(&anchors, now)?;
+                // RFC 9483 §3.5: a revoked protecting certificate fails path validation. For a
+                // certificate of this tenant's CA the core's record is authoritative (one
+                // `GetCertificate` per signature-protected request; MAC-protected requests pay
+                // nothing). Certificates under `[cmp] trust_anchors` are not checked (docs/cmp.md).
+                if tenant_cas.contains(&cert.tbs_certificate.issuer) {
+                    check_not_revoked(ctx, tenant, cert).await?;
+                }
                 Ok(Authenticated {
                     identity: format!("cert:{}", serial_hex(cert)),
                     mac_kid: None,
@@ -820,6 +829,35 @@ impl CmpHandler {
             Ok(h) => respond::assemble(&h, &body, None, &[]),
             Err(_) => Vec::new(),
         }
+    }
+}
+
+/// Refuses (signerNotTrusted) a protecting certificate that the tenant's CA revoked, does not
+/// know, or knows with other bytes under that serial.
+async fn check_not_revoked(
+    ctx: &EdgeContext,
+    tenant: &str,
+    cert: &Certificate,
+) -> Result<(), CmpError> {
+    let untrusted = |why: &str| CmpError::new(FailInfo::SignerNotTrusted, why);
+    match ctx.core.get_certificate(tenant, &serial_hex(cert)).await {
+        Ok(rec) if rec.revoked => Err(untrusted("the protecting certificate is revoked")),
+        Ok(rec) => {
+            let der = cert
+                .to_der()
+                .map_err(|_| CmpError::new(FailInfo::BadDataFormat, "protecting certificate"))?;
+            if rec.certificate_der == der {
+                Ok(())
+            } else {
+                Err(untrusted(
+                    "the protecting certificate is not the one this CA issued under its serial",
+                ))
+            }
+        }
+        Err(e) if e.kind == ErrorKind::NotFound => Err(untrusted(
+            "this CA has no record of the protecting certificate",
+        )),
+        Err(e) => Err(core_fail(&e, "protecting certificate status")),
     }
 }
 
