@@ -113,7 +113,10 @@ fn store_config(pg: &PgServer, url: &str, name: &str, tls: Option<PgTlsConfig>) 
 fn refused(r: certgate_core::error::Result<PgStore>, what: &str) -> String {
     match r {
         Ok(_) => panic!("{what}: the store connected, it must be refused"),
-        Err(e) => e.to_string(),
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            e.to_string()
+        }
     }
 }
 
@@ -144,7 +147,11 @@ fn pg_store_over_verify_full_tls_refuses_every_unverified_connection() {
     );
     let port = pg.port;
     let by_ip = format!("postgres://certgate_app@127.0.0.1:{port}/certgate");
-    let by_name = format!("postgres://certgate_app@localhost:{port}/certgate?hostaddr=127.0.0.1");
+    // By DNS name, and with channel binding required: SCRAM-SHA-256-PLUS succeeds only if the
+    // server computes the same tls-server-end-point hash as the core's stream offers.
+    let by_name = format!(
+        "postgres://certgate_app@localhost:{port}/certgate?hostaddr=127.0.0.1&channel_binding=require"
+    );
 
     // Works: IP-address SAN (with migrations through the owner role over TLS), then a DNS name.
     let store = PgStore::connect(&store_config(
@@ -203,7 +210,7 @@ fn pg_store_over_verify_full_tls_refuses_every_unverified_connection() {
         )),
         "server certificate from another CA",
     );
-    assert!(e.contains("invalid peer certificate"), "{e}");
+    assert!(e.contains("invalid peer certificate: UnknownIssuer"), "{e}");
     // Another name: the certificate is for 127.0.0.1 and localhost only.
     let wrong_name =
         format!("postgres://certgate_app@db.elsewhere.example:{port}/certgate?hostaddr=127.0.0.1");
@@ -216,7 +223,10 @@ fn pg_store_over_verify_full_tls_refuses_every_unverified_connection() {
         )),
         "server certificate for another name",
     );
-    assert!(e.contains("invalid peer certificate"), "{e}");
+    assert!(
+        e.contains("not valid for name \"db.elsewhere.example\""),
+        "{e}"
+    );
     // No client certificate: pg_hba's clientcert=verify-full refuses the role.
     let e = refused(
         PgStore::connect(&store_config(
@@ -227,7 +237,7 @@ fn pg_store_over_verify_full_tls_refuses_every_unverified_connection() {
         )),
         "no client certificate",
     );
-    assert!(e.contains("certificate"), "{e}");
+    assert!(e.contains("requires a valid client certificate"), "{e}");
     // Plain TCP (no [store.tls]): no hostssl-less rule admits it.
     let e = refused(
         PgStore::connect(&store_config(&pg, &by_ip, "tls-plain", None)),
