@@ -70,14 +70,14 @@ pub async fn recheck_at_finalize(
             if a.identifier.kind != "dns" {
                 continue;
             }
-            if let Some((method, validated)) = proof(&a) {
-                if needs_recheck(validated, now, state.config.caa_recheck_secs) {
-                    proofs.push(Proof {
-                        name: a.identifier.value.clone(),
-                        wildcard: a.wildcard,
-                        method: method.to_owned(),
-                    });
-                }
+            if let Some((method, validated)) = proof(&a)
+                && needs_recheck(validated, now, state.config.caa_recheck_secs)
+            {
+                proofs.push(Proof {
+                    name: a.identifier.value.clone(),
+                    wildcard: a.wildcard,
+                    method: method.to_owned(),
+                });
             }
         }
         Ok(Some((identities, proofs)))
