@@ -1064,8 +1064,9 @@ pub fn check_alpn_certificate(
 }
 
 /// Accepts the (self-signed) tls-alpn-01 certificate for inspection after the handshake: no
-/// chain is involved, the checks are [`check_alpn_certificate`]. The handshake signature is
-/// still verified, so the responder holds the certificate's key.
+/// chain is involved, the checks are [`check_alpn_certificate`]. Also the verifier of an https
+/// http-01 redirect hop, whose certificate is deliberately not validated ([`Scheme`]). The
+/// handshake signature is still verified, so the server holds the certificate's key.
 #[derive(Debug)]
 struct AcceptForInspection {
     provider: Arc<rustls::crypto::CryptoProvider>,
