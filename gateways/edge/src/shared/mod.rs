@@ -428,7 +428,7 @@ impl RedisPool {
 
     /// Forgets slot `i`'s connection after a transport failure, so the next use builds a new
     /// one (after the backoff) — whatever state the old one's reconnect logic is in.
-    fn discard(&self, i: usize, why: &'static str) {
+    fn discard(&self, i: usize, why: &'static str, detail: Option<String>) {
         let slot = &self.slots[i];
         let had = slot.conn.write().unwrap_or_else(|p| p.into_inner()).take();
         if had.is_some() {
@@ -436,6 +436,7 @@ impl RedisPool {
             tracing::warn!(
                 slot = i,
                 error = why,
+                detail = detail.as_deref().unwrap_or(""),
                 "Redis connection failed; rebuilding it after the backoff"
             );
         }
@@ -457,12 +458,12 @@ impl RedisPool {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if e.is_io_error() || e.is_unrecoverable_error() || e.is_timeout() {
-                    self.discard(i, kind(&e));
+                    self.discard(i, kind(&e), io_detail(&e));
                 }
                 Err(SharedError::Redis(kind(&e)))
             }
             Err(_) => {
-                self.discard(i, "timeout");
+                self.discard(i, "timeout", None);
                 Err(SharedError::Timeout)
             }
         }
@@ -482,6 +483,13 @@ fn kind(e: &redis::RedisError) -> &'static str {
         K::Server(_) => "server",
         _ => "other",
     }
+}
+
+/// The message of a transport error (a refused connection, a TLS certificate the CA check
+/// refused: what an operator needs to fix it). Only I/O errors: they come from the OS or rustls,
+/// never echo command arguments.
+fn io_detail(e: &redis::RedisError) -> Option<String> {
+    (e.kind() == redis::ErrorKind::Io).then(|| e.to_string())
 }
 
 /// Counts one Redis operation.
@@ -537,6 +545,60 @@ mod tests {
             toml::from_str::<RedisConfig>("url = \"redis://h\"\nrate_limit_fallback = \"open\"")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn rediss_needs_a_ca_file_and_never_skips_the_check() {
+        let tls = |extra: &str| -> RedisConfig {
+            toml::from_str(&format!("url = \"rediss://127.0.0.1:6380/0\"\n{extra}"))
+                .expect("parses")
+        };
+        assert!(tls("tls_ca_file = \"ca.pem\"").validate().is_ok());
+        assert!(tls("").validate().is_err(), "no CA: refused");
+        assert!(
+            tls("tls_ca_file = \"ca.pem\"\ntls_client_cert_file = \"c.pem\"")
+                .validate()
+                .is_err(),
+            "certificate without key"
+        );
+        let insecure: RedisConfig = toml::from_str(
+            "url = \"rediss://127.0.0.1:6380/0#insecure\"\ntls_ca_file = \"ca.pem\"",
+        )
+        .expect("parses");
+        assert!(insecure.validate().is_err());
+        let plain_with_ca: RedisConfig =
+            toml::from_str("url = \"redis://127.0.0.1:6379/0\"\ntls_ca_file = \"ca.pem\"")
+                .expect("parses");
+        assert!(
+            plain_with_ca.validate().is_err(),
+            "TLS files need rediss://"
+        );
+        // Relative TLS paths resolve against the config directory.
+        let mut c = tls(
+            "tls_ca_file = \"ca.pem\"\ntls_client_cert_file = \"c.pem\"\ntls_client_key_file = \"c.key\"",
+        );
+        c.resolve_paths(Path::new("/etc/certgate"));
+        assert_eq!(
+            c.tls_ca_file.as_deref(),
+            Some(Path::new("/etc/certgate/ca.pem"))
+        );
+        assert_eq!(
+            c.tls_client_key_file.as_deref(),
+            Some(Path::new("/etc/certgate/c.key"))
+        );
+        // A CA file without certificates is refused when the client is built, not trusted as
+        // "no roots" (redis would fall back to the system roots).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, b"not a certificate").expect("write");
+        let mut c = tls(&format!("tls_ca_file = {:?}", ca.display().to_string()));
+        c.resolve_paths(dir.path());
+        assert!(matches!(RedisPool::new(&c), Err(SharedError::Config(_))));
+        let missing = tls("tls_ca_file = \"/nonexistent/ca.pem\"");
+        assert!(matches!(
+            RedisPool::new(&missing),
+            Err(SharedError::File { .. })
+        ));
     }
 
     #[test]
