@@ -259,6 +259,10 @@ fn ber_pkcsreq_from_a_streaming_client_parses_and_decrypts() {
         "eContent is the BER envelope"
     );
 
+    if let Some(dir) = std::env::var_os("SCEP_WRITE_SEEDS") {
+        // Fuzz seed: a streamed BER PKCSReq with an OpenSSL-streamed envelope.
+        std::fs::write(Path::new(&dir).join("pkcsreq_ber.der"), &ber_req).expect("seed");
+    }
     for (what, bytes) in [("DER outer", &der_req), ("BER outer", &ber_req)] {
         let msg = parse_pki_message(bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(msg.transaction_id, "tx-ber-time");
