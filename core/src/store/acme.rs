@@ -13,6 +13,36 @@ use zeroize::Zeroizing;
 use crate::audit::AuditEntry;
 use crate::error::Result;
 
+/// The audit record of an order's move pending → ready, the same whether a reader
+/// (`refresh_order`) or [`AcmeStore::finish_challenge`] stores it; `actor` is the caller whose
+/// request caused it.
+pub fn order_ready_audit(tenant: &str, actor: &str, order_id: &str) -> AuditEntry {
+    AuditEntry::new(
+        "acme.order.status",
+        tenant,
+        actor,
+        serde_json::json!({"order": order_id, "from": "pending", "to": "ready"}),
+    )
+}
+
+/// Whether an order is ready at `now`: unexpired, and every authorization (status, expiry) is
+/// valid and unexpired (RFC 8555 §7.1.6; the same rule `refresh_order` applies, expiry being
+/// `now >= expires`). No authorizations is not ready (an order always has some).
+pub(crate) fn order_ready_at(
+    now: i64,
+    order_expires: i64,
+    authzs: impl IntoIterator<Item = (String, i64)>,
+) -> bool {
+    let mut any = false;
+    for (status, expires) in authzs {
+        if status != "valid" || now >= expires {
+            return false;
+        }
+        any = true;
+    }
+    any && now < order_expires
+}
+
 /// A tenant's ACME settings (directory meta, newAccount rules).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AcmeSettings {
@@ -261,6 +291,15 @@ pub trait AcmeStore: Send + Sync {
     ) -> Result<bool>;
     /// Records a validation result: the challenge processing → valid/invalid and its
     /// authorization pending → valid/invalid (with `valid_until` as the new expiry when valid).
+    ///
+    /// When the authorization became valid, the same transaction also moves the order that
+    /// created it (recorded by [`Self::insert_order`]) pending → ready (compare-and-set), if at
+    /// `result.now` the order has not expired and every one of its authorizations is valid and
+    /// unexpired, appending that change's own [`order_ready_audit`] record: the order is ready
+    /// as soon as it can be (RFC 8555 §7.1.6), without one more write transaction when it is
+    /// next read. Readers still recompute pending/ready/invalid (`refresh_order`), so orders that
+    /// only reuse the authorization, and every other transition, are stored as before. Returns
+    /// the id of the order it made ready.
     fn finish_challenge(
         &self,
         tenant: &str,
@@ -268,7 +307,7 @@ pub trait AcmeStore: Send + Sync {
         challenge_id: &str,
         result: &ChallengeResult,
         audit: &AuditEntry,
-    ) -> Result<()>;
+    ) -> Result<Option<String>>;
     /// Compare-and-set of an authorization's status. True when it changed.
     fn set_authz_status(
         &self,

@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use super::acme::{
     AccountRec, AcmeSettings, AcmeStore, AuthzRec, ChallengeRec, ChallengeResult, EabKey, IdentRec,
-    NewAccountOutcome, OrderPage, OrderRec, OrderUpdate,
+    NewAccountOutcome, OrderPage, OrderRec, OrderUpdate, order_ready_at, order_ready_audit,
 };
 use super::pg::{PgStore, append, col, db, in_tx, tenant_scope};
 use crate::audit::AuditEntry;
@@ -446,6 +446,12 @@ impl AcmeStore for PgStore {
                 )
                 .await
                 .map_err(db)?;
+                tx.execute(
+                    "INSERT INTO acme_authz_orders (tenant, authz_id, order_id) VALUES ($1,$2,$3)",
+                    &[&a.tenant, &a.authz_id, &o.order_id],
+                )
+                .await
+                .map_err(db)?;
                 for (i, ch) in a.challenges.iter().enumerate() {
                     tx.execute(
                         "INSERT INTO acme_challenges (tenant, challenge_id, authz_id, account_id,
@@ -780,7 +786,7 @@ impl AcmeStore for PgStore {
         challenge_id: &str,
         result: &ChallengeResult,
         audit: &AuditEntry,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let (tenant, authz_id, challenge_id, result, audit) = (
             tenant.to_owned(),
             authz_id.to_owned(),
@@ -808,17 +814,9 @@ impl AcmeStore for PgStore {
                 .await
                 .map_err(db)?;
             if n == 0 {
-                return Ok(());
+                return Ok(None);
             }
-            if result.valid {
-                tx.execute(
-                    "UPDATE acme_authzs SET status = 'valid', expires_unix = $1
-                     WHERE tenant = $2 AND authz_id = $3 AND status = 'pending'",
-                    &[&result.valid_until, &tenant, &authz_id],
-                )
-                .await
-                .map_err(db)?;
-            } else {
+            if !result.valid {
                 tx.execute(
                     "UPDATE acme_authzs SET status = 'invalid'
                      WHERE tenant = $1 AND authz_id = $2 AND status = 'pending'",
@@ -826,9 +824,77 @@ impl AcmeStore for PgStore {
                 )
                 .await
                 .map_err(db)?;
+                append(&tx, &audit).await?;
+                return Ok(None);
             }
+            let n = tx
+                .execute(
+                    "UPDATE acme_authzs SET status = 'valid', expires_unix = $1
+                     WHERE tenant = $2 AND authz_id = $3 AND status = 'pending'",
+                    &[&result.valid_until, &tenant, &authz_id],
+                )
+                .await
+                .map_err(db)?;
             append(&tx, &audit).await?;
-            Ok(())
+            if n == 0 {
+                return Ok(None);
+            }
+            // The order that created the authorization, moved to ready when all of its
+            // authorizations are valid. Its row is locked first: two cores finishing the
+            // order's last two authorizations at once then decide one after the other, and the
+            // second sees the first's committed authorization (READ COMMITTED re-reads per
+            // statement), so the order is not left pending by both.
+            let Some(row) = tx
+                .query_opt(
+                    "SELECT o.order_id, o.status, o.expires_unix, o.authz_ids
+                     FROM acme_authz_orders m JOIN acme_orders o
+                       ON o.tenant = m.tenant AND o.order_id = m.order_id
+                     WHERE m.tenant = $1 AND m.authz_id = $2
+                     FOR UPDATE OF o",
+                    &[&tenant, &authz_id],
+                )
+                .await
+                .map_err(db)?
+            else {
+                return Ok(None);
+            };
+            let (order_id, status, expires, ids): (String, String, i64, String) =
+                (col(&row, 0)?, col(&row, 1)?, col(&row, 2)?, col(&row, 3)?);
+            if status != "pending" {
+                return Ok(None);
+            }
+            let ids: Vec<String> = serde_json::from_str(&ids).map_err(json_err)?;
+            let rows = tx
+                .query(
+                    "SELECT status, expires_unix FROM acme_authzs
+                     WHERE tenant = $1 AND authz_id = ANY($2)",
+                    &[&tenant, &ids],
+                )
+                .await
+                .map_err(db)?;
+            if rows.len() != ids.len() {
+                return Ok(None);
+            }
+            let mut authzs = Vec::with_capacity(rows.len());
+            for r in &rows {
+                authzs.push((col::<String>(r, 0)?, col::<i64>(r, 1)?));
+            }
+            if !order_ready_at(result.now, expires, authzs) {
+                return Ok(None);
+            }
+            let n = tx
+                .execute(
+                    "UPDATE acme_orders SET status = 'ready'
+                     WHERE tenant = $1 AND order_id = $2 AND status = 'pending'",
+                    &[&tenant, &order_id],
+                )
+                .await
+                .map_err(db)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            append(&tx, &order_ready_audit(&tenant, &audit.actor, &order_id)).await?;
+            Ok(Some(order_id))
         })
     }
 

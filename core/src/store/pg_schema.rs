@@ -52,6 +52,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: V5_PENDING,
         tenant_tables: &[("pending_requests", "tenant")],
     },
+    Migration {
+        version: 6,
+        sql: V6_ACME_AUTHZ_ORDERS,
+        tenant_tables: &[("acme_authz_orders", "tenant")],
+    },
 ];
 
 /// The tables of migration 1 that row-level security applies to, with their tenant column.
@@ -479,6 +484,19 @@ CREATE TABLE pending_requests (
     UNIQUE (tenant, idem_key)
 );
 CREATE INDEX pending_requests_open ON pending_requests(tenant, state, expires_unix);
+"#;
+
+/// The order that created each ACME authorization (orders that only reuse one are not listed),
+/// so the transaction that records a validation can move that order to ready
+/// (`AcmeStore::finish_challenge`). Orders created before this migration have no row: readers
+/// move them to ready as before.
+const V6_ACME_AUTHZ_ORDERS: &str = r#"
+CREATE TABLE acme_authz_orders (
+    tenant TEXT NOT NULL,
+    authz_id TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    PRIMARY KEY (tenant, authz_id)
+);
 "#;
 
 /// Row-level security statements for one tenant table (part of migration 1, generated so every

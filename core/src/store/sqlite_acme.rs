@@ -7,7 +7,7 @@ use zeroize::Zeroizing;
 
 use super::acme::{
     AccountRec, AcmeSettings, AcmeStore, AuthzRec, ChallengeRec, ChallengeResult, EabKey, IdentRec,
-    NewAccountOutcome, OrderPage, OrderRec, OrderUpdate,
+    NewAccountOutcome, OrderPage, OrderRec, OrderUpdate, order_ready_at, order_ready_audit,
 };
 use super::sqlite::{SqliteStore, append};
 use crate::audit::AuditEntry;
@@ -93,6 +93,14 @@ CREATE TABLE IF NOT EXISTS acme_challenges (
     PRIMARY KEY (tenant, challenge_id)
 );
 CREATE INDEX IF NOT EXISTS acme_challenges_authz ON acme_challenges(tenant, authz_id, idx);
+-- The order that created each authorization (orders that only reuse one are not listed), so the
+-- transaction that records a validation can move that order to ready (finish_challenge).
+CREATE TABLE IF NOT EXISTS acme_authz_orders (
+    tenant TEXT NOT NULL,
+    authz_id TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    PRIMARY KEY (tenant, authz_id)
+) WITHOUT ROWID;
 "#;
 
 fn json_err(e: serde_json::Error) -> CoreError {
@@ -477,6 +485,10 @@ impl AcmeStore for SqliteStore {
                         a.created_unix
                     ],
                 )?;
+                tx.prepare_cached(
+                    "INSERT INTO acme_authz_orders (tenant, authz_id, order_id) VALUES (?1,?2,?3)",
+                )?
+                .execute(params![a.tenant, a.authz_id, o.order_id])?;
                 for (i, ch) in a.challenges.iter().enumerate() {
                     tx.prepare_cached("INSERT INTO acme_challenges (tenant, challenge_id, authz_id, account_id, idx, kind, status, token, validated_unix, error)
                          VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)")?.execute(
@@ -725,7 +737,7 @@ impl AcmeStore for SqliteStore {
         challenge_id: &str,
         result: &ChallengeResult,
         audit: &AuditEntry,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let (tenant, authz_id, challenge_id) = (
             tenant.to_owned(),
             authz_id.to_owned(),
@@ -747,21 +759,25 @@ impl AcmeStore for SqliteStore {
                 ],
             )?;
             if n == 0 {
-                return Ok(());
+                return Ok(None);
             }
-            if result.valid {
-                tx.prepare_cached("UPDATE acme_authzs SET status = 'valid', expires_unix = ?1
-                     WHERE tenant = ?2 AND authz_id = ?3 AND status = 'pending'")?.execute(
-                    params![result.valid_until, tenant, authz_id],
-                )?;
-            } else {
+            if !result.valid {
                 tx.prepare_cached("UPDATE acme_authzs SET status = 'invalid'
                      WHERE tenant = ?1 AND authz_id = ?2 AND status = 'pending'")?.execute(
                     params![tenant, authz_id],
                 )?;
+                append(tx, &audit)?;
+                return Ok(None);
             }
+            let n = tx.prepare_cached("UPDATE acme_authzs SET status = 'valid', expires_unix = ?1
+                 WHERE tenant = ?2 AND authz_id = ?3 AND status = 'pending'")?.execute(
+                params![result.valid_until, tenant, authz_id],
+            )?;
             append(tx, &audit)?;
-            Ok(())
+            if n == 0 {
+                return Ok(None);
+            }
+            ready_creating_order(tx, &tenant, &authz_id, result.now, &audit.actor)
         })
     }
 
@@ -789,6 +805,69 @@ impl AcmeStore for SqliteStore {
             Ok(true)
         })
     }
+}
+
+/// The fold of [`AcmeStore::finish_challenge`]: the order that created `authz_id`, pending →
+/// ready when it is ready at `now` ([`order_ready_at`]), with its audit record.
+fn ready_creating_order(
+    tx: &Connection,
+    tenant: &str,
+    authz_id: &str,
+    now: i64,
+    actor: &str,
+) -> Result<Option<String>> {
+    let Some(order_id): Option<String> = tx
+        .prepare_cached(
+            "SELECT order_id FROM acme_authz_orders WHERE tenant = ?1 AND authz_id = ?2",
+        )?
+        .query_row(params![tenant, authz_id], |r| r.get(0))
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let Some((status, expires, authz_ids)): Option<(String, i64, String)> = tx
+        .prepare_cached(
+            "SELECT status, expires_unix, authz_ids FROM acme_orders WHERE tenant = ?1 AND order_id = ?2",
+        )?
+        .query_row(params![tenant, order_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    if status != "pending" {
+        return Ok(None);
+    }
+    let ids: Vec<String> = serde_json::from_str(&authz_ids).map_err(json_err)?;
+    let mut authzs = Vec::with_capacity(ids.len());
+    {
+        let mut st = tx.prepare_cached(
+            "SELECT status, expires_unix FROM acme_authzs WHERE tenant = ?1 AND authz_id = ?2",
+        )?;
+        for id in &ids {
+            match st
+                .query_row(params![tenant, id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+            {
+                Some(a) => authzs.push(a),
+                None => return Ok(None),
+            }
+        }
+    }
+    if !order_ready_at(now, expires, authzs) {
+        return Ok(None);
+    }
+    let n = tx
+        .prepare_cached(
+            "UPDATE acme_orders SET status = 'ready' WHERE tenant = ?1 AND order_id = ?2 AND status = 'pending'",
+        )?
+        .execute(params![tenant, order_id])?;
+    if n == 0 {
+        return Ok(None);
+    }
+    append(tx, &order_ready_audit(tenant, actor, &order_id))?;
+    Ok(Some(order_id))
 }
 
 #[cfg(test)]
@@ -958,19 +1037,27 @@ mod tests {
                 .expect("other"),
             "one challenge at a time per authorization"
         );
-        s.finish_challenge(
-            "ta",
-            "z1",
-            "z1-http-01",
-            &ChallengeResult {
-                valid: true,
-                now: 5,
-                valid_until: 2_000,
-                error: Vec::new(),
-            },
-            &audit(),
-        )
-        .expect("finish");
+        let ready = s
+            .finish_challenge(
+                "ta",
+                "z1",
+                "z1-http-01",
+                &ChallengeResult {
+                    valid: true,
+                    now: 5,
+                    valid_until: 2_000,
+                    error: Vec::new(),
+                },
+                &audit(),
+            )
+            .expect("finish");
+        assert_eq!(
+            ready.as_deref(),
+            Some("o1"),
+            "its only authorization is valid"
+        );
+        let o = s.order("ta", "A", "o1").expect("q").expect("order");
+        assert_eq!(o.status, "ready");
         let a = s.authz("ta", "A", "z1").expect("q").expect("authz");
         assert_eq!(a.status, "valid");
         assert_eq!(a.expires_unix, 2_000);
@@ -980,8 +1067,34 @@ mod tests {
             !s.start_challenge("ta", "z1", "z1-dns-01", &audit())
                 .expect("after")
         );
-        // start + finish each audited in their transaction; the losers wrote nothing.
-        assert_eq!(s.audit_records().expect("audit").len(), before + 2);
+        // start, finish and the order's move to ready each audited in their transaction (the
+        // last two in one); the losers wrote nothing.
+        let records = s.audit_records().expect("audit");
+        assert_eq!(records.len(), before + 3);
+        let last = records.last().expect("a record");
+        assert_eq!(last.kind, "acme.order.status");
+        assert!(
+            last.details.contains("\"to\":\"ready\""),
+            "{}",
+            last.details
+        );
+        // The same result again changes nothing and records nothing.
+        let again = s
+            .finish_challenge(
+                "ta",
+                "z1",
+                "z1-http-01",
+                &ChallengeResult {
+                    valid: true,
+                    now: 6,
+                    valid_until: 3_000,
+                    error: Vec::new(),
+                },
+                &audit(),
+            )
+            .expect("again");
+        assert_eq!(again, None);
+        assert_eq!(s.audit_records().expect("audit").len(), before + 3);
         // Another tenant cannot start it.
         assert!(
             !s.start_challenge("tb", "z1", "z1-dns-01", &audit())
@@ -990,6 +1103,77 @@ mod tests {
     }
 
     /// Finalize's ready → processing is taken once.
+    fn valid_at(now: i64) -> ChallengeResult {
+        ChallengeResult {
+            valid: true,
+            now,
+            valid_until: 2_000,
+            error: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_validation_makes_its_order_ready_only_when_every_authorization_is_valid() {
+        let s = SqliteStore::in_memory().expect("store");
+        s.create_account(&account("ta", "A", "tp", ""), &audit())
+            .expect("A");
+        // o1 creates z1 and z2; o2 reuses z1 and creates z3; o3 (expiring at 1,000) creates z4.
+        s.insert_order(
+            &order("ta", "A", "o1", &["z1", "z2"]),
+            &[
+                authz("ta", "A", "z1", "a.example"),
+                authz("ta", "A", "z2", "b.example"),
+            ],
+            &audit(),
+        )
+        .expect("o1");
+        s.insert_order(
+            &order("ta", "A", "o2", &["z1", "z3"]),
+            &[authz("ta", "A", "z3", "c.example")],
+            &audit(),
+        )
+        .expect("o2");
+        s.insert_order(
+            &order("ta", "A", "o3", &["z4"]),
+            &[authz("ta", "A", "z4", "d.example")],
+            &audit(),
+        )
+        .expect("o3");
+        let status = |id: &str| s.order("ta", "A", id).expect("q").expect("order").status;
+        let finish = |z: &str, r: &ChallengeResult| {
+            let ch = format!("{z}-http-01");
+            assert!(s.start_challenge("ta", z, &ch, &audit()).expect("start"));
+            s.finish_challenge("ta", z, &ch, r, &audit())
+                .expect("finish")
+        };
+        assert_eq!(finish("z1", &valid_at(5)), None, "z2 is still pending");
+        assert_eq!(status("o1"), "pending");
+        assert_eq!(finish("z2", &valid_at(5)), Some("o1".into()));
+        assert_eq!(status("o1"), "ready");
+        // o2 only reuses z1: its own z3 becoming valid makes it ready (all valid), and nothing
+        // else ever moves it but readers.
+        assert_eq!(finish("z3", &valid_at(5)), Some("o2".into()));
+        assert_eq!(status("o2"), "ready");
+        // An expired order is not made ready (readers make it invalid).
+        assert_eq!(finish("z4", &valid_at(1_000)), None);
+        assert_eq!(status("o3"), "pending");
+        // An invalid result makes nothing ready.
+        s.insert_order(
+            &order("ta", "A", "o4", &["z5"]),
+            &[authz("ta", "A", "z5", "e.example")],
+            &audit(),
+        )
+        .expect("o4");
+        let invalid = ChallengeResult {
+            valid: false,
+            now: 5,
+            valid_until: 0,
+            error: b"problem".to_vec(),
+        };
+        assert_eq!(finish("z5", &invalid), None);
+        assert_eq!(status("o4"), "pending");
+    }
+
     #[test]
     fn order_status_compare_and_set_takes_ready_once() {
         let s = SqliteStore::in_memory().expect("store");
