@@ -1411,6 +1411,20 @@ mod tests {
             .expect_err("only blocked addresses");
         assert!(e.blocked && e.problem_type == "connection", "{e:?}");
         assert_eq!(hits_blocked.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // Permitted addresses are tried in order: nothing listens on 127.0.0.3, so the next one
+        // (127.0.0.1) answers.
+        let failover = Validator::new(AcmeConfig {
+            http_port: port,
+            hosts: hosts(&[("two.example", "127.0.0.3,127.0.0.1")]),
+            validation_timeout_ms: 5_000,
+            allowed_ranges: vec![range("127.0.0.0/8")],
+            ..AcmeConfig::default()
+        });
+        failover
+            .validate("http-01", &ident("dns", "two.example"), "tok", "tok.tp")
+            .await
+            .expect("the second permitted address answers");
+        assert_eq!(hits_allowed.load(std::sync::atomic::Ordering::SeqCst), 2);
         // The permitted set keeps the resolver's order and drops exactly the blocked ones.
         let t = v
             .targets(&ident("dns", "mixed.example"), 80)
