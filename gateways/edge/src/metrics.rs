@@ -279,7 +279,8 @@ const MAX_CACHED_HANDLES: usize = 4096;
 
 /// Registered counter and histogram handles per label set (three static labels plus the
 /// tenant), so the per-request path skips building the label `String`s, hashing the key and the
-/// recorder's registry lookup: a read lock and two atomic updates. Filled only once
+/// recorder's registry lookup: a read lock, a hash of three addresses and the tenant, and three
+/// atomic updates. Filled only once
 /// [`install`] has run (a handle taken before would stay a no-op); bounded by
 /// [`MAX_CACHED_HANDLES`].
 pub struct HandleCache {
@@ -289,31 +290,77 @@ pub struct HandleCache {
 
 type Handles = (metrics::Counter, std::sync::Arc<LatencyHistogram>);
 /// Static labels → tenant → handles.
-type HandleMap = HashMap<[&'static str; 3], HashMap<Box<str>, Handles, Fnv>, Fnv>;
+type HandleMap = HashMap<Statics, HashMap<Box<str>, Handles, Fx>, Fx>;
 
-/// FNV-1a for the handle maps: their keys are a few short label values, where SipHash's setup
-/// costs more than the lookup. Flooding is not a concern: the keys are fixed label values and
-/// tenants the core confirmed, at most [`MAX_CACHED_HANDLES`] of them.
-type Fnv = std::hash::BuildHasherDefault<FnvHasher>;
+/// The three static label values of a [`HandleCache`] key, compared and hashed by address
+/// (pointer and length): six words instead of every byte of three strings. Equal addresses
+/// mean equal text; equal text at two addresses (the same literal in two places) only makes
+/// two cache entries holding handles of the same series.
+#[derive(Clone, Copy)]
+struct Statics([&'static str; 3]);
 
-/// 64-bit FNV-1a.
-struct FnvHasher(u64);
-
-impl Default for FnvHasher {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
+impl PartialEq for Statics {
+    fn eq(&self, other: &Self) -> bool {
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .all(|(a, b)| std::ptr::eq(*a, *b))
     }
 }
 
-impl std::hash::Hasher for FnvHasher {
+impl Eq for Statics {}
+
+impl std::hash::Hash for Statics {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for s in self.0 {
+            state.write_usize(s.as_ptr() as usize);
+            state.write_usize(s.len());
+        }
+    }
+}
+
+/// A multiply-rotate hash (rustc's FxHash) for the handle maps: their keys are addresses and
+/// short tenant names, where SipHash's setup costs more than the lookup. Flooding is not a
+/// concern: the keys are fixed label values and tenants the core confirmed, at most
+/// [`MAX_CACHED_HANDLES`] of them.
+type Fx = std::hash::BuildHasherDefault<FxHasher>;
+
+/// See [`Fx`].
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
     fn finish(&self) -> u64 {
         self.0
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
         }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 56));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
     }
 }
 
@@ -344,7 +391,7 @@ impl HandleCache {
         }
         let map = self.map.get_or_init(Default::default);
         if let Ok(m) = map.read()
-            && let Some((c, h)) = m.get(&statics).and_then(|t| t.get(tenant))
+            && let Some((c, h)) = m.get(&Statics(statics)).and_then(|t| t.get(tenant))
         {
             return f(c, h);
         }
@@ -353,7 +400,7 @@ impl HandleCache {
         if self.len.load(Ordering::Relaxed) < MAX_CACHED_HANDLES
             && let Ok(mut m) = map.write()
         {
-            let per_tenant = m.entry(statics).or_default();
+            let per_tenant = m.entry(Statics(statics)).or_default();
             if !per_tenant.contains_key(tenant) {
                 per_tenant.insert(tenant.into(), (c, h));
                 self.len.fetch_add(1, Ordering::Relaxed);
@@ -433,6 +480,64 @@ pub async fn upkeep(handle: PrometheusHandle, mut shutdown: tokio::sync::watch::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_handle_cache_keeps_tenants_and_label_sets_apart() {
+        let handle = install().expect("recorder (one per test process)");
+        static CACHE: HandleCache = HandleCache::new();
+        let rec = |statics: [&'static str; 3], tenant: &str| {
+            CACHE.with(
+                statics,
+                tenant,
+                || {
+                    (
+                        metrics::counter!(
+                            "test_cache_total",
+                            "a" => statics[0],
+                            "b" => statics[1],
+                            "c" => statics[2],
+                            "tenant" => tenant.to_owned()
+                        ),
+                        latency_histogram("test_cache_seconds", "x", &[("tenant", tenant)]),
+                    )
+                },
+                |c, h| {
+                    c.increment(1);
+                    h.record(Duration::from_millis(1));
+                },
+            )
+        };
+        for _ in 0..3 {
+            rec(["x", "y", "z"], "t1");
+        }
+        rec(["x", "y", "z"], "t2");
+        rec(["x", "y", "w"], "t1");
+        // The same text at another address: its own cache entry, the same series.
+        let copy: &'static str = String::from("x").leak();
+        rec([copy, "y", "z"], "t1");
+        let out = render(&handle);
+        let value = |series: &str| {
+            out.lines()
+                .find(|l| l.starts_with(series))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+                .unwrap_or_else(|| panic!("no {series} in\n{out}"))
+        };
+        assert_eq!(
+            value(r#"test_cache_total{a="x",b="y",c="z",tenant="t1"}"#),
+            "4"
+        );
+        assert_eq!(
+            value(r#"test_cache_total{a="x",b="y",c="z",tenant="t2"}"#),
+            "1"
+        );
+        assert_eq!(
+            value(r#"test_cache_total{a="x",b="y",c="w",tenant="t1"}"#),
+            "1"
+        );
+        assert_eq!(value(r#"test_cache_seconds_count{tenant="t1"}"#), "5");
+        assert_eq!(value(r#"test_cache_seconds_count{tenant="t2"}"#), "1");
+    }
 
     #[test]
     fn latency_histograms_count_each_sample_in_its_le_bucket_and_render_cumulatively() {
