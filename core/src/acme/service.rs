@@ -1265,72 +1265,85 @@ impl Acme for AcmeService {
         self.check(&caller, "RespondChallenge")?;
         let r = req.into_inner();
         let store = self.0.store()?;
-        let (account, (authz, idx)) = blocking(|| {
+        // One blocking section for the lookups and the compare-and-set that starts the
+        // validation (each section hands the async worker off to another thread).
+        let (account, authz, idx, start) = blocking(|| {
             let account =
                 self.valid_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
-            let found = store
+            let (authz, idx) = store
                 .authz_of_challenge(&r.tenant, &r.account_id, &r.challenge_id)?
                 .ok_or_else(|| not_found("acme.challenge"))?;
-            Ok::<_, CoreError>((account, found))
+            let now = crate::now_unix();
+            let ch = authz
+                .challenges
+                .get(idx)
+                .ok_or_else(|| CoreError::Store("challenge index".into()))?;
+            let authz_pending = authz_status(&authz, now) == "pending";
+            // Processing with no validation running here: left by a core that stopped mid-way.
+            let orphan = ch.status == "processing"
+                && authz_pending
+                && Running::claim(&self.0.running, &r.tenant, &ch.challenge_id).is_some();
+            let mut start = None;
+            if (ch.status == "pending" || orphan) && authz_pending {
+                // Bounded (I-8): refuse at once rather than queue when validations are saturated.
+                let permit = self
+                    .0
+                    .validations
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| CoreError::Overloaded)?;
+                // Claimed before the compare-and-set, so no concurrent call sees it as an orphan.
+                let running = Running::claim(&self.0.running, &r.tenant, &ch.challenge_id);
+                let started = match running {
+                    None => false,
+                    Some(_) if orphan => {
+                        self.0.core.store.append_audit(&AuditEntry::new(
+                            "acme.challenge.resume",
+                            &r.tenant,
+                            &caller,
+                            json!({"authz": authz.authz_id, "challenge": ch.challenge_id}),
+                        ))?;
+                        true
+                    }
+                    Some(_) => {
+                        let audit = AuditEntry::new(
+                            "acme.challenge.respond",
+                            &r.tenant,
+                            &caller,
+                            json!({"authz": authz.authz_id, "challenge": ch.challenge_id, "type": ch.kind}),
+                        );
+                        store.start_challenge(
+                            &r.tenant,
+                            &authz.authz_id,
+                            &ch.challenge_id,
+                            &audit,
+                        )?
+                    }
+                };
+                if let (true, Some(running)) = (started, running) {
+                    start = Some((permit, running));
+                }
+            }
+            Ok::<_, CoreError>((account, authz, idx, start))
         })?;
-        let now = crate::now_unix();
         let ch = authz
             .challenges
             .get(idx)
             .cloned()
             .ok_or_else(|| CoreError::Store("challenge index".into()))?;
         let mut handle = None;
-        let authz_pending = authz_status(&authz, now) == "pending";
-        // Processing with no validation running here: left by a core that stopped mid-way.
-        let orphan = ch.status == "processing"
-            && authz_pending
-            && Running::claim(&self.0.running, &r.tenant, &ch.challenge_id).is_some();
-        if (ch.status == "pending" || orphan) && authz_pending {
-            // Bounded (I-8): refuse at once rather than queue when validations are saturated.
-            let permit = self
-                .0
-                .validations
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| CoreError::Overloaded)?;
-            // Claimed before the compare-and-set, so no concurrent call sees it as an orphan.
-            let running = Running::claim(&self.0.running, &r.tenant, &ch.challenge_id);
-            let started = match running {
-                None => false,
-                Some(_) if orphan => {
-                    self.0.core.store.append_audit(&AuditEntry::new(
-                        "acme.challenge.resume",
-                        &r.tenant,
-                        &caller,
-                        json!({"authz": authz.authz_id, "challenge": ch.challenge_id}),
-                    ))?;
-                    true
-                }
-                Some(_) => {
-                    let audit = AuditEntry::new(
-                        "acme.challenge.respond",
-                        &r.tenant,
-                        &caller,
-                        json!({"authz": authz.authz_id, "challenge": ch.challenge_id, "type": ch.kind}),
-                    );
-                    blocking(|| {
-                        store.start_challenge(&r.tenant, &authz.authz_id, &ch.challenge_id, &audit)
-                    })?
-                }
-            };
-            if let (true, Some(running)) = (started, running) {
-                let jwk = parse_jwk(&account.jwk_json)?;
-                let key_auth = jwk.key_authorization(&ch.token);
-                handle = Some(tokio::spawn(Self::run_validation(
-                    self.0.clone(),
-                    authz.clone(),
-                    idx,
-                    key_auth,
-                    caller.clone(),
-                    permit,
-                    running,
-                )));
-            }
+        if let Some((permit, running)) = start {
+            let jwk = parse_jwk(&account.jwk_json)?;
+            let key_auth = jwk.key_authorization(&ch.token);
+            handle = Some(tokio::spawn(Self::run_validation(
+                self.0.clone(),
+                authz.clone(),
+                idx,
+                key_auth,
+                caller.clone(),
+                permit,
+                running,
+            )));
         }
         if let Some(h) = handle {
             let wait = r.wait_ms.min(self.0.config.max_wait_ms);
