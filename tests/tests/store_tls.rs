@@ -376,3 +376,109 @@ async fn edge_nonces_over_rediss_and_a_wrong_ca_fails_closed() {
         );
     }
 }
+
+/// The real `certgate-core` process: `[store.tls]` from core.toml (relative paths), ready over
+/// TLS; the same core trusting another CA exits at start with the certificate error (fail
+/// closed: a core that cannot verify its database serves nothing).
+#[test]
+fn core_process_starts_over_tls_and_refuses_to_start_with_a_foreign_ca() {
+    use certgate_e2e::{ChildGuard, bin, run, wait_for_log, wait_for_path};
+    use std::process::Command;
+
+    let tmp = certgate_e2e::temp_dir();
+    let dir = tmp.path();
+    let good = pki(dir, "good", &["127.0.0.1"], "certgate_app");
+    let other = pki(dir, "other", &["127.0.0.1"], "certgate_app");
+    let pg = PgServer::start();
+    enable_pg_tls(
+        &pg,
+        &good.server_cert,
+        &good.server_key,
+        &good.ca_pem,
+        "hostssl certgate all 127.0.0.1/32 scram-sha-256\n",
+    );
+    let uid = certgate_proto::transport::current_uid();
+    let (ok, _, err) = run(Command::new(bin("certgate-signer"))
+        .arg("init-kek")
+        .arg(dir.join("kek")));
+    assert!(ok, "init-kek: {err}");
+    std::fs::write(
+        dir.join("signer.toml"),
+        format!(
+            "mode = \"dev\"\nsocket = \"signer.sock\"\nallow = [\"uid:{uid}\"]\nadmin_allow = [\"uid:{uid}\"]\naudit_log = \"audit.jsonl\"\nkey_dir = \"keys\"\nkek_file = \"kek\"\n"
+        ),
+    )
+    .expect("signer.toml");
+    let (ok, _, err) = run(Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out", "c0.pem"])
+        .current_dir(dir));
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(Command::new("openssl")
+        .args(["pkey", "-in", "c0.pem", "-pubout", "-out", "c0.pub.pem"])
+        .current_dir(dir));
+    assert!(ok, "{err}");
+    let mut cmd = Command::new(bin("certgate-signer"));
+    cmd.arg("--config").arg(dir.join("signer.toml"));
+    let signer = ChildGuard::spawn("certgate-signer", cmd, &dir.join("signer.log"));
+    wait_for_log(&signer, "certgate-signer ready", Duration::from_secs(30));
+    assert!(wait_for_path(
+        &dir.join("signer.sock"),
+        Duration::from_secs(20)
+    ));
+
+    let core_toml = |name: &str, ca: &str| {
+        let store = pg.store_toml(true, name);
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "mode = \"dev\"\nsocket = \"{name}.sock\"\nallow = [\"uid:{uid}\"]\nadmin_allow = [\"uid:{uid}\"]\nquorum = 1\n\n[signer]\nsocket = \"signer.sock\"\n\n[[custodians]]\nname = \"c0\"\npublic_key = \"c0.pub.pem\"\n\n{store}\n[store.tls]\nca_file = \"{ca}\"\n"
+            ),
+        )
+        .expect("core toml");
+        path
+    };
+    // Relative to the config file's directory.
+    let ca_name = |p: &Pki| {
+        p.ca_file
+            .file_name()
+            .expect("file name")
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut cmd = Command::new(bin("certgate-core"));
+    cmd.arg("--config")
+        .arg(core_toml("core-tls", &ca_name(&good)));
+    let core = ChildGuard::spawn("certgate-core", cmd, &dir.join("core-tls.log"));
+    wait_for_log(&core, "certgate-core ready", Duration::from_secs(60));
+    let sessions = pg_sessions_ssl(&pg, "core-tls");
+    assert!(
+        !sessions.is_empty() && sessions.iter().all(|s| *s),
+        "the core's sessions are encrypted: {sessions:?}"
+    );
+
+    let mut cmd = Command::new(bin("certgate-core"));
+    cmd.arg("--config")
+        .arg(core_toml("core-foreign", &ca_name(&other)));
+    let mut bad = ChildGuard::spawn("certgate-core", cmd, &dir.join("core-foreign.log"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(s) = bad.try_wait() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a core trusting another CA must exit:\n{}",
+            bad.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!exit.success(), "exit status {exit}");
+    let log = bad.log();
+    assert!(
+        log.contains("invalid peer certificate: UnknownIssuer"),
+        "{log}"
+    );
+    assert!(!log.contains("certgate-core ready"), "{log}");
+    assert!(!dir.join("core-foreign.sock").exists());
+}
