@@ -59,3 +59,36 @@ pub fn mount(router: Router, handler: Arc<ScepHandler>) -> Router {
             handler,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::EdgeConfig;
+    use std::path::Path;
+
+    const BASE: &str = "core_socket = \"core.sock\"\n[tls]\ncert = \"t.pem\"\nkey = \"t.key\"\n";
+
+    #[test]
+    fn signing_time_window_is_configurable_and_bounded() {
+        let cfg = EdgeConfig::parse(BASE, Path::new("/d")).expect("parses");
+        assert_eq!(cfg.scep.max_signing_time_skew_seconds, 600);
+        let cfg = EdgeConfig::parse(
+            &format!("{BASE}[scep]\nmax_signing_time_skew_seconds = 120\n"),
+            Path::new("/d"),
+        )
+        .expect("parses");
+        assert_eq!(cfg.scep.max_signing_time_skew_seconds, 120);
+        for bad in ["0", "86401"] {
+            assert!(
+                EdgeConfig::parse(
+                    &format!("{BASE}[scep]\nmax_signing_time_skew_seconds = {bad}\n"),
+                    Path::new("/d"),
+                )
+                .is_err(),
+                "{bad} must be refused"
+            );
+        }
+        assert!(
+            EdgeConfig::parse(&format!("{BASE}[scep]\nunknown = 1\n"), Path::new("/d")).is_err()
+        );
+    }
+}
