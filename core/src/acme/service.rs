@@ -280,6 +280,16 @@ fn cert_identifiers(der_bytes: &[u8]) -> Result<Vec<IdentRec>> {
 }
 
 impl AcmeService {
+    /// A read-only store section: inline when the store's reads are local (SQLite; a worker
+    /// hand-off costs more than such a read), else a blocking section like [`blocking`].
+    fn reading<T>(&self, f: impl FnOnce() -> T) -> T {
+        if self.0.core.store.reads_are_local() {
+            f()
+        } else {
+            blocking(f)
+        }
+    }
+
     fn check(&self, caller: &Caller, rpc: &str) -> Result<()> {
         let core = &self.0.core;
         if core.allow.admits(caller) {
@@ -340,7 +350,7 @@ impl AcmeService {
     /// (read-only calls of edges that do not state it check nothing more, as before).
     fn stated_account(&self, tenant: &str, account_id: &str, key_thumbprint: &str) -> Result<()> {
         if !key_thumbprint.is_empty() {
-            blocking(|| self.valid_account(tenant, account_id, key_thumbprint))?;
+            self.reading(|| self.valid_account(tenant, account_id, key_thumbprint))?;
         }
         Ok(())
     }
@@ -1208,7 +1218,7 @@ impl Acme for AcmeService {
         self.check(&caller, "GetAuthorization")?;
         let r = req.into_inner();
         let store = self.0.store()?;
-        let a = blocking(|| {
+        let a = self.reading(|| {
             self.stated_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
             store
                 .authz(&r.tenant, &r.account_id, &r.authz_id)?
@@ -1351,7 +1361,8 @@ impl Acme for AcmeService {
                 let _ = tokio::time::timeout(Duration::from_millis(u64::from(wait)), h).await;
             }
         }
-        let a = blocking(|| store.authz(&r.tenant, &r.account_id, &authz.authz_id))?
+        let a = self
+            .reading(|| store.authz(&r.tenant, &r.account_id, &authz.authz_id))?
             .ok_or_else(|| not_found("acme.challenge"))?;
         let ch = a
             .challenges
@@ -1389,7 +1400,7 @@ impl Acme for AcmeService {
         let store = self.0.store()?;
         let serial = r.serial_hex.trim().to_ascii_lowercase();
         let core_store = self.0.core.store.as_ref();
-        let (cert, chain) = blocking(|| {
+        let (cert, chain) = self.reading(|| {
             self.stated_account(&r.tenant, &r.account_id, &r.account_key_thumbprint)?;
             let o = store
                 .order_by_serial(&r.tenant, &serial)?

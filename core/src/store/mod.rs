@@ -209,6 +209,14 @@ pub trait Store: Send + Sync {
         None
     }
 
+    /// True when a read is a short local call that may run on an async worker thread without
+    /// handing the worker off first (SQLite under WAL: a page-cache lookup that never waits for
+    /// the writer; the hand-off costs more than the read). False (the default) when a read may
+    /// wait on a network round trip or a lock (PostgreSQL): callers then use a blocking section.
+    fn reads_are_local(&self) -> bool {
+        false
+    }
+
     /// Creates or updates a tenant; true when created.
     fn put_tenant(&self, t: &TenantRec, audit: &AuditEntry) -> Result<bool>;
     /// One tenant.

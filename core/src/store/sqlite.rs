@@ -490,6 +490,10 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn reads_are_local(&self) -> bool {
+        true
+    }
+
     fn as_acme(&self) -> Option<&dyn super::acme::AcmeStore> {
         Some(self)
     }
