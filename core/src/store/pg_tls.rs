@@ -91,15 +91,20 @@ impl PgTlsConfig {
 
     /// Resolves relative paths against `base` (the config file's directory).
     pub fn resolve(mut self, base: &Path) -> Self {
-        let fix = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        self.ca_file = fix(std::mem::take(&mut self.ca_file));
+        if self.ca_file.is_relative() {
+            self.ca_file = base.join(&self.ca_file);
+        }
         for p in [
             &mut self.client_cert_file,
             &mut self.client_key_file,
             &mut self.migrate_client_cert_file,
             &mut self.migrate_client_key_file,
         ] {
-            *p = p.take().map(fix);
+            if let Some(p) = p.as_mut()
+                && p.is_relative()
+            {
+                *p = base.join(&*p);
+            }
         }
         self
     }
