@@ -16,14 +16,21 @@
 //! [`LINGER_TIME`] and reads at most [`LINGER_BYTES`] into one fixed buffer. A connection whose
 //! client already closed (EOF seen) or failed (read error) is dropped at once, as before.
 //!
-//! HTTP/2 and HTTP/3 need none of this: an early answer ends only the stream (h2 sends
-//! `RST_STREAM(NO_ERROR)` after the response, RFC 9113 §8.1; [`crate::h3`] sends
-//! `STOP_SENDING(H3_NO_ERROR)`, RFC 9114 §4.1) and the connection stays open.
+//! HTTP/2 keeps the connection: an early answer concerns only its stream. The server may reset
+//! the stream with `RST_STREAM(NO_ERROR)` right after the response (RFC 9113 §8.1), but clients
+//! still uploading do not all read the response then (curl 7.88 fails with "Stream error in the
+//! HTTP/2 framing layer"), so [`DrainOnDrop`] first reads and discards the rest of the request
+//! body in the background, within the same bounds; a client that sends more, or for longer, gets
+//! the `RST_STREAM(NO_ERROR)` then. HTTP/3 stops the stream with `STOP_SENDING(H3_NO_ERROR)`
+//! ([`crate::h3`], RFC 9114 §4.1), which QUIC clients handle.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -165,6 +172,92 @@ async fn linger(mut stream: TcpStream, permit: Option<OwnedSemaphorePermit>) {
     ::metrics::counter!(LINGERING_CLOSES_TOTAL, "end" => end).increment(1);
     tracing::trace!(end, "lingering close done");
 }
+
+/// A request body that, dropped before its end (an early answer: 413, shed, not found), drains
+/// the rest in a background task, at most [`LINGER_BYTES`] for at most [`LINGER_TIME`], when
+/// `drain` is set (HTTP/2: the stream then ends cleanly instead of being reset while the client
+/// still uploads). Unset, it is a plain pass-through.
+pub struct DrainOnDrop<B: Body<Data = Bytes> + Unpin + Send + 'static> {
+    inner: Option<B>,
+    drain: bool,
+}
+
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static> DrainOnDrop<B> {
+    /// Wraps `body`; `drain` for HTTP/2 request bodies.
+    pub fn new(body: B, drain: bool) -> Self {
+        Self {
+            inner: Some(body),
+            drain,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static> Body for DrainOnDrop<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.get_mut().inner.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static> Drop for DrainOnDrop<B> {
+    fn drop(&mut self) {
+        let Some(body) = self.inner.take() else {
+            return;
+        };
+        if !self.drain || body.is_end_stream() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(drain_body(body));
+        }
+    }
+}
+
+/// Reads `body` to its end and discards it, within the bounds; dropping it then (past the
+/// bounds) resets an HTTP/2 stream with NO_ERROR.
+async fn drain_body<B: Body<Data = Bytes> + Unpin>(mut body: B) {
+    let mut left = LINGER_BYTES;
+    let drain = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return "error";
+            };
+            let n = frame.data_ref().map_or(0, |d| d.len());
+            if n >= left {
+                return "bytes";
+            }
+            left -= n;
+        }
+        "eof"
+    };
+    let end = tokio::time::timeout(LINGER_TIME, drain)
+        .await
+        .unwrap_or("timeout");
+    ::metrics::counter!(DRAINED_BODIES_TOTAL, "end" => end).increment(1);
+}
+
+/// HTTP/2 request bodies drained after an early answer, by how the drain ended (`eof`: the
+/// client finished its upload, the stream closed cleanly; `timeout`, `bytes`: reset with
+/// NO_ERROR; `error`).
+pub const DRAINED_BODIES_TOTAL: &str = "certgate_edge_drained_bodies_total";
 
 #[cfg(test)]
 mod tests {

@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use crate::bulkhead::Bulkheads;
 use crate::config::Limits;
 use crate::error::{EdgeError, EdgeResponse};
-use crate::linger::LingerIo;
+use crate::linger::{DrainOnDrop, LingerIo};
 use crate::metrics;
 use crate::permits::Permits;
 use crate::router::{EdgeContext, EdgeRequest, Listener, Router};
@@ -401,6 +401,9 @@ pub async fn serve_listener_with(
                 async move {
                     let _busy = busy;
                     let version = req.version();
+                    // HTTP/2 bodies left unread by an early answer are drained (linger.rs).
+                    let h2 = version == http::Version::HTTP_2;
+                    let req = req.map(|b| DrainOnDrop::new(b, h2));
                     let mut resp = pipeline.serve(which, peer, req).await;
                     metrics::record_http_version(version, label, resp.status());
                     if let Some(v) = alt_svc {

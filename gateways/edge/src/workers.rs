@@ -220,6 +220,9 @@ fn serve(h: Handoff) {
             async move {
                 let _busy = busy;
                 let version = req.version();
+                // HTTP/2 bodies left unread by an early answer are drained (linger.rs).
+                let h2 = version == http::Version::HTTP_2;
+                let req = req.map(|b| crate::linger::DrainOnDrop::new(b, h2));
                 let resp = pipeline.serve(which, peer, req).await;
                 metrics::record_http_version(version, label, resp.status());
                 Ok::<_, std::convert::Infallible>(resp)
