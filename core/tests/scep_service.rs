@@ -401,7 +401,11 @@ fn scep_client(cn: &str) -> ScepClient {
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, cn);
-    let cert_der = params.self_signed(&rcgen).expect("self-signed").der().to_vec();
+    let cert_der = params
+        .self_signed(&rcgen)
+        .expect("self-signed")
+        .der()
+        .to_vec();
     ScepClient {
         pkcs8,
         cert_der,
@@ -475,7 +479,12 @@ fn enroll_request(
 }
 
 async fn enroll(f: &Fleet, r: EnrollRequest) -> EnrollResponse {
-    f.scep.clone().enroll(r).await.expect("Enroll answers").into_inner()
+    f.scep
+        .clone()
+        .enroll(r)
+        .await
+        .expect("Enroll answers")
+        .into_inner()
 }
 
 fn issued(f: &Fleet) -> usize {
@@ -489,7 +498,12 @@ fn issued(f: &Fleet) -> usize {
 
 /// Reads `rep` as the client `c` does (RA signature, decryption with the client key) and
 /// checks the echoed transactionID and nonce.
-fn reply(rep: &EnrollResponse, c: &ScepClient, tid: &str, nonce: &[u8; 16]) -> certgate_scep::client::Reply {
+fn reply(
+    rep: &EnrollResponse,
+    c: &ScepClient,
+    tid: &str,
+    nonce: &[u8; 16],
+) -> certgate_scep::client::Reply {
     let r = read_reply(&rep.cert_rep_der, &c.pkcs8).expect("a CertRep the client can read");
     assert_eq!(r.transaction_id, tid);
     assert_eq!(r.recipient_nonce, nonce);
@@ -515,11 +529,17 @@ async fn enroll_pkcsreq_renewalreq_failures_and_one_time_challenges() {
     // nothing issued.
     let (r, n) = req("tx-nochal", "a.scep.test", Some("s3cret"));
     let rep = enroll(&f, r).await;
-    assert_eq!(reply(&rep, &c, "tx-nochal", &n).fail_info, Some(FailInfo::BadRequest));
+    assert_eq!(
+        reply(&rep, &c, "tx-nochal", &n).fail_info,
+        Some(FailInfo::BadRequest)
+    );
     put(&f, T, "", b"s3cret", false).await;
     let (r, n) = req("tx-wrong", "a.scep.test", Some("s3cret!"));
     let rep = enroll(&f, r).await;
-    assert_eq!((rep.pki_status.as_str(), rep.fail_info.as_str()), ("FAILURE", "badRequest"));
+    assert_eq!(
+        (rep.pki_status.as_str(), rep.fail_info.as_str()),
+        ("FAILURE", "badRequest")
+    );
     assert_eq!(reply(&rep, &c, "tx-wrong", &n).status, PkiStatus::Failure);
     let (r, _) = req("tx-none", "a.scep.test", None);
     assert_eq!(enroll(&f, r).await.fail_info, "badRequest");
@@ -529,7 +549,10 @@ async fn enroll_pkcsreq_renewalreq_failures_and_one_time_challenges() {
     let (r, n_ok) = req("tx-ok", "a.scep.test", Some("s3cret"));
     let first = r.clone();
     let rep = enroll(&f, r).await;
-    assert_eq!((rep.pki_status.as_str(), rep.fail_info.as_str()), ("SUCCESS", ""));
+    assert_eq!(
+        (rep.pki_status.as_str(), rep.fail_info.as_str()),
+        ("SUCCESS", "")
+    );
     let got = reply(&rep, &c, "tx-ok", &n_ok);
     assert_eq!(got.status, PkiStatus::Success);
     assert_eq!(got.ra_cert_der, ra, "signed by the tenant's RA");
@@ -581,7 +604,10 @@ async fn enroll_pkcsreq_renewalreq_failures_and_one_time_challenges() {
     assert_eq!(rep.pki_status, "SUCCESS", "{}", rep.fail_info);
     let renewed = read_reply(&rep.cert_rep_der, &c.pkcs8).expect("encrypted to the old cert");
     assert_eq!(renewed.recipient_nonce, n);
-    assert!(certifying(&renewed.certs, &next).is_some(), "certifies the new key");
+    assert!(
+        certifying(&renewed.certs, &next).is_some(),
+        "certifies the new key"
+    );
     assert_eq!(issued(&f), 3);
     // RenewalReq signed by a certificate this CA never issued: badCertId, nothing issued.
     let (r, _) = enroll_request(
@@ -601,7 +627,6 @@ async fn enroll_pkcsreq_renewalreq_failures_and_one_time_challenges() {
     let e = err(f.scep.clone().enroll(r).await.unwrap_err());
     assert_eq!(e.rule, "scep.enroll");
 }
-
 
 /// The certificate among `certs` (a degenerate SignedData's SET OF, in DER order) that certifies
 /// the client's key.

@@ -6,17 +6,17 @@
 use std::sync::Arc;
 
 use certgate_proto::Caller;
+use certgate_proto::core::{IssueRequest, issue_request, issue_response};
 use certgate_proto::scep::scep_admin_server::ScepAdmin;
 use certgate_proto::scep::scep_server::Scep;
-use certgate_proto::core::{IssueRequest, issue_request, issue_response};
 use certgate_proto::scep::{
     CheckChallengeRequest, CheckChallengeResponse, DecryptKeyRequest, DecryptKeyResponse,
     EnrollRequest, EnrollResponse, GetRaChainRequest, GetRaChainResponse, PutChallengeRequest,
     PutChallengeResponse, SignAttributesRequest, SignAttributesResponse,
 };
-use certgate_scep::{CertRep, FailInfo, MessageType, PkiMessage, PkiStatus, RequestContent};
 use certgate_proto::signer::{Algorithm, KeyTransport};
 use certgate_proto::transport::caller_of;
+use certgate_scep::{CertRep, FailInfo, MessageType, PkiMessage, PkiStatus, RequestContent};
 use const_oid::ObjectIdentifier;
 use der::{Decode, Sequence, Tagged};
 use serde_json::json;

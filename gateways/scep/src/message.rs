@@ -308,8 +308,8 @@ fn parse_verified(
         return Err(bad(FailInfo::BadRequest, "message too large"));
     }
     // BER (indefinite lengths, chunked content) from streaming clients → DER; DER is borrowed.
-    let der_bytes = &*crate::ber::normalise(der_bytes)
-        .map_err(|e| bad(FailInfo::BadRequest, e.to_string()))?;
+    let der_bytes =
+        &*crate::ber::normalise(der_bytes).map_err(|e| bad(FailInfo::BadRequest, e.to_string()))?;
     let ci = ContentInfo::from_der(der_bytes)
         .map_err(|_| bad(FailInfo::BadRequest, "not a CMS ContentInfo"))?;
     if ci.content_type != oids::SIGNED_DATA {
