@@ -31,6 +31,20 @@ const CHALLENGE_PASSWORD: &str = "1.2.840.113549.1.9.7";
 const DECRYPT_KEY_ID: &str = "1.2.840.113549.1.9.16.2.37";
 const ASYMM_DECRYPT_KEY_ID: &str = "1.2.840.113549.1.9.16.2.54";
 const KEK_ID: &[u8] = b"kek-1";
+const SMIME_CAPABILITIES: &str = "1.2.840.113549.1.9.15";
+const AES128_CBC: &str = "2.16.840.1.101.3.4.1.2";
+const AES256_WRAP: &str = "2.16.840.1.101.3.4.1.45";
+const AES256_GCM: &str = "2.16.840.1.101.3.4.1.46";
+const DES_EDE3_CBC: &str = "1.2.840.113549.3.7";
+
+/// An SMIMECapabilities value (RFC 8551 §2.5.2) listing `oids` in this order.
+fn capabilities(oids: &[&str]) -> Any {
+    let caps: Vec<u8> = oids
+        .iter()
+        .flat_map(|o| tlv(0x30, &oid(o).to_der().expect("oid")))
+        .collect();
+    Any::from_der(&tlv(0x30, &caps)).expect("SMIMECapabilities")
+}
 
 fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
@@ -529,6 +543,64 @@ async fn channel_binding_and_encrypted_serverkeygen_against_real_processes() {
             &["-secretkey", &key_hex, "-secretkeyid", &id_hex],
         )
     });
+    // SMIMECapabilities (RFC 8551 §2.5.2) choose the algorithms: the client prefers AES-256-GCM
+    // (not supported, skipped), then AES-128-CBC, with the 32-byte KEK's AES-256 wrap.
+    let mut c = anon.connect(&fleet, false).await;
+    let (st, ct, body) = c
+        .post(
+            "enc/serverkeygen",
+            &userpass,
+            &csr(
+                "CN=skg-caps",
+                vec![
+                    attr(DECRYPT_KEY_ID, octets(KEK_ID)),
+                    attr(
+                        SMIME_CAPABILITIES,
+                        capabilities(&[AES256_GCM, AES128_CBC, AES256_WRAP]),
+                    ),
+                ],
+            ),
+        )
+        .await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let p = parts(&ct, &body);
+    let aes128_cbc = oid(AES128_CBC).to_der().expect("oid");
+    assert!(
+        p[0].1.windows(aes128_cbc.len()).any(|w| w == aes128_cbc),
+        "the content is AES-128-CBC, the client's first supported choice"
+    );
+    let caps_dir = dir.join("kek-caps");
+    std::fs::create_dir_all(&caps_dir).expect("mkdir");
+    tokio::task::block_in_place(|| {
+        open_and_match(
+            &fleet,
+            &caps_dir,
+            &p,
+            &["-secretkey", &key_hex, "-secretkeyid", &id_hex],
+        )
+    });
+    // Only algorithms this server does not support: 400 that says so, never the key.
+    let mut c = anon.connect(&fleet, false).await;
+    let (st, ct, body) = c
+        .post(
+            "enc/serverkeygen",
+            &userpass,
+            &csr(
+                "CN=skg-caps-none",
+                vec![
+                    attr(DECRYPT_KEY_ID, octets(KEK_ID)),
+                    attr(SMIME_CAPABILITIES, capabilities(&[DES_EDE3_CBC])),
+                ],
+            ),
+        )
+        .await;
+    assert_eq!(st, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(!ct.contains("multipart"), "{ct}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("SMIMECapabilities"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     // OpenSSL may take longer than the edge's keep-alive idle timeout: a new connection.
     let mut c = anon.connect(&fleet, false).await;
     // An unknown key identifier: 400, and never the unencrypted key.

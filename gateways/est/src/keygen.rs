@@ -45,8 +45,8 @@ pub fn generate(client: &CertReq) -> Result<ServerKey, EstError> {
         subject: client.info.subject.clone(),
         public_key: spki,
         // The client's requested extensions, not its challengePassword (channel binding of the
-        // client's TLS connection) or decrypt-key identifiers (answered by the edge): the core
-        // gets only what the certificate needs.
+        // client's TLS connection), decrypt-key identifiers or SMIMECapabilities (answered by
+        // the edge): the core gets only what the certificate needs.
         attributes: client
             .info
             .attributes
@@ -55,6 +55,7 @@ pub fn generate(client: &CertReq) -> Result<ServerKey, EstError> {
                 a.oid != crate::binding::CHALLENGE_PASSWORD
                     && a.oid != crate::keyprotect::ID_AA_DECRYPT_KEY_ID
                     && a.oid != crate::keyprotect::ID_AA_ASYMM_DECRYPT_KEY_ID
+                    && a.oid != crate::keyprotect::ID_SMIME_CAPABILITIES
             })
             .cloned()
             .collect::<Vec<_>>()

@@ -12,11 +12,23 @@
 //! generated the private key" — the edge, which signs with its TLS server key (not a CA key:
 //! the edge has none, DESIGN.md I-1) — and that SignedData is then enveloped (RFC 5958 §4:
 //! eContentType id-ct-KP-aKeyPackage, eContent an AsymmetricKeyPackage holding the one key).
-//! Content encryption is AES-256-CBC. Every buffer that holds the plaintext key or the
+//!
+//! Algorithms (§4.4.2: "the server SHOULD use the client's SMIMECapabilities"): when the CSR
+//! carries an SMIMECapabilities attribute (RFC 8551 §2.5.2, the client's algorithms in its
+//! order of preference), the content encryption is the first listed one of AES-128/192/256-CBC
+//! and the key wrap (KEK and ECDH recipients) the first listed one of id-aes128-wrap /
+//! id-aes256-wrap that fits (a pre-shared KEK fixes its wrap to its own size); a list that names
+//! algorithms of a kind but none of these is refused (400) rather than answered with an
+//! algorithm the client said nothing about. Without the attribute, or when it names nothing of a
+//! kind: AES-256-CBC, and the wrap matching the KEK (AES-256 wrap for ECDH). AES-GCM needs CMS
+//! AuthEnvelopedData (RFC 5083/5084), which the `cms` crate does not model: GCM entries are
+//! skipped like any unsupported algorithm. Every buffer that holds the plaintext key or the
 //! content-encryption key is `Zeroizing`.
 
 use aws_lc_rs::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey};
-use aws_lc_rs::cipher::{AES_256, DecryptionContext, PaddedBlockEncryptingKey, UnboundCipherKey};
+use aws_lc_rs::cipher::{
+    AES_128, AES_192, AES_256, DecryptionContext, PaddedBlockEncryptingKey, UnboundCipherKey,
+};
 use aws_lc_rs::digest;
 use aws_lc_rs::key_wrap::{self, KeyEncryptionKey, KeyWrap};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -61,9 +73,47 @@ pub const ID_CT_KP_AKEY_PACKAGE: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("2.16.840.1.101.2.1.2.78.5");
 const ID_CONTENT_TYPE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
 const ID_MESSAGE_DIGEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.4");
+/// smimeCapabilities (RFC 8551 §2.5.2), a CSR attribute here.
+pub const ID_SMIME_CAPABILITIES: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.15");
+const ID_AES128_CBC: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.2");
+const ID_AES192_CBC: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.22");
 const ID_AES256_CBC: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.42");
 const ID_AES128_WRAP: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.5");
 const ID_AES256_WRAP: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.45");
+
+/// Content-encryption algorithms a client may list that this server does not use (so a list of
+/// only these is refused, not ignored): AES-GCM and AES-CCM (AuthEnvelopedData), ChaCha20-
+/// Poly1305, DES-EDE3-CBC, RC2-CBC, DES-CBC, Camellia-CBC.
+const OTHER_CONTENT_ALGS: [&str; 13] = [
+    "2.16.840.1.101.3.4.1.6",
+    "2.16.840.1.101.3.4.1.26",
+    "2.16.840.1.101.3.4.1.46",
+    "2.16.840.1.101.3.4.1.7",
+    "2.16.840.1.101.3.4.1.27",
+    "2.16.840.1.101.3.4.1.47",
+    "1.2.840.113549.1.9.16.3.18",
+    "1.2.840.113549.3.7",
+    "1.2.840.113549.3.2",
+    "1.3.14.3.2.7",
+    "1.2.392.200011.61.1.1.1.2",
+    "1.2.392.200011.61.1.1.1.3",
+    "1.2.392.200011.61.1.1.1.4",
+];
+
+/// Key-wrap algorithms a client may list that this server does not use: AES-192 wrap, AES
+/// wrap with padding (RFC 5649), 3DES and RC2 wrap, Camellia wrap.
+const OTHER_WRAP_ALGS: [&str; 9] = [
+    "2.16.840.1.101.3.4.1.25",
+    "2.16.840.1.101.3.4.1.8",
+    "2.16.840.1.101.3.4.1.28",
+    "2.16.840.1.101.3.4.1.48",
+    "1.2.840.113549.1.9.16.3.6",
+    "1.2.840.113549.1.9.16.3.7",
+    "1.2.392.200011.61.1.1.3.2",
+    "1.2.392.200011.61.1.1.3.3",
+    "1.2.392.200011.61.1.1.3.4",
+];
 /// dhSinglePass-stdDH-sha256kdf-scheme (RFC 5753 §7.1.4).
 const DH_STD_SHA256KDF: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.1.11.1");
 
@@ -214,6 +264,179 @@ pub fn supported_recipient(cert_der: &[u8]) -> Result<(), EstError> {
     }
 }
 
+/// A content-encryption algorithm this server uses (CMS EnvelopedData, RFC 3565).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentAlg {
+    /// AES-128-CBC (id-aes128-CBC).
+    Aes128Cbc,
+    /// AES-192-CBC (id-aes192-CBC).
+    Aes192Cbc,
+    /// AES-256-CBC (id-aes256-CBC): the default.
+    Aes256Cbc,
+}
+
+impl ContentAlg {
+    const ALL: [ContentAlg; 3] = [Self::Aes128Cbc, Self::Aes192Cbc, Self::Aes256Cbc];
+
+    /// The algorithm's OID.
+    pub fn oid(self) -> ObjectIdentifier {
+        match self {
+            Self::Aes128Cbc => ID_AES128_CBC,
+            Self::Aes192Cbc => ID_AES192_CBC,
+            Self::Aes256Cbc => ID_AES256_CBC,
+        }
+    }
+
+    fn key_len(self) -> usize {
+        match self {
+            Self::Aes128Cbc => 16,
+            Self::Aes192Cbc => 24,
+            Self::Aes256Cbc => 32,
+        }
+    }
+}
+
+/// An AES key-wrap algorithm (RFC 3394, RFC 3565 §2.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrapAlg {
+    /// id-aes128-wrap.
+    Aes128,
+    /// id-aes256-wrap.
+    Aes256,
+}
+
+impl WrapAlg {
+    /// The algorithm's OID.
+    pub fn oid(self) -> ObjectIdentifier {
+        match self {
+            Self::Aes128 => ID_AES128_WRAP,
+            Self::Aes256 => ID_AES256_WRAP,
+        }
+    }
+
+    fn key_len(self) -> usize {
+        match self {
+            Self::Aes128 => 16,
+            Self::Aes256 => 32,
+        }
+    }
+}
+
+/// The algorithms one encrypted key is delivered with (see the module docs for the choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Algorithms {
+    /// Content encryption.
+    pub content: ContentAlg,
+    /// Key wrap for KEK and ECDH recipients; `None` for RSA key transport.
+    pub wrap: Option<WrapAlg>,
+}
+
+/// SMIMECapability ::= SEQUENCE { capabilityID OBJECT IDENTIFIER, parameters ANY OPTIONAL }.
+#[derive(der::Sequence)]
+struct SmimeCapability {
+    capability_id: ObjectIdentifier,
+    parameters: Option<Any>,
+}
+
+/// The CSR's SMIMECapabilities (RFC 8551 §2.5.2): the listed algorithm OIDs in the client's
+/// order of preference; `None` without the attribute. More than one attribute or value, or one
+/// that does not decode, is refused.
+pub fn capabilities(csr: &CertReq) -> Result<Option<Vec<ObjectIdentifier>>, EstError> {
+    let bad = || EstError::KeyProtection("the SMIMECapabilities attribute is malformed");
+    let mut out = None;
+    for attr in csr.info.attributes.iter() {
+        if attr.oid != ID_SMIME_CAPABILITIES {
+            continue;
+        }
+        let mut values = attr.values.iter();
+        let (Some(v), None, None) = (values.next(), values.next(), &out) else {
+            return Err(bad());
+        };
+        let caps: Vec<SmimeCapability> = v.decode_as().map_err(|_| bad())?;
+        out = Some(caps.into_iter().map(|c| c.capability_id).collect());
+    }
+    Ok(out)
+}
+
+fn listed_in(oid: &ObjectIdentifier, table: &[&str]) -> bool {
+    table
+        .iter()
+        .any(|t| ObjectIdentifier::new(t).is_ok_and(|t| t == *oid))
+}
+
+/// Chooses the algorithms for encrypting to `to` from the client's SMIMECapabilities `caps`
+/// (module docs): per kind (content encryption, key wrap), the first listed one this server can
+/// use for this recipient; listed ones of a kind but none usable → 400 (the key is not sent);
+/// none of a kind listed, or no attribute → the default.
+pub fn choose(
+    caps: Option<&[ObjectIdentifier]>,
+    to: &Recipient<'_>,
+) -> Result<Algorithms, EstError> {
+    let caps = caps.unwrap_or_default();
+    let content = match caps
+        .iter()
+        .find_map(|oid| ContentAlg::ALL.into_iter().find(|a| a.oid() == *oid))
+    {
+        Some(a) => a,
+        None if caps.iter().any(|o| listed_in(o, &OTHER_CONTENT_ALGS)) => {
+            return Err(EstError::KeyProtection(
+                "none of the content-encryption algorithms in the CSR's SMIMECapabilities is supported (AES-128-CBC, AES-192-CBC, AES-256-CBC are)",
+            ));
+        }
+        None => ContentAlg::Aes256Cbc,
+    };
+    // What the recipient allows, in this server's default order.
+    let usable: &[WrapAlg] = match to {
+        Recipient::Certificate(der) => {
+            let cert = Certificate::from_der(der).map_err(|_| EstError::BadCertificate)?;
+            if cert.tbs_certificate.subject_public_key_info.algorithm.oid == RSA_ENCRYPTION {
+                return Ok(Algorithms {
+                    content,
+                    wrap: None,
+                });
+            }
+            &[WrapAlg::Aes256, WrapAlg::Aes128]
+        }
+        Recipient::Kek { key, .. } => match key.len() {
+            16 => &[WrapAlg::Aes128],
+            32 => &[WrapAlg::Aes256],
+            _ => {
+                return Err(EstError::Unsupported(
+                    "key-encryption keys must be 16 or 32 bytes",
+                ));
+            }
+        },
+    };
+    let all_wraps = [WrapAlg::Aes128, WrapAlg::Aes256];
+    let listed = caps
+        .iter()
+        .filter(|o| all_wraps.iter().any(|w| w.oid() == **o) || listed_in(o, &OTHER_WRAP_ALGS));
+    let mut any_listed = false;
+    for oid in listed {
+        any_listed = true;
+        if let Some(w) = usable.iter().find(|w| w.oid() == *oid) {
+            return Ok(Algorithms {
+                content,
+                wrap: Some(*w),
+            });
+        }
+    }
+    if any_listed {
+        return Err(EstError::KeyProtection(match to {
+            Recipient::Kek { .. } => {
+                "the CSR's SMIMECapabilities do not list the key wrap of this DecryptKeyIdentifier's key (id-aes128-wrap for a 16-byte, id-aes256-wrap for a 32-byte key)"
+            }
+            Recipient::Certificate(_) => {
+                "none of the key-wrap algorithms in the CSR's SMIMECapabilities is supported (id-aes128-wrap, id-aes256-wrap are)"
+            }
+        }));
+    }
+    Ok(Algorithms {
+        content,
+        wrap: usable.first().copied(),
+    })
+}
+
 /// Whom the key is encrypted to.
 pub enum Recipient<'a> {
     /// A certificate (DER) with an RSA or EC P-256 key: the client's TLS client certificate.
@@ -341,19 +564,24 @@ fn x963_sha256(z: &[u8], shared_info: &[u8]) -> Zeroizing<[u8; 32]> {
     out
 }
 
-/// ECC-CMS-SharedInfo (RFC 5753 §7.2) for AES-256 key wrap without ukm.
-fn ecc_cms_shared_info() -> Result<Vec<u8>, EstError> {
+/// ECC-CMS-SharedInfo (RFC 5753 §7.2) for the `wrap` key wrap, without ukm.
+fn ecc_cms_shared_info(wrap: WrapAlg) -> Result<Vec<u8>, EstError> {
     #[derive(der::Sequence)]
     struct EccCmsSharedInfo {
         key_info: AlgorithmIdentifierOwned,
         supp_pub_info: ContextSpecific<OctetString>,
     }
     enc(EccCmsSharedInfo {
-        key_info: alg(ID_AES256_WRAP),
+        key_info: alg(wrap.oid()),
         supp_pub_info: ContextSpecific {
             tag_number: TagNumber::N2,
             tag_mode: TagMode::Explicit,
-            value: enc(OctetString::new(256u32.to_be_bytes().to_vec()))?,
+            value: enc(OctetString::new(
+                u32::try_from(wrap.key_len() * 8)
+                    .map_err(|_| EstError::Encode)?
+                    .to_be_bytes()
+                    .to_vec(),
+            ))?,
         },
     }
     .to_der())
@@ -377,13 +605,22 @@ fn wrap_cek(kek: &[u8], cek: &[u8]) -> Result<Vec<u8>, EstError> {
     Ok(out)
 }
 
-fn recipient_info(to: &Recipient<'_>, cek: &[u8]) -> Result<RecipientInfo, EstError> {
+fn recipient_info(
+    to: &Recipient<'_>,
+    cek: &[u8],
+    wrap: Option<WrapAlg>,
+) -> Result<RecipientInfo, EstError> {
     match to {
         Recipient::Kek { id, key } => {
-            let wrap_alg = if key.len() == 16 {
-                ID_AES128_WRAP
-            } else {
-                ID_AES256_WRAP
+            let wrap_alg = match wrap {
+                Some(w) if w.key_len() == key.len() => w.oid(),
+                None if key.len() == 16 => ID_AES128_WRAP,
+                None if key.len() == 32 => ID_AES256_WRAP,
+                _ => {
+                    return Err(EstError::Unsupported(
+                        "key-encryption keys must be 16 or 32 bytes and match the key wrap",
+                    ));
+                }
             };
             Ok(RecipientInfo::Kekri(KekRecipientInfo {
                 version: CmsVersion::V4,
@@ -434,13 +671,15 @@ fn recipient_info(to: &Recipient<'_>, cek: &[u8]) -> Result<RecipientInfo, EstEr
             let rng = SystemRandom::new();
             let eph = crypto(EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng))?;
             let eph_pub = crypto(eph.compute_public_key())?;
-            let shared_info = ecc_cms_shared_info()?;
+            let wrap = wrap.unwrap_or(WrapAlg::Aes256);
+            let shared_info = ecc_cms_shared_info(wrap)?;
             let peer =
                 UnparsedPublicKey::new(&agreement::ECDH_P256, spki.subject_public_key.raw_bytes());
             let kek = agreement::agree_ephemeral(eph, peer, EstError::KeyGen, |z| {
                 Ok(x963_sha256(z, &shared_info))
             })?;
-            let ek = wrap_cek(kek.as_ref(), cek)?;
+            let kek = kek.get(..wrap.key_len()).ok_or(EstError::KeyGen)?;
+            let ek = wrap_cek(kek, cek)?;
             Ok(RecipientInfo::Kari(KeyAgreeRecipientInfo {
                 version: CmsVersion::V3,
                 originator: OriginatorIdentifierOrKey::OriginatorKey(OriginatorPublicKey {
@@ -450,7 +689,7 @@ fn recipient_info(to: &Recipient<'_>, cek: &[u8]) -> Result<RecipientInfo, EstEr
                 ukm: None,
                 key_enc_alg: AlgorithmIdentifierOwned {
                     oid: DH_STD_SHA256KDF,
-                    parameters: Some(enc(Any::encode_from(&alg(ID_AES256_WRAP)))?),
+                    parameters: Some(enc(Any::encode_from(&alg(wrap.oid())))?),
                 },
                 recipient_enc_keys: vec![RecipientEncryptedKey {
                     rid: KeyAgreeRecipientIdentifier::IssuerAndSerialNumber(ias),
@@ -462,14 +701,28 @@ fn recipient_info(to: &Recipient<'_>, cek: &[u8]) -> Result<RecipientInfo, EstEr
 }
 
 /// The `server-generated-key` part (RFC 7030 §4.4.2): `pkcs8` in a SignedData signed by
-/// `signer`, enveloped for `to` (AES-256-CBC content). Returns the EnvelopedData ContentInfo,
-/// DER. The plaintext and the content-encryption key are zeroized before returning.
-pub fn protect(pkcs8: &[u8], signer: &KeySigner, to: &Recipient<'_>) -> Result<Vec<u8>, EstError> {
+/// `signer`, enveloped for `to` with `algs` (from [`choose`]). Returns the EnvelopedData
+/// ContentInfo, DER. The plaintext and the content-encryption key are zeroized before returning.
+pub fn protect(
+    pkcs8: &[u8],
+    signer: &KeySigner,
+    to: &Recipient<'_>,
+    algs: Algorithms,
+) -> Result<Vec<u8>, EstError> {
     let mut buf = signed_key_package(pkcs8, signer)?;
-    let mut cek = Zeroizing::new([0u8; 32]);
-    crypto(SystemRandom::new().fill(cek.as_mut()))?;
-    let ri = recipient_info(to, cek.as_ref())?;
-    let key = crypto(UnboundCipherKey::new(&AES_256, cek.as_ref()))?;
+    let mut cek_buf = Zeroizing::new([0u8; 32]);
+    let cek = cek_buf
+        .get_mut(..algs.content.key_len())
+        .ok_or(EstError::KeyGen)?;
+    crypto(SystemRandom::new().fill(cek))?;
+    let cek: &[u8] = cek;
+    let ri = recipient_info(to, cek, algs.wrap)?;
+    let cipher = match algs.content {
+        ContentAlg::Aes128Cbc => &AES_128,
+        ContentAlg::Aes192Cbc => &AES_192,
+        ContentAlg::Aes256Cbc => &AES_256,
+    };
+    let key = crypto(UnboundCipherKey::new(cipher, cek))?;
     let aes = crypto(PaddedBlockEncryptingKey::cbc_pkcs7(key))?;
     // Encrypted in place: afterwards `buf` holds only ciphertext (and is zeroized anyway).
     let ctx = crypto(aes.encrypt(&mut *buf))?;
@@ -488,7 +741,7 @@ pub fn protect(pkcs8: &[u8], signer: &KeySigner, to: &Recipient<'_>) -> Result<V
         encrypted_content: EncryptedContentInfo {
             content_type: ID_SIGNED_DATA,
             content_enc_alg: AlgorithmIdentifierOwned {
-                oid: ID_AES256_CBC,
+                oid: algs.content.oid(),
                 parameters: Some(enc(Any::encode_from(&enc(OctetString::new(iv.to_vec()))?))?),
             },
             encrypted_content: Some(enc(OctetString::new(buf.to_vec()))?),
@@ -621,7 +874,8 @@ mod tests {
         client_cert(dir.path(), &["-newkey", "rsa:2048"]);
         let cert = pem_der(&std::fs::read_to_string(dir.path().join("c.pem")).expect("c"));
         let (signer, pkcs8) = signer_and_key();
-        let env = protect(&pkcs8, &signer, &Recipient::Certificate(&cert)).expect("protects");
+        let to = Recipient::Certificate(&cert);
+        let env = protect(&pkcs8, &signer, &to, default_algs(&to)).expect("protects");
         let key = open(&env, dir.path(), &["-recip", "c.pem", "-inkey", "k.pem"]).expect("opens");
         assert_eq!(key, *pkcs8);
         // Another RSA key cannot open it.
@@ -640,7 +894,8 @@ mod tests {
         );
         let cert = pem_der(&std::fs::read_to_string(dir.path().join("c.pem")).expect("c"));
         let (signer, pkcs8) = signer_and_key();
-        let env = protect(&pkcs8, &signer, &Recipient::Certificate(&cert)).expect("protects");
+        let to = Recipient::Certificate(&cert);
+        let env = protect(&pkcs8, &signer, &to, default_algs(&to)).expect("protects");
         let key = open(&env, dir.path(), &["-recip", "c.pem", "-inkey", "k.pem"]).expect("opens");
         assert_eq!(key, *pkcs8);
     }
@@ -651,8 +906,8 @@ mod tests {
         let (signer, pkcs8) = signer_and_key();
         for kek in [[7u8; 16].to_vec(), [9u8; 32].to_vec()] {
             let id = b"device-kek-1";
-            let env =
-                protect(&pkcs8, &signer, &Recipient::Kek { id, key: &kek }).expect("protects");
+            let to = Recipient::Kek { id, key: &kek };
+            let env = protect(&pkcs8, &signer, &to, default_algs(&to)).expect("protects");
             let key_hex = hex(&kek);
             let id_hex = hex(id);
             let key = open(
@@ -672,15 +927,239 @@ mod tests {
                 .is_err()
             );
         }
+        let odd = Recipient::Kek {
+            id: b"x",
+            key: &[1; 24],
+        };
+        assert!(matches!(choose(None, &odd), Err(EstError::Unsupported(_))));
         let bad = protect(
             &pkcs8,
             &signer,
-            &Recipient::Kek {
-                id: b"x",
-                key: &[1; 24],
+            &odd,
+            Algorithms {
+                content: ContentAlg::Aes256Cbc,
+                wrap: None,
             },
         );
         assert!(matches!(bad, Err(EstError::Unsupported(_))));
+    }
+
+    fn default_algs(to: &Recipient<'_>) -> Algorithms {
+        choose(None, to).expect("defaults")
+    }
+
+    fn oids(list: &[&str]) -> Vec<ObjectIdentifier> {
+        list.iter()
+            .map(|o| ObjectIdentifier::new(o).expect("oid"))
+            .collect()
+    }
+
+    const AES128_CBC: &str = "2.16.840.1.101.3.4.1.2";
+    const AES192_CBC: &str = "2.16.840.1.101.3.4.1.22";
+    const AES256_CBC: &str = "2.16.840.1.101.3.4.1.42";
+    const AES128_GCM: &str = "2.16.840.1.101.3.4.1.6";
+    const AES256_GCM: &str = "2.16.840.1.101.3.4.1.46";
+    const DES_EDE3_CBC: &str = "1.2.840.113549.3.7";
+    const AES128_WRAP: &str = "2.16.840.1.101.3.4.1.5";
+    const AES192_WRAP: &str = "2.16.840.1.101.3.4.1.25";
+    const AES256_WRAP: &str = "2.16.840.1.101.3.4.1.45";
+    const SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
+
+    /// The content-encryption and key-wrap OIDs an EnvelopedData was really made with.
+    fn used_algorithms(env: &[u8]) -> (ObjectIdentifier, Option<ObjectIdentifier>) {
+        let ci = ContentInfo::from_der(env).expect("ContentInfo");
+        let ed: EnvelopedData = ci.content.decode_as().expect("EnvelopedData");
+        let content = ed.encrypted_content.content_enc_alg.oid;
+        let ri = ed.recip_infos.0.iter().next().expect("one recipient");
+        let wrap = match ri {
+            RecipientInfo::Kekri(k) => Some(k.key_enc_alg.oid),
+            RecipientInfo::Kari(k) => Some(
+                k.key_enc_alg
+                    .parameters
+                    .as_ref()
+                    .expect("wrap parameter")
+                    .decode_as::<AlgorithmIdentifierOwned>()
+                    .expect("wrap alg")
+                    .oid,
+            ),
+            _ => None,
+        };
+        (content, wrap)
+    }
+
+    #[test]
+    fn the_first_supported_algorithm_of_the_clients_list_is_chosen() {
+        let kek16 = Recipient::Kek {
+            id: b"k",
+            key: &[1; 16],
+        };
+        let kek32 = Recipient::Kek {
+            id: b"k",
+            key: &[1; 32],
+        };
+        // Absent, or naming nothing of a kind: the defaults.
+        let d = choose(None, &kek32).expect("default");
+        assert_eq!(
+            (d.content, d.wrap),
+            (ContentAlg::Aes256Cbc, Some(WrapAlg::Aes256))
+        );
+        let d = choose(Some(&oids(&[SHA256_WITH_RSA])), &kek16).expect("default");
+        assert_eq!(
+            (d.content, d.wrap),
+            (ContentAlg::Aes256Cbc, Some(WrapAlg::Aes128))
+        );
+        // The client's order, unsupported entries skipped.
+        let list = oids(&[AES256_GCM, DES_EDE3_CBC, AES128_CBC, AES256_CBC]);
+        assert_eq!(
+            choose(Some(&list), &kek16).expect("ok").content,
+            ContentAlg::Aes128Cbc
+        );
+        let list = oids(&[AES192_CBC, AES128_CBC]);
+        assert_eq!(
+            choose(Some(&list), &kek16).expect("ok").content,
+            ContentAlg::Aes192Cbc
+        );
+        // A KEK's wrap is its own size; it must be among the listed wraps, if any are listed.
+        let list = oids(&[AES192_WRAP, AES256_WRAP, AES128_WRAP]);
+        assert_eq!(
+            choose(Some(&list), &kek16).expect("ok").wrap,
+            Some(WrapAlg::Aes128)
+        );
+        assert_eq!(
+            choose(Some(&list), &kek32).expect("ok").wrap,
+            Some(WrapAlg::Aes256)
+        );
+        assert!(matches!(
+            choose(Some(&oids(&[AES256_WRAP])), &kek16),
+            Err(EstError::KeyProtection(_))
+        ));
+        // Only unsupported algorithms of a kind: refused, never a silent default.
+        for list in [
+            oids(&[AES128_GCM, AES256_GCM]),
+            oids(&[DES_EDE3_CBC]),
+            oids(&[AES256_CBC, AES192_WRAP]),
+        ] {
+            assert!(
+                matches!(choose(Some(&list), &kek32), Err(EstError::KeyProtection(_))),
+                "{list:?}"
+            );
+        }
+    }
+
+    fn csr_with_capabilities(list: &[&str]) -> CertReq {
+        let mut csr = csr_with(&[]);
+        let caps: Vec<SmimeCapability> = oids(list)
+            .into_iter()
+            .map(|capability_id| SmimeCapability {
+                capability_id,
+                parameters: None,
+            })
+            .collect();
+        let a =
+            attribute(ID_SMIME_CAPABILITIES, Any::encode_from(&caps).expect("any")).expect("attr");
+        csr.info.attributes.insert(a).expect("insert");
+        csr
+    }
+
+    #[test]
+    fn capabilities_are_read_from_the_csr_in_order() {
+        assert_eq!(capabilities(&csr_with(&[])), Ok(None));
+        let csr = csr_with_capabilities(&[AES128_CBC, AES256_WRAP, AES256_CBC]);
+        // Through DER and back, as the edge receives it.
+        let csr = CertReq::from_der(&csr.to_der().expect("der")).expect("parses");
+        assert_eq!(
+            capabilities(&csr),
+            Ok(Some(oids(&[AES128_CBC, AES256_WRAP, AES256_CBC])))
+        );
+        // Not a SEQUENCE OF SMIMECapability: malformed.
+        let mut bad = csr_with(&[]);
+        bad.info
+            .attributes
+            .insert(
+                attribute(
+                    ID_SMIME_CAPABILITIES,
+                    Any::encode_from(&OctetStringRef::new(b"x").expect("os")).expect("any"),
+                )
+                .expect("attr"),
+            )
+            .expect("insert");
+        assert!(matches!(
+            capabilities(&bad),
+            Err(EstError::KeyProtection(_))
+        ));
+    }
+
+    /// Every content-encryption and wrap choice, for every recipient kind, opens with OpenSSL,
+    /// and the EnvelopedData names what the client's list chose.
+    #[test]
+    fn every_chosen_variant_opens_with_openssl() {
+        let (signer, pkcs8) = signer_and_key();
+        let rsa = tempfile::tempdir().expect("tmp");
+        client_cert(rsa.path(), &["-newkey", "rsa:2048"]);
+        let ec = tempfile::tempdir().expect("tmp");
+        client_cert(
+            ec.path(),
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        );
+        let rsa_cert = pem_der(&std::fs::read_to_string(rsa.path().join("c.pem")).expect("c"));
+        let ec_cert = pem_der(&std::fs::read_to_string(ec.path().join("c.pem")).expect("c"));
+        let kek_dir = tempfile::tempdir().expect("tmp");
+        let (k16, k32) = ([5u8; 16], [6u8; 32]);
+        let id = b"kek-id";
+        let id_hex = hex(id);
+        let (k16_hex, k32_hex) = (hex(&k16), hex(&k32));
+        let recip = ["-recip", "c.pem", "-inkey", "k.pem"];
+        for content in [AES128_CBC, AES192_CBC, AES256_CBC] {
+            for wrap in [AES128_WRAP, AES256_WRAP] {
+                // The client prefers GCM (skipped), then `content`; then `wrap`.
+                let list = oids(&[AES256_GCM, content, AES192_WRAP, wrap, AES256_CBC]);
+                let cases: Vec<(Recipient<'_>, &Path, Vec<&str>, Option<&str>)> = vec![
+                    (
+                        Recipient::Certificate(&rsa_cert),
+                        rsa.path(),
+                        recip.to_vec(),
+                        None,
+                    ),
+                    (
+                        Recipient::Certificate(&ec_cert),
+                        ec.path(),
+                        recip.to_vec(),
+                        Some(wrap),
+                    ),
+                    (
+                        Recipient::Kek { id, key: &k16 },
+                        kek_dir.path(),
+                        vec!["-secretkey", &k16_hex, "-secretkeyid", &id_hex],
+                        Some(AES128_WRAP),
+                    ),
+                    (
+                        Recipient::Kek { id, key: &k32 },
+                        kek_dir.path(),
+                        vec!["-secretkey", &k32_hex, "-secretkeyid", &id_hex],
+                        Some(AES256_WRAP),
+                    ),
+                ];
+                for (to, dir, args, want_wrap) in cases {
+                    // A KEK of the other size than `wrap`: the listed wrap does not fit it, so
+                    // the list is refused (the KEK's own wrap is not listed).
+                    let algs = match choose(Some(&list), &to) {
+                        Ok(a) => a,
+                        Err(EstError::KeyProtection(_)) => {
+                            assert_ne!(want_wrap, Some(wrap), "{content} {wrap}");
+                            continue;
+                        }
+                        Err(e) => panic!("{content} {wrap}: {e}"),
+                    };
+                    let env = protect(&pkcs8, &signer, &to, algs).expect("protects");
+                    let (c, w) = used_algorithms(&env);
+                    assert_eq!(c.to_string(), content);
+                    assert_eq!(w.map(|w| w.to_string()).as_deref(), want_wrap);
+                    let key = open(&env, dir, &args)
+                        .unwrap_or_else(|e| panic!("{content} {wrap} {want_wrap:?}: {e}"));
+                    assert_eq!(key, *pkcs8, "{content} {wrap}");
+                }
+            }
+        }
     }
 
     fn hex(b: &[u8]) -> String {

@@ -180,6 +180,18 @@ enum KeyTarget {
     Kek(super::PresharedKey),
 }
 
+impl KeyTarget {
+    fn recipient(&self) -> Recipient<'_> {
+        match self {
+            KeyTarget::Cert(der) => Recipient::Certificate(der),
+            KeyTarget::Kek(k) => Recipient::Kek {
+                id: &k.id,
+                key: &k.key,
+            },
+        }
+    }
+}
+
 /// Who the client is, as authenticated (audited as `client_identity`).
 struct Client {
     identity: String,
@@ -229,14 +241,15 @@ impl EstHandler {
         })
     }
 
-    /// Whom a `serverkeygen` key must be encrypted to (RFC 7030 §4.4.1), decided before
-    /// anything is issued; `None` = unprotected PKCS#8 over TLS (nothing was asked).
+    /// Whom a `serverkeygen` key must be encrypted to (RFC 7030 §4.4.1) and with which
+    /// algorithms (the CSR's SMIMECapabilities, §4.4.2), decided before anything is issued;
+    /// `None` = unprotected PKCS#8 over TLS (nothing was asked).
     fn key_recipient(
         &self,
         label: &Label,
         req: &EdgeRequest,
         csr: &Pkcs10,
-    ) -> Result<Option<KeyTarget>, Refusal> {
+    ) -> Result<Option<(KeyTarget, keyprotect::Algorithms)>, Refusal> {
         let target = match keyprotect::requested(&csr.req)? {
             Requested::None => return Ok(None),
             Requested::Symmetric(id) => label
@@ -271,7 +284,9 @@ impl EstHandler {
                 "encrypted key delivery needs an ECDSA P-256 edge TLS key to sign with",
             ));
         }
-        Ok(Some(target))
+        let caps = keyprotect::capabilities(&csr.req)?;
+        let algs = keyprotect::choose(caps.as_deref(), &target.recipient())?;
+        Ok(Some((target, algs)))
     }
 
     /// The label and tenant for a request, or 404.
@@ -441,15 +456,9 @@ impl EstHandler {
                 let boundary = format!("est-{}", hex::encode(nonce));
                 let body: Zeroizing<Vec<u8>> = match (&target, &self.key_signer) {
                     (None, _) => resp::serverkeygen_multipart(&boundary, &key.pkcs8, &cms),
-                    (Some(t), Some(signer)) => {
-                        let to = match t {
-                            KeyTarget::Cert(der) => Recipient::Certificate(der),
-                            KeyTarget::Kek(k) => Recipient::Kek {
-                                id: &k.id,
-                                key: &k.key,
-                            },
-                        };
-                        let enveloped = keyprotect::protect(&key.pkcs8, signer, &to)?;
+                    (Some((t, algs)), Some(signer)) => {
+                        let enveloped =
+                            keyprotect::protect(&key.pkcs8, signer, &t.recipient(), *algs)?;
                         Zeroizing::new(keyprotect::encrypted_multipart(&boundary, &enveloped, &cms))
                     }
                     // key_recipient refused this before anything was issued.
