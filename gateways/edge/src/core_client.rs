@@ -85,8 +85,7 @@ pub const METHODS: &[(&str, Idempotency)] = {
         ("scep_get_ra_chain", Idempotent),
         ("scep_decrypt_key", Idempotent),
         ("scep_sign_attributes", Idempotent),
-        ("scep_check_challenge", No), // consumes a one-time challenge
-        ("scep_enroll", No),          // consumes a one-time challenge, then issues
+        ("scep_enroll", No), // consumes a one-time challenge, then issues
     ]
 };
 
@@ -692,18 +691,6 @@ impl CoreClient {
         self.call("scep_sign_attributes", req, |m, r| {
             let mut c = m.scep.clone();
             async move { c.sign_attributes(r).await }
-        })
-        .await
-    }
-
-    /// `Scep.CheckChallenge` (not retried: a one-time challenge is consumed).
-    pub async fn scep_check_challenge(
-        &self,
-        req: certgate_proto::scep::CheckChallengeRequest,
-    ) -> Result<certgate_proto::scep::CheckChallengeResponse, RpcError> {
-        self.call("scep_check_challenge", req, |m, r| {
-            let mut c = m.scep.clone();
-            async move { c.check_challenge(r).await }
         })
         .await
     }
