@@ -1,8 +1,11 @@
 //! `certgate-bench ocsp`: OCSP serving at the edge, side by side in one run with nginx serving a
 //! static file of the same size (the ceiling for "serve bytes") and `cfssl ocspserve` serving
 //! the same responses, all driven by wrk (`-t2 -c32`, keep-alive, a Lua script cycling through
-//! the requests); then the p99 at half the edge's peak (an open-loop client in this process,
-//! latency from the scheduled send time), and the revocation propagation latency to two edges.
+//! the requests); then open-loop latency at fractions of the edge's GET peak (25/50/75% by
+//! default; [`open_loop`], latency from the scheduled send time), the edge and nginx driven by
+//! the same generator at the same rate in alternating slices, so that nginx is the control for
+//! the machine's and the generator's own share of the tail; and the revocation propagation
+//! latency to two edges.
 //!
 //! The fleet is real: `certgate init`, then `certgate-signer`, `certgate-core` and two
 //! `certgate-edge` processes; `--certs` certificates are issued through `Core.Issue`, their
@@ -51,6 +54,14 @@ pub(crate) struct OcspArgs {
     /// Open-loop connections (one generator thread each).
     #[arg(long, default_value_t = 64)]
     open_connections: usize,
+    /// Open-loop slices per target and rate, alternating between the targets.
+    #[arg(long, default_value_t = 5)]
+    open_slices: usize,
+    /// Run the second edge from this binary instead (same config as before) and drive it with
+    /// the open loop too, after the first edge at each rate: an A/B of two edge builds in one
+    /// run, on the same machine state.
+    #[arg(long)]
+    compare_edge: Option<PathBuf>,
     /// Directory with `certgate`, `certgate-signer`, `certgate-core`, `certgate-edge` (default:
     /// next to this executable).
     #[arg(long)]
@@ -376,38 +387,29 @@ struct OpenLoop {
     fine_timers: bool,
 }
 
-/// Reads one HTTP/1.1 response (Content-Length framed) from a blocking stream; returns the
-/// status. `buf` keeps bytes read past the response (none with one request in flight).
-fn read_response(stream: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<u16> {
-    use std::io::Read;
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end])?.to_ascii_lowercase();
-            let status: u16 = head
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .context("status line")?;
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            let total = end + 4 + len;
-            while buf.len() < total {
-                let n = stream.read(&mut chunk)?;
-                anyhow::ensure!(n > 0, "connection closed");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            buf.drain(..total);
-            return Ok(status);
-        }
-        let n = stream.read(&mut chunk)?;
-        anyhow::ensure!(n > 0, "connection closed");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+/// Parses one complete HTTP/1.1 response (Content-Length framed) at the front of `buf`:
+/// `Some((status, its length in bytes))` once all of it is there.
+fn parse_response(buf: &[u8]) -> anyhow::Result<Option<(u16, usize)>> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..end])?.to_ascii_lowercase();
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("status line")?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let total = end + 4 + len;
+    Ok((buf.len() >= total).then_some((status, total)))
 }
+
+/// A connection's slot when no request is in flight on it.
+const IDLE: u64 = u64::MAX;
 
 /// Sets this thread's timer slack to 1 µs (default 50 µs: `nanosleep` may overshoot by that
 /// much on purpose). `/proc/<tid>/timerslack_ns`, the tid read from `/proc/thread-self` (no
@@ -419,16 +421,68 @@ fn fine_timer_slack() -> bool {
         .is_some_and(|tid| std::fs::write(format!("/proc/{tid}/timerslack_ns"), "1000").is_ok())
 }
 
+/// Scheduled send time of request `i` at `rate`/s, ns from the start.
+fn sched_ns(i: u64, rate: f64) -> u64 {
+    (i as f64 * 1e9 / rate) as u64
+}
+
+/// Reads responses on connection `c` until it is shut down; for each, takes the request index
+/// out of the connection's slot, records (index, latency from its scheduled time) and puts the
+/// connection back on the free list.
+async fn open_loop_reader(
+    c: usize,
+    mut stream: tokio::net::TcpStream,
+    slots: Arc<Vec<std::sync::atomic::AtomicU64>>,
+    free: Arc<std::sync::Mutex<std::collections::VecDeque<usize>>>,
+    start: Instant,
+    rate: f64,
+) -> Vec<(u64, u64)> {
+    use std::sync::atomic::Ordering;
+    let (mut out, mut buf, mut chunk) = (Vec::new(), Vec::with_capacity(4096), [0u8; 4096]);
+    loop {
+        let n = stream.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            let (status, total) = match parse_response(&buf) {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                // Garbage: the connection is out of service (its request counts as an error).
+                Err(_) => return out,
+            };
+            let now = Instant::now();
+            buf.drain(..total);
+            let i = slots[c].swap(IDLE, Ordering::AcqRel);
+            if i == IDLE {
+                return out;
+            }
+            if status == 200 {
+                let at = start + Duration::from_nanos(sched_ns(i, rate));
+                out.push((i, now.saturating_duration_since(at).as_micros() as u64));
+            }
+            if let Ok(mut f) = free.lock() {
+                f.push_back(c);
+            }
+        }
+    }
+}
+
 /// Open-loop load: `rate` requests/s in total for `d`, request `i` scheduled at exactly
-/// `i / rate` s after the start, whichever connection is free takes it. `conns` OS threads,
-/// one blocking keep-alive connection each: a thread claims the next scheduled request only when
-/// its previous response has arrived, so one slow response delays no other request's schedule
-/// (only a stall of all `conns` connections does, and then the delay is counted: latency runs
-/// from the scheduled time, never from the actual send — no coordinated omission). Threads sleep
-/// with `nanosleep` and a timer slack of 1 µs ([`fine_timer_slack`]), not tokio's
-/// 1 ms timer wheel (which releases a millisecond's requests at once, in bursts); the lateness
-/// of every send is recorded and reported, so the generator's granularity is measured, not
-/// assumed.
+/// `i / rate` s after the start and sent on whichever of `conns` keep-alive connections is free
+/// (one request in flight per connection, as HTTP/1.1 without pipelining): one slow response
+/// delays no other request's schedule; only when every connection is busy does a send wait, and
+/// then the wait is counted. Latency runs from the scheduled time to the response's last byte,
+/// never from the actual send (no coordinated omission); a request never answered with 200
+/// counts as an error.
+///
+/// Two threads, so that the generator costs little next to the server on a 2-core machine: a
+/// sender that sleeps with `nanosleep` and a 1 µs timer slack until each send time (not tokio's
+/// 1 ms timer wheel, which would release a millisecond's requests at once, in bursts) and
+/// writes the request, and a reader (a `current_thread` tokio runtime, one task per connection)
+/// that timestamps each response. The lateness of every send is recorded and reported: the
+/// generator's own granularity is measured, not assumed.
 fn open_loop(
     addr: SocketAddr,
     heads: Arc<Vec<Vec<u8>>>,
@@ -437,105 +491,139 @@ fn open_loop(
     d: Duration,
 ) -> anyhow::Result<OpenLoop> {
     use std::io::Write;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicU64, Ordering};
     let rate = rate.max(1.0);
     let total = (rate * d.as_secs_f64()) as u64;
-    let next = Arc::new(AtomicU64::new(0));
-    let fine = Arc::new(AtomicBool::new(true));
-    // Connect everything first; the schedule starts once all are open.
-    let mut streams = Vec::with_capacity(conns);
+    let (mut writers, mut readers) = (Vec::new(), Vec::new());
     for _ in 0..conns.max(1) {
         let s = std::net::TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
-        streams.push(s);
+        s.set_nonblocking(true)?;
+        writers.push(s.try_clone()?);
+        readers.push(s);
     }
+    let n = writers.len();
+    let slots: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(IDLE)).collect());
+    let free = Arc::new(std::sync::Mutex::new(
+        (0..n).collect::<std::collections::VecDeque<usize>>(),
+    ));
     let start = Instant::now() + Duration::from_millis(100);
-    let mut threads = Vec::with_capacity(streams.len());
-    for (c, mut stream) in streams.into_iter().enumerate() {
-        let (heads, next, fine) = (heads.clone(), next.clone(), fine.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("open-loop-{c}"))
-                .stack_size(256 * 1024)
-                .spawn(move || {
-                    if !fine_timer_slack() {
-                        fine.store(false, Ordering::Relaxed);
+    let reader = {
+        let (slots, free) = (slots.clone(), free.clone());
+        std::thread::Builder::new()
+            .name("open-loop-rx".into())
+            .spawn(move || -> anyhow::Result<Vec<(u64, u64)>> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for (c, s) in readers.into_iter().enumerate() {
+                        let stream = tokio::net::TcpStream::from_std(s)?;
+                        tasks.spawn(open_loop_reader(
+                            c,
+                            stream,
+                            slots.clone(),
+                            free.clone(),
+                            start,
+                            rate,
+                        ));
                     }
-                    let (mut out, mut errors) = (Vec::new(), 0u64);
-                    let mut buf = Vec::with_capacity(4096);
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= total {
+                    let mut all = Vec::new();
+                    while let Some(r) = tasks.join_next().await {
+                        all.extend(r?);
+                    }
+                    anyhow::Ok(all)
+                })
+            })?
+    };
+    let sender = std::thread::Builder::new()
+        .name("open-loop-tx".into())
+        .spawn(move || -> (Vec<u32>, bool) {
+            let fine = fine_timer_slack();
+            let mut late = vec![u32::MAX; total as usize];
+            for i in 0..total {
+                let at = start + Duration::from_nanos(sched_ns(i, rate));
+                let now = Instant::now();
+                if at > now {
+                    std::thread::sleep(at - now);
+                }
+                let c = loop {
+                    if let Some(c) = free.lock().ok().and_then(|mut f| f.pop_front()) {
+                        break c;
+                    }
+                    // Every connection busy: wait (the delay counts in the latency).
+                    std::thread::sleep(Duration::from_micros(20));
+                };
+                let sent = Instant::now();
+                late[i as usize] = sent.saturating_duration_since(at).as_micros() as u32;
+                slots[c].store(i, Ordering::Release);
+                let head = &heads[(i as usize).wrapping_mul(7919) % heads.len()];
+                let mut off = 0;
+                while off < head.len() {
+                    match writers[c].write(&head[off..]) {
+                        Ok(k) if k > 0 => off += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_micros(10));
+                        }
+                        // A broken connection stays out of the free list; its request is lost.
+                        _ => {
+                            slots[c].store(IDLE, Ordering::Release);
                             break;
                         }
-                        let off = Duration::from_nanos((i as f64 * 1e9 / rate) as u64);
-                        let at = start + off;
-                        let now = Instant::now();
-                        if at > now {
-                            std::thread::sleep(at - now);
-                        }
-                        let sent = Instant::now();
-                        let head = &heads[(i as usize).wrapping_mul(7919) % heads.len()];
-                        let ok = stream
-                            .write_all(head)
-                            .map_err(anyhow::Error::from)
-                            .and_then(|()| read_response(&mut stream, &mut buf));
-                        let done = Instant::now();
-                        match ok {
-                            Ok(200) => out.push(Sample {
-                                sched_us: off.as_micros() as u64,
-                                lat_us: done.duration_since(at).as_micros() as u64,
-                                late_us: sent.saturating_duration_since(at).as_micros() as u64,
-                            }),
-                            Ok(_) => errors += 1,
-                            Err(_) => {
-                                // A broken connection: count it, reconnect, go on.
-                                errors += 1;
-                                buf.clear();
-                                match std::net::TcpStream::connect(addr) {
-                                    Ok(s) => {
-                                        let _ = s.set_nodelay(true);
-                                        stream = s;
-                                    }
-                                    Err(_) => break,
-                                }
-                            }
-                        }
                     }
-                    (out, errors)
-                })?,
-        );
-    }
-    let (mut samples, mut errors) = (Vec::with_capacity(total as usize), 0);
-    for t in threads {
-        let (s, e) = t
-            .join()
-            .map_err(|_| anyhow::anyhow!("an open-loop thread panicked"))?;
-        samples.extend(s);
-        errors += e;
-    }
+                }
+            }
+            // Let the requests in flight finish (bounded), then end the readers.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while slots.iter().any(|s| s.load(Ordering::Acquire) != IDLE)
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            for w in &writers {
+                let _ = w.shutdown(std::net::Shutdown::Both);
+            }
+            (late, fine)
+        })?;
+    let (late, fine) = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the open-loop sender panicked"))?;
+    let answered = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the open-loop reader panicked"))??;
+    let mut samples: Vec<Sample> = answered
+        .into_iter()
+        .map(|(i, lat_us)| Sample {
+            sched_us: sched_ns(i, rate) / 1000,
+            lat_us,
+            late_us: late.get(i as usize).copied().unwrap_or(0).into(),
+        })
+        .collect();
     samples.sort_unstable_by_key(|s| s.sched_us);
     Ok(OpenLoop {
         rate,
+        errors: total.saturating_sub(samples.len() as u64),
         samples,
-        errors,
-        fine_timers: fine.load(Ordering::Relaxed),
+        fine_timers: fine,
     })
 }
 
-/// One open-loop run with what the bench reports about it.
+/// One open-loop target at one rate (all its slices) with what the bench reports about it.
 struct OpenRun {
     name: &'static str,
     frac: f64,
     stats: OpenStats,
     per_second: Vec<f64>,
-    threads: Vec<(String, f64, u64, u64)>,
-    gen_cpu_us: f64,
+    /// Server threads by name: CPU seconds, voluntary and involuntary context switches.
+    threads: std::collections::BTreeMap<String, (f64, u64, u64)>,
+    /// The bench process's CPU seconds during the target's slices (the generator's cost).
+    gen_cpu_s: f64,
     run: OpenLoop,
 }
 
 /// Quantiles of an open-loop run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct OpenStats {
     p50: f64,
     p99: f64,
@@ -752,17 +840,37 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
             &logs.join("edge.log"),
         )?,
     };
-    // A second edge on other ports (config next to the first one's).
+    // A second edge on other ports: the first one's config (next to it) with its own addresses,
+    // so that an A/B against `--compare-edge` differs in the binary only.
     let (https2, http2, admin2) = (free_port()?, free_port()?, free_port()?);
     let edge2_cfg = dir.join("edge/edge2.toml");
+    let edge1_text = std::fs::read_to_string(&edge_cfg)?;
+    for p in [https, http, admin] {
+        anyhow::ensure!(
+            edge1_text.contains(&format!("127.0.0.1:{p}\"")),
+            "edge.toml does not name 127.0.0.1:{p}"
+        );
+    }
     std::fs::write(
         &edge2_cfg,
-        format!(
-            "mode = \"dev\"\ncore_socket = \"../run/core.sock\"\n[listen]\nhttps = \"127.0.0.1:{https2}\"\nhttp = \"127.0.0.1:{http2}\"\nadmin = \"127.0.0.1:{admin2}\"\n[tls]\ncert = \"tls.pem\"\nkey = \"tls.key\"\n"
-        ),
+        edge1_text
+            .replace(
+                &format!("127.0.0.1:{https}\""),
+                &format!("127.0.0.1:{https2}\""),
+            )
+            .replace(
+                &format!("127.0.0.1:{http}\""),
+                &format!("127.0.0.1:{http2}\""),
+            )
+            .replace(
+                &format!("127.0.0.1:{admin}\""),
+                &format!("127.0.0.1:{admin2}\""),
+            ),
     )?;
-    let _edge2 = spawn(
-        &bin_dir.join("certgate-edge"),
+    let edge2 = spawn(
+        args.compare_edge
+            .as_deref()
+            .unwrap_or(&bin_dir.join("certgate-edge")),
         &["--config", &edge2_cfg.to_string_lossy()],
         &logs.join("edge2.log"),
     )?;
@@ -935,10 +1043,17 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
         _ => Vec::new(),
     };
     let oc = args.open_connections;
+    // Each target gets `open_slices` slices of `seconds / open_slices`, alternating with the
+    // others, so that a change in the machine's other load during the run falls on all of them.
+    let slices = args.open_slices.max(1);
+    let slice = Duration::from_secs(s).div_f64(slices as f64);
     let mut open_runs: Vec<OpenRun> = Vec::new();
     for &frac in &args.open_fractions {
         let rate = edge_get.rps * frac;
         let mut targets = vec![("certgate-edge GET", edge_addr, vec![edge_child.0.id()])];
+        if args.compare_edge.is_some() {
+            targets.push(("compare edge GET", edge2_addr, vec![edge2.0.id()]));
+        }
         if !args.no_peers {
             targets.push((
                 "nginx static file",
@@ -946,34 +1061,64 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
                 nginx_pids.clone(),
             ));
         }
-        for (name, addr, pids) in targets {
-            println!(
-                "open loop: {name} at {rate:.0}/s ({:.0}% of the edge GET peak), {oc} connections …",
-                frac * 100.0
-            );
-            let before: Vec<_> = pids.iter().flat_map(|&p| thread_stats(p)).collect();
-            let gen0 = cpu_seconds(&std::process::id().to_string());
-            let r = open_loop(addr, heads.clone(), rate, oc, Duration::from_secs(s))?;
-            let gen1 = cpu_seconds(&std::process::id().to_string());
-            let after: Vec<_> = pids.iter().flat_map(|&p| thread_stats(p)).collect();
-            let gen_cpu_us = match (gen0, gen1) {
-                (Some(a), Some(b)) => (b - a) * 1e6 / (r.samples.len().max(1) as f64),
-                _ => f64::NAN,
-            };
-            open_runs.push(OpenRun {
-                name,
+        let names: Vec<&str> = targets.iter().map(|t| t.0).collect();
+        println!(
+            "open loop at {rate:.0}/s ({:.0}% of the edge GET peak), {oc} connections, {slices} alternating slices of {:.1} s: {} …",
+            frac * 100.0,
+            slice.as_secs_f64(),
+            names.join(", ")
+        );
+        let mut acc: Vec<OpenRun> = targets
+            .iter()
+            .map(|t| OpenRun {
+                name: t.0,
                 frac,
-                stats: open_stats(&r),
-                per_second: windowed_p99(&r.samples, Duration::from_secs(1)),
-                threads: thread_delta(&before, &after),
-                gen_cpu_us,
-                run: r,
-            });
+                stats: OpenStats::default(),
+                per_second: Vec::new(),
+                threads: Default::default(),
+                gen_cpu_s: 0.0,
+                run: OpenLoop {
+                    rate,
+                    samples: Vec::new(),
+                    errors: 0,
+                    fine_timers: true,
+                },
+            })
+            .collect();
+        for k in 0..slices {
+            for (run, (_, addr, pids)) in acc.iter_mut().zip(&targets) {
+                let before: Vec<_> = pids.iter().flat_map(|&p| thread_stats(p)).collect();
+                let gen0 = cpu_seconds(&std::process::id().to_string());
+                let r = open_loop(*addr, heads.clone(), rate, oc, slice)?;
+                let gen1 = cpu_seconds(&std::process::id().to_string());
+                let after: Vec<_> = pids.iter().flat_map(|&p| thread_stats(p)).collect();
+                if let (Some(a), Some(b)) = (gen0, gen1) {
+                    run.gen_cpu_s += b - a;
+                }
+                for (name, cpu, vol, inv) in thread_delta(&before, &after) {
+                    let e = run.threads.entry(name).or_default();
+                    e.0 += cpu;
+                    e.1 += vol;
+                    e.2 += inv;
+                }
+                let shift = (slice * k as u32).as_micros() as u64;
+                run.run.samples.extend(r.samples.into_iter().map(|mut x| {
+                    x.sched_us += shift;
+                    x
+                }));
+                run.run.errors += r.errors;
+                run.run.fine_timers &= r.fine_timers;
+            }
+        }
+        for mut run in acc {
+            run.stats = open_stats(&run.run);
+            run.per_second = windowed_p99(&run.run.samples, Duration::from_secs(1));
+            open_runs.push(run);
         }
     }
     let half = open_runs
         .iter()
-        .filter(|r| r.name.starts_with("certgate"))
+        .filter(|r| r.name.starts_with("certgate-edge"))
         .min_by(|a, b| (a.frac - 0.5).abs().total_cmp(&(b.frac - 0.5).abs()))
         .map(|r| (r.run.rate, r.stats));
 
@@ -1024,7 +1169,7 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "open loop (own generator: {oc} blocking connections, one thread each, latency from the scheduled send; send lateness = the generator's own delay):"
+        "open loop (own generator: {oc} keep-alive connections, one sender thread with 1 µs timer slack, one reader thread; latency from the scheduled send time; send lateness = the generator's own delay, timer wake-up or no free connection; targets alternate in {slices} slices):"
     );
     println!();
     println!(
@@ -1046,7 +1191,7 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
             st.late_p99,
             st.late_1ms * 100.0,
             r.run.errors,
-            r.gen_cpu_us
+            r.gen_cpu_s * 1e6 / (r.run.samples.len().max(1) as f64)
         );
     }
     println!();
@@ -1063,11 +1208,13 @@ pub(crate) fn ocsp(args: OcspArgs) -> anyhow::Result<()> {
                 " (timer slack not settable: coarser sends)"
             }
         );
-        let threads: Vec<String> = r
-            .threads
-            .iter()
-            .filter(|(_, cpu, _, _)| *cpu > 0.0)
-            .map(|(n, cpu, vol, inv)| format!("{n} {cpu:.2} s ({vol} vol / {inv} invol switches)"))
+        let mut threads: Vec<_> = r.threads.iter().filter(|(_, t)| t.0 > 0.0).collect();
+        threads.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+        let threads: Vec<String> = threads
+            .into_iter()
+            .map(|(n, (cpu, vol, inv))| {
+                format!("{n} {cpu:.2} s ({vol} vol / {inv} invol switches)")
+            })
             .collect();
         println!("    server threads: {}", threads.join("; "));
     }
@@ -1313,4 +1460,76 @@ async fn propagation(
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_response_waits_for_the_whole_body() {
+        let full = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1";
+        assert_eq!(parse_response(&full[..10]).expect("partial head"), None);
+        assert_eq!(parse_response(&full[..40]).expect("partial body"), None);
+        assert_eq!(
+            parse_response(full).expect("complete"),
+            Some((200, full.len() - "HTTP/1.1".len()))
+        );
+        assert!(parse_response(b"HTTP/1.1 abc\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn windowed_p99_splits_by_scheduled_time() {
+        let s = |sched_us, lat_us| Sample {
+            sched_us,
+            lat_us,
+            late_us: 0,
+        };
+        // Window 1 is empty; window 2 has one slow request.
+        let samples = [s(0, 1000), s(10, 2000), s(2_000_100, 9000)];
+        let w = windowed_p99(&samples, Duration::from_secs(1));
+        assert_eq!(w.len(), 3);
+        assert_eq!(w[0], 2.0);
+        assert!(w[1].is_nan());
+        assert_eq!(w[2], 9.0);
+    }
+
+    /// Every scheduled request is sent and answered exactly once against a real (tiny) keep-alive
+    /// server, whatever the timing: the schedule is complete and no request is counted twice.
+    #[test]
+    fn open_loop_sends_each_scheduled_request_once() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                            if conn.write_all(reply).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let heads = Arc::new(vec![b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n".to_vec()]);
+        let r = open_loop(addr, heads, 2000.0, 4, Duration::from_millis(250)).expect("open loop");
+        assert_eq!(r.errors, 0);
+        assert_eq!(r.samples.len(), 500);
+        let mut sched: Vec<u64> = r.samples.iter().map(|s| s.sched_us).collect();
+        sched.dedup();
+        assert_eq!(sched.len(), 500, "each scheduled send answered once");
+        assert!(r.samples.iter().all(|s| s.lat_us >= s.late_us));
+    }
 }
