@@ -21,7 +21,10 @@
 //! still uploading do not all read the response then (curl 7.88 fails with "Stream error in the
 //! HTTP/2 framing layer"), so [`DrainOnDrop`] first reads and discards the rest of the request
 //! body in the background, within the same bounds; a client that sends more, or for longer, gets
-//! the `RST_STREAM(NO_ERROR)` then. HTTP/3 stops the stream with `STOP_SENDING(H3_NO_ERROR)`
+//! the `RST_STREAM(NO_ERROR)` then. A stream being drained is still open for HTTP/2 (half-closed
+//! on our side), so it keeps counting against the connection's concurrent-stream limit (128),
+//! and its connection against `[limits] max_connections`; a drain ends at once when its
+//! connection does. HTTP/3 stops the stream with `STOP_SENDING(H3_NO_ERROR)`
 //! ([`crate::h3`], RFC 9114 §4.1), which QUIC clients handle.
 
 use std::pin::Pin;
