@@ -185,3 +185,73 @@ impl RedisTlsServer {
         (ok, out.trim().to_owned())
     }
 }
+
+/// A test CA and what it issued (rcgen, P-256): PEM strings for the server side, files for the
+/// client side (what `[store.tls]` and `[redis] tls_*` name).
+pub struct Pki {
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+    /// The same, as a file.
+    pub ca_file: PathBuf,
+    /// The server certificate (serverAuth, the SANs asked for), PEM.
+    pub server_cert: String,
+    /// Its key, PEM (PKCS#8).
+    pub server_key: String,
+    /// The client certificate (clientAuth, CN as asked), file.
+    pub client_cert_file: PathBuf,
+    /// Its key, file.
+    pub client_key_file: PathBuf,
+}
+
+/// A leaf certificate signed by `issuer`: (certificate PEM, key PEM).
+fn issue(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    sans: &[&str],
+    cn: &str,
+    client: bool,
+) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut p =
+        rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("params");
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.extended_key_usages = vec![if client {
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    let cert = p.signed_by(&key, issuer).expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A CA named `name`, a server certificate for `server_sans`, and a client certificate whose CN
+/// is `client_cn` (PostgreSQL maps it to the role), written under `dir/name-*`.
+pub fn pki(dir: &Path, name: &str, server_sans: &[&str], client_cn: &str) -> Pki {
+    let key = rcgen::KeyPair::generate().expect("ca key");
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} store CA"));
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(p, key).expect("ca");
+    let (server_cert, server_key) = issue(&ca, server_sans, server_sans[0], false);
+    let (client_cert, client_key) = issue(&ca, &[], client_cn, true);
+    let ca_file = dir.join(format!("{name}-ca.pem"));
+    let client_cert_file = dir.join(format!("{name}-client.pem"));
+    let client_key_file = dir.join(format!("{name}-client.key"));
+    std::fs::write(&ca_file, ca.pem()).expect("write ca");
+    std::fs::write(&client_cert_file, client_cert).expect("write client cert");
+    std::fs::write(&client_key_file, client_key).expect("write client key");
+    Pki {
+        ca_pem: ca.pem(),
+        ca_file,
+        server_cert,
+        server_key,
+        client_cert_file,
+        client_key_file,
+    }
+}

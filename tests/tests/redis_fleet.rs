@@ -428,3 +428,82 @@ async fn two_edges_share_nonces_limits_and_ocsp_through_redis_and_survive_its_re
         1
     );
 }
+
+/// Two real edges on a `redis-server` that speaks TLS only and wants client certificates
+/// (docs/operations.md, "Redis over TLS"): edge A, configured with the Redis CA and a client
+/// certificate, redeems nonces there (201, then badNonce on replay); edge B, trusting another
+/// CA, refuses every nonce exactly as with Redis unreachable — `badNonce` 503 + Retry-After,
+/// counted — never accepting one it could not record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_over_rediss_redeem_nonces_and_a_foreign_ca_fails_closed() {
+    use certgate_e2e::tls_stores::{RedisTlsServer, pki};
+    let mut fleet = Fleet::init();
+    let certs = fleet.scratch().join("redis-tls");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    let good = pki(&certs, "good", &["127.0.0.1"], "edge");
+    let other = pki(&certs, "other", &["127.0.0.1"], "edge");
+    let redis = RedisTlsServer::start(&good.server_cert, &good.server_key, &good.ca_pem, true);
+    let edge_toml = std::fs::read_to_string(fleet.edge_config()).expect("edge.toml");
+    let with_ca = |ca: &Path| {
+        format!(
+            "{edge_toml}\n[redis]\nurl = \"{}\"\nkey_prefix = \"fleet-tls\"\nop_timeout_ms = 2000\nreconnect_ms = 100\ntls_ca_file = \"{}\"\ntls_client_cert_file = \"{}\"\ntls_client_key_file = \"{}\"\n",
+            redis.url(),
+            ca.display(),
+            good.client_cert_file.display(),
+            good.client_key_file.display()
+        )
+    };
+    std::fs::write(fleet.edge_config(), with_ca(&good.ca_file)).expect("edge.toml A");
+    fleet.start_all();
+    // Edge B's config is edge A's with the other CA (written after A has read its own).
+    std::fs::write(fleet.edge_config(), with_ca(&other.ca_file)).expect("edge.toml B");
+    let (edge_b, https_b, _http_b, admin_b) = second_edge(&fleet);
+    let a = Edge::new(&fleet, fleet.https).await;
+    let b = Edge::new(&fleet, https_b).await;
+
+    let key = TestKey::es256();
+    let n = a.nonce().await;
+    let r = a.new_account(&key, &n).await;
+    assert_eq!(
+        r.status,
+        201,
+        "nonce redeemed over rediss: {}\nredis log:\n{}",
+        String::from_utf8_lossy(&r.body),
+        redis.log()
+    );
+    let r = a.new_account(&key, &n).await;
+    assert_eq!((r.status, r.problem().as_str()), (400, "badNonce"), "{r:?}");
+    let (ok, keys) = redis.cli(
+        Some((&good.client_cert_file, &good.client_key_file)),
+        &["--scan", "--pattern", "fleet-tls:nonce:*"],
+    );
+    assert!(ok && keys.lines().count() == 1, "{keys}");
+
+    // B cannot verify Redis: fail closed, even for A's nonce that was never redeemed.
+    let n2 = a.nonce().await;
+    for nonce in [b.nonce().await, n2] {
+        let r = b.new_account(&TestKey::es256(), &nonce).await;
+        assert_eq!(
+            (r.status, r.problem().as_str()),
+            (503, "badNonce"),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(r.header("retry-after").is_some(), "{r:?}");
+    }
+    assert!(
+        metric(
+            admin_b,
+            "certgate_edge_redis_fallbacks_total",
+            &["nonce_redeem", "outcome=\"closed\""]
+        ) >= 2.0
+    );
+    let (_, keys) = redis.cli(
+        Some((&good.client_cert_file, &good.client_key_file)),
+        &["--scan", "--pattern", "fleet-tls:nonce:*"],
+    );
+    assert_eq!(keys.lines().count(), 1, "B recorded nothing: {keys}");
+    // The operator learns why from B's log: the refused certificate, not just "io".
+    let log = edge_b.log();
+    assert!(log.contains("UnknownIssuer"), "{log}");
+}

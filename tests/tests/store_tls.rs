@@ -7,7 +7,7 @@
 //! wrong CA makes redemption fail exactly as an unreachable Redis does (NonceStoreUnavailable,
 //! which the ACME edge answers with badNonce 503).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -15,72 +15,10 @@ use certgate_acme::nonce::{NonceStore, NonceVerifier};
 use certgate_core::store::status::StatusStore;
 use certgate_core::store::{PgConfig, PgStore, PgTlsConfig, Store, TenantRec};
 use certgate_e2e::pg::PgServer;
-use certgate_e2e::tls_stores::{RedisTlsServer, enable_pg_tls, pg_sessions_ssl};
+use certgate_e2e::tls_stores::{Pki, RedisTlsServer, enable_pg_tls, pg_sessions_ssl, pki};
 use certgate_edge::shared::redis_nonce::RedisNonceStore;
 use certgate_edge::shared::{RedisConfig, RedisPool};
 use zeroize::Zeroizing;
-
-/// A CA and what it issued, as PEM files in `dir`.
-struct Pki {
-    ca_pem: String,
-    ca_file: PathBuf,
-    server_cert: String,
-    server_key: String,
-    client_cert_file: PathBuf,
-    client_key_file: PathBuf,
-}
-
-fn issue(
-    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
-    sans: &[&str],
-    cn: &str,
-    client: bool,
-) -> (String, String) {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut p =
-        rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .expect("params");
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-    p.extended_key_usages = vec![if client {
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth
-    } else {
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth
-    }];
-    let cert = p.signed_by(&key, issuer).expect("sign");
-    (cert.pem(), key.serialize_pem())
-}
-
-/// A CA named `name`, a server certificate for `server_sans`, and a client certificate whose CN
-/// is `client_cn` (PostgreSQL maps it to the role), written under `dir/name-*`.
-fn pki(dir: &Path, name: &str, server_sans: &[&str], client_cn: &str) -> Pki {
-    let key = rcgen::KeyPair::generate().expect("ca key");
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{name} store CA"));
-    p.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca = rcgen::CertifiedIssuer::self_signed(p, key).expect("ca");
-    let (server_cert, server_key) = issue(&ca, server_sans, server_sans[0], false);
-    let (client_cert, client_key) = issue(&ca, &[], client_cn, true);
-    let ca_file = dir.join(format!("{name}-ca.pem"));
-    let client_cert_file = dir.join(format!("{name}-client.pem"));
-    let client_key_file = dir.join(format!("{name}-client.key"));
-    std::fs::write(&ca_file, ca.pem()).expect("write ca");
-    std::fs::write(&client_cert_file, client_cert).expect("write client cert");
-    std::fs::write(&client_key_file, client_key).expect("write client key");
-    Pki {
-        ca_pem: ca.pem(),
-        ca_file,
-        server_cert,
-        server_key,
-        client_cert_file,
-        client_key_file,
-    }
-}
 
 fn tls(ca: &Path, client: Option<&Pki>) -> PgTlsConfig {
     let mut toml_text = format!("ca_file = {:?}\n", ca.display().to_string());
