@@ -113,6 +113,15 @@ impl PgConfig {
             if c.get_user().is_none() {
                 return Err(format!("[store] {what} must name a user"));
             }
+            if self.tls.is_some()
+                && c.get_hosts()
+                    .iter()
+                    .any(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)))
+            {
+                return Err(format!(
+                    "[store] {what}: [store.tls] needs TCP hosts (a unix socket has no TLS)"
+                ));
+            }
             // Without [store.tls] there is no TLS implementation: a URL asking for TLS would
             // only fail at the first connection, so say why now.
             if self.tls.is_none() && c.get_ssl_mode() == tokio_postgres::config::SslMode::Require {

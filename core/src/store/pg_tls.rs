@@ -347,6 +347,53 @@ mod tests {
     }
 
     #[test]
+    fn store_table_with_a_tls_subtable_parses_resolves_and_is_checked() {
+        let parse = |url: &str, tls: &str| -> crate::store::PgConfig {
+            toml::from_str(&format!("url = {url:?}\n[tls]\n{tls}")).expect("parses")
+        };
+        let c = parse(
+            "postgres://app@db.internal/certgate",
+            "ca_file = \"ca.pem\"\nclient_cert_file = \"c.pem\"\nclient_key_file = \"c.key\"",
+        );
+        assert!(c.check().is_ok());
+        let c = c.resolve(Path::new("/etc/certgate"));
+        let t = c.tls.expect("tls");
+        assert_eq!(t.mode, PgTlsMode::VerifyFull);
+        assert_eq!(t.ca_file, Path::new("/etc/certgate/ca.pem"));
+        assert_eq!(
+            t.client_key_file.as_deref(),
+            Some(Path::new("/etc/certgate/c.key"))
+        );
+        // A unix socket has no TLS: refused rather than silently plain.
+        let unix = parse(
+            "postgresql://app@%2Frun%2Fpostgresql/certgate",
+            "ca_file = \"ca.pem\"",
+        );
+        assert!(
+            unix.check().expect_err("unix").contains("unix socket"),
+            "refused for the socket, not another reason"
+        );
+        // sslmode=require without [store.tls] cannot be honoured: refused at start.
+        let no_tls: crate::store::PgConfig =
+            toml::from_str("url = \"postgres://app@db/certgate?sslmode=require\"").expect("parses");
+        assert!(
+            no_tls
+                .check()
+                .expect_err("sslmode")
+                .contains("sslmode=require")
+        );
+        // With [store.tls] the URL's sslmode does not matter (TLS is forced).
+        assert!(
+            parse(
+                "postgres://app@db/certgate?sslmode=disable",
+                "ca_file = \"ca.pem\""
+            )
+            .check()
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn config_needs_both_client_files_and_a_ca() {
         let dir = tempfile::tempdir().expect("tempdir");
         let t: PgTlsConfig =
