@@ -960,11 +960,15 @@ pub fn redirect_hop(current: &Hop, location: &str, ports: RedirectPorts) -> Resu
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(refuse("credentials in the URL"));
     }
-    let path = uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "/".into());
+    // An empty path (`https://h?q`) is `/` (RFC 9110 §4.2.3); found by the fuzz target.
+    let mut path = match uri.path() {
+        p if p.starts_with('/') => p.to_owned(),
+        _ => "/".to_owned(),
+    };
+    if let Some(q) = uri.query() {
+        path.push('?');
+        path.push_str(q);
+    }
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let target = match bare.parse::<IpAddr>() {
         Ok(ip) => IdentRec {
@@ -1571,6 +1575,10 @@ mod tests {
         assert_eq!(hop("https://b.example:443/").expect("443").port, 443);
         assert_eq!(hop("http://b.example:80/").expect("80").port, 80);
         assert_eq!(hop("http://b.example").expect("no path").path, "/");
+        assert_eq!(
+            hop("https://b.example:?q=1").expect("query only").path,
+            "/?q=1"
+        );
         let h = hop("/elsewhere").expect("relative");
         assert_eq!((h.port, h.path.as_str()), (5002, "/elsewhere"));
         assert_eq!(h.target, here.target);
