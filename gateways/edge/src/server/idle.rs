@@ -16,7 +16,10 @@
 //!   connection alike (hyper's timer closed the last two after exactly `header_timeout_ms`).
 //!   A request in service is bounded by the request deadline instead, and a large response
 //!   being read slowly keeps the connection as long as its writes progress (as before).
-//!   HTTP/2 connections get the same idle bound (hyper's timer never covered them).
+//!   HTTP/2 connections get the same idle bound (hyper's timer never covered them). A
+//!   connection that served requests is closed gracefully (HTTP/2 GOAWAY, so a client about to
+//!   reuse it retries on a new one) and dropped half a period later if still open; one that
+//!   never completed a request is dropped at once.
 //!
 //! The timer and the listener's shutdown signal are polled only when they fire (their own
 //! waker, [`SideWake`]), not on every wake of the connection's task: before, each request paid
@@ -173,7 +176,8 @@ pub(crate) enum Ended<E> {
 
 /// Drives `conn` to its end, calling `graceful` once when `shutdown` flips (finish the requests
 /// in flight, accept no new ones) and closing it when [`Activity`] shows nothing for
-/// `idle_after` (see the module docs; at most 1.5 × `idle_after`).
+/// `idle_after` (see the module docs; at most 1.5 × `idle_after`, plus half of it when a
+/// connection that served requests does not end on its graceful close).
 ///
 /// The shutdown is checked before the connection in the same poll, so a handler finishing in
 /// the poll that sees the shutdown still answers with `connection: close` / after GOAWAY.
@@ -197,6 +201,7 @@ where
     let mut graceful = Some(graceful);
     let mut tick = Box::pin(tokio::time::sleep(period));
     let mut watchdog = Watchdog::default();
+    let mut closing = false;
     std::future::poll_fn(move |cx| {
         side.task.register(cx.waker());
         if side.fired.swap(false, Ordering::AcqRel) {
@@ -208,8 +213,24 @@ where
                 }
             }
             while tick.as_mut().poll(&mut scx).is_ready() {
-                if watchdog.idle(activity.look()) {
+                if closing {
+                    // Asked to close a period ago and still open: drop it.
                     return Poll::Ready(Ended::Idle);
+                }
+                if watchdog.idle(activity.look()) {
+                    match graceful.take() {
+                        // A connection that served requests is closed politely (HTTP/2
+                        // GOAWAY, so a client about to reuse it retries elsewhere; an idle
+                        // HTTP/1.1 connection closes at once), then dropped if still open one
+                        // period later (a head trickling in on a kept-alive connection).
+                        Some(g) if activity.started.load(Ordering::Relaxed) > 0 => {
+                            g(conn.as_mut());
+                            closing = true;
+                        }
+                        // Never a request (slowloris on a fresh connection), or already
+                        // shutting down: nothing to be polite to.
+                        _ => return Poll::Ready(Ended::Idle),
+                    }
                 }
                 // From now, not from the deadline: looks stay a period apart even after the
                 // task was late (two looks in a row after a stall would see no progress).
@@ -310,6 +331,41 @@ mod tests {
         let took = start.elapsed();
         assert!(
             took >= Duration::from_secs(10) && took <= Duration::from_secs(15),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_that_served_requests_is_closed_gracefully_first() {
+        let (_tx, mut rx) = watch::channel(false);
+        let a = Arc::new(Activity::default());
+        drop(a.begin());
+        let mut conn = Forever(Arc::new(AtomicUsize::new(0)));
+        let graceful = Arc::new(AtomicBool::new(false));
+        let g = graceful.clone();
+        let start = tokio::time::Instant::now();
+        let run = serve(
+            Pin::new(&mut conn),
+            move |_| g.store(true, Ordering::Relaxed),
+            &mut rx,
+            &a,
+            Duration::from_secs(10),
+        );
+        tokio::pin!(run);
+        tokio::select! {
+            _ = &mut run => panic!("dropped before the graceful close had a chance"),
+            _ = tokio::time::sleep(Duration::from_millis(15_500)) => {}
+        }
+        // The request counted as activity in the first period: idle from 5 s, closed at 15 s.
+        assert!(
+            graceful.load(Ordering::Relaxed),
+            "graceful close within 1.5 timeouts"
+        );
+        // This connection ignores it: dropped one period later.
+        assert!(matches!(run.await, Ended::Idle));
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(15) && took <= Duration::from_millis(22_500),
             "{took:?}"
         );
     }
