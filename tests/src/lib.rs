@@ -5,6 +5,7 @@
 //! README's test command builds them first; if one is missing, the harness builds it once with
 //! cargo so `cargo nextest run -p certgate-e2e` also works on its own.
 
+pub mod cmp;
 pub mod h3client;
 pub mod pg;
 pub mod redis;

@@ -2,92 +2,12 @@
 //! and edge processes on loopback), with the dev MAC credentials from dev-credentials.toml.
 //! Every certificate is checked with `openssl verify` against the dev root and chain.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use certgate_e2e::{Fleet, http_get, run, start_up};
+use certgate_e2e::cmp::{Cmp, issued};
+use certgate_e2e::{Fleet, run, start_up};
 use der::{Decode, Encode};
-
-struct Cmp<'a> {
-    fleet: &'a Fleet,
-    server: String,
-    reference: String,
-    secret: String,
-}
-
-impl Cmp<'_> {
-    fn path(&self, name: &str) -> PathBuf {
-        self.fleet.scratch().join(name)
-    }
-    fn p(&self, name: &str) -> String {
-        self.path(name).to_string_lossy().into_owned()
-    }
-
-    fn key(&self, name: &str) -> String {
-        let (ok, _, err) = run(Command::new("openssl").args([
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            &self.p(name),
-        ]));
-        assert!(ok, "genpkey: {err}");
-        self.p(name)
-    }
-
-    /// Runs `openssl cmp` with the common arguments plus `args`; (success, stdout+stderr).
-    fn run(&self, args: &[&str]) -> (bool, String) {
-        let root = self.fleet.root_pem().to_string_lossy().into_owned();
-        let mut cmd = Command::new("openssl");
-        cmd.arg("cmp")
-            .args(["-server", &self.server, "-trusted", &root])
-            .args(["-unprotected_errors", "-msg_timeout", "20"])
-            .args(args);
-        let (ok, out, err) = run(&mut cmd);
-        (ok, format!("{out}\n{err}"))
-    }
-
-    fn mac<'b>(&'b self, args: &[&'b str]) -> Vec<&'b str> {
-        let mut v = vec![
-            "-ref",
-            self.reference.as_str(),
-            "-secret",
-            self.secret.as_str(),
-        ];
-        v.extend_from_slice(args);
-        v
-    }
-
-    fn verify(&self, cert: &str) {
-        let (ok, out, err) = run(Command::new("openssl").args([
-            "verify",
-            "-CAfile",
-            &self.fleet.root_pem().to_string_lossy(),
-            "-untrusted",
-            &self.fleet.chain_pem().to_string_lossy(),
-            cert,
-        ]));
-        assert!(ok, "openssl verify {cert}: {out}{err}");
-    }
-}
-
-/// The edge's count of successful Core.Issue calls (admin /metrics).
-fn issued(fleet: &Fleet) -> u64 {
-    let (status, body) = http_get(fleet.admin, "/metrics").expect("metrics");
-    assert_eq!(status, 200);
-    String::from_utf8_lossy(&body)
-        .lines()
-        .filter(|l| {
-            l.starts_with("certgate_edge_core_call_duration_seconds_count")
-                && l.contains("method=\"issue\"")
-                && l.contains("outcome=\"ok\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
 
 /// PasswordBasedMac (RFC 4210 §5.1.3.1), to re-protect a modified request.
 fn pbm(alg_der: &[u8], secret: &[u8], msg: &[u8]) -> Vec<u8> {
@@ -149,6 +69,7 @@ fn openssl_cmp_against_certgate_up() {
         server: format!("http://{}/.well-known/cmp", fleet.http),
         reference: creds.get("cmp_reference").expect("cmp_reference").clone(),
         secret: format!("pass:{}", creds.get("cmp_secret").expect("cmp_secret")),
+        msg_timeout: 20,
     };
 
     // ir with MAC, no implicitConfirm: ip, certConf → pkiConf.

@@ -7,115 +7,10 @@
 //! carrying signerNotTrusted and nothing is issued; a cr signed by another, unrevoked
 //! certificate of the same CA still works.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use certgate_e2e::{Fleet, http_get, run, start_up};
-
-struct Cmp<'a> {
-    fleet: &'a Fleet,
-    server: String,
-    reference: String,
-    secret: String,
-}
-
-impl Cmp<'_> {
-    fn path(&self, name: &str) -> PathBuf {
-        self.fleet.scratch().join(name)
-    }
-    fn p(&self, name: &str) -> String {
-        self.path(name).to_string_lossy().into_owned()
-    }
-
-    fn key(&self, name: &str) -> String {
-        let (ok, _, err) = run(Command::new("openssl").args([
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            &self.p(name),
-        ]));
-        assert!(ok, "genpkey: {err}");
-        self.p(name)
-    }
-
-    /// Runs `openssl cmp` with the common arguments plus `args`; (success, stdout+stderr).
-    fn run(&self, args: &[&str]) -> (bool, String) {
-        let root = self.fleet.root_pem().to_string_lossy().into_owned();
-        let mut cmd = Command::new("openssl");
-        cmd.arg("cmp")
-            .args(["-server", &self.server, "-trusted", &root])
-            .args(["-unprotected_errors", "-msg_timeout", "30"])
-            .args(args);
-        let (ok, out, err) = run(&mut cmd);
-        (ok, format!("{out}\n{err}"))
-    }
-
-    /// A request signature-protected by `cert`/`key`.
-    fn signed(&self, cert: &str, key: &str, cmd: &str, newkey: &str, out: &str) -> (bool, String) {
-        let chain = self.fleet.chain_pem().to_string_lossy().into_owned();
-        let certout = self.p(out);
-        let mut args = vec![
-            "-cert",
-            cert,
-            "-key",
-            key,
-            "-extracerts",
-            &chain,
-            "-cmd",
-            cmd,
-            "-newkey",
-            newkey,
-            "-certout",
-            &certout,
-        ];
-        if cmd == "cr" {
-            args.extend(["-subject", "/CN=cmp-signed"]);
-        }
-        self.run(&args)
-    }
-
-    fn verify(&self, cert: &str) {
-        let (ok, out, err) = run(Command::new("openssl").args([
-            "verify",
-            "-CAfile",
-            &self.fleet.root_pem().to_string_lossy(),
-            "-untrusted",
-            &self.fleet.chain_pem().to_string_lossy(),
-            cert,
-        ]));
-        assert!(ok, "openssl verify {cert}: {out}{err}");
-    }
-
-    /// The certificate's serial, hex (as `openssl x509 -serial` prints it).
-    fn serial(&self, cert: &str) -> String {
-        let (ok, out, err) =
-            run(Command::new("openssl").args(["x509", "-noout", "-serial", "-in", cert]));
-        assert!(ok, "x509 -serial: {err}");
-        out.trim()
-            .strip_prefix("serial=")
-            .expect("serial= line")
-            .to_owned()
-    }
-}
-
-/// The edge's count of successful Core.Issue calls (admin /metrics).
-fn issued(fleet: &Fleet) -> u64 {
-    let (status, body) = http_get(fleet.admin, "/metrics").expect("metrics");
-    assert_eq!(status, 200);
-    String::from_utf8_lossy(&body)
-        .lines()
-        .filter(|l| {
-            l.starts_with("certgate_edge_core_call_duration_seconds_count")
-                && l.contains("method=\"issue\"")
-                && l.contains("outcome=\"ok\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
+use certgate_e2e::cmp::{Cmp, issued};
+use certgate_e2e::{Fleet, start_up};
 
 #[test]
 fn a_revoked_protecting_certificate_is_signer_not_trusted() {
@@ -127,6 +22,7 @@ fn a_revoked_protecting_certificate_is_signer_not_trusted() {
         server: format!("http://{}/.well-known/cmp", fleet.http),
         reference: creds.get("cmp_reference").expect("cmp_reference").clone(),
         secret: format!("pass:{}", creds.get("cmp_secret").expect("cmp_secret")),
+        msg_timeout: 30,
     };
 
     // Two certificates from MAC-protected irs.
