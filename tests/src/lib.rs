@@ -9,6 +9,7 @@ pub mod cmp;
 pub mod h3client;
 pub mod pg;
 pub mod redis;
+pub mod scep;
 pub mod tls_stores;
 
 use std::net::{SocketAddr, TcpListener};

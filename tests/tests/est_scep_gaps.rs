@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use certgate_e2e::scep::{openssl, s};
 use certgate_e2e::{ChildGuard, Fleet, bin};
 use certgate_scep::client::{Request, build_request, read_reply};
 use certgate_scep::{FailInfo, PkiStatus};
@@ -39,23 +40,6 @@ fn start_up(fleet: &Fleet) -> ChildGuard {
         std::thread::sleep(Duration::from_millis(100));
     }
     up
-}
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
-fn openssl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 /// curl: (HTTP status, content type, body). `post` = body file for a PKIOperation POST.

@@ -13,49 +13,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use certgate_e2e::scep::{openssl, post, s};
 use certgate_e2e::{Fleet, http_get, start_up};
 use certgate_scep::client::{self, Request, RequestOptions, read_reply};
 use certgate_scep::{FailInfo, PkiStatus};
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
-fn openssl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// curl POST of a PKIOperation: (HTTP status, body).
-fn post(url: &str, msg: &[u8], dir: &Path, name: &str) -> (u16, Vec<u8>) {
-    let req = dir.join(format!("{name}.req"));
-    let rep = dir.join(format!("{name}.rep"));
-    std::fs::write(&req, msg).expect("write request");
-    let o = Command::new("curl")
-        .args(["-s", "-o", &s(&rep), "-w", "%{http_code}"])
-        .args([
-            "-H",
-            "Content-Type: application/x-pki-message",
-            "--data-binary",
-        ])
-        .arg(format!("@{}", s(&req)))
-        .arg(format!("{url}?operation=PKIOperation"))
-        .output()
-        .expect("curl runs");
-    let code = String::from_utf8_lossy(&o.stdout)
-        .trim()
-        .parse()
-        .expect("http code");
-    (code, std::fs::read(&rep).unwrap_or_default())
-}
 
 /// The RA certificate (DER): the GetCACert certificate whose subject names the SCEP RA.
 fn ra_cert(url: &str, dir: &Path) -> Vec<u8> {

@@ -7,11 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use certgate_e2e::scep::{post, s};
 use certgate_e2e::{Fleet, run, start_up};
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
 
 fn verify(fleet: &Fleet, cert: &Path) {
     let (ok, out, err) = run(Command::new("openssl").args([
@@ -255,33 +252,6 @@ fn der_of(pem: &Path, kind: &str) -> Vec<u8> {
     out.stdout
 }
 
-/// POSTs a PKIOperation with curl; (HTTP status, body).
-fn post(fleet: &Fleet, url: &str, msg: &[u8], name: &str) -> (u16, Vec<u8>) {
-    let req = fleet.scratch().join(format!("{name}.req"));
-    let rep = fleet.scratch().join(format!("{name}.rep"));
-    std::fs::write(&req, msg).expect("write request");
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            &s(&rep),
-            "-w",
-            "%{http_code}",
-            "-H",
-            "Content-Type: application/x-pki-message",
-            "--data-binary",
-        ])
-        .arg(format!("@{}", s(&req)))
-        .arg(format!("{url}?operation=PKIOperation"))
-        .output()
-        .expect("curl runs");
-    let code = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("http code");
-    (code, std::fs::read(&rep).unwrap_or_default())
-}
-
 /// GetCert and GetCRL built with the crate's client side (signed by the enrolled device),
 /// GetCACaps text, and a tampered message.
 fn get_cert_get_crl_and_malformed(fleet: &Fleet, url: &str, ra: &Path, cert: &Path, key: &Path) {
@@ -306,14 +276,14 @@ fn get_cert_get_crl_and_malformed(fleet: &Fleet, url: &str, ra: &Path, cert: &Pa
         .expect("build request")
     };
 
-    let (code, body) = post(fleet, url, &msg("21", "getcert-1"), "getcert");
+    let (code, body) = post(url, &msg("21", "getcert-1"), &fleet.scratch(), "getcert");
     assert_eq!(code, 200);
     let reply = read_reply(&body, &key).expect("GetCert reply");
     assert_eq!(reply.status, certgate_scep::PkiStatus::Success);
     assert_eq!(reply.recipient_nonce, vec![9u8; 16]);
     assert_eq!(reply.certs, vec![cert.clone()]);
 
-    let (code, body) = post(fleet, url, &msg("22", "getcrl-1"), "getcrl");
+    let (code, body) = post(url, &msg("22", "getcrl-1"), &fleet.scratch(), "getcrl");
     assert_eq!(code, 200);
     let reply = read_reply(&body, &key).expect("GetCRL reply");
     assert_eq!(
@@ -339,7 +309,7 @@ fn get_cert_get_crl_and_malformed(fleet: &Fleet, url: &str, ra: &Path, cert: &Pa
     assert!(ok, "openssl crl: {err}");
 
     // CertPoll: no pending state → FAILURE badCertId.
-    let (code, body) = post(fleet, url, &msg("20", "poll-1"), "poll");
+    let (code, body) = post(url, &msg("20", "poll-1"), &fleet.scratch(), "poll");
     assert_eq!(code, 200);
     let reply = read_reply(&body, &key).expect("CertPoll reply");
     assert_eq!(reply.status, certgate_scep::PkiStatus::Failure);
@@ -350,7 +320,7 @@ fn get_cert_get_crl_and_malformed(fleet: &Fleet, url: &str, ra: &Path, cert: &Pa
     let mut bad = msg("21", "getcert-2");
     let n = bad.len();
     bad[n - 5] ^= 0x55;
-    let (code, body) = post(fleet, url, &bad, "tampered");
+    let (code, body) = post(url, &bad, &fleet.scratch(), "tampered");
     assert_eq!(code, 200);
     let reply = read_reply(&body, &key).expect("FAILURE reply to a tampered message");
     assert_eq!(reply.status, certgate_scep::PkiStatus::Failure);
