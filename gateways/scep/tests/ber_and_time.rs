@@ -1,27 +1,16 @@
 //! BER (indefinite-length, chunked) CMS from streaming encoders, and the signingTime window
 //! (RFC 8894 §3.2.1.4.5 badTime), against keys, certificates, CSRs and CMS made by OpenSSL.
 
+mod common;
+
 use certgate_scep::client::{self, Request, RequestOptions};
 use certgate_scep::{
     DEFAULT_SIGNING_TIME_SKEW, FailInfo, RequestContent, ber, parse_pki_message,
     parse_pki_message_at,
 };
+use common::{openssl, read};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -32,43 +21,11 @@ struct Fixture {
     csr: Vec<u8>,
 }
 
-fn read(dir: &Path, name: &str) -> Vec<u8> {
-    std::fs::read(dir.join(name)).expect("read fixture")
-}
-
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     for (name, cn) in [("ra", "/CN=Test SCEP RA"), ("client", "/CN=device-ber")] {
-        let key = format!("{name}.key");
-        openssl(
-            d,
-            &[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-                &key,
-            ],
-        );
-        let p8 = format!("{name}.p8");
-        openssl(
-            d,
-            &[
-                "pkcs8", "-topk8", "-nocrypt", "-in", &key, "-outform", "DER", "-out", &p8,
-            ],
-        );
-        let pem = format!("{name}.pem");
-        openssl(
-            d,
-            &[
-                "req", "-x509", "-new", "-key", &key, "-subj", cn, "-days", "2", "-out", &pem,
-            ],
-        );
-        let der = format!("{name}.der");
-        openssl(d, &["x509", "-in", &pem, "-outform", "DER", "-out", &der]);
+        common::self_signed(d, name, cn);
     }
     openssl(
         d,

@@ -1,26 +1,16 @@
 //! PKIOperation parsing and CertRep building against RSA keys, certificates and CSRs made by
 //! OpenSSL, with OpenSSL checking the CertRep the crate builds.
 
+mod common;
+
 use certgate_scep::client::{self, Request};
 use certgate_scep::{
     CertRep, FailInfo, MessageType, NextCaCert, PkiStatus, RequestContent, ca_caps,
     ca_caps_with_next_ca, ca_cert_response, parse_pki_message,
 };
+use common::{openssl, read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -32,70 +22,11 @@ struct Fixture {
     other_csr: Vec<u8>,
 }
 
-fn read(dir: &Path, name: &str) -> Vec<u8> {
-    std::fs::read(dir.join(name)).expect("read fixture")
-}
-
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     for (name, cn) in [("ra", "/CN=Test SCEP RA"), ("client", "/CN=device-1")] {
-        openssl(
-            d,
-            &[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-                &format!("{name}.key"),
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "pkcs8",
-                "-topk8",
-                "-nocrypt",
-                "-in",
-                &format!("{name}.key"),
-                "-outform",
-                "DER",
-                "-out",
-                &format!("{name}.p8"),
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "req",
-                "-x509",
-                "-new",
-                "-key",
-                &format!("{name}.key"),
-                "-subj",
-                cn,
-                "-days",
-                "2",
-                "-outform",
-                "DER",
-                "-out",
-                &format!("{name}.der"),
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "x509",
-                "-inform",
-                "DER",
-                "-in",
-                &format!("{name}.der"),
-                "-out",
-                &format!("{name}.pem"),
-            ],
-        );
+        common::self_signed(d, name, cn);
     }
     // A CSR with a challengePassword attribute, through a config file.
     std::fs::write(
