@@ -21,6 +21,21 @@ pub struct Cmp<'a> {
     pub msg_timeout: u32,
 }
 
+impl<'a> Cmp<'a> {
+    /// A client for `fleet`'s `/.well-known/cmp` with the dev MAC credentials
+    /// (`cmp_reference`, `cmp_secret` in dev-credentials.toml).
+    pub fn dev(fleet: &'a Fleet, msg_timeout: u32) -> Self {
+        let creds = fleet.credentials();
+        Cmp {
+            fleet,
+            server: format!("http://{}/.well-known/cmp", fleet.http),
+            reference: creds.get("cmp_reference").expect("cmp_reference").clone(),
+            secret: format!("pass:{}", creds.get("cmp_secret").expect("cmp_secret")),
+            msg_timeout,
+        }
+    }
+}
+
 impl Cmp<'_> {
     /// The path of `name` in the fleet's scratch dir.
     pub fn path(&self, name: &str) -> PathBuf {

@@ -63,14 +63,7 @@ fn has_fail(resp: &[u8], fail: certgate_cmp::FailInfo) -> bool {
 fn openssl_cmp_against_certgate_up() {
     let fleet = Fleet::uninitialised();
     let mut up = start_up(&fleet);
-    let creds = fleet.credentials();
-    let c = Cmp {
-        fleet: &fleet,
-        server: format!("http://{}/.well-known/cmp", fleet.http),
-        reference: creds.get("cmp_reference").expect("cmp_reference").clone(),
-        secret: format!("pass:{}", creds.get("cmp_secret").expect("cmp_secret")),
-        msg_timeout: 20,
-    };
+    let c = Cmp::dev(&fleet, 20);
 
     // ir with MAC, no implicitConfirm: ip, certConf → pkiConf.
     let k1 = c.key("k1.pem");

@@ -16,14 +16,7 @@ use certgate_e2e::{Fleet, start_up};
 fn a_revoked_protecting_certificate_is_signer_not_trusted() {
     let fleet = Fleet::uninitialised();
     let mut up = start_up(&fleet);
-    let creds = fleet.credentials();
-    let c = Cmp {
-        fleet: &fleet,
-        server: format!("http://{}/.well-known/cmp", fleet.http),
-        reference: creds.get("cmp_reference").expect("cmp_reference").clone(),
-        secret: format!("pass:{}", creds.get("cmp_secret").expect("cmp_secret")),
-        msg_timeout: 30,
-    };
+    let c = Cmp::dev(&fleet, 30);
 
     // Two certificates from MAC-protected irs.
     let mut certs = Vec::new();
