@@ -11,11 +11,11 @@
 //! Every reply is read with `certgate_scep::client::read_reply`, which verifies the RA signature
 //! with the RA certificate inside the reply; the RA certificate is compared with GetCACert's.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use certgate_e2e::scep::{openssl, s};
+use certgate_e2e::scep::{client, openssl, s};
 use certgate_e2e::{ChildGuard, Fleet, bin};
 use certgate_scep::client::{Request, build_request, read_reply};
 use certgate_scep::{FailInfo, PkiStatus};
@@ -100,74 +100,6 @@ fn ra_cert(fleet: &Fleet, url: &str) -> Vec<u8> {
     openssl(&["x509", "-outform", "DER", "-in", &s(&p)])
 }
 
-struct Client {
-    key_pkcs8: Vec<u8>,
-    cert_der: Vec<u8>,
-    csr_der: Vec<u8>,
-}
-
-/// An RSA-2048 client key, its self-signed certificate and a CSR with `challenge`.
-fn client(dir: &Path, challenge: &str) -> Client {
-    let key = dir.join("client.key");
-    let p = |n: &str| -> PathBuf { dir.join(n) };
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        &s(&key),
-    ]);
-    openssl(&[
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        &s(&key),
-        "-subj",
-        "/CN=scep-gaps-client",
-        "-days",
-        "1",
-        "-outform",
-        "DER",
-        "-out",
-        &s(&p("client.der")),
-    ]);
-    std::fs::write(
-        p("req.cnf"),
-        format!(
-            "[req]\nprompt=no\ndistinguished_name=dn\nattributes=attrs\n[dn]\nCN=gaps.scep.example\n[attrs]\nchallengePassword={challenge}\n"
-        ),
-    )
-    .expect("write req.cnf");
-    openssl(&[
-        "req",
-        "-new",
-        "-key",
-        &s(&key),
-        "-config",
-        &s(&p("req.cnf")),
-        "-outform",
-        "DER",
-        "-out",
-        &s(&p("client.csr")),
-    ]);
-    Client {
-        key_pkcs8: openssl(&[
-            "pkcs8",
-            "-topk8",
-            "-nocrypt",
-            "-outform",
-            "DER",
-            "-in",
-            &s(&key),
-        ]),
-        cert_der: std::fs::read(p("client.der")).expect("client cert"),
-        csr_der: std::fs::read(p("client.csr")).expect("client csr"),
-    }
-}
-
 /// Replaces every occurrence of `from` with `to` (same length) in `der`.
 fn patch(der: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     assert_eq!(from.len(), to.len());
@@ -198,7 +130,12 @@ fn scep_unverifiable_messages_get_cert_rep_failures_and_get_next_ca_cert_is_refu
         .expect("scep_challenge in dev-credentials.toml");
     let url = format!("http://{}/scep", fleet.http);
     let ra = ra_cert(&fleet, &url);
-    let c = client(&fleet.scratch(), &challenge);
+    let c = client(
+        &fleet.scratch(),
+        "/CN=scep-gaps-client",
+        "gaps.scep.example",
+        &challenge,
+    );
     let build = |mt: &'static str, tid: &str, recipient: &[u8]| {
         build_request(&Request {
             message_type: mt,

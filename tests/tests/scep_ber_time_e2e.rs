@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use certgate_e2e::scep::{openssl, post, s};
+use certgate_e2e::scep::{Client, client, openssl, post, s};
 use certgate_e2e::{Fleet, http_get, start_up};
 use certgate_scep::client::{self, Request, RequestOptions, read_reply};
 use certgate_scep::{FailInfo, PkiStatus};
@@ -83,59 +83,11 @@ fn stale_and_future_signing_time_are_bad_time_and_streamed_ber_enrolls() {
     let ra = ra_cert(&url, &dir);
 
     // Client key, self-signed certificate, CSR with the challenge.
-    let key = dir.join("client.key");
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        &s(&key),
-    ]);
-    let cert_der = openssl(&[
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        &s(&key),
-        "-subj",
-        "/CN=scep-ber-client",
-        "-days",
-        "1",
-        "-outform",
-        "DER",
-    ]);
-    std::fs::write(
-        dir.join("req.cnf"),
-        format!(
-            "[req]\nprompt=no\ndistinguished_name=dn\nattributes=attrs\n[dn]\nCN=ber.scep.example\n[attrs]\nchallengePassword={challenge}\n"
-        ),
-    )
-    .expect("write req.cnf");
-    let csr = dir.join("client.csr");
-    openssl(&[
-        "req",
-        "-new",
-        "-key",
-        &s(&key),
-        "-config",
-        &s(&dir.join("req.cnf")),
-        "-outform",
-        "DER",
-        "-out",
-        &s(&csr),
-    ]);
-    let csr_der = std::fs::read(&csr).expect("csr");
-    let key_pkcs8 = openssl(&[
-        "pkcs8",
-        "-topk8",
-        "-nocrypt",
-        "-outform",
-        "DER",
-        "-in",
-        &s(&key),
-    ]);
+    let Client {
+        key_pkcs8,
+        cert_der,
+        csr_der,
+    } = client(&dir, "/CN=scep-ber-client", "ber.scep.example", &challenge);
     let build = |tid: &str, o: &RequestOptions| {
         client::build_request_with(
             &Request {
@@ -203,7 +155,7 @@ fn stale_and_future_signing_time_are_bad_time_and_streamed_ber_enrolls() {
         "-binary",
         "-aes-128-cbc",
         "-in",
-        &s(&csr),
+        &s(&dir.join("client.csr")),
         "-outform",
         "DER",
         "-out",
