@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::Fleet;
+
 /// `p` as a string, for command lines.
 pub fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
@@ -118,4 +120,13 @@ pub fn client(dir: &Path, subject: &str, csr_cn: &str, challenge: &str) -> Clien
         cert_der: std::fs::read(p("client.der")).expect("client cert"),
         csr_der: std::fs::read(p("client.csr")).expect("client csr"),
     }
+}
+
+/// The fleet's dev SCEP challenge password (`scep_challenge` in dev-credentials.toml).
+pub fn dev_challenge(fleet: &Fleet) -> String {
+    fleet
+        .credentials()
+        .get("scep_challenge")
+        .cloned()
+        .expect("scep_challenge in dev-credentials.toml")
 }

@@ -16,6 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use certgate_e2e::scep::dev_challenge;
 use certgate_e2e::{Fleet, http_get, run, start_up};
 
 const CERTMONGER: &str = "/usr/sbin/certmonger";
@@ -47,11 +48,7 @@ fn certmonger_enrolls_through_scep_and_a_wrong_challenge_issues_nothing() {
     }
     let fleet = Fleet::init();
     let _up = start_up(&fleet);
-    let challenge = fleet
-        .credentials()
-        .get("scep_challenge")
-        .cloned()
-        .expect("scep_challenge in dev-credentials.toml");
+    let challenge = dev_challenge(&fleet);
     let url = format!("http://{}/scep", fleet.http);
     let work = fleet.scratch().join("certmonger");
     let p = |n: &str| -> PathBuf { work.join(n) };

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use certgate_e2e::scep::{client, openssl, s};
+use certgate_e2e::scep::{client, dev_challenge, openssl, s};
 use certgate_e2e::{ChildGuard, Fleet, bin};
 use certgate_scep::client::{Request, build_request, read_reply};
 use certgate_scep::{FailInfo, PkiStatus};
@@ -123,11 +123,7 @@ fn patch(der: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
 fn scep_unverifiable_messages_get_cert_rep_failures_and_get_next_ca_cert_is_refused() {
     let fleet = Fleet::init();
     let up = start_up(&fleet);
-    let challenge = fleet
-        .credentials()
-        .get("scep_challenge")
-        .cloned()
-        .expect("scep_challenge in dev-credentials.toml");
+    let challenge = dev_challenge(&fleet);
     let url = format!("http://{}/scep", fleet.http);
     let ra = ra_cert(&fleet, &url);
     let c = client(

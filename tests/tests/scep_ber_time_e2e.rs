@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use certgate_e2e::scep::{Client, client, openssl, post, s};
+use certgate_e2e::scep::{Client, client, dev_challenge, openssl, post, s};
 use certgate_e2e::{Fleet, http_get, start_up};
 use certgate_scep::client::{self, Request, RequestOptions, read_reply};
 use certgate_scep::{FailInfo, PkiStatus};
@@ -73,11 +73,7 @@ fn scep_messages(fleet: &Fleet, outcome: &str) -> u64 {
 fn stale_and_future_signing_time_are_bad_time_and_streamed_ber_enrolls() {
     let fleet = Fleet::init();
     let up = start_up(&fleet);
-    let challenge = fleet
-        .credentials()
-        .get("scep_challenge")
-        .cloned()
-        .expect("scep_challenge in dev-credentials.toml");
+    let challenge = dev_challenge(&fleet);
     let url = format!("http://{}/scep", fleet.http);
     let dir = fleet.scratch();
     let ra = ra_cert(&url, &dir);

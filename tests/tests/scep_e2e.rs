@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use certgate_e2e::scep::{post, s};
+use certgate_e2e::scep::{dev_challenge, post, s};
 use certgate_e2e::{Fleet, run, start_up};
 
 fn verify(fleet: &Fleet, cert: &Path) {
@@ -63,11 +63,7 @@ fn rsa_key(path: &Path) {
 fn strongswan_enrolls_renews_and_wrong_challenge_is_refused() {
     let fleet = Fleet::init();
     let up = start_up(&fleet);
-    let challenge = fleet
-        .credentials()
-        .get("scep_challenge")
-        .cloned()
-        .expect("scep_challenge in dev-credentials.toml");
+    let challenge = dev_challenge(&fleet);
     let url = format!("http://{}/scep", fleet.http);
     let p = |n: &str| -> PathBuf { fleet.scratch().join(n) };
 

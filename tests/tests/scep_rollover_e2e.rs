@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use certgate_e2e::scep::dev_challenge;
 use certgate_e2e::{Fleet, http_get, run, start_up};
 
 fn s(p: &Path) -> String {
@@ -128,11 +129,7 @@ fn caps(fleet: &Fleet) -> String {
 fn staged_rollover_is_served_as_get_next_ca_cert_and_activation_switches_issuance() {
     let fleet = Fleet::init();
     let up = start_up(&fleet);
-    let challenge = fleet
-        .credentials()
-        .get("scep_challenge")
-        .cloned()
-        .expect("scep_challenge in dev-credentials.toml");
+    let challenge = dev_challenge(&fleet);
     let url = format!("http://{}/scep", fleet.http);
     let p = |n: &str| -> PathBuf { fleet.scratch().join(n) };
 
